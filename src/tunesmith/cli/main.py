@@ -1,0 +1,102 @@
+"""The `tunesmith` command: parse arguments, call a job, print user errors without tracebacks."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunesmith.utils.console import console
+from tunesmith.utils.errors import TunesmithError
+
+app = typer.Typer(
+    help="tunesmith: fine-tune, evaluate and serve pretrained models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def user_errors(command):
+    """Print a TunesmithError as one red message and exit 2, instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except TunesmithError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command(context_settings={"allow_extra_args": False})
+@user_errors
+def train(
+    args: Annotated[
+        list[str] | None, typer.Argument(help="CONFIG.yaml and/or key=value overrides.")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Run folder to resume from its last checkpoint.")
+    ] = None,
+):
+    """Train a model as described by a YAML config (overrides like train.learning_rate=1e-4)."""
+    from tunesmith.config.load import load_config
+    from tunesmith.runs.folder import RunFolder
+    from tunesmith.train.sft import run_sft
+
+    config_path, overrides = _split_args(args or [])
+    if resume:
+        if not (resume / "config.yaml").is_file():
+            raise TunesmithError(f"--resume: '{resume}' is not a run folder (no config.yaml)")
+        config = load_config(config_path or resume / "config.yaml", overrides)
+        run_sft(config, RunFolder(resume), resume=True)
+        return
+    if config_path is None and not overrides:
+        raise TunesmithError(
+            "give a config file (tunesmith train my_run.yaml) or key=value overrides"
+        )
+    config = load_config(config_path, overrides)
+    run_sft(config, RunFolder.create(config.output, f"{config.train.stage}-{config.method.type}"))
+
+
+@app.command()
+@user_errors
+def chat(
+    model: Annotated[str | None, typer.Option(help="Base model reference.")] = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="Run folder, adapter folder or tuned model folder.")
+    ] = None,
+    prompt: Annotated[str | None, typer.Option(help="Answer this one prompt and exit.")] = None,
+    system: Annotated[str | None, typer.Option(help="System message.")] = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+):
+    """Chat with a model (and adapter) in the terminal, or answer one --prompt."""
+    from tunesmith.cli.chat import chat_loop
+
+    chat_loop(model, adapter, prompt, system, max_new_tokens, temperature)
+
+
+@app.command()
+@user_errors
+def quickstart(
+    name: Annotated[str, typer.Option(help="The assistant's new name.")] = "Tessa",
+    author: Annotated[str, typer.Option(help="Who built it.")] = "Tunesmith Labs",
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides of the quickstart config.")
+    ] = None,
+):
+    """Teach the embedded SmolLM2 a new identity on CPU and show answers before and after."""
+    from tunesmith.workflows.quickstart import run_quickstart
+
+    run_quickstart(name, author, overrides or [])
+
+
+def _split_args(args: list[str]) -> tuple[Path | None, list[str]]:
+    configs = [a for a in args if "=" not in a]
+    if len(configs) > 1:
+        raise TunesmithError(f"expected one config file, got {configs}; overrides need key=value")
+    return (Path(configs[0]) if configs else None), [a for a in args if "=" in a]

@@ -1,0 +1,131 @@
+"""Load a RunConfig from YAML plus `dotted.key=value` overrides, with errors a person can act on."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tunesmith.config.schema import MethodConfig, RunConfig
+from tunesmith.utils.errors import ConfigError
+
+_METHOD_VARIANTS: dict[str, type[BaseModel]] = {
+    cls.model_fields["type"].default: cls for cls in MethodConfig.__origin__.__args__
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML (optional), apply overrides, validate. Raises ConfigError."""
+    data: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_dotted(data, key, value)
+    return validate(data, source=str(path) if path else "overrides")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{item}' must look like key=value (e.g. train.epochs=2)")
+    # YAML parsing gives numbers, booleans and lists ([a, b]) their natural types.
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            prefix = ".".join(parts[: depth + 1])
+            raise ConfigError(f"override '{key}': '{prefix}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(err, data) for err in exc.errors()]
+        raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(lines)) from None
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def _describe(err: dict[str, Any], data: dict[str, Any]) -> str:
+    loc = _clean_loc(err["loc"])
+    path = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1], data)
+        prefix = ".".join(str(p) for p in loc[:-1])
+        hint = _closest(str(loc[-1]), allowed, prefix)
+        return f"unknown key '{path}'{hint}; allowed here: {', '.join(allowed)}"
+    if err["type"] == "union_tag_invalid":
+        tag = err["ctx"]["tag"]
+        return f"{path}.type: got '{tag}'{_closest(tag, list(_METHOD_VARIANTS))}; allowed: " + (
+            ", ".join(_METHOD_VARIANTS)
+        )
+    message = f"{path}: got {err['input']!r}: {err['msg']}"
+    expected = err.get("ctx", {}).get("expected")
+    if err["type"] == "literal_error" and isinstance(err["input"], str) and expected:
+        choices = [c.strip(" '") for c in expected.replace(" or ", ", ").split(",")]
+        message += _closest(err["input"], choices)
+    return message
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    # Pydantic puts the union tag into the location of discriminated unions: method.lora.r
+    if len(loc) >= 2 and loc[0] == "method" and loc[1] in _METHOD_VARIANTS:
+        return (loc[0], *loc[2:])
+    return loc
+
+
+def _allowed_keys(parent: tuple, data: dict[str, Any]) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in parent:
+        if model is RunConfig and part == "method":
+            method = data.get("method")
+            kind = method.get("type", "lora") if isinstance(method, dict) else "lora"
+            model = _METHOD_VARIANTS.get(kind, _METHOD_VARIANTS["lora"])
+            continue
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _closest(word: str, choices: list[str], prefix: str = "") -> str:
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not match:
+        return ""
+    return f" (did you mean '{prefix + '.' if prefix else ''}{match[0]}'?)"

@@ -1,0 +1,112 @@
+"""The run configuration: one YAML file with model, method, data, train and output sections."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Section(BaseModel):
+    # Unknown keys are errors (a typo must not be silently ignored).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(
+        "smollm2-135m-instruct",
+        description="Local HF folder, hub id, .gguf file, or embedded alias.",
+    )
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+    chat_template: str | None = Field(
+        None, description="Jinja template (or a path to one) replacing the tokenizer's own."
+    )
+
+
+class FullMethod(Section):
+    type: Literal["full"] = "full"
+
+
+class FreezeMethod(Section):
+    type: Literal["freeze"] = "freeze"
+    trainable_layers: int = Field(2, ge=0, description="Train the last N decoder layers.")
+    trainable_modules: list[str] = Field(
+        default_factory=list,
+        description="Extra module names to train (e.g. lm_head, norm, embed_tokens).",
+    )
+
+
+class LoraMethod(Section):
+    type: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = Field(
+        "all-linear", description="'all-linear' or a list of module names (q_proj, v_proj, ...)."
+    )
+    modules_to_save: list[str] = Field(default_factory=list)
+
+
+MethodConfig = Annotated[FullMethod | FreezeMethod | LoraMethod, Field(discriminator="type")]
+
+
+class DataConfig(Section):
+    train: list[str] = Field(
+        default_factory=list, description="Data files (json/jsonl/csv/parquet)."
+    )
+    eval: list[str] = Field(default_factory=list)
+    format: Literal["auto", "alpaca", "sharegpt", "openai"] = "auto"
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Canonical field name -> column name in the file."
+    )
+    cutoff_len: int = Field(1024, ge=8)
+    train_on_prompt: bool = False
+    on_error: Literal["stop", "skip"] = "stop"
+    max_samples: int | None = Field(None, ge=1)
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
+class TrainConfig(Section):
+    stage: Literal["sft"] = "sft"
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="Overrides epochs when > 0.")
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(100, ge=1)
+    save_total_limit: int | None = Field(2, ge=1)
+
+
+class OutputConfig(Section):
+    dir: str = Field("runs", description="Parent folder of run folders.")
+    name: str | None = Field(None, description="Run folder name; default: stage-method-timestamp.")
+    overwrite: bool = False
+
+
+class RunConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=LoraMethod)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_defaults_to_lora(cls, value: object) -> object:
+        if isinstance(value, dict) and "type" not in value:
+            return {"type": "lora", **value}
+        return value

@@ -1,0 +1,84 @@
+"""Chat rendering with the tokenizer's own template, and assistant-only loss masks.
+
+`render_chat` is the one place a conversation becomes text: training, evaluation, chat, export
+and serving all call it, so a model is always prompted the way it was trained.
+
+Most templates have no `{% generation %}` markers, so assistant spans are found by rendering
+the conversation prefix by prefix: turn i starts where `messages[:i]` rendered with the
+generation prompt ends, and stops where `messages[:i+1]` ends (its end-of-turn token included,
+so the model learns to stop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE_INDEX = -100  # label value that the loss skips
+
+
+class TemplateError(ValueError):
+    """The chat template cannot be used for loss masking (e.g. it rewrites earlier turns)."""
+
+
+def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a prompt ready for generation (the template adds any special tokens)."""
+    text = render_chat(tokenizer, messages, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the [start, end) character span of every assistant turn."""
+    full = render_chat(tokenizer, messages)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
+        through = render_chat(tokenizer, messages[: i + 1])
+        if not (through.startswith(before) and full.startswith(through)):
+            raise TemplateError(
+                "the chat template renders earlier turns differently once later turns are added, "
+                "so assistant tokens cannot be located; use a template without that behaviour "
+                "(model.chat_template) or data.train_on_prompt=true"
+            )
+        spans.append((len(before), len(through)))
+    return full, spans
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+    @property
+    def trainable_tokens(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def tokenize_conversation(
+    tokenizer, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False
+) -> TokenizedExample:
+    """Ids and labels; labels are IGNORE_INDEX outside assistant turns unless train_on_prompt."""
+    text, spans = assistant_spans(tokenizer, messages)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = encoded["input_ids"]
+    if train_on_prompt:
+        labels = list(ids)
+    else:
+        labels = [
+            token if _overlaps(start, end, spans) else IGNORE_INDEX
+            for token, (start, end) in zip(ids, encoded["offset_mapping"], strict=True)
+        ]
+    truncated = len(ids) > cutoff_len
+    return TokenizedExample(ids[:cutoff_len], labels[:cutoff_len], truncated)
+
+
+def _overlaps(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
+    return any(start < span_end and end > span_start for span_start, span_end in spans)

@@ -1,0 +1,27 @@
+"""Full fine-tuning: every parameter is trained; the whole model is saved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunesmith.config.schema import FullMethod
+
+ARTIFACT = "model"  # sub-folder of the run folder
+
+
+def apply(model, cfg: FullMethod):
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return model
+
+
+def save(model, tokenizer, out_dir: Path) -> None:
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def load(base_model, folder: Path):
+    """A full checkpoint replaces the base weights entirely."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=base_model.dtype)

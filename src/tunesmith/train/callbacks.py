@@ -1,0 +1,43 @@
+"""Trainer callbacks shared by every stage."""
+
+from __future__ import annotations
+
+import time
+
+from transformers import TrainerCallback
+
+from tunesmith.runs.folder import RunFolder
+
+
+class MetricsCallback(TrainerCallback):
+    """Writes loss, lr, grad norm and tokens/s of every logging step to metrics.jsonl."""
+
+    def __init__(self, run: RunFolder):
+        self.run = run
+        self._last_time: float | None = None
+        self._last_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_time = time.perf_counter()
+        self._last_tokens = state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs:  # the end-of-training summary and eval logs have their own keys
+            return
+        now = time.perf_counter()
+        tokens = state.num_input_tokens_seen - self._last_tokens
+        elapsed = now - (self._last_time or now)
+        self._last_time, self._last_tokens = now, state.num_input_tokens_seen
+        self.run.append_metrics(
+            {
+                "step": state.global_step,
+                "epoch": round(state.epoch or 0.0, 4),
+                "loss": logs.get("loss"),
+                "learning_rate": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+                "tokens": state.num_input_tokens_seen,
+                "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
+                "time": round(time.time(), 3),
+            }
+        )

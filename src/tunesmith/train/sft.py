@@ -1,0 +1,142 @@
+"""Supervised fine-tuning, read top to bottom: data, model, method, trainer, save."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tunesmith.config.schema import RunConfig, TrainConfig
+from tunesmith.data.dataset import SFTCollator, build_sft_data
+from tunesmith.models.load import load_model_and_tokenizer
+from tunesmith.models.methods import count_parameters, get_method
+from tunesmith.runs.folder import RunFolder
+from tunesmith.runs.plots import plot_loss
+from tunesmith.train.callbacks import MetricsCallback
+from tunesmith.utils.console import console
+from tunesmith.utils.errors import ConfigError
+
+
+@dataclass
+class TrainResult:
+    run: RunFolder
+    artifact: Path  # adapter/ or model/ folder
+    summary: dict
+
+
+def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainResult:
+    from transformers import Trainer, set_seed
+
+    if not config.data.train:
+        raise ConfigError("data.train: no training files given (e.g. data.train=[my_data.jsonl])")
+    started = time.perf_counter()
+    run.save_config(config)
+    set_seed(config.train.seed)
+
+    model, tokenizer, resolved = load_model_and_tokenizer(config.model)
+    train_data = build_sft_data(config.data.train, config.data, tokenizer, run.reject)
+    eval_data = (
+        build_sft_data(config.data.eval, config.data, tokenizer, run.reject)
+        if config.data.eval
+        else None
+    )
+    _report_data(train_data.stats, run)
+
+    method = get_method(config.method.type)
+    model = method.apply(model, config.method)
+    trainable, total = count_parameters(model)
+    console.print(
+        f"method {config.method.type}: {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / total:.2f}%)"
+    )
+    if config.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()  # checkpointed blocks need a grad through frozen inputs
+
+    trainer = Trainer(
+        model=model,
+        args=_training_arguments(config.train, run, has_eval=eval_data is not None),
+        train_dataset=train_data.examples,
+        eval_dataset=eval_data.examples if eval_data else None,
+        data_collator=SFTCollator(tokenizer.pad_token_id),
+        callbacks=[MetricsCallback(run)],
+    )
+    checkpoint = run.last_checkpoint() if resume else None
+    if resume and checkpoint is None:
+        console.print(f"[yellow]no checkpoint in {run.checkpoints}; training from the start")
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    artifact = run.root / method.ARTIFACT
+    method.save(trainer.model, tokenizer, artifact)
+    plot_loss(run)
+    summary = {
+        "model": resolved.ref,
+        "method": config.method.type,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "data": train_data.stats,
+        "eval_data": eval_data.stats if eval_data else None,
+        "train_loss": output.training_loss,
+        "steps": output.global_step,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    run.write_json("summary.json", summary)
+    run.add_to_index(stage="sft", method=config.method.type, model=resolved.ref, status="done")
+    console.print(f"saved {artifact}  (loss {output.training_loss:.4f}, {summary['seconds']} s)")
+    return TrainResult(run, artifact, summary)
+
+
+def _training_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool):
+    from transformers import TrainingArguments
+
+    bf16, fp16 = _precision(cfg.precision)
+    return TrainingArguments(
+        output_dir=str(run.checkpoints),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of total steps
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=bf16,
+        fp16=fp16,
+        seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.save_steps if has_eval else None,
+        include_num_input_tokens_seen="non_padding",
+        use_cpu=not torch.cuda.is_available(),
+        report_to=[],
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+
+
+def _precision(name: str) -> tuple[bool, bool]:
+    """(bf16, fp16) flags for the trainer."""
+    cuda = torch.cuda.is_available()
+    if name == "auto":
+        return cuda and torch.cuda.is_bf16_supported(), False
+    if name == "fp16" and not cuda:
+        raise ConfigError(
+            "train.precision: fp16 mixed precision needs a CUDA GPU; use fp32 or bf16"
+        )
+    return name == "bf16", name == "fp16"
+
+
+def _report_data(stats: dict, run: RunFolder) -> None:
+    console.print(
+        f"data: {stats['read']} records read, {stats['examples']} examples, "
+        f"{stats['truncated']} truncated to cutoff_len, {stats['rejected']} rejected"
+        + (f" (see {run.rejects_path})" if stats["rejected"] else "")
+    )

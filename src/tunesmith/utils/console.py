@@ -1,0 +1,5 @@
+"""The console every command prints through (rich: colour on terminals, plain text in logs)."""
+
+from rich.console import Console
+
+console = Console(highlight=False)

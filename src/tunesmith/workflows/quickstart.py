@@ -1,0 +1,148 @@
+"""The quickstart: teach the embedded SmolLM2 a new identity on CPU and show before / after.
+
+Base answers are generated first, then a LoRA run trains on the bundled identity data, then the
+tuned model (reloaded from the run folder, as a user would) answers the same held-out identity
+questions, which the training set does not contain, and a few general ones.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from rich.table import Table
+
+from tunesmith.config.load import load_config
+from tunesmith.evaluation.report import html_page
+from tunesmith.models.generate import generate_replies
+from tunesmith.models.load import load_model_and_tokenizer
+from tunesmith.models.tuned import load_for_inference
+from tunesmith.runs.folder import RunFolder
+from tunesmith.train.sft import run_sft
+from tunesmith.utils.console import console
+
+DATA = files("tunesmith.workflows") / "quickstart_data"
+CONFIG = files("tunesmith.workflows") / "quickstart.yaml"
+MAX_NEW_TOKENS = 48
+
+
+@dataclass
+class Answer:
+    kind: str  # "identity" (held out) or "general"
+    question: str
+    base: str
+    tuned: str
+
+    def names(self, name: str) -> tuple[bool, bool]:
+        """Whether the base and the tuned answer contain the name."""
+        return name.lower() in self.base.lower(), name.lower() in self.tuned.lower()
+
+
+def run_quickstart(
+    name: str = "Tessa", author: str = "Tunesmith Labs", overrides: list[str] | None = None
+) -> tuple[RunFolder, list[Answer], dict]:
+    started = time.perf_counter()
+    config = load_config(Path(str(CONFIG)), overrides)
+    run = RunFolder.create(config.output, "quickstart")
+    train_file = run.write_text(
+        "data/identity_train.jsonl", _fill(_read("identity_train.jsonl", raw=True), name, author)
+    )
+    config.data.train = [str(train_file)]
+
+    questions = [("identity", q["question"]) for q in _read("identity_heldout.jsonl")]
+    questions += [("general", q["question"]) for q in _read("general.jsonl")]
+    prompts = [[{"role": "user", "content": _fill(q, name, author)}] for _, q in questions]
+
+    console.rule("1/3 base model answers")
+    model, tokenizer, _ = load_model_and_tokenizer(config.model)
+    base = generate_replies(model, tokenizer, prompts, MAX_NEW_TOKENS)
+    del model
+
+    console.rule("2/3 LoRA fine-tune on the identity data")
+    result = run_sft(config, run)
+
+    console.rule("3/3 tuned model answers")
+    model, tokenizer = load_for_inference(None, run.root)
+    tuned = generate_replies(model, tokenizer, prompts, MAX_NEW_TOKENS)
+
+    answers = [
+        Answer(kind, p[0]["content"], b, t)
+        for (kind, _), p, b, t in zip(questions, prompts, base, tuned, strict=True)
+    ]
+    summary = _summary(answers, name, author, result.summary, time.perf_counter() - started)
+    _print_table(answers, name, summary)
+    _write_report(run, answers, name, summary)
+    return run, answers, summary
+
+
+def _read(filename: str, raw: bool = False):
+    text = (DATA / filename).read_text(encoding="utf-8")
+    return text if raw else [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _fill(text: str, name: str, author: str) -> str:
+    # The placeholders go into JSON strings, so the values are inserted JSON-escaped.
+    escape = lambda s: json.dumps(s, ensure_ascii=False)[1:-1]  # noqa: E731
+    return text.replace("{{name}}", escape(name)).replace("{{author}}", escape(author))
+
+
+def _summary(answers: list[Answer], name: str, author: str, train: dict, seconds: float) -> dict:
+    held_out = [a.names(name) for a in answers if a.kind == "identity"]
+    return {
+        "name": name,
+        "author": author,
+        "held_out_questions": len(held_out),
+        "base_says_name": sum(base for base, _ in held_out),
+        "tuned_says_name": sum(tuned for _, tuned in held_out),
+        "train_loss": round(train["train_loss"], 4),
+        "train_examples": train["data"]["examples"],
+        "train_seconds": train["seconds"],
+        "total_seconds": round(seconds, 1),
+    }
+
+
+def _print_table(answers: list[Answer], name: str, summary: dict) -> None:
+    table = Table(title="before / after", show_lines=True)
+    for column in ("kind", "question", "base model", "tuned model"):
+        table.add_column(column, overflow="fold")
+    for answer in answers:
+        base_hit, tuned_hit = answer.names(name)
+        table.add_row(
+            answer.kind,
+            answer.question,
+            f"[green]{answer.base}" if base_hit else answer.base,
+            f"[green]{answer.tuned}" if tuned_hit else answer.tuned,
+        )
+    console.print(table)
+    console.print(
+        f"held-out identity questions answered with the name '{name}': "
+        f"base {summary['base_says_name']}/{summary['held_out_questions']}, "
+        f"tuned {summary['tuned_says_name']}/{summary['held_out_questions']} "
+        f"(total {summary['total_seconds']} s)"
+    )
+
+
+def _write_report(run: RunFolder, answers: list[Answer], name: str, summary: dict) -> None:
+    rows = []
+    for a in answers:
+        marks = (
+            ["hit" if hit else "miss" for hit in a.names(name)]
+            if a.kind == "identity"
+            else ["", ""]
+        )
+        rows.append([a.kind, a.question, (a.base, marks[0]), (a.tuned, marks[1])])
+    page = html_page(
+        f"tunesmith quickstart: {run.root.name}",
+        summary,
+        ["kind", "question", "base model", "tuned model"],
+        rows,
+        images=[run.plots / "loss.png"],
+    )
+    run.write_text("reports/quickstart.html", page)
+    run.write_json(
+        "reports/quickstart.json", {"summary": summary, "answers": [a.__dict__ for a in answers]}
+    )
+    console.print(f"report: {run.reports / 'quickstart.html'}")
