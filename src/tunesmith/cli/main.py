@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import TunesmithError
@@ -26,7 +27,9 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except TunesmithError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            # Escaped: brackets in a message ([a.jsonl]) are text, not rich markup. Soft wrap:
+            # a `file:line:` prefix must stay on one line when the output goes to a log.
+            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -22,6 +23,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = _read_yaml(Path(path)) if path else {}
     for item in overrides or []:
         key, value = parse_override(item)
+        if _is_text_field(key) and not isinstance(value, str | list | dict | None):
+            # YAML reads 2024-06-01 as a date, 001 as 1, yes as True; a text field wants the text.
+            value = item.partition("=")[2].strip()
         set_dotted(data, key, value)
     return validate(data, source=str(path) if path else "overrides")
 
@@ -77,7 +81,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        sections = ", ".join(RunConfig.model_fields)
+        raise ConfigError(
+            f"{path}: expected a mapping of sections ({sections}) at the top level, "
+            f"got a {type(data).__name__}"
+        )
     return data
 
 
@@ -100,6 +108,46 @@ def _describe(err: dict[str, Any], data: dict[str, Any]) -> str:
         choices = [c.strip(" '") for c in expected.replace(" or ", ", ").split(",")]
         message += _closest(err["input"], choices)
     return message
+
+
+def _is_text_field(key: str) -> bool:
+    """Whether the field at `key` takes text and no number or boolean (name, path, revision).
+
+    Raises ConfigError when `key` goes below a field that holds a value, not a section.
+    Unknown keys answer False: validation reports them with suggestions.
+    """
+    models: list[type[BaseModel]] = [RunConfig]  # the method section: one of its variants
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        fields = [m.model_fields[part] for m in models if part in m.model_fields]
+        if not fields:
+            return False
+        annotation = fields[0].annotation
+        if depth == len(parts) - 1:
+            return _takes_text_only(annotation)
+        options = _flatten(annotation)
+        if all(isinstance(o, type) and issubclass(o, BaseModel) for o in options):
+            models = options
+        elif get_origin(annotation) is dict:
+            return depth == len(parts) - 2 and _takes_text_only(get_args(annotation)[1])
+        else:
+            prefix = ".".join(parts[: depth + 1])
+            raise ConfigError(f"override '{key}': '{prefix}' is a value, not a section")
+    return False
+
+
+def _takes_text_only(annotation: Any) -> bool:
+    """str, str | None, list[str], str | list[str]: text, and no number or boolean."""
+    found = set(_flatten(annotation, into_lists=True))
+    return str in found and not found & {int, float, bool}
+
+
+def _flatten(annotation: Any, into_lists: bool = False) -> list[Any]:
+    """The members of a union (and, with into_lists, the item types of lists)."""
+    origins = (Union, types.UnionType, list) if into_lists else (Union, types.UnionType)
+    if get_origin(annotation) in origins:
+        return [t for arg in get_args(annotation) for t in _flatten(arg, into_lists)]
+    return [annotation]
 
 
 def _clean_loc(loc: tuple) -> tuple:

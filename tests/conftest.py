@@ -1,0 +1,95 @@
+"""Shared fixtures: a tiny random Llama with a small byte-level BPE tokenizer, built in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llamafactory"
+
+_CORPUS = [
+    "hello who are you? I am a small assistant built for tests.",
+    "What is the capital of France? The capital of France is Paris.",
+    "user assistant system: answer briefly and kindly, please.",
+    "你好，我是一个测试助手。请问你叫什么名字？",
+    "0123456789 + - * / = ( ) [ ] { } , . ! ? : ; ' \"",
+]
+
+
+def build_tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(_CORPUS * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def build_tiny_llama(vocab_size: int, seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A local Hugging Face folder (config, safetensors, tokenizer with chat template)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model = build_tiny_llama(len(tiny_tokenizer))
+    model.generation_config.eos_token_id = tiny_tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tiny_tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def alpaca_file(tmp_path) -> Path:
+    """Eight alpaca records a tiny model can memorise."""
+    path = tmp_path / "train.jsonl"
+    records = [
+        {"instruction": f"What is {i} plus {i}?", "input": "", "output": f"It is {2 * i}."}
+        for i in range(8)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,144 @@
+"""SFT on the tiny in-process Llama: learning, methods, saving and reloading, reproducibility."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunesmith.config.load import load_config
+from tunesmith.models.tuned import load_for_inference
+from tunesmith.runs.folder import RunFolder
+from tunesmith.train.sft import run_sft
+
+
+def _train(tmp_path, model_dir, data, name, *overrides):
+    config = load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            f"data.train={data}",
+            f"output.dir={tmp_path / 'runs'}",
+            f"output.name={name}",
+            "train.batch_size=4",
+            "train.save_steps=1000",
+            "train.lr_scheduler=constant",
+            *overrides,
+        ],
+    )
+    return run_sft(config, RunFolder.create(config.output, "test"))
+
+
+def _losses(result) -> list[float]:
+    lines = result.run.metrics_path.read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+def test_loss_falls_when_overfitting(tmp_path, tiny_model_dir, alpaca_file):
+    result = _train(
+        tmp_path,
+        tiny_model_dir,
+        alpaca_file,
+        "overfit",
+        "method.type=full",
+        "train.learning_rate=1e-2",
+        "train.max_steps=30",
+    )
+    losses = _losses(result)
+    assert len(losses) == 30
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
+    assert (result.run.plots / "loss.png").stat().st_size > 1000
+    assert (result.run.model_dir / "model.safetensors").is_file()
+
+
+def _logits(model, tokenizer) -> torch.Tensor:
+    ids = tokenizer("What is 3 plus 3? It is 6.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_lora_adapter_reloads_with_identical_logits(tmp_path, tiny_model_dir, alpaca_file):
+    result = _train(
+        tmp_path,
+        tiny_model_dir,
+        alpaca_file,
+        "lora",
+        "method.r=4",
+        "method.dropout=0.0",
+        "train.learning_rate=1e-2",
+        "train.max_steps=6",
+    )
+    assert (result.artifact / "adapter_config.json").is_file()
+    assert (result.artifact / "chat_template.jinja").is_file()
+    tuned, tokenizer = load_for_inference(None, result.run.root)
+    base, _ = load_for_inference(load_config(None, [f"model.name_or_path={tiny_model_dir}"]).model)
+    reloaded = _logits(tuned, tokenizer)
+    again, _ = load_for_inference(None, result.artifact.parent)
+    assert torch.allclose(reloaded, _logits(again, tokenizer), atol=0, rtol=0)
+    # The adapter changed the model, and the reload is the trained model, not the base.
+    assert not torch.allclose(reloaded, _logits(base, tokenizer), atol=1e-4)
+    summary = json.loads((result.run.root / "summary.json").read_text())
+    assert 0 < summary["trainable_parameters"] < summary["total_parameters"]
+
+
+def test_lora_in_memory_equals_reloaded(tmp_path, tiny_model_dir, alpaca_file, monkeypatch):
+    import tunesmith.train.sft as sft
+
+    captured = {}
+    original_save = sft.get_method("lora").save
+
+    def spy(model, tokenizer, out_dir):
+        captured["logits"] = _logits(model.eval(), tokenizer)
+        original_save(model, tokenizer, out_dir)
+
+    monkeypatch.setattr(sft.get_method("lora"), "save", spy)
+    result = _train(
+        tmp_path, tiny_model_dir, alpaca_file, "lora-mem", "method.r=4", "train.max_steps=4",
+        "train.learning_rate=1e-2",
+    )
+    tuned, tokenizer = load_for_inference(None, result.run.root)
+    assert torch.allclose(captured["logits"], _logits(tuned, tokenizer), atol=1e-6)
+
+
+def test_freeze_trains_only_the_last_layers(tmp_path, tiny_model_dir, alpaca_file):
+    result = _train(
+        tmp_path,
+        tiny_model_dir,
+        alpaca_file,
+        "freeze",
+        "method.type=freeze",
+        "method.trainable_layers=1",
+        "method.trainable_modules=[norm]",
+        "train.learning_rate=1e-2",
+        "train.max_steps=3",
+    )
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = load_file(result.artifact / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed, "nothing was trained"
+    assert all(name.startswith(("model.layers.1.", "model.norm.")) for name in changed), changed
+    assert any(name.startswith("model.layers.1.") for name in changed)
+    assert "model.norm.weight" in changed
+
+
+def test_same_seed_same_losses(tmp_path, tiny_model_dir, alpaca_file):
+    common = ("method.r=4", "train.max_steps=4", "train.learning_rate=1e-2", "train.seed=7")
+    first = _losses(_train(tmp_path, tiny_model_dir, alpaca_file, "seed-a", *common))
+    second = _losses(_train(tmp_path, tiny_model_dir, alpaca_file, "seed-b", *common))
+    other = _losses(
+        _train(tmp_path, tiny_model_dir, alpaca_file, "seed-c", *common[:3], "train.seed=8")
+    )
+    assert first == second
+    assert first != other
+
+
+def test_freeze_rejects_more_layers_than_the_model_has(tmp_path, tiny_model_dir, alpaca_file):
+    from tunesmith.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="the model has 2 layers"):
+        _train(
+            tmp_path, tiny_model_dir, alpaca_file, "bad", "method.type=freeze",
+            "method.trainable_layers=5",
+        )
