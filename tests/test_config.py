@@ -276,9 +276,7 @@ def test_top_level_list_is_refused(tmp_path):
 
 @pytest.mark.parametrize("item", ["train.epochs", "=3", " =3"])
 def test_override_without_key_value(item):
-    assert error_of([item]) == (
-        f"override '{item}' must look like key=value (e.g. train.epochs=2)"
-    )
+    assert error_of([item]) == (f"override '{item}' must look like key=value (e.g. train.epochs=2)")
 
 
 def test_override_below_a_scalar_field(config_file):

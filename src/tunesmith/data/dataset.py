@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import jinja2
 import torch
 
 from tunesmith.config.schema import DataConfig
@@ -66,8 +67,10 @@ def _tokenize(conv: Conversation, cfg: DataConfig, tokenizer):
         example = tokenize_conversation(
             tokenizer, conv.messages, cfg.cutoff_len, cfg.train_on_prompt
         )
-    except TemplateError as exc:
+    except TemplateError as exc:  # the template itself is unusable: every record would fail
         raise DataError(f"{conv.source}:{conv.line}: {exc}") from None
+    except jinja2.TemplateError as exc:  # the template refused this conversation (raise_exception)
+        return f"the chat template refused this conversation: {exc}"
     if example.trainable_tokens == 0:
         return f"no assistant tokens left after truncation to data.cutoff_len={cfg.cutoff_len}"
     return example

@@ -6,7 +6,8 @@ and serving all call it, so a model is always prompted the way it was trained.
 Most templates have no `{% generation %}` markers, so assistant spans are found by rendering
 the conversation prefix by prefix: turn i starts where `messages[:i]` rendered with the
 generation prompt ends, and stops where `messages[:i+1]` ends (its end-of-turn token included,
-so the model learns to stop).
+so the model learns to stop). Some templates close the whole conversation with `eos_token` when
+no generation prompt follows (Phi-3, Phi-3.5, Phi-4): that token belongs to the last turn only.
 """
 
 from __future__ import annotations
@@ -41,14 +42,27 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
             continue
         before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
         through = render_chat(tokenizer, messages[: i + 1])
-        if not (through.startswith(before) and full.startswith(through)):
+        end = _turn_end(through, full, tokenizer.eos_token)
+        if end is None or not through.startswith(before):
             raise TemplateError(
                 "the chat template renders earlier turns differently once later turns are added, "
                 "so assistant tokens cannot be located; use a template without that behaviour "
                 "(model.chat_template) or data.train_on_prompt=true"
             )
-        spans.append((len(before), len(through)))
+        spans.append((len(before), end))
     return full, spans
+
+
+def _turn_end(through: str, full: str, eos: str | None) -> int | None:
+    """Where the last turn of `through` ends in `full`; None if `full` renders it otherwise."""
+    if full.startswith(through):
+        return len(through)
+    # the template closed the conversation with eos_token after this turn (Phi-3 style)
+    if eos and through.endswith(eos) and full.endswith(eos):
+        end = len(through) - len(eos)
+        if full.startswith(through[:end]):
+            return end
+    return None
 
 
 @dataclass
@@ -66,12 +80,14 @@ def tokenize_conversation(
     tokenizer, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False
 ) -> TokenizedExample:
     """Ids and labels; labels are IGNORE_INDEX outside assistant turns unless train_on_prompt."""
-    text, spans = assistant_spans(tokenizer, messages)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = encoded["input_ids"]
-    if train_on_prompt:
+    if train_on_prompt:  # no spans needed: this works with templates that rewrite earlier turns
+        text = render_chat(tokenizer, messages)
+        ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
         labels = list(ids)
     else:
+        text, spans = assistant_spans(tokenizer, messages)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = encoded["input_ids"]
         labels = [
             token if _overlaps(start, end, spans) else IGNORE_INDEX
             for token, (start, end) in zip(ids, encoded["offset_mapping"], strict=True)

@@ -1,0 +1,255 @@
+"""The `tunesmith` command through typer's CliRunner: user errors, a full train run, chat."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tunesmith.cli.main import app
+from tunesmith.config.load import load_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _offline_and_wide(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps normal output at the console width
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a crash: show its traceback in the test report
+    return result
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def write_config(path: Path, tiny_model_dir: Path, train_file: Path, runs: Path, **extra) -> Path:
+    config = {
+        "model": {"name_or_path": str(tiny_model_dir)},
+        "method": {"type": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
+        "data": {"train": [str(train_file)]},
+        "train": {"max_steps": 4, "batch_size": 4, "save_steps": 2, "learning_rate": 1e-3},
+        "output": {"dir": str(runs), "name": "cli-run"},
+    }
+    for section, values in extra.items():
+        config[section].update(values)
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def assert_user_error(result, *parts: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "error:" in result.output
+    for part in parts:
+        assert part in result.output, result.output
+
+
+# --- user errors -------------------------------------------------------------------------
+
+
+def test_typo_in_the_config_is_a_one_message_error(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("train:\n  learnig_rate: 1.0e-4\n", encoding="utf-8")
+    result = invoke("train", config)
+    assert_user_error(
+        result,
+        f"error: {config}: invalid configuration",
+        "unknown key 'train.learnig_rate' (did you mean 'train.learning_rate'?); allowed here: "
+        "stage, epochs,",
+    )
+
+
+def test_typo_in_an_override(tmp_path):
+    result = invoke("train", "trian.epochs=1")
+    assert_user_error(result, "unknown key 'trian' (did you mean 'train'?)")
+
+
+def test_train_without_arguments_explains_what_to_give():
+    result = invoke("train")
+    assert_user_error(
+        result, "give a config file (tunesmith train my_run.yaml) or key=value overrides"
+    )
+
+
+def test_two_config_files_are_refused(tmp_path):
+    result = invoke("train", tmp_path / "a.yaml", tmp_path / "b.yaml")
+    assert_user_error(result, "expected one config file, got", "overrides need key=value")
+
+
+def test_missing_config_file(tmp_path):
+    result = invoke("train", tmp_path / "missing.yaml")
+    assert_user_error(result, f"config file '{tmp_path / 'missing.yaml'}' not found")
+
+
+def test_no_training_data_brackets_in_a_message_are_printed(tmp_path, tiny_model_dir):
+    # the message holds "[my_data.jsonl]": printed as text, not swallowed as rich markup
+    result = invoke(
+        "train", f"model.name_or_path={tiny_model_dir}", f"output.dir={tmp_path / 'runs'}"
+    )
+    assert_user_error(
+        result, "data.train: no training files given (e.g. data.train=[my_data.jsonl])"
+    )
+
+
+def test_resume_of_a_folder_that_is_no_run(tmp_path):
+    result = invoke("train", "--resume", tmp_path)
+    assert_user_error(result, f"--resume: '{tmp_path}' is not a run folder (no config.yaml)")
+
+
+def test_no_command_shows_help():
+    result = runner.invoke(app, [])
+    assert "Usage" in result.output
+    assert "train" in result.output and "chat" in result.output
+
+
+# --- a full run --------------------------------------------------------------------------
+
+
+def test_train_end_to_end_then_refuse_to_overwrite_then_resume(
+    tmp_path, tiny_model_dir, alpaca_file
+):
+    runs = tmp_path / "runs"
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, alpaca_file, runs)
+    result = invoke("train", config)
+    assert result.exit_code == 0, result.output
+    run = runs / "cli-run"
+
+    # the resolved config is saved and loads back to what was asked for
+    assert load_config(run / "config.yaml") == load_config(config)
+    saved = load_config(run / "config.yaml")
+    assert saved.method.r == 4 and saved.method.target_modules == ["q_proj", "v_proj"]
+
+    steps = read_jsonl(run / "metrics.jsonl")
+    assert [m["step"] for m in steps] == [1, 2, 3, 4]
+    for m in steps:
+        for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s"):
+            assert isinstance(m[key], float | int), (key, m)
+        assert m["loss"] > 0 and m["tokens_per_s"] > 0
+
+    adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 4
+    assert set(adapter_config["target_modules"]) == {"q_proj", "v_proj"}
+    assert (run / "plots" / "loss.png").stat().st_size > 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4
+    assert summary["method"] == "lora"
+    assert summary["resumed_from"] is None
+    assert summary["data"]["read"] == 8 and summary["data"]["rejected"] == 0
+    assert (run / "checkpoints" / "checkpoint-4").is_dir()
+    index = read_jsonl(runs / "index.jsonl")
+    assert [(e["run"], e["status"]) for e in index] == [("cli-run", "done")]
+
+    # the same command again must not overwrite the finished run
+    again = invoke("train", config)
+    assert_user_error(again, "already exists", "--resume")
+    assert json.loads((run / "summary.json").read_text())["steps"] == 4
+
+    # resume from checkpoint-4 up to step 6
+    resumed = invoke("train", "--resume", run, "train.max_steps=6")
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 6
+    assert summary["resumed_from"].endswith("checkpoint-4")
+    assert load_config(run / "config.yaml").train.max_steps == 6
+    assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert (run / "checkpoints" / "checkpoint-6").is_dir()
+
+
+# --- malformed data ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def data_with_bad_line_3(alpaca_file) -> Path:
+    lines = alpaca_file.read_text(encoding="utf-8").splitlines()
+    bad = {"instruction": "What is 2 plus 2?", "input": "", "output": ""}
+    lines[2] = json.dumps(bad)
+    alpaca_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return alpaca_file
+
+
+def test_malformed_record_stops_the_run_with_file_and_line(
+    tmp_path, tiny_model_dir, data_with_bad_line_3
+):
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, data_with_bad_line_3, tmp_path)
+    result = invoke("train", config)
+    assert_user_error(result, f"{data_with_bad_line_3}:3: field 'output' is missing or empty")
+    assert "train.jsonl:3:" in result.output
+
+
+def test_malformed_record_skipped_and_written_to_rejects(
+    tmp_path, tiny_model_dir, data_with_bad_line_3
+):
+    runs = tmp_path / "runs"
+    config = write_config(
+        tmp_path / "run.yaml",
+        tiny_model_dir,
+        data_with_bad_line_3,
+        runs,
+        train={"max_steps": 2, "save_steps": 2},
+    )
+    result = invoke("train", config, "data.on_error=skip")
+    assert result.exit_code == 0, result.output
+    run = runs / "cli-run"
+    rejects = read_jsonl(run / "rejects.jsonl")
+    assert rejects == [
+        {
+            "source": str(data_with_bad_line_3),
+            "line": 3,
+            "reason": "field 'output' is missing or empty",
+            "record": {"instruction": "What is 2 plus 2?", "input": "", "output": ""},
+        }
+    ]
+    data = json.loads((run / "summary.json").read_text())["data"]
+    assert data["rejected"] == 1
+    assert data["examples"] == 7
+    assert data["read"] == data["examples"] + data["rejected"] == 8
+
+
+# --- chat --------------------------------------------------------------------------------
+
+
+def test_chat_with_a_model_answers_one_prompt(tiny_model_dir):
+    result = invoke("chat", "--model", tiny_model_dir, "--prompt", "hi", "--max-new-tokens", "5")
+    assert result.exit_code == 0, result.output
+    assert "error:" not in result.output and "Traceback" not in result.output
+
+
+@pytest.fixture
+def trained_run(tmp_path, tiny_model_dir, alpaca_file) -> Path:
+    runs = tmp_path / "runs"
+    config = write_config(
+        tmp_path / "run.yaml",
+        tiny_model_dir,
+        alpaca_file,
+        runs,
+        train={"max_steps": 1, "save_steps": 10},
+    )
+    result = invoke("train", config)
+    assert result.exit_code == 0, result.output
+    return runs / "cli-run"
+
+
+def test_chat_with_a_run_folder_uses_the_runs_base_model(trained_run):
+    result = invoke("chat", "--adapter", trained_run, "--prompt", "hi", "--max-new-tokens", "5")
+    assert result.exit_code == 0, result.output
+    assert "error:" not in result.output and "Traceback" not in result.output
+
+
+def test_chat_with_a_missing_adapter_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")  # a narrow terminal or a log: errors are not wrapped
+    missing = tmp_path / "nonexistent"
+    result = invoke("chat", "--adapter", missing, "--prompt", "hi")
+    assert_user_error(result, f"'{missing}' is neither a run folder nor an adapter or model folder")
+    assert len(result.output.strip().splitlines()) == 1
