@@ -55,7 +55,7 @@ def test_every_record_is_kept_or_rejected_with_a_reason(tmp_path, tiny_tokenizer
     built = build_sft_data(cfg.train, cfg, tiny_tokenizer, lambda *r: rejected.append(r))
     assert built.stats["read"] == 4
     assert built.stats["examples"] + built.stats["rejected"] == 4
-    assert [(line, "output" in reason) for _, line, reason, _ in rejected][0] == (2, True)
+    assert next((line, "output" in reason) for _, line, reason, _ in rejected) == (2, True)
     assert rejected[1][1] == 3 and "cutoff_len=32" in rejected[1][2]
     assert all(source == str(data) for source, *_ in rejected)
 
@@ -99,8 +99,14 @@ def test_max_samples_is_counted(tmp_path, tiny_tokenizer):
 
 def test_collator_pads_ids_and_ignores_padding_in_labels():
     batch = SFTCollator(pad_token_id=0, pad_to_multiple_of=4)(
-        [{"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+        [
+            {"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, 6, 7]},
+            {"input_ids": [8], "labels": [8]},
+        ]
     )
     assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
-    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX], [8] + [IGNORE_INDEX] * 3]
+    assert batch["labels"].tolist() == [
+        [IGNORE_INDEX, 6, 7, IGNORE_INDEX],
+        [8] + [IGNORE_INDEX] * 3,
+    ]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]

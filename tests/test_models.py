@@ -32,7 +32,7 @@ def test_missing_gguf_file(tmp_path):
 
 
 def test_folder_without_config_is_not_a_model(tmp_path):
-    with pytest.raises(ModelError, match="has no config.json"):
+    with pytest.raises(ModelError, match=r"has no config\.json"):
         resolve_model(str(tmp_path))
 
 

@@ -95,7 +95,12 @@ def test_lora_in_memory_equals_reloaded(tmp_path, tiny_model_dir, alpaca_file, m
 
     monkeypatch.setattr(sft.get_method("lora"), "save", spy)
     result = _train(
-        tmp_path, tiny_model_dir, alpaca_file, "lora-mem", "method.r=4", "train.max_steps=4",
+        tmp_path,
+        tiny_model_dir,
+        alpaca_file,
+        "lora-mem",
+        "method.r=4",
+        "train.max_steps=4",
         "train.learning_rate=1e-2",
     )
     tuned, tokenizer = load_for_inference(None, result.run.root)
@@ -139,6 +144,10 @@ def test_freeze_rejects_more_layers_than_the_model_has(tmp_path, tiny_model_dir,
 
     with pytest.raises(ConfigError, match="the model has 2 layers"):
         _train(
-            tmp_path, tiny_model_dir, alpaca_file, "bad", "method.type=freeze",
+            tmp_path,
+            tiny_model_dir,
+            alpaca_file,
+            "bad",
+            "method.type=freeze",
             "method.trainable_layers=5",
         )

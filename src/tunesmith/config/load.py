@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import difflib
-import types
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -23,9 +22,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = _read_yaml(Path(path)) if path else {}
     for item in overrides or []:
         key, value = parse_override(item)
-        if _is_text_field(key) and not isinstance(value, str | list | dict | None):
-            # YAML reads 2024-06-01 as a date, 001 as 1, yes as True; a text field wants the text.
-            value = item.partition("=")[2].strip()
         set_dotted(data, key, value)
     return validate(data, source=str(path) if path else "overrides")
 
@@ -34,12 +30,16 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override '{item}' must look like key=value (e.g. train.epochs=2)")
-    # YAML parsing gives numbers, booleans and lists ([a, b]) their natural types.
+    raw = raw.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+        return key.strip(), raw
+    # Text, lists, mappings and null come from YAML ("my run" is unquoted); other scalars stay as
+    # typed and pydantic converts them by the field's type ("1e-4" -> float, "true" -> bool), so a
+    # text field keeps 2024-06-01 or 0012345 instead of YAML's date or integer.
+    keep = value is None or isinstance(value, str | list | dict)
+    return key.strip(), value if keep else raw
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -108,46 +108,6 @@ def _describe(err: dict[str, Any], data: dict[str, Any]) -> str:
         choices = [c.strip(" '") for c in expected.replace(" or ", ", ").split(",")]
         message += _closest(err["input"], choices)
     return message
-
-
-def _is_text_field(key: str) -> bool:
-    """Whether the field at `key` takes text and no number or boolean (name, path, revision).
-
-    Raises ConfigError when `key` goes below a field that holds a value, not a section.
-    Unknown keys answer False: validation reports them with suggestions.
-    """
-    models: list[type[BaseModel]] = [RunConfig]  # the method section: one of its variants
-    parts = key.split(".")
-    for depth, part in enumerate(parts):
-        fields = [m.model_fields[part] for m in models if part in m.model_fields]
-        if not fields:
-            return False
-        annotation = fields[0].annotation
-        if depth == len(parts) - 1:
-            return _takes_text_only(annotation)
-        options = _flatten(annotation)
-        if all(isinstance(o, type) and issubclass(o, BaseModel) for o in options):
-            models = options
-        elif get_origin(annotation) is dict:
-            return depth == len(parts) - 2 and _takes_text_only(get_args(annotation)[1])
-        else:
-            prefix = ".".join(parts[: depth + 1])
-            raise ConfigError(f"override '{key}': '{prefix}' is a value, not a section")
-    return False
-
-
-def _takes_text_only(annotation: Any) -> bool:
-    """str, str | None, list[str], str | list[str]: text, and no number or boolean."""
-    found = set(_flatten(annotation, into_lists=True))
-    return str in found and not found & {int, float, bool}
-
-
-def _flatten(annotation: Any, into_lists: bool = False) -> list[Any]:
-    """The members of a union (and, with into_lists, the item types of lists)."""
-    origins = (Union, types.UnionType, list) if into_lists else (Union, types.UnionType)
-    if get_origin(annotation) in origins:
-        return [t for arg in get_args(annotation) for t in _flatten(arg, into_lists)]
-    return [annotation]
 
 
 def _clean_loc(loc: tuple) -> tuple:
