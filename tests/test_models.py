@@ -27,7 +27,7 @@ def test_missing_path_is_one_clear_sentence(ref):
 
 
 def test_missing_gguf_file(tmp_path):
-    with pytest.raises(ModelError, match="model file '.*nope.gguf' not found"):
+    with pytest.raises(ModelError, match=r"model file '.*nope\.gguf' not found"):
         resolve_model(str(tmp_path / "nope.gguf"))
 
 
