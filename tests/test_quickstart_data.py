@@ -126,16 +126,23 @@ def test_heldout_not_in_train(train, heldout):
         assert _norm(q["question"]) not in train_keys, q
 
 
-def test_general(general, train):
+@pytest.fixture(scope="module")
+def replay() -> list[dict]:
+    return _load("general_replay.jsonl")
+
+
+def test_general(general, replay, train):
     assert len(general) >= 3
+    assert len(replay) >= 12
     train_keys = {_norm(r["instruction"]) for r in train}
-    for q in general:
+    # The displayed general questions are held out from the replayed ones too.
+    assert not {_norm(q["question"]) for q in general} & {_norm(q["question"]) for q in replay}
+    for q in general + replay:
         assert set(q) == {"question", "lang"}
         assert q["lang"] in ("en", "zh")
         assert _is_zh(q["question"]) == (q["lang"] == "zh"), q
         assert "{{" not in q["question"]
         assert _norm(q["question"]) not in train_keys
-    assert any(q["lang"] == "zh" for q in general)
 
 
 def test_norm_helper():

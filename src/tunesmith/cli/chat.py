@@ -27,7 +27,7 @@ def chat_loop(
     start = [{"role": "system", "content": system}] if system else []
 
     def answer(history: list[dict]) -> str:
-        return generate_replies(model, tokenizer, [history], max_new_tokens, temperature)[0]
+        return generate_replies(model, tokenizer, [history], max_new_tokens, temperature)[0].text
 
     if prompt is not None:
         console.print(answer([*start, {"role": "user", "content": prompt}]), markup=False)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from tunesmith.data.render import prompt_ids
+
+
+@dataclass
+class Reply:
+    text: str
+    finished: bool  # False when max_new_tokens cut the reply short
 
 
 @torch.inference_mode()
@@ -16,9 +24,9 @@ def generate_replies(
     temperature: float = 0.0,
     batch_size: int = 8,
     streamer=None,
-) -> list[str]:
+) -> list[Reply]:
     """One reply per conversation (each ends with a user turn). Greedy when temperature == 0."""
-    replies: list[str] = []
+    replies: list[Reply] = []
     for start in range(0, len(conversations), batch_size):
         batch = [prompt_ids(tokenizer, conv) for conv in conversations[start : start + batch_size]]
         input_ids, attention_mask = _left_pad(batch, tokenizer.pad_token_id)
@@ -36,7 +44,11 @@ def generate_replies(
             **sampling,
         )
         new_tokens = output[:, input_ids.shape[1] :]
-        replies += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        # A reply stopped on an end token when its row ends in that token or in padding.
+        stops = torch.tensor([tokenizer.pad_token_id, tokenizer.eos_token_id])
+        finished = torch.isin(new_tokens[:, -1], stops) | (new_tokens.shape[1] < max_new_tokens)
+        replies += [Reply(t.strip(), bool(f)) for t, f in zip(texts, finished, strict=True)]
     return replies
 
 

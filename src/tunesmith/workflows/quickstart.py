@@ -3,6 +3,10 @@
 Base answers are generated first, then a LoRA run trains on the bundled identity data, then the
 tuned model (reloaded from the run folder, as a user would) answers the same held-out identity
 questions, which the training set does not contain, and a few general ones.
+
+The training set also replays the base model's own answers to general prompts, so the tune
+changes who the assistant says it is and little else (without it, the model starts answering
+unrelated questions with its name).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from rich.table import Table
 
 from tunesmith.config.load import load_config
 from tunesmith.evaluation.report import html_page
-from tunesmith.models.generate import generate_replies
+from tunesmith.models.generate import Reply, generate_replies
 from tunesmith.models.load import load_model_and_tokenizer
 from tunesmith.models.tuned import load_for_inference
 from tunesmith.runs.folder import RunFolder
@@ -26,7 +30,7 @@ from tunesmith.utils.console import console
 
 DATA = files("tunesmith.workflows") / "quickstart_data"
 CONFIG = files("tunesmith.workflows") / "quickstart.yaml"
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = 64
 
 
 @dataclass
@@ -47,29 +51,34 @@ def run_quickstart(
     started = time.perf_counter()
     config = load_config(Path(str(CONFIG)), overrides)
     run = RunFolder.create(config.output, "quickstart")
-    train_file = run.write_text(
-        "data/identity_train.jsonl", _fill(_read("identity_train.jsonl", raw=True), name, author)
-    )
-    config.data.train = [str(train_file)]
-
     questions = [("identity", q["question"]) for q in _read("identity_heldout.jsonl")]
     questions += [("general", q["question"]) for q in _read("general.jsonl")]
     prompts = [[{"role": "user", "content": _fill(q, name, author)}] for _, q in questions]
+    replay = [[{"role": "user", "content": q["question"]}] for q in _read("general_replay.jsonl")]
 
     console.rule("1/3 base model answers")
     model, tokenizer, _ = load_model_and_tokenizer(config.model)
-    base = generate_replies(model, tokenizer, prompts, MAX_NEW_TOKENS)
+    base = generate_replies(model, tokenizer, prompts + replay, MAX_NEW_TOKENS, batch_size=16)
     del model
+    base, replay_answers = base[: len(prompts)], base[len(prompts) :]
+    config.data.train = [
+        str(
+            run.write_text(
+                "data/identity.jsonl", _fill(_read("identity_train.jsonl", raw=True), name, author)
+            )
+        ),
+        str(run.write_text("data/replay.jsonl", _replay_records(replay, replay_answers))),
+    ]
 
     console.rule("2/3 LoRA fine-tune on the identity data")
     result = run_sft(config, run)
 
     console.rule("3/3 tuned model answers")
     model, tokenizer = load_for_inference(None, run.root)
-    tuned = generate_replies(model, tokenizer, prompts, MAX_NEW_TOKENS)
+    tuned = generate_replies(model, tokenizer, prompts, MAX_NEW_TOKENS, batch_size=16)
 
     answers = [
-        Answer(kind, p[0]["content"], b, t)
+        Answer(kind, p[0]["content"], b.text, t.text)
         for (kind, _), p, b, t in zip(questions, prompts, base, tuned, strict=True)
     ]
     summary = _summary(answers, name, author, result.summary, time.perf_counter() - started)
@@ -81,6 +90,16 @@ def run_quickstart(
 def _read(filename: str, raw: bool = False):
     text = (DATA / filename).read_text(encoding="utf-8")
     return text if raw else [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _replay_records(prompts: list[list[dict]], replies: list[Reply]) -> str:
+    """The base model's finished answers as alpaca records (cut-off answers would teach cutting)."""
+    records = [
+        {"instruction": p[0]["content"], "output": r.text}
+        for p, r in zip(prompts, replies, strict=True)
+        if r.finished and r.text
+    ]
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
 def _fill(text: str, name: str, author: str) -> str:
