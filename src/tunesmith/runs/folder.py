@@ -1,0 +1,100 @@
+"""The run folder: the one writer of everything a run leaves behind.
+
+Layout:
+    config.yaml       resolved configuration
+    metrics.jsonl     one line per logging step
+    alerts.jsonl      training alerts
+    rejects.jsonl     records left out, each with its reason
+    summary.json      data and training statistics at the end
+    checkpoints/      trainer checkpoints (resumable)
+    adapter/ | model/ trained adapter, or full model, with tokenizer and chat template
+    plots/  reports/
+And `index.jsonl` in the parent folder lists runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config.load import save_config
+from tunesmith.config.schema import OutputConfig, RunConfig
+from tunesmith.utils.errors import ConfigError
+
+
+class RunFolder:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @classmethod
+    def create(cls, output: OutputConfig, default_name: str) -> RunFolder:
+        name = output.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        root = Path(output.dir) / name
+        if cls(root).has_results() and not output.overwrite:
+            raise ConfigError(
+                f"output: run folder '{root}' already exists; set output.overwrite=true, "
+                "choose another output.name, or resume it with --resume"
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    # paths
+    config_path = property(lambda self: self.root / "config.yaml")
+    metrics_path = property(lambda self: self.root / "metrics.jsonl")
+    alerts_path = property(lambda self: self.root / "alerts.jsonl")
+    rejects_path = property(lambda self: self.root / "rejects.jsonl")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    adapter_dir = property(lambda self: self.root / "adapter")
+    model_dir = property(lambda self: self.root / "model")
+    plots = property(lambda self: self.root / "plots")
+    reports = property(lambda self: self.root / "reports")
+
+    def save_config(self, config: RunConfig) -> None:
+        save_config(config, self.config_path)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        _append_jsonl(self.metrics_path, record)
+
+    def reject(self, source: str, line: int, reason: str, record: Any) -> None:
+        _append_jsonl(
+            self.rejects_path, {"source": source, "line": line, "reason": reason, "record": record}
+        )
+
+    def write_json(self, relative: str, data: Any) -> Path:
+        return self.write_text(relative, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+    def write_text(self, relative: str, text: str) -> Path:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, text)
+        return path
+
+    def has_results(self) -> bool:
+        """A run that trained (not one that stopped at a data or config error) is kept."""
+        return self.last_checkpoint() is not None or (self.root / "summary.json").exists()
+
+    def last_checkpoint(self) -> Path | None:
+        found = sorted(
+            self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
+        )
+        return found[-1] if found else None
+
+    def add_to_index(self, **fields: Any) -> None:
+        _append_jsonl(self.root.parent / "index.jsonl", {"run": self.root.name, **fields})
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
