@@ -220,10 +220,36 @@ def test_malformed_record_skipped_and_written_to_rejects(
 # --- chat --------------------------------------------------------------------------------
 
 
+def _direct_reply(model_dir, prompt: str, max_new_tokens: int) -> str:
+    from tunesmith.config.schema import ModelConfig
+    from tunesmith.models.generate import generate_replies
+    from tunesmith.models.tuned import load_for_inference
+
+    model, tokenizer = load_for_inference(ModelConfig(name_or_path=str(model_dir)))
+    messages = [{"role": "user", "content": prompt}]
+    return generate_replies(model, tokenizer, [messages], max_new_tokens)[0].text
+
+
 def test_chat_with_a_model_answers_one_prompt(tiny_model_dir):
     result = invoke("chat", "--model", tiny_model_dir, "--prompt", "hi", "--max-new-tokens", "5")
     assert result.exit_code == 0, result.output
-    assert "error:" not in result.output and "Traceback" not in result.output
+    assert result.stdout.strip() == _direct_reply(tiny_model_dir, "hi", 5)
+
+
+def test_interactive_chat_keeps_history_until_reset(tiny_model_dir):
+    expected = _direct_reply(tiny_model_dir, "hi", 5)
+    result = runner.invoke(
+        app,
+        ["chat", "--model", str(tiny_model_dir), "--max-new-tokens", "5"],
+        input="hi\n/reset\nhi\n/exit\n",
+    )
+    assert result.exit_code == 0, result.output
+    replies = [
+        line.split("assistant>", 1)[1].strip()
+        for line in result.stdout.splitlines()
+        if "assistant>" in line
+    ]
+    assert replies == [expected, expected]  # after /reset the second turn starts afresh
 
 
 @pytest.fixture

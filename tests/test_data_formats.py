@@ -15,7 +15,7 @@ from tunesmith.data.formats import (
     to_conversation,
 )
 from tunesmith.data.readers import RawRecord
-from tunesmith.utils.errors import DataError
+from tunesmith.utils.errors import ConfigError, DataError
 
 LLAMAFACTORY = Path(__file__).resolve().parents[2] / "shared" / "data" / "llamafactory"
 
@@ -169,7 +169,9 @@ def test_sharegpt_column_and_tag_remapping():
 
 
 def test_unknown_column_name_is_rejected_with_allowed_names():
-    with pytest.raises(ValueError, match=r"unknown column name.*'question'.*allowed: instruction"):
+    with pytest.raises(
+        ConfigError, match=r"data.columns: unknown column name.*'question'.*allowed"
+    ):
         to_conversation(_rec({"instruction": "q", "output": "a"}), "alpaca", {"question": "q"})
 
 
@@ -330,7 +332,7 @@ def test_load_csv_sharegpt(tmp_path):
     ],
 )
 def test_load_invalid_arguments(tmp_path, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, ConfigError), match=match):
         load_conversations([], **kwargs)
 
 

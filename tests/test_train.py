@@ -151,3 +151,21 @@ def test_freeze_rejects_more_layers_than_the_model_has(tmp_path, tiny_model_dir,
             "method.type=freeze",
             "method.trainable_layers=5",
         )
+
+
+def test_eval_data_is_evaluated_and_logged(tmp_path, tiny_model_dir, alpaca_file):
+    result = _train(
+        tmp_path,
+        tiny_model_dir,
+        alpaca_file,
+        "with-eval",
+        f"data.eval={alpaca_file}",
+        "train.max_steps=4",
+        "train.save_steps=2",
+        "train.learning_rate=1e-2",
+    )
+    metrics = [json.loads(x) for x in result.run.metrics_path.read_text().splitlines()]
+    evals = [m for m in metrics if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [2, 4]
+    assert evals[1]["eval_loss"] < evals[0]["eval_loss"]  # eval set == train set: it must fall
+    assert result.summary["eval_data"]["examples"] == 8

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.data.readers import RawRecord, read_records
-from tunesmith.utils.errors import DataError
+from tunesmith.utils.errors import ConfigError, DataError
 
 FORMATS = ("alpaca", "sharegpt", "openai")
 ON_ERROR = ("stop", "skip")
@@ -62,7 +62,8 @@ def check_columns(columns: dict[str, str] | None) -> dict[str, str]:
     columns = dict(columns or {})
     unknown = sorted(set(columns) - set(_ALL_COLUMNS))
     if unknown:
-        raise ValueError(f"unknown column name(s) {unknown}; allowed: {', '.join(_ALL_COLUMNS)}")
+        allowed = ", ".join(_ALL_COLUMNS)
+        raise ConfigError(f"data.columns: unknown column name(s) {unknown}; allowed: {allowed}")
     return columns
 
 

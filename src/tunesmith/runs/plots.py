@@ -16,19 +16,24 @@ def read_metrics(run: RunFolder) -> list[dict]:
 
 
 def plot_loss(run: RunFolder) -> Path | None:
-    """Training loss against step; None when nothing was logged."""
-    points = [(m["step"], m["loss"]) for m in read_metrics(run) if m.get("loss") is not None]
-    if not points:
+    """Training (and eval) loss against step; None when nothing was logged."""
+    metrics = read_metrics(run)
+    train = [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None]
+    evals = [(m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None]
+    if not train:
         return None
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.pyplot as plt
 
-    steps, losses = zip(*points, strict=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, losses, marker="." if len(steps) < 50 else None)
-    ax.set(xlabel="step", ylabel="training loss", title=f"{run.root.name}: loss")
+    for label, points in (("train", train), ("eval", evals)):
+        if points:
+            steps, losses = zip(*points, strict=True)
+            ax.plot(steps, losses, label=label, marker="." if len(steps) < 50 else None)
+    ax.set(xlabel="step", ylabel="loss", title=f"{run.root.name}: loss")
+    ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     run.plots.mkdir(parents=True, exist_ok=True)

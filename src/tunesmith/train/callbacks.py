@@ -23,7 +23,9 @@ class MetricsCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        if "loss" not in logs:  # the end-of-training summary and eval logs have their own keys
+        if "eval_loss" in logs:
+            self.run.append_metrics({"step": state.global_step, "eval_loss": logs["eval_loss"]})
+        if "loss" not in logs:  # the end-of-training summary has its own keys
             return
         now = time.perf_counter()
         tokens = state.num_input_tokens_seen - self._last_tokens
