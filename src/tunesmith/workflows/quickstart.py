@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.table import Table
 
 from tunesmith.config.load import load_config
-from tunesmith.evaluation.report import html_page
+from tunesmith.utils.html import html_page
 from tunesmith.models.generate import Reply, generate_replies
 from tunesmith.models.load import load_model_and_tokenizer
 from tunesmith.models.tuned import load_for_inference
