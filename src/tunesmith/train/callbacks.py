@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from tunesmith.runs.folder import RunFolder
 
@@ -42,4 +43,16 @@ class MetricsCallback(TrainerCallback):
                 "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
                 "time": round(time.time(), 3),
             }
+        )
+
+
+class CompactProgressCallback(ProgressCallback):
+    """The trainer's progress bar with loss and lr in its postfix instead of a printed dict per
+    log step (those numbers are in metrics.jsonl)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training_bar is None or not logs or "loss" not in logs:
+            return
+        self.training_bar.set_postfix(
+            loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}", refresh=False
         )

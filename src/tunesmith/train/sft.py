@@ -14,7 +14,7 @@ from tunesmith.models.load import load_model_and_tokenizer
 from tunesmith.models.methods import count_parameters, get_method
 from tunesmith.runs.folder import RunFolder
 from tunesmith.runs.plots import plot_loss
-from tunesmith.train.callbacks import MetricsCallback
+from tunesmith.train.callbacks import CompactProgressCallback, MetricsCallback
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
 
@@ -28,6 +28,7 @@ class TrainResult:
 
 def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainResult:
     from transformers import Trainer, set_seed
+    from transformers.trainer_callback import ProgressCallback
 
     if not config.data.train:
         raise ConfigError("data.train: no training files given (e.g. data.train=[my_data.jsonl])")
@@ -63,6 +64,8 @@ def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
         data_collator=SFTCollator(tokenizer.pad_token_id),
         callbacks=[MetricsCallback(run)],
     )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(CompactProgressCallback)
     checkpoint = run.last_checkpoint() if resume else None
     if resume and checkpoint is None:
         console.print(f"[yellow]no checkpoint in {run.checkpoints}; training from the start")

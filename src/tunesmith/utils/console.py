@@ -2,4 +2,4 @@
 
 from rich.console import Console
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # paths and file:line stay on one line
