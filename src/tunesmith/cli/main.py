@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from tunesmith.utils.console import console
+from tunesmith.cli.data import data_app
+from tunesmith.cli.errors import user_errors
 from tunesmith.utils.errors import TunesmithError
 
 app = typer.Typer(
@@ -17,22 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-
-def user_errors(command):
-    """Print a TunesmithError as one red message and exit 2, instead of a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except TunesmithError as exc:
-            # Escaped: brackets in a message ([a.jsonl]) are text, not rich markup. Soft wrap:
-            # a `file:line:` prefix must stay on one line when the output goes to a log.
-            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
+app.add_typer(data_app, name="data")
 
 
 @app.command(context_settings={"allow_extra_args": False})

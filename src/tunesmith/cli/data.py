@@ -1,0 +1,301 @@
+"""`tunesmith data ...`: inspect, clean, convert, split, balance, augment, synth, log, watch."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunesmith.cli.errors import user_errors
+from tunesmith.utils.console import console
+from tunesmith.utils.errors import TunesmithError
+
+data_app = typer.Typer(help="Inspect, clean, convert and generate training data.")
+
+Paths = Annotated[list[str], typer.Argument(help="Data files, or dataset names with --registry.")]
+Format = Annotated[str, typer.Option("--format", help="auto | alpaca | sharegpt | openai")]
+Registry = Annotated[
+    Path | None, typer.Option(help="dataset_info.json or a tunesmith YAML registry.")
+]
+ModelSpec = Annotated[
+    str | None, typer.Option("--model", help="local:<model ref> or an OpenAI-compatible URL.")
+]
+
+
+@data_app.command()
+@user_errors
+def inspect(
+    paths: Paths,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Model whose tokenizer counts tokens.")
+    ] = None,
+    cutoff_len: Annotated[int | None, typer.Option(help="Report the share truncated.")] = None,
+    fmt: Format = "auto",
+    registry: Registry = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder.")] = None,
+    near_dup_threshold: float = 0.8,
+):
+    """Write a quality report (HTML + JSON) for data files."""
+    from tunesmith.data.quality.analyze import inspect_data, write_inspect_report
+
+    files, fmt, columns = _sources(paths, fmt, registry)
+    tok = _tokenizer(tokenizer) if tokenizer else None
+    report = inspect_data(
+        files, fmt, columns, tok, cutoff_len, near_dup_threshold=near_dup_threshold
+    )
+    html, js = write_inspect_report(report, out or Path(files[0]).parent / "inspect")
+    console.print(f"quality score {report.get('quality_score')} — report: {html} ({js.name})")
+    for advice in report.get("recommendations", []):
+        console.print(f"- {advice}")
+
+
+@data_app.command()
+@user_errors
+def clean(
+    args: Annotated[list[str], typer.Argument(help="Data files and key=value overrides.")],
+    out: Annotated[Path, typer.Option(help="Cleaned output file (.jsonl/.json/.csv/.parquet).")],
+    config: Annotated[Path | None, typer.Option(help="Clean config YAML.")] = None,
+    fmt: Format = "auto",
+    registry: Registry = None,
+):
+    """Run the cleaning pipeline; every removed record goes to rejects.jsonl with its reason."""
+    from tunesmith.config.load import parse_override, set_dotted
+    from tunesmith.data.quality.clean import CleanConfig, clean_records, write_clean_output
+
+    paths = [a for a in args if "=" not in a]
+    settings = CleanConfig.from_yaml(config).model_dump() if config else {}
+    for item in (a for a in args if "=" in a):
+        set_dotted(settings, *parse_override(item))
+    cfg = _validated(CleanConfig, settings, "clean")
+    files, fmt, columns = _sources(paths, fmt, registry)
+    result = clean_records(files, cfg, fmt, columns)
+    summary = write_clean_output(result, out, cfg)
+    for step in result.step_stats:
+        console.print(
+            f"{step['step']:>12}: {step['in']} in, {step['kept']} kept, "
+            f"{step['rejected']} rejected, {step.get('modified', 0)} modified"
+        )
+    console.print(f"{result.read} read = {len(result.kept)} kept + {len(result.rejects)} rejected")
+    console.print(f"wrote {out} ({json.dumps(summary, ensure_ascii=False)[:200]})")
+
+
+@data_app.command()
+@user_errors
+def convert(
+    src: Path,
+    dst: Path,
+    to: Annotated[str, typer.Option(help="alpaca | sharegpt | openai")],
+    fmt: Format = "auto",
+):
+    """Convert between alpaca, sharegpt and openai formats (and file types, by suffix)."""
+    from tunesmith.data.convert import convert_file
+
+    stats = convert_file(src, dst, to, fmt)
+    _version(dst, "convert", {"to": to, "from": fmt}, [src])
+    console.print(f"wrote {dst}: {stats}")
+
+
+@data_app.command()
+@user_errors
+def split(
+    src: Path,
+    out_dir: Annotated[Path, typer.Option(help="Folder for train / val / test files.")],
+    ratios: Annotated[str, typer.Option(help="Comma-separated, summing to 1.")] = "0.8,0.1,0.1",
+    seed: int = 42,
+    stratify: Annotated[str | None, typer.Option(help="Field to stratify by (label).")] = None,
+):
+    """Seeded train / val / test split, stratified by a field if asked."""
+    from tunesmith.data.convert import split_records, write_records
+
+    records = _raw_records(src)
+    parts = [float(r) for r in ratios.split(",")]
+    key = (lambda r: r.get(stratify)) if stratify else None
+    names = ["train", "val", "test"][: len(parts)] if len(parts) <= 3 else None
+    names = names or [f"part{i}" for i in range(len(parts))]
+    for name, chunk in zip(names, split_records(records, tuple(parts), seed, key), strict=True):
+        target = out_dir / f"{name}{src.suffix}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_records(target, chunk)
+        _version(target, "split", {"ratios": parts, "seed": seed, "part": name}, [src])
+        console.print(f"{target}: {len(chunk)} records")
+
+
+@data_app.command()
+@user_errors
+def balance(
+    src: Path,
+    dst: Path,
+    by: Annotated[str, typer.Option(help="Field holding the label or task type.")] = "label",
+    strategy: Annotated[str, typer.Option(help="oversample | undersample")] = "oversample",
+    seed: int = 42,
+):
+    """Over- or under-sample records so every label has the same count."""
+    from tunesmith.data.convert import balance_records, write_records
+
+    records = _raw_records(src)
+    if not any(by in r for r in records):
+        raise TunesmithError(f"{src}: no record has the field '{by}' to balance by")
+    balanced = balance_records(records, lambda r: r.get(by), strategy, seed)
+    write_records(dst, balanced)
+    _version(dst, "balance", {"by": by, "strategy": strategy, "seed": seed}, [src])
+    console.print(f"wrote {dst}: {len(records)} -> {len(balanced)} records")
+
+
+@data_app.command()
+@user_errors
+def augment(
+    src: Path,
+    dst: Path,
+    method: Annotated[
+        list[str], typer.Option(help="noise | synonym | paraphrase | backtranslate (repeatable)")
+    ],
+    synonyms: Annotated[Path | None, typer.Option(help="JSON {word: [synonyms]}.")] = None,
+    model: ModelSpec = None,
+    n: Annotated[int, typer.Option(help="New records per input record.")] = 1,
+    seed: int = 42,
+    fmt: Format = "auto",
+):
+    """Add noisy, synonym-replaced or paraphrased copies of records."""
+    from tunesmith.data.augment import augment_records
+    from tunesmith.data.convert import to_record, write_records
+    from tunesmith.data.formats import load_conversations
+
+    conversations, stats = load_conversations([src], fmt)
+    table = json.loads(synonyms.read_text(encoding="utf-8")) if synonyms else None
+    client = _client(model) if model else None
+    new = augment_records(conversations, method, n, seed, client=client, synonyms=table)
+    out_fmt = next(iter(stats["formats"].values()))
+    originals = [to_record(c.messages, out_fmt) for c in conversations]
+    write_records(dst, originals + [to_record(r["messages"], out_fmt) for r in new])
+    _version(dst, "augment", {"methods": method, "n": n, "seed": seed}, [src])
+    console.print(f"wrote {dst}: {len(originals)} originals + {len(new)} augmented")
+
+
+@data_app.command()
+@user_errors
+def synth(
+    src: Annotated[
+        Path, typer.Argument(help="Seed examples (self-instruct) or prompts (teacher).")
+    ],
+    dst: Path,
+    model: ModelSpec = None,
+    n: Annotated[int, typer.Option(help="Instructions to generate (self-instruct).")] = 50,
+    teacher: Annotated[bool, typer.Option(help="Answer the prompts in SRC instead.")] = False,
+    seed: int = 42,
+    max_new_tokens: int = 512,
+):
+    """Self-Instruct new instructions from seeds, or teacher answers for distillation data."""
+    from tunesmith.data.convert import to_record, write_records
+    from tunesmith.data.formats import load_conversations
+    from tunesmith.data.synth import self_instruct, teacher_answers
+
+    if model is None:
+        raise TunesmithError("--model is required: local:<model ref> or an OpenAI-compatible URL")
+    client = _client(model)
+    conversations, _ = load_conversations([src])
+    if teacher:
+        prompts = [c.messages[:-1] for c in conversations]
+        records = teacher_answers(prompts, client, max_new_tokens)
+        stats = {"prompts": len(prompts), "answered": len(records)}
+    else:
+        seeds = [to_record(c.messages, "alpaca") for c in conversations]
+        records, stats = self_instruct(seeds, client, n, seed)
+    write_records(dst, records)
+    _version(dst, "synth", {"teacher": teacher, "n": n, "seed": seed, "model": model}, [src])
+    console.print(f"wrote {dst}: {stats}")
+
+
+@data_app.command()
+@user_errors
+def log(path: Path):
+    """Print the lineage of a dataset (parents, operations) with metric deltas."""
+    from tunesmith.data.quality.version import format_lineage, lineage
+
+    console.print(format_lineage(lineage(path)), markup=False)
+
+
+@data_app.command()
+@user_errors
+def watch(
+    path: Annotated[str, typer.Argument(help="JSONL file to follow, or - for stdin.")] = "-",
+    follow: Annotated[bool, typer.Option(help="Keep reading lines appended to the file.")] = False,
+    min_pass_rate: float = 0.8,
+    alerts: Annotated[Path | None, typer.Option(help="Append alerts to this JSONL file.")] = None,
+):
+    """Score records as they arrive; alert when the rolling pass rate drops."""
+    from tunesmith.data.quality.monitor import QualityMonitor, follow_file, watch_stream
+
+    def sink(alert: dict) -> None:
+        console.print(f"[yellow]alert:[/yellow] {json.dumps(alert, ensure_ascii=False)}")
+        if alerts:
+            with alerts.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(alert, ensure_ascii=False) + "\n")
+
+    monitor = QualityMonitor(min_pass_rate=min_pass_rate, alert_sink=sink)
+    with contextlib.ExitStack() as stack:
+        if path == "-":
+            lines, source = sys.stdin, "<stdin>"
+        elif follow:
+            lines, source = follow_file(Path(path)), path
+        else:
+            lines, source = stack.enter_context(Path(path).open(encoding="utf-8")), path
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a follow: print the summary
+            watch_stream(lines, monitor, source)
+    console.print(json.dumps(monitor.dashboard(), ensure_ascii=False))
+
+
+def _sources(names: list[str], fmt: str, registry: Path | None) -> tuple[list[str], str, dict]:
+    """Files, format and columns: paths as given, or dataset names looked up in a registry."""
+    if not names:
+        raise TunesmithError("give at least one data file (or a dataset name with --registry)")
+    if registry is None:
+        return names, fmt, {}
+    from tunesmith.data.registry import resolve_dataset
+
+    entries = [resolve_dataset(registry, name) for name in names]
+    if len({e.fmt for e in entries}) > 1:
+        raise TunesmithError(f"datasets {names} have different formats; give one at a time")
+    columns = {k: v for e in entries for k, v in e.columns.items()}
+    return [str(f) for e in entries for f in e.files], entries[0].fmt, columns
+
+
+def _raw_records(path: Path) -> list[dict]:
+    from tunesmith.data.readers import read_records
+
+    return [record.data for record in read_records(path)]
+
+
+def _version(path: Path, operation: str, params: dict, parents: list[Path]) -> None:
+    from tunesmith.data.quality.version import write_version
+
+    write_version(
+        Path(path), _raw_records(Path(path)), operation, params, [Path(p) for p in parents]
+    )
+
+
+def _tokenizer(ref: str):
+    from tunesmith.config.schema import ModelConfig
+    from tunesmith.models.load import load_tokenizer
+    from tunesmith.models.resolve import resolve_model
+
+    return load_tokenizer(resolve_model(ref), ModelConfig(name_or_path=ref))
+
+
+def _client(spec: str):
+    from tunesmith.models.client import make_client
+
+    return make_client(spec)
+
+
+def _validated(model_cls, settings: dict, source: str):
+    from pydantic import ValidationError
+
+    try:
+        return model_cls.model_validate(settings)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise TunesmithError(f"{source}: invalid settings\n  " + "\n  ".join(lines)) from None
