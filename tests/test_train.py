@@ -169,3 +169,54 @@ def test_eval_data_is_evaluated_and_logged(tmp_path, tiny_model_dir, alpaca_file
     assert [m["step"] for m in evals] == [2, 4]
     assert evals[1]["eval_loss"] < evals[0]["eval_loss"]  # eval set == train set: it must fall
     assert result.summary["eval_data"]["examples"] == 8
+
+
+def _batch_loss(trainer_model, batch):
+    from transformers import TrainingArguments
+
+    from tunesmith.train.trainer import CausalLMTrainer
+
+    args = TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to=[])
+    trainer = CausalLMTrainer(model=trainer_model, args=args)
+    with torch.no_grad():
+        return trainer.compute_loss(trainer_model, batch).item()
+
+
+def test_packed_and_trained_only_logits_give_the_reference_loss(tiny_model_dir, alpaca_file):
+    """Padded, packed and the model's own full-logits loss agree on the same examples."""
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.config.schema import DataConfig
+    from tunesmith.data.dataset import PackedCollator, SFTCollator, build_sft_data
+    from tunesmith.models.load import load_tokenizer
+    from tunesmith.models.resolve import resolve_model
+
+    cfg = DataConfig(train=[str(alpaca_file)])
+    tokenizer = load_tokenizer(resolve_model(str(tiny_model_dir)), load_config(None, []).model)
+    examples = build_sft_data(cfg.train, cfg, tokenizer).examples[:4]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    padded = SFTCollator(tokenizer.pad_token_id)(examples)
+    packed = PackedCollator()(examples)
+    with torch.no_grad():
+        # full-vocabulary logits at every position
+        reference = model(**padded, use_cache=False).loss.item()
+    assert _batch_loss(model, padded) == pytest.approx(reference, rel=1e-6)
+    assert _batch_loss(model, packed) == pytest.approx(reference, rel=1e-6)
+    assert packed["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in examples))
+
+
+def test_packed_examples_do_not_attend_to_each_other(tiny_model_dir, alpaca_file):
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.data.dataset import PackedCollator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    first = {"input_ids": [5, 6, 7, 8], "labels": [5, 6, 7, 8]}
+    second = {"input_ids": [9, 10, 11], "labels": [9, 10, 11]}
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor([second["input_ids"]]), use_cache=False).logits
+        batch = {k: v for k, v in PackedCollator()([first, second]).items() if k != "labels"}
+        packed = model(**batch, use_cache=False).logits
+        unpacked = model(input_ids=batch["input_ids"], use_cache=False).logits
+    assert torch.allclose(packed[:, 4:], alone, atol=1e-5)
+    assert not torch.allclose(unpacked[:, 4:], alone, atol=1e-5)  # the check can fail

@@ -65,11 +65,26 @@ class DataConfig(Section):
     train_on_prompt: bool = False
     on_error: Literal["stop", "skip"] = "stop"
     max_samples: int | None = Field(None, ge=1)
+    registry: str | None = Field(
+        None, description="LLaMA-Factory dataset_info.json or a tunesmith YAML registry."
+    )
+    dataset: list[str] = Field(
+        default_factory=list,
+        description="Dataset names from data.registry, read with their own format and columns.",
+    )
 
     @field_validator("train", "eval", mode="before")
     @classmethod
     def _one_path_is_a_list(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _names_are_a_list(cls, value: object) -> object:
+        # LLaMA-Factory's convention: one string may list several names, comma-separated.
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
 
 class TrainConfig(Section):
@@ -85,6 +100,9 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
+    packing: bool = Field(
+        True, description="Concatenate each batch into one row without padding (same loss)."
+    )
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(100, ge=1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import jinja2
@@ -11,6 +11,7 @@ import torch
 from tunesmith.config.schema import DataConfig
 from tunesmith.data.formats import Conversation, load_conversations
 from tunesmith.data.readers import RawRecord
+from tunesmith.data.registry import Source
 from tunesmith.data.render import IGNORE_INDEX, TemplateError, tokenize_conversation
 from tunesmith.utils.errors import DataError
 
@@ -25,17 +26,22 @@ class SFTData:
 
 
 def build_sft_data(
-    paths: list[str], cfg: DataConfig, tokenizer, reject: RejectSink | None = None
+    sources: Sequence[str | Source],
+    cfg: DataConfig,
+    tokenizer,
+    reject: RejectSink | None = None,
 ) -> SFTData:
-    """Read, validate, render and tokenize. Every record read is kept or passed to `reject`."""
+    """Read, validate, render and tokenize. Every record read is kept or passed to `reject`.
+
+    `sources`: data files, read with data.format and data.columns, or Sources carrying their
+    own (registry datasets, see `registry.sft_sources`).
+    """
 
     def reject_raw(record: RawRecord, reason: str) -> None:
         if reject:
             reject(record.source, record.line, reason, record.data)
 
-    conversations, read_stats = load_conversations(
-        paths, cfg.format, cfg.columns, cfg.on_error, reject_raw if reject else None
-    )
+    conversations, read_stats = _read(sources, cfg, reject_raw if reject else None)
     if cfg.max_samples:
         conversations = conversations[: cfg.max_samples]
     examples, truncated, unusable = [], 0, 0
@@ -60,6 +66,21 @@ def build_sft_data(
         "formats": read_stats["formats"],
     }
     return SFTData(examples, stats)
+
+
+def _read(sources: Sequence[str | Source], cfg: DataConfig, reject_raw) -> tuple[list, dict]:
+    conversations: list[Conversation] = []
+    stats: dict = {"read": 0, "kept": 0, "rejected": 0, "formats": {}}
+    for source in sources:
+        paths, fmt, columns = (
+            source if isinstance(source, Source) else ([source], cfg.format, cfg.columns)
+        )
+        convs, part = load_conversations(paths, fmt, columns, cfg.on_error, reject_raw)
+        conversations += convs
+        for key in ("read", "kept", "rejected"):
+            stats[key] += part[key]
+        stats["formats"].update(part["formats"])
+    return conversations, stats
 
 
 def _tokenize(conv: Conversation, cfg: DataConfig, tokenizer):
@@ -95,3 +116,25 @@ class SFTCollator:
             labels[row, :n] = torch.tensor(item["labels"])
             mask[row, :n] = 1
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class PackedCollator:
+    """Padding-free batches: the examples of a batch are concatenated into one row.
+
+    Position ids restart at 0 for every example; with no attention mask, transformers reads the
+    example boundaries from them and never lets attention cross an example. The first label of
+    each example is ignored so no example learns to predict the start of the next.
+    """
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        ids, labels, positions = [], [], []
+        for item in batch:
+            ids += item["input_ids"]
+            labels += [IGNORE_INDEX, *item["labels"][1:]]
+            positions += range(len(item["input_ids"]))
+        as_row = lambda values: torch.tensor([values], dtype=torch.long)  # noqa: E731
+        return {
+            "input_ids": as_row(ids),
+            "labels": as_row(labels),
+            "position_ids": as_row(positions),
+        }

@@ -9,12 +9,14 @@ from pathlib import Path
 import torch
 
 from tunesmith.config.schema import RunConfig, TrainConfig
-from tunesmith.data.dataset import SFTCollator, build_sft_data
+from tunesmith.data.dataset import PackedCollator, SFTCollator, build_sft_data
+from tunesmith.data.registry import sft_sources
 from tunesmith.models.load import load_model_and_tokenizer
 from tunesmith.models.methods import count_parameters, get_method
 from tunesmith.runs.folder import RunFolder
 from tunesmith.runs.plots import plot_loss
 from tunesmith.train.callbacks import CompactProgressCallback, MetricsCallback
+from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
 
@@ -27,17 +29,18 @@ class TrainResult:
 
 
 def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainResult:
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
     from transformers.trainer_callback import ProgressCallback
 
-    if not config.data.train:
+    if not config.data.train and not config.data.dataset:
         raise ConfigError("data.train: no training files given (e.g. data.train=[my_data.jsonl])")
+    sources = sft_sources(config.data)  # registry mistakes surface before the model loads
     started = time.perf_counter()
     run.save_config(config)
     set_seed(config.train.seed)
 
     model, tokenizer, resolved = load_model_and_tokenizer(config.model)
-    train_data = build_sft_data(config.data.train, config.data, tokenizer, run.reject)
+    train_data = build_sft_data(sources, config.data, tokenizer, run.reject)
     eval_data = (
         build_sft_data(config.data.eval, config.data, tokenizer, run.reject)
         if config.data.eval
@@ -56,12 +59,13 @@ def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()  # checkpointed blocks need a grad through frozen inputs
 
-    trainer = Trainer(
+    collator = PackedCollator() if config.train.packing else SFTCollator(tokenizer.pad_token_id)
+    trainer = CausalLMTrainer(
         model=model,
         args=_training_arguments(config.train, run, has_eval=eval_data is not None),
         train_dataset=train_data.examples,
         eval_dataset=eval_data.examples if eval_data else None,
-        data_collator=SFTCollator(tokenizer.pad_token_id),
+        data_collator=collator,
         callbacks=[MetricsCallback(run)],
     )
     trainer.remove_callback(ProgressCallback)
@@ -117,11 +121,13 @@ def _training_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool):
         save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=cfg.save_steps if has_eval else None,
-        include_num_input_tokens_seen="non_padding",
+        # packed rows hold no padding; padded batches are counted by their attention mask
+        include_num_input_tokens_seen="all" if cfg.packing else "non_padding",
         use_cpu=not torch.cuda.is_available(),
         report_to=[],
         disable_tqdm=False,
         dataloader_num_workers=0,
+        prediction_loss_only=True,  # eval reports the loss; logits are kept for trained tokens only
     )
 
 
