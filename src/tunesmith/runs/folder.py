@@ -59,6 +59,14 @@ class RunFolder:
     def append_metrics(self, record: dict[str, Any]) -> None:
         _append_jsonl(self.metrics_path, record)
 
+    def drop_metrics_after(self, step: int) -> None:
+        """On resume: forget what a killed run logged after the checkpoint it resumes from."""
+        if not self.metrics_path.is_file():
+            return
+        lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        atomic_write(self.metrics_path, "".join(f"{line}\n" for line in kept))
+
     def reject(self, source: str, line: int, reason: str, record: Any) -> None:
         _append_jsonl(
             self.rejects_path, {"source": source, "line": line, "reason": reason, "record": record}
@@ -78,8 +86,15 @@ class RunFolder:
         return self.last_checkpoint() is not None or (self.root / "summary.json").exists()
 
     def last_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint: the trainer writes trainer_state.json last, so a
+        folder without it was cut short by a crash and is skipped."""
         found = sorted(
-            self.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
+            (
+                p
+                for p in self.checkpoints.glob("checkpoint-*")
+                if (p / "trainer_state.json").is_file()
+            ),
+            key=lambda p: int(p.name.split("-")[-1]),
         )
         return found[-1] if found else None
 

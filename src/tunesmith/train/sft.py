@@ -37,6 +37,7 @@ def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
     sources = sft_sources(config.data)  # registry mistakes surface before the model loads
     started = time.perf_counter()
     run.save_config(config)
+    run.rejects_path.unlink(missing_ok=True)  # the data is read again on every start or resume
     set_seed(config.train.seed)
 
     model, tokenizer, resolved = load_model_and_tokenizer(config.model)
@@ -73,6 +74,7 @@ def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
     checkpoint = run.last_checkpoint() if resume else None
     if resume and checkpoint is None:
         console.print(f"[yellow]no checkpoint in {run.checkpoints}; training from the start")
+    run.drop_metrics_after(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     artifact = run.root / method.ARTIFACT
