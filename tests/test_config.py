@@ -7,14 +7,11 @@ from pathlib import Path
 import pytest
 
 from tunesmith.config.load import load_config, parse_override, save_config
-from tunesmith.config.schema import FreezeMethod, LoraMethod, RunConfig
+from tunesmith.config.schema import FreezeMethod, LoraMethod, RunConfig, TrainConfig
 from tunesmith.utils.errors import ConfigError, TunesmithError
 
-TRAIN_KEYS = (
-    "stage, epochs, max_steps, learning_rate, batch_size, gradient_accumulation_steps, "
-    "lr_scheduler, warmup_ratio, weight_decay, max_grad_norm, precision, "
-    "gradient_checkpointing, seed, logging_steps, save_steps, save_total_limit"
-)
+# The allowed keys listed in an error are the section's fields, in declaration order.
+TRAIN_KEYS = ", ".join(TrainConfig.model_fields)
 LORA_KEYS = "type, r, alpha, dropout, target_modules, modules_to_save"
 FREEZE_KEYS = "type, trainable_layers, trainable_modules"
 
