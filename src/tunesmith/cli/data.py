@@ -170,7 +170,8 @@ def augment(
     new = augment_records(conversations, method, n, seed, client=client, synonyms=table)
     out_fmt = next(iter(stats["formats"].values()))
     originals = [to_record(c.messages, out_fmt) for c in conversations]
-    write_records(dst, originals + [to_record(r["messages"], out_fmt) for r in new])
+    augmented = [{**to_record(r["messages"], out_fmt), "origin": r["origin"]} for r in new]
+    write_records(dst, originals + augmented)
     _version(dst, "augment", {"methods": method, "n": n, "seed": seed}, [src])
     console.print(f"wrote {dst}: {len(originals)} originals + {len(new)} augmented")
 
@@ -191,17 +192,25 @@ def synth(
     """Self-Instruct new instructions from seeds, or teacher answers for distillation data."""
     from tunesmith.data.convert import to_record, write_records
     from tunesmith.data.formats import load_conversations
-    from tunesmith.data.synth import self_instruct, teacher_answers
+    from tunesmith.data.synth import read_prompts, self_instruct, teacher_answers
 
     if model is None:
         raise TunesmithError("--model is required: local:<model ref> or an OpenAI-compatible URL")
     client = _client(model)
-    conversations, _ = load_conversations([src])
     if teacher:
-        prompts = [c.messages[:-1] for c in conversations]
-        records = teacher_answers(prompts, client, max_new_tokens)
-        stats = {"prompts": len(prompts), "answered": len(records)}
+        prompts = [messages for _, messages in read_prompts(str(src))]
+        rejects: list[dict] = []
+        records = teacher_answers(
+            prompts,
+            client,
+            max_new_tokens,
+            reject=lambda prompt, reason: rejects.append({"prompt": prompt, "reason": reason}),
+        )
+        if rejects:  # answers left out (empty or cut short) are kept with their reason
+            write_records(dst.with_name(f"{dst.stem}.rejects.jsonl"), rejects)
+        stats = {"prompts": len(prompts), "answered": len(records), "left_out": len(rejects)}
     else:
+        conversations, _ = load_conversations([src])
         seeds = [to_record(c.messages, "alpaca") for c in conversations]
         records, stats = self_instruct(seeds, client, n, seed)
     write_records(dst, records)

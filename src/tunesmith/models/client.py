@@ -1,0 +1,263 @@
+"""The one LLM interface of the data tools: a local model or any OpenAI-compatible endpoint.
+
+The seeds call `llm.generate(prompt)` without ever defining it (module 5, vague point 1). Here a
+client takes whole conversations so the local model is prompted through its own chat template,
+exactly as an API model is prompted through the server's. `chat` returns texts; `replies` also
+says whether each reply finished or was cut by `max_new_tokens`, which teacher data needs.
+
+    make_client("local:smollm2-135m-instruct")          # a model ref, or a run / adapter folder
+    make_client("http://127.0.0.1:8000/v1#qwen2.5-7b")  # URL; '#model' optional if it serves one
+    make_client("openai#gpt-4o-mini")                   # URL from TUNESMITH_API_BASE or similar
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import httpx
+
+from tunesmith.config.schema import ModelConfig
+from tunesmith.models.generate import Reply
+from tunesmith.utils.errors import ModelError
+
+KEY_ENV = ("TUNESMITH_API_KEY", "OPENAI_API_KEY")  # first one set wins
+BASE_URL_ENV = ("TUNESMITH_API_BASE", "OPENAI_BASE_URL")
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_MAX_RETRY_AFTER_S = 60.0
+
+
+@runtime_checkable
+class ChatClient(Protocol):
+    def chat(
+        self, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.7
+    ) -> list[str]:
+        """One reply text per conversation (each ends with a user turn), in order."""
+        ...
+
+
+def replies_of(
+    client: ChatClient, conversations: list[list[dict]], max_new_tokens: int, temperature: float
+) -> list[Reply]:
+    """Replies with their finished flag; a client with only `chat` counts every reply finished."""
+    if hasattr(client, "replies"):
+        return client.replies(conversations, max_new_tokens, temperature)
+    texts = client.chat(conversations, max_new_tokens=max_new_tokens, temperature=temperature)
+    return [Reply(text, True) for text in texts]
+
+
+class LocalClient:
+    """A local causal LM (model ref, run folder or adapter folder) behind the chat interface."""
+
+    def __init__(
+        self,
+        model: str | ModelConfig | None,
+        adapter: str | Path | None = None,
+        batch_size: int = 8,
+    ):
+        from tunesmith.models.tuned import load_for_inference
+
+        cfg = ModelConfig(name_or_path=model) if isinstance(model, str) else model
+        self.model, self.tokenizer = load_for_inference(cfg, adapter)
+        self.batch_size = batch_size
+
+    def replies(
+        self, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.7
+    ) -> list[Reply]:
+        from tunesmith.models.generate import generate_replies
+
+        return generate_replies(
+            self.model,
+            self.tokenizer,
+            conversations,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            batch_size=self.batch_size,
+        )
+
+    def chat(
+        self, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.7
+    ) -> list[str]:
+        return [r.text for r in self.replies(conversations, max_new_tokens, temperature)]
+
+
+class OpenAIClient:
+    """POST {base_url}/chat/completions, with bounded retries on 429/5xx and timeouts."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        concurrency: int = 4,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key = api_key if api_key is not None else _env(KEY_ENV)
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.concurrency = max(1, concurrency)
+        self._sleep = sleep  # injectable so tests check the backoff without waiting
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self._http = httpx.Client(timeout=timeout, headers=headers)
+
+    def replies(
+        self, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.7
+    ) -> list[Reply]:
+        model = self.model_name()
+
+        def one(messages: list[dict]) -> Reply:
+            body = {
+                "model": model,
+                "messages": messages,
+                "max_tokens": max_new_tokens,
+                "temperature": temperature,
+            }
+            return _parse_completion(self._request("POST", "/chat/completions", body), self._url)
+
+        if self.concurrency == 1 or len(conversations) <= 1:
+            return [one(c) for c in conversations]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(one, conversations))  # map keeps the input order
+
+    def chat(
+        self, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.7
+    ) -> list[str]:
+        return [r.text for r in self.replies(conversations, max_new_tokens, temperature)]
+
+    def model_name(self) -> str:
+        """The configured model, or the only one the endpoint lists under /models."""
+        if self.model:
+            return self.model
+        listed = self._request("GET", "/models")
+        ids = [m.get("id") for m in listed.get("data", []) if isinstance(m, dict)]
+        if len(ids) != 1:
+            raise ModelError(
+                f"{self._url('/models')} serves {len(ids)} models {ids[:10]}; name one as "
+                f"{self.base_url}#<model>"
+            )
+        self.model = ids[0]
+        return self.model
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        url = self._url(path)
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self._http.request(method, url, json=body)
+            except httpx.ConnectError:
+                raise ModelError(f"cannot connect to {url}: is the server running?") from None
+            except httpx.TimeoutException:
+                if attempt == self.max_retries:
+                    raise ModelError(f"{url} did not answer in time, even after retries") from None
+                self._sleep(self.backoff * 2**attempt)
+                continue
+            if response.status_code in RETRY_STATUS and attempt < self.max_retries:
+                self._sleep(_retry_delay(response, self.backoff * 2**attempt))
+                continue
+            return _json_body(response, url)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def make_client(spec: str | dict) -> ChatClient:
+    """A client from `local:<ref>`, an http(s) URL (`#model` optional), `openai[#model]`, or a
+    dict ({"base_url", "model", "api_key", ...} or {"local": ref, "adapter": path})."""
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        if "local" in spec:
+            return _local(spec.pop("local"), **spec)
+        if "base_url" not in spec:
+            raise ModelError(f"model spec {spec} needs 'base_url' (an API) or 'local' (a model)")
+        return OpenAIClient(**spec)
+    if spec.startswith("local:"):
+        return _local(spec.removeprefix("local:"))
+    if spec.startswith(("http://", "https://")):
+        url, _, model = spec.partition("#")  # a fragment is never sent, so it can name the model
+        return OpenAIClient(url, model or None)
+    if spec == "openai" or spec.startswith("openai#"):
+        base = _env(BASE_URL_ENV)
+        if not base:
+            raise ModelError(f"'{spec}' needs the API's base URL in {' or '.join(BASE_URL_ENV)}")
+        return OpenAIClient(base, spec.partition("#")[2] or None)
+    raise ModelError(
+        f"unknown model spec '{spec}': use local:<model ref> or the URL of an OpenAI-compatible "
+        "API such as http://127.0.0.1:8000/v1#<model>"
+    )
+
+
+def _local(ref: str, adapter: str | None = None, **kwargs) -> LocalClient:
+    # A run or adapter folder carries its own base model, so it goes in as the adapter.
+    path = Path(ref)
+    if adapter is None and (
+        (path / "config.yaml").is_file() or (path / "adapter_config.json").is_file()
+    ):
+        return LocalClient(None, adapter=path, **kwargs)
+    return LocalClient(ref, adapter=adapter, **kwargs)
+
+
+def _env(names: tuple[str, ...]) -> str | None:
+    return next((os.environ[n] for n in names if os.environ.get(n)), None)
+
+
+def _retry_delay(response: httpx.Response, default: float) -> float:
+    try:  # servers say how long to wait on 429; honour it within reason
+        return min(float(response.headers["retry-after"]), _MAX_RETRY_AFTER_S)
+    except (KeyError, ValueError):
+        return default
+
+
+def _json_body(response: httpx.Response, url: str) -> dict:
+    status = response.status_code
+    if status in (401, 403):
+        raise ModelError(
+            f"{url} rejected the API key (HTTP {status}); set {' or '.join(KEY_ENV)} "
+            "or api_key to a valid key"
+        )
+    if status == 404:
+        raise ModelError(f"{url} was not found (HTTP 404): check the base URL (often ends in /v1)")
+    if status >= 400:
+        raise ModelError(f"{url} answered HTTP {status}: {_server_message(response)}")
+    try:
+        data = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelError(
+            f"{url} returned malformed JSON (starts with {response.text[:80]!r})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{url} returned JSON that is not an object: {type(data).__name__}")
+    return data
+
+
+def _server_message(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return str(error) if error else response.text[:200] or "(empty body)"
+
+
+def _parse_completion(data: dict, url: Callable[[str], str]) -> Reply:
+    try:
+        choice = data["choices"][0]
+        content = choice["message"].get("content") or ""  # null content (e.g. a refusal) → ""
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise ModelError(
+            f"{url('/chat/completions')} returned JSON without choices[0].message.content"
+        ) from None
+    return Reply(content.strip(), choice.get("finish_reason") != "length")
