@@ -20,13 +20,13 @@ from pathlib import Path
 from rich.table import Table
 
 from tunesmith.config.load import load_config
-from tunesmith.utils.html import html_page
 from tunesmith.models.generate import Reply, generate_replies
 from tunesmith.models.load import load_model_and_tokenizer
 from tunesmith.models.tuned import load_for_inference
 from tunesmith.runs.folder import RunFolder
 from tunesmith.train.sft import run_sft
 from tunesmith.utils.console import console
+from tunesmith.utils.html import html_page
 
 DATA = files("tunesmith.workflows") / "quickstart_data"
 CONFIG = files("tunesmith.workflows") / "quickstart.yaml"
