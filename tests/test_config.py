@@ -215,11 +215,18 @@ def test_out_of_range_value():
     )
 
 
+def test_typo_inside_an_optional_section_lists_its_keys():
+    assert error_of(["train.early_stopping.patiense=2"]).endswith(
+        "unknown key 'train.early_stopping.patiense' (did you mean "
+        "'train.early_stopping.patience'?); allowed here: metric, mode, patience, min_delta"
+    )
+
+
 def test_bad_choice_suggests_the_closest_allowed_value():
     assert error_of(["train.lr_scheduler=cosin"]) == (
         "overrides: invalid configuration\n"
-        "  train.lr_scheduler: got 'cosin': Input should be 'linear', 'cosine', 'constant' or "
-        "'constant_with_warmup' (did you mean 'cosine'?)"
+        "  train.lr_scheduler: got 'cosin': Input should be 'linear', 'cosine', 'constant', "
+        "'constant_with_warmup' or 'reduce_on_plateau' (did you mean 'cosine'?)"
     )
 
 

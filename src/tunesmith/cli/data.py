@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from tunesmith.cli.errors import user_errors
 from tunesmith.utils.console import console
@@ -239,7 +240,7 @@ def watch(
     from tunesmith.data.quality.monitor import QualityMonitor, follow_file, watch_stream
 
     def sink(alert: dict) -> None:
-        console.print(f"[yellow]alert:[/yellow] {json.dumps(alert, ensure_ascii=False)}")
+        console.print(f"[yellow]alert:[/yellow] {escape(json.dumps(alert, ensure_ascii=False))}")
         if alerts:
             with alerts.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(alert, ensure_ascii=False) + "\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -125,10 +125,14 @@ def _allowed_keys(parent: tuple, data: dict[str, Any]) -> list[str]:
             kind = method.get("type", "lora") if isinstance(method, dict) else "lora"
             model = _METHOD_VARIANTS.get(kind, _METHOD_VARIANTS["lora"])
             continue
-        annotation = model.model_fields[str(part)].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        # an optional section (X | None) lists the keys of X
+        options = get_args(model.model_fields[str(part)].annotation) or (
+            model.model_fields[str(part)].annotation,
+        )
+        sections = [t for t in options if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not sections:
             return []
-        model = annotation
+        model = sections[0]
     return list(model.model_fields)
 
 

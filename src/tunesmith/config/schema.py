@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class Section(BaseModel):
@@ -87,6 +87,65 @@ class DataConfig(Section):
         return value
 
 
+Action = Literal["warn", "skip", "stop"]
+
+
+class AlertActions(Section):
+    """What the training monitor does per alert kind: warn (record and go on), skip (drop this
+    optimizer step; NaN/Inf only) or stop (save a resumable checkpoint and stop)."""
+
+    nan: Action = "stop"
+    loss_high: Action = "warn"
+    spike: Action = "warn"
+    vanishing: Action = "warn"
+    exploding: Action = "warn"
+    memory: Action = "stop"
+    stalled: Action = "warn"
+
+    @field_validator("loss_high", "spike", "vanishing", "exploding", "memory", "stalled")
+    @classmethod
+    def _skip_is_for_nan_only(cls, value: str) -> str:
+        if value == "skip":  # these checks see the step only after the optimizer has taken it
+            raise ValueError(
+                "'skip' applies to nan only (this check runs after the step); use warn or stop"
+            )
+        return value
+
+
+class MonitorConfig(Section):
+    """Alert thresholds of the training monitor; None turns a check off."""
+
+    max_loss: float | None = Field(100.0, gt=0, description="Loss above this is an alert.")
+    spike_factor: float | None = Field(
+        3.0, gt=1, description="Loss above factor x mean of the last 20 logged losses."
+    )
+    min_grad_norm: float | None = Field(1e-7, ge=0, description="Vanishing gradient below this.")
+    max_grad_norm_alert: float | None = Field(
+        1e3, gt=0, description="Exploding gradient above this (pre-clipping norm)."
+    )
+    max_rss_mb: float | None = Field(None, gt=0, description="Process memory limit in MB.")
+    stall_seconds: float | None = Field(
+        600.0, gt=0, description="A training step slower than this is stalled throughput."
+    )
+    plot_every: int = Field(50, ge=0, description="Redraw plots every N logs; 0: at the end.")
+    actions: AlertActions = Field(default_factory=AlertActions)
+
+
+class EarlyStoppingConfig(Section):
+    """Stop when an eval metric has not improved for `patience` evaluations; the best checkpoint
+    is kept and becomes the saved model. Evaluation runs every train.save_steps."""
+
+    metric: str = Field("eval_loss", description="Any eval metric (the eval_ prefix is optional).")
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(3, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+    @field_validator("metric")
+    @classmethod
+    def _eval_prefix(cls, value: str) -> str:
+        return value if value.startswith("eval_") else f"eval_{value}"
+
+
 class TrainConfig(Section):
     stage: Literal["sft"] = "sft"
     epochs: float = Field(3.0, gt=0)
@@ -94,7 +153,9 @@ class TrainConfig(Section):
     learning_rate: float = Field(2e-4, gt=0)
     batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    lr_scheduler: Literal[
+        "linear", "cosine", "constant", "constant_with_warmup", "reduce_on_plateau"
+    ] = "cosine"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -107,6 +168,21 @@ class TrainConfig(Section):
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(100, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="Early stopping on an eval metric (needs data.eval); None: off."
+    )
+
+    @field_validator("warmup_ratio")
+    @classmethod
+    def _plateau_has_no_warmup(cls, value: float, info: ValidationInfo) -> float:
+        # transformers' ReduceLROnPlateau takes no warmup; ignoring the setting would mislead
+        if value > 0 and info.data.get("lr_scheduler") == "reduce_on_plateau":
+            raise ValueError(
+                "reduce_on_plateau has no warmup; set train.warmup_ratio=0 or use "
+                "cosine, linear or constant_with_warmup"
+            )
+        return value
 
 
 class OutputConfig(Section):

@@ -59,13 +59,20 @@ class RunFolder:
     def append_metrics(self, record: dict[str, Any]) -> None:
         _append_jsonl(self.metrics_path, record)
 
+    def append_alert(self, record: dict[str, Any]) -> None:
+        _append_jsonl(self.alerts_path, record)
+
+    def read_alerts(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.alerts_path)
+
     def drop_metrics_after(self, step: int) -> None:
-        """On resume: forget what a killed run logged after the checkpoint it resumes from."""
-        if not self.metrics_path.is_file():
-            return
-        lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        atomic_write(self.metrics_path, "".join(f"{line}\n" for line in kept))
+        """On resume: forget what a killed run logged (metrics and alerts) after the checkpoint it
+        resumes from, so both files tell one history; step 0 empties them for a fresh start."""
+        for path in (self.metrics_path, self.alerts_path):
+            if path.is_file():
+                lines = path.read_text(encoding="utf-8").splitlines()
+                kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+                atomic_write(path, "".join(f"{line}\n" for line in kept))
 
     def reject(self, source: str, line: int, reason: str, record: Any) -> None:
         _append_jsonl(
@@ -108,6 +115,14 @@ def atomic_write(path: Path, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
     os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; [] when it does not exist."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -1,43 +1,89 @@
-"""Plots of a run's metrics, written into its plots/ folder."""
+"""Plots of a run's metrics, written into its plots/ folder.
+
+Figures are drawn with matplotlib's object API (no pyplot state, no display needed) and written
+atomically, so a viewer refreshing a plot during training never sees half a file.
+"""
 
 from __future__ import annotations
 
-import json
+import math
+import os
 from pathlib import Path
 
-from tunesmith.runs.folder import RunFolder
+from tunesmith.runs.folder import RunFolder, read_jsonl
+
+# metrics.jsonl key, axis label, log scale; the panels of training.png
+PANELS = (
+    ("loss", "loss", False),
+    ("learning_rate", "learning rate", False),
+    ("grad_norm", "grad norm (before clipping)", True),
+    ("tokens_per_s", "tokens / s", False),
+)
 
 
 def read_metrics(run: RunFolder) -> list[dict]:
-    if not run.metrics_path.is_file():
-        return []
-    lines = run.metrics_path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return read_jsonl(run.metrics_path)
 
 
-def plot_loss(run: RunFolder) -> Path | None:
-    """Training (and eval) loss against step; None when nothing was logged."""
+def plot_metrics(run: RunFolder) -> list[Path]:
+    """loss.png and training.png (loss, lr, grad norm, throughput); [] when nothing was logged."""
     metrics = read_metrics(run)
-    train = [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None]
-    evals = [(m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None]
+    return [p for p in (plot_loss(run, metrics), plot_training(run, metrics)) if p]
+
+
+def plot_loss(run: RunFolder, metrics: list[dict] | None = None) -> Path | None:
+    """Training (and eval) loss against step; None when nothing was logged."""
+    metrics = read_metrics(run) if metrics is None else metrics
+    train, evals = _series(metrics, "loss"), _series(metrics, "eval_loss")
     if not train:
         return None
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for label, points in (("train", train), ("eval", evals)):
-        if points:
-            steps, losses = zip(*points, strict=True)
-            ax.plot(steps, losses, label=label, marker="." if len(steps) < 50 else None)
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    _draw(ax, train, "train")
+    _draw(ax, evals, "eval")
     ax.set(xlabel="step", ylabel="loss", title=f"{run.root.name}: loss")
     ax.legend()
+    return _save(fig, run.plots / "loss.png")
+
+
+def plot_training(run: RunFolder, metrics: list[dict] | None = None) -> Path | None:
+    """One figure with four panels: loss (and eval loss), learning rate, grad norm, tokens/s."""
+    metrics = read_metrics(run) if metrics is None else metrics
+    if not _series(metrics, "loss"):
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 6.5))
+    for ax, (key, label, log) in zip(fig.subplots(2, 2).flat, PANELS, strict=True):
+        _draw(ax, _series(metrics, key), "train" if key == "loss" else None)
+        if key == "loss" and _draw(ax, _series(metrics, "eval_loss"), "eval"):
+            ax.legend()
+        if log and all(v > 0 for _, v in _series(metrics, key) if math.isfinite(v)):
+            ax.set_yscale("log")
+        ax.set(xlabel="step", title=label)
+    fig.suptitle(run.root.name)
+    return _save(fig, run.plots / "training.png")
+
+
+def _series(metrics: list[dict], key: str) -> list[tuple[int, float]]:
+    return [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), int | float)]
+
+
+def _draw(ax, points: list[tuple[int, float]], label: str | None) -> bool:
+    if not points:
+        return False
+    steps, values = zip(*points, strict=True)
+    ax.plot(steps, values, label=label, marker="." if len(steps) < 50 else None)
     ax.grid(alpha=0.3)
+    return True
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    run.plots.mkdir(parents=True, exist_ok=True)
-    path = run.plots / "loss.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=100, format="png")
+    os.replace(tmp, path)
     return path

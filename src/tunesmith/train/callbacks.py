@@ -2,36 +2,54 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections import deque
 
-from transformers import TrainerCallback
+from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from tunesmith.runs.folder import RunFolder
+from tunesmith.config.schema import TrainConfig
+from tunesmith.runs.folder import RunFolder, read_jsonl
+from tunesmith.runs.plots import plot_metrics
+from tunesmith.train.monitor import TREND_WINDOW, loss_trend, memory_record
+from tunesmith.utils.errors import ConfigError
+
+_EVAL_SPEED = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}  # not metrics
 
 
 class MetricsCallback(TrainerCallback):
-    """Writes loss, lr, grad norm and tokens/s of every logging step to metrics.jsonl."""
+    """Writes loss, lr, grad norm, tokens/s, memory and the loss trend of every logging step to
+    metrics.jsonl, and redraws the plots every `plot_every` logs (0: at the end only)."""
 
-    def __init__(self, run: RunFolder):
-        self.run = run
+    def __init__(self, run: RunFolder, plot_every: int = 50):
+        self.run, self.plot_every = run, plot_every
         self._last_time: float | None = None
         self._last_tokens = 0
+        self._losses: deque[float] = deque(maxlen=TREND_WINDOW)
+        self._logs = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen
+        # on resume the trend window continues from the losses logged before the checkpoint
+        logged = (m.get("loss") for m in read_jsonl(self.run.metrics_path))
+        self._losses.extend(x for x in logged if x is not None and math.isfinite(x))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        if "eval_loss" in logs:
-            self.run.append_metrics({"step": state.global_step, "eval_loss": logs["eval_loss"]})
+        evals = {k: v for k, v in logs.items() if k.startswith("eval_") and k not in _EVAL_SPEED}
+        if evals:
+            self.run.append_metrics({"step": state.global_step, **evals})
         if "loss" not in logs:  # the end-of-training summary has its own keys
             return
         now = time.perf_counter()
         tokens = state.num_input_tokens_seen - self._last_tokens
         elapsed = now - (self._last_time or now)
         self._last_time, self._last_tokens = now, state.num_input_tokens_seen
+        if math.isfinite(logs["loss"]):
+            self._losses.append(logs["loss"])
+        trend = loss_trend(self._losses)
         self.run.append_metrics(
             {
                 "step": state.global_step,
@@ -41,9 +59,74 @@ class MetricsCallback(TrainerCallback):
                 "grad_norm": logs.get("grad_norm"),
                 "tokens": state.num_input_tokens_seen,
                 "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
+                "loss_trend": None if trend is None else round(trend, 6),
+                **memory_record(),
                 "time": round(time.time(), 3),
             }
         )
+        self._logs += 1
+        if self.plot_every and self._logs % self.plot_every == 0:
+            plot_metrics(self.run)
+            self._last_time = time.perf_counter()  # drawing is not training time
+
+    def on_train_end(self, args, state, control, **kwargs):
+        plot_metrics(self.run)
+
+
+def check_eval_needs(cfg: TrainConfig, has_eval: bool) -> None:
+    """Early stopping and reduce_on_plateau act on eval metrics; fail before the model loads."""
+    if has_eval:
+        return
+    if cfg.early_stopping is not None:
+        raise ConfigError(
+            "train.early_stopping needs eval data: set data.eval=[file] (evaluation and "
+            "checkpoints both run every train.save_steps, so the best checkpoint can be kept)"
+        )
+    if cfg.lr_scheduler == "reduce_on_plateau":
+        raise ConfigError(
+            "train.lr_scheduler: reduce_on_plateau lowers the rate when the eval loss stalls; "
+            "set data.eval=[file], or use cosine, linear or constant"
+        )
+
+
+def schedule_arguments(cfg: TrainConfig) -> dict:
+    """TrainingArguments for the lr schedule, early stopping and the best checkpoint.
+    Evaluation runs at every save (eval_steps == save_steps), which load_best_model_at_end needs."""
+    stopping = cfg.early_stopping
+    mode = stopping.mode if stopping else "min"
+    arguments = {"lr_scheduler_type": cfg.lr_scheduler}
+    if cfg.lr_scheduler == "reduce_on_plateau":
+        # the seed's plateau settings: halve the rate after 2 evaluations without improvement
+        arguments |= {
+            "lr_scheduler_type": "reduce_lr_on_plateau",
+            "lr_scheduler_kwargs": {"mode": mode, "factor": 0.5, "patience": 2},
+        }
+    if stopping:
+        arguments |= {
+            "load_best_model_at_end": True,
+            "metric_for_best_model": stopping.metric,
+            "greater_is_better": mode == "max",
+        }
+    return arguments
+
+
+def early_stopping_callbacks(cfg: TrainConfig) -> list[TrainerCallback]:
+    stopping = cfg.early_stopping
+    if stopping is None:
+        return []
+    return [EarlyStoppingCallback(stopping.patience, stopping.min_delta)]
+
+
+def best_checkpoint(cfg: TrainConfig, state) -> dict | None:
+    """The best eval metric and its checkpoint, for summary.json; None without early stopping."""
+    if cfg.early_stopping is None or state.best_model_checkpoint is None:
+        return None
+    return {
+        "metric": cfg.early_stopping.metric,
+        "value": state.best_metric,
+        "step": state.best_global_step,
+        "checkpoint": state.best_model_checkpoint,
+    }
 
 
 class CompactProgressCallback(ProgressCallback):

@@ -14,8 +14,15 @@ from tunesmith.data.registry import sft_sources
 from tunesmith.models.load import load_model_and_tokenizer
 from tunesmith.models.methods import count_parameters, get_method
 from tunesmith.runs.folder import RunFolder
-from tunesmith.runs.plots import plot_loss
-from tunesmith.train.callbacks import CompactProgressCallback, MetricsCallback
+from tunesmith.train.callbacks import (
+    CompactProgressCallback,
+    MetricsCallback,
+    best_checkpoint,
+    check_eval_needs,
+    early_stopping_callbacks,
+    schedule_arguments,
+)
+from tunesmith.train.monitor import TrainingMonitor
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
@@ -35,6 +42,7 @@ def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
     if not config.data.train and not config.data.dataset:
         raise ConfigError("data.train: no training files given (e.g. data.train=[my_data.jsonl])")
     sources = sft_sources(config.data)  # registry mistakes surface before the model loads
+    check_eval_needs(config.train, has_eval=bool(config.data.eval))
     started = time.perf_counter()
     run.save_config(config)
     run.rejects_path.unlink(missing_ok=True)  # the data is read again on every start or resume
@@ -61,13 +69,16 @@ def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
         model.enable_input_require_grads()  # checkpointed blocks need a grad through frozen inputs
 
     collator = PackedCollator() if config.train.packing else SFTCollator(tokenizer.pad_token_id)
+    monitor = TrainingMonitor(config.train.monitor, run)
+    # the monitor first: it puts NaN losses back into the logs the metrics callback writes
+    callbacks = [monitor, MetricsCallback(run, config.train.monitor.plot_every)]
     trainer = CausalLMTrainer(
         model=model,
         args=_training_arguments(config.train, run, has_eval=eval_data is not None),
         train_dataset=train_data.examples,
         eval_dataset=eval_data.examples if eval_data else None,
         data_collator=collator,
-        callbacks=[MetricsCallback(run)],
+        callbacks=callbacks + early_stopping_callbacks(config.train),
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(CompactProgressCallback)
@@ -78,8 +89,7 @@ def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     artifact = run.root / method.ARTIFACT
-    method.save(trainer.model, tokenizer, artifact)
-    plot_loss(run)
+    method.save(trainer.model, tokenizer, artifact)  # the best checkpoint's with early stopping
     summary = {
         "model": resolved.ref,
         "method": config.method.type,
@@ -91,9 +101,12 @@ def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
         "steps": output.global_step,
         "resumed_from": str(checkpoint) if checkpoint else None,
         "seconds": round(time.perf_counter() - started, 1),
+        "best": best_checkpoint(config.train, trainer.state),
+        **monitor.summary(),
     }
     run.write_json("summary.json", summary)
-    run.add_to_index(stage="sft", method=config.method.type, model=resolved.ref, status="done")
+    status = "stopped" if monitor.stopped_by else "done"
+    run.add_to_index(stage="sft", method=config.method.type, model=resolved.ref, status=status)
     console.print(f"saved {artifact}  (loss {output.training_loss:.4f}, {summary['seconds']} s)")
     return TrainResult(run, artifact, summary)
 
@@ -110,7 +123,7 @@ def _training_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool):
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        lr_scheduler_type=cfg.lr_scheduler,
+        **schedule_arguments(cfg),  # lr schedule, early stopping, best checkpoint
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of total steps
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
