@@ -59,9 +59,11 @@ def _zh(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(ZH) for _ in range(n)) + "。"
 
 
-def _mutate(text: str, rng: random.Random, edits: int = 3) -> str:
+def _mutate(text: str, rng: random.Random) -> str:
+    """A near-duplicate: one character changed per 100 (typo-level edits). With 5-gram shingles
+    each edit touches 5 shingles, so the copy stays above the default 0.8 Jaccard threshold."""
     chars = list(text)
-    for _ in range(edits):
+    for _ in range(max(1, len(text) // 100)):
         i = rng.randrange(len(chars))
         chars[i] = rng.choice("abcdefghijklmnopqrstuvwxyz")
     return "".join(chars)
