@@ -81,7 +81,8 @@ def clean(
             f"{step['rejected']} rejected, {step.get('modified', 0)} modified"
         )
     console.print(f"{result.read} read = {len(result.kept)} kept + {len(result.rejects)} rejected")
-    console.print(f"wrote {out} ({json.dumps(summary, ensure_ascii=False)[:200]})")
+    written = [summary.get(k) for k in ("output", "rejects_path", "stats_path", "version_path")]
+    console.print("wrote " + ", ".join(str(path) for path in written if path))
 
 
 @data_app.command()
