@@ -160,3 +160,15 @@ def test_missing_file_is_a_one_line_error(tmp_path, command):
     result = invoke("data", command, tmp_path / "missing.jsonl", *extra)
     assert result.exit_code == 2
     assert "missing.jsonl" in result.output and "no such file" in result.output
+
+
+def test_a_huge_record_is_inspected_and_rejected_by_length(tmp_path):
+    huge = {"instruction": "Summarize this", "input": "", "output": "word " * 1_000_000}  # 5 MB
+    src = _jsonl(tmp_path / "big.jsonl", [huge, RECORDS[4]])
+    assert invoke("data", "inspect", src, "--out", tmp_path / "rep").exit_code == 0
+    report = json.loads((tmp_path / "rep" / "inspect.json").read_text())
+    assert report["lengths"]["chars"]["response"]["max"] >= 5_000_000
+    result = invoke("data", "clean", src, "--out", tmp_path / "clean.jsonl")
+    assert result.exit_code == 0, result.output
+    (reject,) = _rows(tmp_path / "rejects.jsonl")
+    assert reject["line"] == 1 and reject["step"] == "length"
