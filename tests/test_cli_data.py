@@ -172,3 +172,14 @@ def test_a_huge_record_is_inspected_and_rejected_by_length(tmp_path):
     assert result.exit_code == 0, result.output
     (reject,) = _rows(tmp_path / "rejects.jsonl")
     assert reject["line"] == 1 and reject["step"] == "length"
+
+
+def test_empty_file_and_wrong_declared_format_say_so(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = invoke("data", "inspect", empty, "--out", tmp_path / "rep")
+    assert result.exit_code == 2 and "no records found" in result.output
+    src = _jsonl(tmp_path / "raw.jsonl", RECORDS)
+    result = invoke("data", "clean", src, "--format", "sharegpt", "--out", tmp_path / "o.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "5 x parse: field 'conversations' is missing or empty" in result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -48,6 +49,8 @@ def inspect(
     report = inspect_data(
         files, fmt, columns, tok, cutoff_len, near_dup_threshold=near_dup_threshold
     )
+    if report["records"]["read"] == 0:
+        raise TunesmithError(f"{', '.join(files)}: no records found (an empty file?)")
     html, js = write_inspect_report(report, out or Path(files[0]).parent / "inspect")
     console.print(f"quality score {report.get('quality_score')} — report: {html} ({js.name})")
     for advice in report.get("recommendations", []):
@@ -81,6 +84,11 @@ def clean(
             f"{step['rejected']} rejected, {step.get('modified', 0)} modified"
         )
     console.print(f"{result.read} read = {len(result.kept)} kept + {len(result.rejects)} rejected")
+    reasons = Counter(f"{r['step']}: {r['reason']}" for r in result.rejects).most_common(3)
+    for reason, count in reasons:
+        console.print(f"  {count} x {reason}", markup=False)
+    if result.read == 0:
+        console.print(f"[yellow]warning:[/yellow] no records found in {', '.join(files)}")
     written = [summary.get(k) for k in ("output", "rejects_path", "stats_path", "version_path")]
     console.print("wrote " + ", ".join(str(path) for path in written if path))
 
