@@ -67,9 +67,10 @@ def save_config(config: RunConfig, path: Path) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str = "config file", expected: str = "a mapping") -> dict:
+    """A YAML file holding a mapping; errors name the file (and line) and what was expected."""
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found")
+        raise ConfigError(f"{what} '{path}' not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.MarkedYAMLError as exc:
@@ -81,12 +82,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        sections = ", ".join(RunConfig.model_fields)
-        raise ConfigError(
-            f"{path}: expected a mapping of sections ({sections}) at the top level, "
-            f"got a {type(data).__name__}"
-        )
+        raise ConfigError(f"{path}: expected {expected}, got a {type(data).__name__}")
     return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    sections = ", ".join(RunConfig.model_fields)
+    return read_yaml_mapping(path, expected=f"a mapping of sections ({sections}) at the top level")
 
 
 def _describe(err: dict[str, Any], data: dict[str, Any]) -> str:
@@ -95,18 +97,18 @@ def _describe(err: dict[str, Any], data: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1], data)
         prefix = ".".join(str(p) for p in loc[:-1])
-        hint = _closest(str(loc[-1]), allowed, prefix)
+        hint = closest(str(loc[-1]), allowed, prefix)
         return f"unknown key '{path}'{hint}; allowed here: {', '.join(allowed)}"
     if err["type"] == "union_tag_invalid":
         tag = err["ctx"]["tag"]
-        return f"{path}.type: got '{tag}'{_closest(tag, list(_METHOD_VARIANTS))}; allowed: " + (
+        return f"{path}.type: got '{tag}'{closest(tag, list(_METHOD_VARIANTS))}; allowed: " + (
             ", ".join(_METHOD_VARIANTS)
         )
     message = f"{path}: got {err['input']!r}: {err['msg']}"
     expected = err.get("ctx", {}).get("expected")
     if err["type"] == "literal_error" and isinstance(err["input"], str) and expected:
         choices = [c.strip(" '") for c in expected.replace(" or ", ", ").split(",")]
-        message += _closest(err["input"], choices)
+        message += closest(err["input"], choices)
     return message
 
 
@@ -136,7 +138,7 @@ def _allowed_keys(parent: tuple, data: dict[str, Any]) -> list[str]:
     return list(model.model_fields)
 
 
-def _closest(word: str, choices: list[str], prefix: str = "") -> str:
+def closest(word: str, choices: list[str], prefix: str = "") -> str:
     match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if not match:
         return ""

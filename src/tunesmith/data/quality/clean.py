@@ -25,10 +25,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tunesmith.config.load import _closest, parse_override, set_dotted
+from tunesmith.config.load import closest, parse_override, read_yaml_mapping, set_dotted
 from tunesmith.data.convert import to_record, write_records
 from tunesmith.data.formats import (
     FORMATS,
@@ -110,7 +109,7 @@ class CleanConfig(BaseModel):
     def _known_kinds(cls, kinds: list[str]) -> list[str]:
         for kind in kinds:
             if kind not in PII_KINDS:
-                hint = _closest(kind, list(PII_KINDS))
+                hint = closest(kind, list(PII_KINDS))
                 raise ValueError(
                     f"unknown PII kind '{kind}'{hint}; allowed: {', '.join(PII_KINDS)}"
                 )
@@ -145,7 +144,7 @@ class CleanConfig(BaseModel):
         A relative `sensitive_words_file` is relative to the YAML file's folder.
         """
         path = Path(path)
-        data = _read_mapping(path)
+        data = read_yaml_mapping(path, "clean config", "a mapping of clean keys")
         words = data.get("sensitive_words_file")
         if isinstance(words, str) and not Path(words).is_absolute():
             data["sensitive_words_file"] = str(path.parent / words)
@@ -171,31 +170,13 @@ class CleanConfig(BaseModel):
         return list(dict.fromkeys(w for w in words if w))
 
 
-def _read_mapping(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"clean config '{path}' not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of clean keys, got {type(data).__name__}")
-    return data
-
-
 def _describe(err: dict) -> str:
     loc = err["loc"]
     key = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
         allowed = list(_model_at(loc[:-1]).model_fields)
         prefix = ".".join(str(p) for p in loc[:-1])
-        hint = _closest(str(loc[-1]), allowed, prefix)
+        hint = closest(str(loc[-1]), allowed, prefix)
         return f"unknown key '{key}'{hint}; allowed here: {', '.join(allowed)}"
     message = err["msg"].removeprefix("Value error, ")
     if not loc:
@@ -204,7 +185,7 @@ def _describe(err: dict) -> str:
     expected = err.get("ctx", {}).get("expected")
     if err["type"] == "literal_error" and isinstance(err["input"], str) and expected:
         choices = [c.strip(" '") for c in expected.replace(" or ", ", ").split(",")]
-        text += _closest(err["input"], choices)
+        text += closest(err["input"], choices)
     return text
 
 
