@@ -1,6 +1,7 @@
 """Readers: every file type yields dict records with the line where each record starts."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -169,12 +170,12 @@ def test_missing_file_and_unsupported_extension(tmp_path):
     with pytest.raises(DataError) as err:
         read_records(tmp_path / "nope.jsonl")
     assert str(err.value) == f"{tmp_path / 'nope.jsonl'}: no such file"
-    path = _write(tmp_path / "d.txt", "hello")
+    path = _write(tmp_path / "d.xml", "<hello/>")
     with pytest.raises(DataError) as err:
         read_records(path)
     message = str(err.value)
-    assert message.startswith(f"{path}: unsupported file type '.txt'")
-    for suffix in (".json", ".jsonl", ".csv", ".parquet"):
+    assert message.startswith(f"{path}: unsupported file type '.xml'")
+    for suffix in (".json", ".jsonl", ".csv", ".parquet", ".txt"):
         assert suffix in message
 
 
@@ -185,3 +186,27 @@ def test_large_json_array_line_numbers(tmp_path):
     records = _read(path)
     assert len(records) == 100_000
     assert records[-1].line == 2 + 4 * 99_999  # '[' then 4 lines per element
+
+
+def test_txt_one_document_per_line_with_exact_line_numbers(tmp_path):
+    # Blank and whitespace-only lines separate documents; \u2028 and \x0c are not line breaks.
+    text = "\ufefffirst doc\n\n   \nsecond\u2028still second\r\n\tthird \x0c end\n\n"
+    path = _write(tmp_path / "d.txt", text)
+    records = _read(path)
+    assert [(r.line, r.data) for r in records] == [
+        (1, {"text": "first doc"}),
+        (4, {"text": "second\u2028still second"}),
+        (5, {"text": "\tthird \x0c end"}),
+    ]
+    assert records[1].where == f"{path}:4"
+
+
+def test_txt_bad_utf8_names_its_line(tmp_path):
+    path = tmp_path / "d.txt"
+    path.write_bytes(b"fine\n\nalso fine\nbad \xff byte\n")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:4: not valid UTF-8"):
+        _read(str(path))
+
+
+def test_empty_txt_has_no_records(tmp_path):
+    assert _read(_write(tmp_path / "d.txt", "\n \n")) == []

@@ -76,7 +76,7 @@ def test_write_version_needs_existing_parents(tmp_path):
 
 
 def test_unreadable_parent_is_hashed_by_its_bytes(tmp_path):
-    text = tmp_path / "notes.txt"
+    text = tmp_path / "notes.md"
     text.write_text("free text", encoding="utf-8")
     write_version(tmp_path / "c.jsonl", RECORDS, "x", {}, [text])
     meta = read_meta(tmp_path / "c.jsonl")

@@ -32,21 +32,21 @@ def train(
     """Train a model as described by a YAML config (overrides like train.learning_rate=1e-4)."""
     from tunesmith.config.load import load_config
     from tunesmith.runs.folder import RunFolder
-    from tunesmith.train.sft import run_sft
+    from tunesmith.train import run_stage
 
     config_path, overrides = _split_args(args or [])
     if resume:
         if not (resume / "config.yaml").is_file():
             raise TunesmithError(f"--resume: '{resume}' is not a run folder (no config.yaml)")
         config = load_config(config_path or resume / "config.yaml", overrides)
-        run_sft(config, RunFolder(resume), resume=True)
+        run_stage(config, RunFolder(resume), resume=True)
         return
     if config_path is None and not overrides:
         raise TunesmithError(
             "give a config file (tunesmith train my_run.yaml) or key=value overrides"
         )
     config = load_config(config_path, overrides)
-    run_sft(config, RunFolder.create(config.output, f"{config.train.stage}-{config.method.type}"))
+    run_stage(config, RunFolder.create(config.output, f"{config.train.stage}-{config.method.type}"))
 
 
 @app.command()

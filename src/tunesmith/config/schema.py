@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class Section(BaseModel):
@@ -52,9 +59,37 @@ class LoraMethod(Section):
 MethodConfig = Annotated[FullMethod | FreezeMethod | LoraMethod, Field(discriminator="type")]
 
 
+class ReplayConfig(Section):
+    """General data mixed into training against catastrophic forgetting (replay)."""
+
+    files: list[str] = Field(default_factory=list, description="General SFT data files.")
+    dataset: list[str] = Field(default_factory=list, description="Dataset names of data.registry.")
+    ratio: float = Field(
+        0.2, gt=0, lt=1, description="Share of replay examples in the final training set."
+    )
+    format: Literal["auto", "alpaca", "sharegpt", "openai"] = "auto"
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _names_are_a_list(cls, value: object) -> object:
+        return DataConfig._names_are_a_list(value)  # comma-separated, as data.dataset
+
+    @model_validator(mode="after")
+    def _has_data(self) -> ReplayConfig:
+        if not (self.files or self.dataset):
+            raise ValueError("set data.replay.files=[general.jsonl] or data.replay.dataset=[name]")
+        return self
+
+
 class DataConfig(Section):
     train: list[str] = Field(
-        default_factory=list, description="Data files (json/jsonl/csv/parquet)."
+        default_factory=list, description="Data files (json/jsonl/csv/parquet; txt for pt)."
     )
     eval: list[str] = Field(default_factory=list)
     format: Literal["auto", "alpaca", "sharegpt", "openai"] = "auto"
@@ -71,6 +106,9 @@ class DataConfig(Section):
     dataset: list[str] = Field(
         default_factory=list,
         description="Dataset names from data.registry, read with their own format and columns.",
+    )
+    replay: ReplayConfig | None = Field(
+        None, description="General data mixed in against forgetting; None: off."
     )
 
     @field_validator("train", "eval", mode="before")
@@ -146,8 +184,28 @@ class EarlyStoppingConfig(Section):
         return value if value.startswith("eval_") else f"eval_{value}"
 
 
+class ForgettingEvalConfig(Section):
+    """Perplexity on general text with the base model before training and the tuned model
+    after; both and the relative change go to summary.json["forgetting"]."""
+
+    data: list[str] = Field(
+        ..., min_length=1, description="General-text files: .txt, or records with a text column."
+    )
+    text_column: str = "text"
+    max_docs: int = Field(50, ge=1, description="Score the first N documents.")
+    max_length: int = Field(512, ge=2, description="Tokens scored per document (rest cut).")
+    batch_size: int = Field(4, ge=1)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
 class TrainConfig(Section):
-    stage: Literal["sft"] = "sft"
+    stage: Literal["sft", "pt"] = Field(
+        "sft", description="sft: chat data; pt: continued pre-training on plain text."
+    )
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="Overrides epochs when > 0.")
     learning_rate: float = Field(2e-4, gt=0)
@@ -171,6 +229,15 @@ class TrainConfig(Section):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     early_stopping: EarlyStoppingConfig | None = Field(
         None, description="Early stopping on an eval metric (needs data.eval); None: off."
+    )
+    forgetting_eval: ForgettingEvalConfig | None = Field(
+        None, description="Perplexity on general text before/after training; None: off."
+    )
+    l2_to_pretrained: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="L2-SP: lambda of ||theta - theta_pre||^2."
+    )
+    layerwise_lr_decay: float = Field(
+        1.0, gt=0, le=1, description="Layer i from the top trains at lr x decay^i; 1.0: off."
     )
 
     @field_validator("warmup_ratio")

@@ -82,6 +82,7 @@ def detect_format(data: dict, columns: dict[str, str] | None = None) -> str:
     raise RecordError(
         f"cannot detect format: keys found: {shown}; expected alpaca "
         "(instruction/output), sharegpt (conversations) or openai (messages)"
+        + ("; plain text trains with train.stage=pt" if keys == ["text"] else "")
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tunesmith.utils.errors import DataError
 
-SUPPORTED_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+SUPPORTED_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
 # CSV cells that hold structured data (lists of turns) are stored as JSON text.
 JSON_CSV_COLUMNS = frozenset({"history", "conversations", "messages"})
 _WS = re.compile(r"[ \t\n\r]*")  # JSON's own whitespace set
@@ -35,7 +35,11 @@ class RawRecord:
 
 
 def read_records(path: str | Path) -> Iterator[RawRecord]:
-    """Yield the records of a .json, .jsonl, .csv or .parquet file, in file order."""
+    """Yield the records of a .json, .jsonl, .csv, .parquet or .txt file, in file order.
+
+    A .txt file holds plain-text documents, one per line: each non-blank line is a record
+    {"text": line}; blank (whitespace-only) lines are separators, as in JSON lines.
+    """
     source = str(path)
     p = Path(path)
     suffix = p.suffix.lower()
@@ -48,7 +52,7 @@ def read_records(path: str | Path) -> Iterator[RawRecord]:
         raise DataError(f"{source}: no such file")
     if not p.is_file():
         raise DataError(f"{source}: not a file")
-    readers = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv}
+    readers = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".txt": _read_txt}
     return readers.get(suffix, _read_parquet)(p, source)
 
 
@@ -124,6 +128,16 @@ def _read_jsonl(p: Path, source: str) -> Iterator[RawRecord]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{source}:{line}: {_json_reason(e)}") from None
             yield RawRecord(source, line, _object(value, source, line))
+
+
+def _read_txt(p: Path, source: str) -> Iterator[RawRecord]:
+    # Bytes split at b"\n" only: str.splitlines would also split at \u2028, \x0c and the like,
+    # and the line numbers would drift from what an editor shows.
+    with p.open("rb") as f:
+        for line, raw in enumerate(f, start=1):
+            text = _decode_utf8(raw, source, line).rstrip("\r\n")
+            if text.strip():
+                yield RawRecord(source, line, {"text": text})
 
 
 def _read_csv(p: Path, source: str) -> Iterator[RawRecord]:

@@ -119,7 +119,17 @@ def resolve_dataset(registry: str | Path, name: str) -> DatasetEntry:
 def sft_sources(cfg: DataConfig) -> list[Source]:
     """What SFT reads: data.train (with data.format and data.columns), then each dataset of
     data.dataset with the format and columns of its registry entry, data.columns on top."""
-    sources = [Source(list(cfg.train), cfg.format, dict(cfg.columns))] if cfg.train else []
+    return _sources(cfg, "sft", cfg.format)
+
+
+def pretrain_sources(cfg: DataConfig) -> list[Source]:
+    """What pre-training reads: data.train as plain text, then data.dataset entries of kind
+    pretrain; data.columns may rename the `text` column."""
+    return _sources(cfg, "pretrain", TEXT)
+
+
+def _sources(cfg: DataConfig, kind: str, train_fmt: str) -> list[Source]:
+    sources = [Source(list(cfg.train), train_fmt, dict(cfg.columns))] if cfg.train else []
     if not cfg.dataset:
         return sources
     if not cfg.registry:
@@ -136,14 +146,19 @@ def sft_sources(cfg: DataConfig) -> list[Source]:
             entry = _resolve(entries, name, cfg.registry)
         except ConfigError as e:
             raise ConfigError(f"data.dataset: {e}") from None
-        if entry.kind != "sft":
-            raise ConfigError(
-                f"data.dataset: '{name}' is {entry.kind} data ({entry.where}); "
-                f"the {entry.kind} stage is not supported by SFT yet"
-            )
+        if entry.kind != kind:
+            raise ConfigError(f"data.dataset: {_wrong_kind(entry, kind)}")
         files = [str(f) for f in entry.files]
         sources.append(Source(files, entry.fmt, {**entry.columns, **cfg.columns}))
     return sources
+
+
+def _wrong_kind(entry: DatasetEntry, wanted: str) -> str:
+    found = f"'{entry.name}' is {entry.kind} data ({entry.where})"
+    if wanted == "pretrain":
+        return f"{found}; train.stage=pt reads pretrain (plain text) datasets only"
+    hint = " (train it with train.stage=pt)" if entry.kind == "pretrain" else ""
+    return f"{found}; the {entry.kind} stage is not supported by SFT yet{hint}"
 
 
 # --- reading entries --------------------------------------------------------------------

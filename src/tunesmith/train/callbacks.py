@@ -16,6 +16,7 @@ from tunesmith.train.monitor import TREND_WINDOW, loss_trend, memory_record
 from tunesmith.utils.errors import ConfigError
 
 _EVAL_SPEED = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}  # not metrics
+_EXTRA = ("l2_penalty",)  # trainer-specific training logs, written when present
 
 
 class MetricsCallback(TrainerCallback):
@@ -60,6 +61,7 @@ class MetricsCallback(TrainerCallback):
                 "tokens": state.num_input_tokens_seen,
                 "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
                 "loss_trend": None if trend is None else round(trend, 6),
+                **{key: logs[key] for key in _EXTRA if key in logs},
                 **memory_record(),
                 "time": round(time.time(), 3),
             }

@@ -1,16 +1,22 @@
-"""Supervised fine-tuning, read top to bottom: data, model, method, trainer, save."""
+"""Supervised fine-tuning, read top to bottom: data, model, method, trainer, save.
+
+`train_causal_lm` is the run every causal-LM stage shares; a `Stage` says what differs (the
+data it reads and how it tokenizes it). Continued pre-training (train/pt.py) is the other one.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tunesmith.config.schema import RunConfig, TrainConfig
-from tunesmith.data.dataset import PackedCollator, SFTCollator, build_sft_data
+from tunesmith.config.schema import DataConfig, RunConfig, TrainConfig
+from tunesmith.data.dataset import PackedCollator, RejectSink, SFTCollator, SFTData, build_sft_data
 from tunesmith.data.registry import sft_sources
+from tunesmith.evaluation.forgetting import ForgettingCheck
 from tunesmith.models.load import load_model_and_tokenizer
 from tunesmith.models.methods import count_parameters, get_method
 from tunesmith.runs.folder import RunFolder
@@ -22,6 +28,7 @@ from tunesmith.train.callbacks import (
     early_stopping_callbacks,
     schedule_arguments,
 )
+from tunesmith.train.forgetting import add_replay, replay_sources
 from tunesmith.train.monitor import TrainingMonitor
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.console import console
@@ -35,27 +42,54 @@ class TrainResult:
     summary: dict
 
 
+@dataclass(frozen=True)
+class Stage:
+    """What a causal-LM stage reads and how; model, method, trainer and saving are shared."""
+
+    name: str  # the train.stage value
+    sources: Callable[[DataConfig], list]  # called before the model loads: mistakes surface early
+    # (sources or data.eval files, config, tokenizer, reject sink) -> tokenized examples
+    build: Callable[[list, RunConfig, object, RejectSink], SFTData]
+    report: Callable[[dict, RunFolder], None]  # one console line about the data
+
+
 def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainResult:
+    return train_causal_lm(SFT, config, run, resume)
+
+
+def train_causal_lm(
+    stage: Stage, config: RunConfig, run: RunFolder, resume: bool = False
+) -> TrainResult:
     from transformers import set_seed
     from transformers.trainer_callback import ProgressCallback
 
+    if config.train.stage != stage.name:
+        raise ConfigError(
+            f"train.stage: '{config.train.stage}' given to the {stage.name} stage; "
+            "run it with tunesmith.train.run_stage"
+        )
     if not config.data.train and not config.data.dataset:
         raise ConfigError("data.train: no training files given (e.g. data.train=[my_data.jsonl])")
-    sources = sft_sources(config.data)  # registry mistakes surface before the model loads
+    sources = stage.sources(config.data)  # registry mistakes surface before the model loads
+    replay = replay_sources(config.data)
     check_eval_needs(config.train, has_eval=bool(config.data.eval))
     started = time.perf_counter()
     run.save_config(config)
     run.rejects_path.unlink(missing_ok=True)  # the data is read again on every start or resume
+    forgetting = _forgetting_check(config.train, run)
     set_seed(config.train.seed)
 
     model, tokenizer, resolved = load_model_and_tokenizer(config.model)
-    train_data = build_sft_data(sources, config.data, tokenizer, run.reject)
-    eval_data = (
-        build_sft_data(config.data.eval, config.data, tokenizer, run.reject)
-        if config.data.eval
-        else None
+    train_data = stage.build(sources, config, tokenizer, run.reject)
+    train_data = add_replay(
+        train_data, replay, config.data, config.train.seed, tokenizer, run.reject
     )
-    _report_data(train_data.stats, run)
+    eval_data = (
+        stage.build(config.data.eval, config, tokenizer, run.reject) if config.data.eval else None
+    )
+    stage.report(train_data.stats, run)
+    if forgetting:
+        forgetting.before(model, tokenizer)  # the base model: no method applied, no step taken
 
     method = get_method(config.method.type)
     model = method.apply(model, config.method)
@@ -79,6 +113,8 @@ def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
         eval_dataset=eval_data.examples if eval_data else None,
         data_collator=collator,
         callbacks=callbacks + early_stopping_callbacks(config.train),
+        l2_to_pretrained=config.train.l2_to_pretrained,
+        layerwise_lr_decay=config.train.layerwise_lr_decay,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(CompactProgressCallback)
@@ -103,12 +139,17 @@ def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
         "seconds": round(time.perf_counter() - started, 1),
         "best": best_checkpoint(config.train, trainer.state),
         **monitor.summary(),
+        "forgetting": forgetting.after(trainer.model, tokenizer) if forgetting else None,
     }
     run.write_json("summary.json", summary)
     status = "stopped" if monitor.stopped_by else "done"
-    run.add_to_index(stage="sft", method=config.method.type, model=resolved.ref, status=status)
+    run.add_to_index(stage=stage.name, method=config.method.type, model=resolved.ref, status=status)
     console.print(f"saved {artifact}  (loss {output.training_loss:.4f}, {summary['seconds']} s)")
     return TrainResult(run, artifact, summary)
+
+
+def _forgetting_check(cfg: TrainConfig, run: RunFolder) -> ForgettingCheck | None:
+    return ForgettingCheck(cfg.forgetting_eval, run.reject) if cfg.forgetting_eval else None
 
 
 def _training_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool):
@@ -164,3 +205,13 @@ def _report_data(stats: dict, run: RunFolder) -> None:
         f"{stats['truncated']} truncated to cutoff_len, {stats['rejected']} rejected"
         + (f" (see {run.rejects_path})" if stats["rejected"] else "")
     )
+
+
+SFT = Stage(
+    "sft",
+    sft_sources,
+    lambda sources, config, tokenizer, reject: build_sft_data(
+        sources, config.data, tokenizer, reject
+    ),
+    _report_data,
+)

@@ -4,6 +4,9 @@ A causal LM's output layer maps every position to the whole vocabulary (49k colu
 SmolLM2); on chat data most positions are prompt tokens whose logits are thrown away by the
 loss mask. Asking the model for the logits of the positions whose next token is trained
 (`logits_to_keep` with explicit indices) skips that work and its memory, with the same loss.
+
+Forgetting control (train/forgetting.py) hooks in here: the L2-SP penalty is added to the
+training loss and logged as `l2_penalty`; layer-wise lr decay shapes the optimizer's groups.
 """
 
 from __future__ import annotations
@@ -13,12 +16,27 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from tunesmith.data.render import IGNORE_INDEX
+from tunesmith.train.forgetting import L2ToPretrained, layerwise_param_groups
+from tunesmith.utils.errors import ConfigError
 
 
 class CausalLMTrainer(Trainer):
     loss_is_scaled_for_ga = (
         True  # compute_loss divides by the tokens of the whole accumulated batch
     )
+
+    def __init__(
+        self, *args, l2_to_pretrained: float = 0.0, layerwise_lr_decay: float = 1.0, **kwargs
+    ):
+        super().__init__(*args, **kwargs)
+        self.layerwise_lr_decay = layerwise_lr_decay
+        self.l2 = None
+        if l2_to_pretrained:
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+                raise ConfigError("train.l2_to_pretrained: not supported with FSDP or DeepSpeed")
+            # Taken now: the model is on its device, and a resumed checkpoint is only loaded in
+            # train(), so the anchor is the pretrained weights on every start.
+            self.l2 = L2ToPretrained(self.model, l2_to_pretrained)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -40,4 +58,27 @@ class CausalLMTrainer(Trainer):
         elif self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device).clamp(min=1)
+        if self.l2 is not None and model.training:  # eval losses stay the task's alone
+            # once per optimizer step: the accumulated micro-batches share it
+            loss = loss + self.l2() / getattr(self, "current_gradient_accumulation_steps", 1)
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.l2 is not None and "loss" in logs:
+            logs["l2_penalty"] = self.l2.mean_since_last_log()  # per step; included in loss
+        super().log(logs, start_time)
+
+    def create_optimizer(self, model=None):
+        if self.layerwise_lr_decay == 1.0 or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        groups = layerwise_param_groups(
+            model,
+            self.args.learning_rate,
+            self.layerwise_lr_decay,
+            self.args.weight_decay,
+            set(self.get_decay_parameter_names(model)),  # no decay for biases and norms
+        )
+        self.optimizer = optimizer_cls(groups, **kwargs)
+        return self.optimizer

@@ -59,7 +59,7 @@ def file_hash(path: str | Path) -> str:
     try:
         return dataset_hash(r.data for r in read_records(path))
     except DataError:
-        # A file the readers refuse (a .txt input, a JSONL with broken lines that `clean`
+        # A file the readers refuse (a .md input, a JSONL with broken lines that `clean`
         # tolerated) still needs an identity: fall back to its bytes.
         return "bytes:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -8,7 +8,7 @@ from tunesmith.config.schema import FreezeMethod
 from tunesmith.models.methods.full import ARTIFACT, load, save  # the same artifact: a full model
 from tunesmith.utils.errors import ConfigError
 
-__all__ = ["ARTIFACT", "apply", "load", "save"]
+__all__ = ["ARTIFACT", "apply", "layer_index", "load", "save"]
 
 # Decoder blocks are `...layers.<i>.` in Llama-style models, `h.<i>` in GPT-2, `layer.<i>` in BERT.
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks)\.(\d+)\.")
@@ -36,6 +36,12 @@ def apply(model, cfg: FreezeMethod):
         named = any(_has_module(name, m) for m in cfg.trainable_modules)
         param.requires_grad_(in_layer or named)
     return model
+
+
+def layer_index(param_name: str) -> int | None:
+    """The decoder block a parameter belongs to; None outside the blocks (embeddings, head)."""
+    match = _LAYER.search(param_name)
+    return int(match.group(1)) if match else None
 
 
 def _has_module(param_name: str, module: str) -> bool:

@@ -1,0 +1,217 @@
+"""Training throughput: tunesmith against a plain TRL `SFTTrainer` on the same tokens (issue 6).
+
+The embedded SmolLM2-135M-Instruct with LoRA (rank 8, alpha 16, dropout 0, all linear layers),
+the first N records of ../shared/data/llamafactory/alpaca_en_demo.json, cutoff 512, batch 4,
+lr 1e-4 with a linear schedule and no warmup, one epoch, fp32 on the CPU with 2 threads, no
+gradient checkpointing, loss on responses only. Four runs, each in its own subprocess (so the
+peak RSS is that run's): tunesmith packed and padded, TRL packed and padded
+(benchmarks/trl_sft_baseline.py).
+
+Measured the same way for every run: tokens/s = real (non-pad) tokens / wall time around the
+trainer's `train()` call (model loading and data preparation excluded); peak RSS = the child's
+own ru_maxrss; final loss = the trainer's `training_loss` (mean over the epoch). Real tokens:
+tunesmith's summary.json["data"]["tokens"], TRL's prepared dataset; both are printed with the
+trainable (response) token counts so one can see that both tools train on the same tokens.
+
+    .venv/bin/python benchmarks/train_throughput.py [--records 200]
+        [--runs tunesmith-packed,tunesmith-padded,trl-packed,trl-padded] [--json-out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parents[0].parent / "shared/data/llamafactory/alpaca_en_demo.json"
+RUNS = ("tunesmith-packed", "tunesmith-padded", "trl-packed", "trl-padded")
+SEED = 42
+THREADS = 2
+CHILD_ENV = {
+    "OMP_NUM_THREADS": str(THREADS),
+    "MKL_NUM_THREADS": str(THREADS),
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "CUDA_VISIBLE_DEVICES": "",  # fp32 on the CPU, as the issue measures it
+}
+
+
+def tunesmith_overrides(records: int, packing: bool, out_dir: str) -> list[str]:
+    return [
+        "model.name_or_path=smollm2-135m-instruct",
+        "model.dtype=float32",
+        f"data.train=[{DATA}]",
+        f"data.max_samples={records}",
+        "data.cutoff_len=512",
+        "method.type=lora",
+        "method.r=8",
+        "method.alpha=16",
+        "method.dropout=0.0",
+        "method.target_modules=all-linear",
+        "train.batch_size=4",
+        "train.gradient_accumulation_steps=1",
+        "train.learning_rate=1e-4",
+        "train.lr_scheduler=linear",  # TRL's (TrainingArguments') default; both set it explicitly
+        "train.warmup_ratio=0",
+        "train.weight_decay=0",
+        "train.max_grad_norm=1.0",
+        "train.epochs=1",
+        "train.precision=fp32",
+        "train.gradient_checkpointing=false",
+        f"train.packing={'true' if packing else 'false'}",
+        f"train.seed={SEED}",
+        "train.save_steps=1000000",  # no checkpoint inside the timed epoch
+        "train.logging_steps=10",
+        f"output.dir={out_dir}",
+        "output.name=bench",
+        "output.overwrite=true",
+    ]
+
+
+def run_tunesmith_child(records: int, packing: bool) -> dict:
+    """One tunesmith run in this (child) process; the wall time of `trainer.train()` is taken by
+    wrapping `train` on the trainer class that run_sft instantiates."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    from transformers import Trainer
+
+    import tunesmith.train.sft as sft
+    from tunesmith.config.load import load_config
+    from tunesmith.runs.folder import RunFolder
+
+    timing: dict = {}
+    trainer_cls = getattr(sft, "CausalLMTrainer", Trainer)  # the class run_sft instantiates
+    original_train = trainer_cls.train
+
+    def timed_train(self, *args, **kwargs):
+        started = time.perf_counter()
+        output = original_train(self, *args, **kwargs)
+        timing["seconds"] = time.perf_counter() - started
+        timing["log_history"] = list(self.state.log_history)
+        return output
+
+    trainer_cls.train = timed_train
+    with tempfile.TemporaryDirectory() as out:
+        config = load_config(None, tunesmith_overrides(records, packing, out))
+        run = RunFolder.create(config.output, "sft-lora")
+        summary = sft.run_sft(config, run).summary
+    trainer_cls.train = original_train
+
+    logged = [entry["loss"] for entry in timing["log_history"] if "loss" in entry]
+    real_tokens = summary["data"]["tokens"]
+    seconds = timing["seconds"]
+    return {
+        "tool": "tunesmith",
+        "mode": "packed" if packing else "padded",
+        "records": records,
+        "rows": summary["data"]["examples"],
+        "real_tokens": real_tokens,
+        "trainable_tokens": summary["data"]["trainable_tokens"],
+        "steps": summary["steps"],
+        "train_seconds": round(seconds, 2),
+        "tokens_per_s": round(real_tokens / seconds, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "train_loss": summary["train_loss"],
+        "last_logged_loss": logged[-1] if logged else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def launch(name: str, records: int) -> dict:
+    """Run one benchmark in a fresh subprocess and read back its JSON result."""
+    tool, mode = name.split("-")
+    with tempfile.TemporaryDirectory() as tmp:
+        result_file = Path(tmp) / "result.json"
+        if tool == "tunesmith":
+            cmd = [sys.executable, __file__, "--child", name]
+        else:
+            cmd = [sys.executable, str(HERE / "trl_sft_baseline.py")]
+            cmd += ["--packing"] if mode == "packed" else []
+        cmd += ["--records", str(records), "--result-file", str(result_file)]
+        print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, env={**os.environ, **CHILD_ENV}, check=False)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0 or not result_file.is_file():
+            raise SystemExit(f"{name} failed (exit code {proc.returncode})")
+        result = json.loads(result_file.read_text(encoding="utf-8"))
+    result["process_seconds"] = round(wall, 1)
+    return result
+
+
+def table(results: list[dict]) -> str:
+    base = next((r for r in results if (r["tool"], r["mode"]) == ("trl", "packed")), None)
+    lines = [
+        "| tool | mode | real tokens | trainable tokens | steps | train s | tokens/s "
+        "| peak RSS GB | final loss | tokens/s vs TRL packed | RSS vs TRL packed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "n/a"
+        rss = f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x" if base else "n/a"
+        lines.append(
+            f"| {r['tool']} | {r['mode']} | {r['real_tokens']:,} | {r['trainable_tokens']:,} "
+            f"| {r['steps']} | {r['train_seconds']:.1f} | {r['tokens_per_s']:.1f} "
+            f"| {r['peak_rss_mb'] * 1024**2 / 1e9:.2f} | {r['train_loss']:.4f} | {speed} | {rss} |"
+        )
+    return "\n".join(lines)
+
+
+def token_check(results: list[dict]) -> str:
+    counts = {(r["real_tokens"], r["trainable_tokens"]) for r in results}
+    detail = ", ".join(
+        f"{r['tool']}-{r['mode']} {r['real_tokens']}/{r['trainable_tokens']}" for r in results
+    )
+    verdict = "agree" if len(counts) == 1 else "DIFFER"
+    return f"token counts (real/trainable) {verdict}: {detail}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=200)
+    parser.add_argument("--runs", default=",".join(RUNS))
+    parser.add_argument("--json-out", default=None, help="also write the JSON list here")
+    parser.add_argument("--child", choices=RUNS[:2], help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:  # inside the subprocess of one tunesmith run
+        result = run_tunesmith_child(args.records, packing=args.child.endswith("packed"))
+        print(json.dumps(result), flush=True)
+        Path(args.result_file).write_text(json.dumps(result), encoding="utf-8")
+        return
+
+    names = [name.strip() for name in args.runs.split(",") if name.strip()]
+    unknown = [name for name in names if name not in RUNS]
+    if unknown:
+        parser.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
+    results = [launch(name, args.records) for name in names]
+
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    print("\n" + json.dumps(results, indent=2))
+    print(
+        f"\n{args.records} records, {THREADS} threads, {os.cpu_count()} CPUs "
+        f"({platform.machine()}), torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, peft {peft.__version__}, trl {trl.__version__}\n"
+    )
+    print(table(results))
+    print("\n" + token_check(results))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation: measure a model, base against tuned."""
