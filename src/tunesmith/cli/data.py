@@ -31,7 +31,9 @@ ModelSpec = Annotated[
 @data_app.command()
 @user_errors
 def inspect(
-    paths: Paths,
+    args: Annotated[
+        list[str], typer.Argument(help="Data files (or --registry names) and rule=value overrides.")
+    ],
     tokenizer: Annotated[
         str | None, typer.Option(help="Model whose tokenizer counts tokens.")
     ] = None,
@@ -41,13 +43,19 @@ def inspect(
     out: Annotated[Path | None, typer.Option(help="Report folder.")] = None,
     near_dup_threshold: float = 0.8,
 ):
-    """Write a quality report (HTML + JSON) for data files."""
+    """Write a quality report (HTML + JSON); thresholds as overrides, e.g. pass_score=70."""
+    from tunesmith.config.load import parse_override, set_dotted
     from tunesmith.data.quality.analyze import inspect_data, write_inspect_report
+    from tunesmith.data.quality.rules import QualityRules
 
-    files, fmt, columns = _sources(paths, fmt, registry)
+    settings: dict = {}
+    for item in (a for a in args if "=" in a):
+        set_dotted(settings, *parse_override(item))
+    rules = _validated(QualityRules, settings, "inspect rules")
+    files, fmt, columns = _sources([a for a in args if "=" not in a], fmt, registry)
     tok = _tokenizer(tokenizer) if tokenizer else None
     report = inspect_data(
-        files, fmt, columns, tok, cutoff_len, near_dup_threshold=near_dup_threshold
+        files, fmt, columns, tok, cutoff_len, rules, near_dup_threshold=near_dup_threshold
     )
     if report["records"]["read"] == 0:
         raise TunesmithError(f"{', '.join(files)}: no records found (an empty file?)")
@@ -316,5 +324,14 @@ def _validated(model_cls, settings: dict, source: str):
     try:
         return model_cls.model_validate(settings)
     except ValidationError as exc:
-        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        lines = [_explain(e, list(model_cls.model_fields)) for e in exc.errors()]
         raise TunesmithError(f"{source}: invalid settings\n  " + "\n  ".join(lines)) from None
+
+
+def _explain(error: dict, allowed: list[str]) -> str:
+    from tunesmith.config.load import closest
+
+    key = ".".join(map(str, error["loc"]))
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{key}'{closest(key, allowed)}; allowed: {', '.join(allowed)}"
+    return f"{key}: got {error['input']!r}: {error['msg']}"
