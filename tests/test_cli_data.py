@@ -187,12 +187,12 @@ def test_empty_file_and_wrong_declared_format_say_so(tmp_path):
 
 def test_inspect_thresholds_are_overrides(tmp_path):
     src = _jsonl(tmp_path / "raw.jsonl", RECORDS)
-    strict = invoke("data", "inspect", src, "--out", tmp_path / "a", "pass_score=100")
+    strict = invoke("data", "inspect", src, "--out", tmp_path / "a", "min_response_chars=30")
     lenient = invoke("data", "inspect", src, "--out", tmp_path / "b", "min_prompt_chars=1")
     assert strict.exit_code == lenient.exit_code == 0, strict.output + lenient.output
     a = json.loads((tmp_path / "a" / "inspect.json").read_text())
     b = json.loads((tmp_path / "b" / "inspect.json").read_text())
-    assert a["rules"]["pass_score"] == 100 and b["rules"]["min_prompt_chars"] == 1
+    assert a["rules"]["min_response_chars"] == 30 and b["rules"]["min_prompt_chars"] == 1
     assert a["scores"]["passed"] < b["scores"]["passed"]  # the thresholds change the verdicts
     typo = invoke("data", "inspect", src, "pass_scor=70")
     assert typo.exit_code == 2 and "did you mean 'pass_score'" in typo.output
