@@ -222,6 +222,9 @@ class TrainConfig(Section):
     packing: bool = Field(
         True, description="Concatenate each batch into one row without padding (same loss)."
     )
+    sampling: Literal["random", "group_by_length"] = Field(
+        "random", description="group_by_length: batches of similar lengths (less padding)."
+    )
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(100, ge=1)

@@ -171,6 +171,7 @@ def _training_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool):
         bf16=bf16,
         fp16=fp16,
         seed=cfg.seed,
+        train_sampling_strategy=cfg.sampling,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
