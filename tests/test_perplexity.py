@@ -11,7 +11,7 @@ import torch
 from conftest import build_tiny_llama
 
 from tunesmith.config.load import load_config
-from tunesmith.evaluation.perplexity import perplexity
+from tunesmith.models.perplexity import perplexity
 from tunesmith.models.tuned import load_for_inference
 from tunesmith.runs.folder import RunFolder, read_jsonl
 from tunesmith.train import run_stage

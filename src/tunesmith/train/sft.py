@@ -16,7 +16,6 @@ import torch
 from tunesmith.config.schema import DataConfig, RunConfig, TrainConfig
 from tunesmith.data.dataset import PackedCollator, RejectSink, SFTCollator, SFTData, build_sft_data
 from tunesmith.data.registry import sft_sources
-from tunesmith.evaluation.forgetting import ForgettingCheck
 from tunesmith.models.load import load_model_and_tokenizer
 from tunesmith.models.methods import count_parameters, get_method
 from tunesmith.runs.folder import RunFolder
@@ -29,6 +28,7 @@ from tunesmith.train.callbacks import (
     schedule_arguments,
 )
 from tunesmith.train.forgetting import add_replay, replay_sources
+from tunesmith.train.forgetting_check import ForgettingCheck
 from tunesmith.train.monitor import TrainingMonitor
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.console import console

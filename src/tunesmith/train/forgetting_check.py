@@ -11,7 +11,7 @@ from tunesmith.config.schema import ForgettingEvalConfig
 from tunesmith.data.dataset import RejectSink
 from tunesmith.data.pretrain import read_documents
 from tunesmith.data.registry import TEXT, Source
-from tunesmith.evaluation.perplexity import Perplexity, perplexity
+from tunesmith.models.perplexity import Perplexity, perplexity
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
 

@@ -1,1 +1,0 @@
-"""Evaluation: measure a model, base against tuned."""
