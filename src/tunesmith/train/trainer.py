@@ -21,9 +21,8 @@ from tunesmith.utils.errors import ConfigError
 
 
 class CausalLMTrainer(Trainer):
-    loss_is_scaled_for_ga = (
-        True  # compute_loss divides by the tokens of the whole accumulated batch
-    )
+    # compute_loss divides by the tokens of the whole accumulated batch
+    loss_is_scaled_for_ga = True
 
     def __init__(
         self, *args, l2_to_pretrained: float = 0.0, layerwise_lr_decay: float = 1.0, **kwargs
