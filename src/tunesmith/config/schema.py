@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -59,26 +60,27 @@ class LoraMethod(Section):
 MethodConfig = Annotated[FullMethod | FreezeMethod | LoraMethod, Field(discriminator="type")]
 
 
+def _split_names(value: object) -> object:
+    # LLaMA-Factory's convention: one string may list several names, comma-separated.
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return value
+
+
+PathList = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
+NameList = Annotated[list[str], BeforeValidator(_split_names)]
+
+
 class ReplayConfig(Section):
     """General data mixed into training against catastrophic forgetting (replay)."""
 
-    files: list[str] = Field(default_factory=list, description="General SFT data files.")
-    dataset: list[str] = Field(default_factory=list, description="Dataset names of data.registry.")
+    files: PathList = Field(default_factory=list, description="General SFT data files.")
+    dataset: NameList = Field(default_factory=list, description="Dataset names of data.registry.")
     ratio: float = Field(
         0.2, gt=0, lt=1, description="Share of replay examples in the final training set."
     )
     format: Literal["auto", "alpaca", "sharegpt", "openai"] = "auto"
     columns: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("files", mode="before")
-    @classmethod
-    def _one_path_is_a_list(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("dataset", mode="before")
-    @classmethod
-    def _names_are_a_list(cls, value: object) -> object:
-        return DataConfig._names_are_a_list(value)  # comma-separated, as data.dataset
 
     @model_validator(mode="after")
     def _has_data(self) -> ReplayConfig:
@@ -88,10 +90,10 @@ class ReplayConfig(Section):
 
 
 class DataConfig(Section):
-    train: list[str] = Field(
+    train: PathList = Field(
         default_factory=list, description="Data files (json/jsonl/csv/parquet; txt for pt)."
     )
-    eval: list[str] = Field(default_factory=list)
+    eval: PathList = Field(default_factory=list)
     format: Literal["auto", "alpaca", "sharegpt", "openai"] = "auto"
     columns: dict[str, str] = Field(
         default_factory=dict, description="Canonical field name -> column name in the file."
@@ -103,26 +105,13 @@ class DataConfig(Section):
     registry: str | None = Field(
         None, description="LLaMA-Factory dataset_info.json or a tunesmith YAML registry."
     )
-    dataset: list[str] = Field(
+    dataset: NameList = Field(
         default_factory=list,
         description="Dataset names from data.registry, read with their own format and columns.",
     )
     replay: ReplayConfig | None = Field(
         None, description="General data mixed in against forgetting; None: off."
     )
-
-    @field_validator("train", "eval", mode="before")
-    @classmethod
-    def _one_path_is_a_list(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("dataset", mode="before")
-    @classmethod
-    def _names_are_a_list(cls, value: object) -> object:
-        # LLaMA-Factory's convention: one string may list several names, comma-separated.
-        if isinstance(value, str):
-            return [name.strip() for name in value.split(",") if name.strip()]
-        return value
 
 
 Action = Literal["warn", "skip", "stop"]
@@ -202,6 +191,18 @@ class ForgettingEvalConfig(Section):
         return [value] if isinstance(value, str) else value
 
 
+class DistributedConfig(Section):
+    """How `tunesmith train --nproc N` shares the work; batch_size stays per process, so the
+    global batch is batch_size x processes x gradient_accumulation_steps."""
+
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="ddp: a full copy per process; fsdp / deepspeed: sharded (CUDA only)."
+    )
+    deepspeed_config: str | None = Field(
+        None, description="DeepSpeed JSON config; None: ZeRO stage 2 with 'auto' values."
+    )
+
+
 class TrainConfig(Section):
     stage: Literal["sft", "pt"] = Field(
         "sft", description="sft: chat data; pt: continued pre-training on plain text."
@@ -209,7 +210,7 @@ class TrainConfig(Section):
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="Overrides epochs when > 0.")
     learning_rate: float = Field(2e-4, gt=0)
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, description="Per process; see train.distributed.")
     gradient_accumulation_steps: int = Field(1, ge=1)
     lr_scheduler: Literal[
         "linear", "cosine", "constant", "constant_with_warmup", "reduce_on_plateau"
@@ -222,13 +223,16 @@ class TrainConfig(Section):
     packing: bool = Field(
         True, description="Concatenate each batch into one row without padding (same loss)."
     )
-    sampling: Literal["random", "group_by_length"] = Field(
-        "random", description="group_by_length: batches of similar lengths (less padding)."
+    sampling: Literal["random", "group_by_length", "sequential"] = Field(
+        "random",
+        description="group_by_length: batches of similar lengths (less padding); "
+        "sequential: file order, no shuffling.",
     )
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(100, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     early_stopping: EarlyStoppingConfig | None = Field(
         None, description="Early stopping on an eval metric (needs data.eval); None: off."
