@@ -28,13 +28,30 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="Run folder to resume from its last checkpoint.")
     ] = None,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="Processes on this node (torchrun; DDP by default).")
+    ] = 1,
+    nnodes: Annotated[int, typer.Option(min=1, help="Nodes of a multi-node run.")] = 1,
+    node_rank: Annotated[int, typer.Option(min=0, help="This node's rank (0: main).")] = 0,
+    master_addr: Annotated[str | None, typer.Option(help="Address of the rank-0 node.")] = None,
+    master_port: Annotated[int | None, typer.Option(help="Port on the rank-0 node.")] = None,
 ):
     """Train a model as described by a YAML config (overrides like train.learning_rate=1e-4)."""
     from tunesmith.config.load import load_config
     from tunesmith.runs.folder import RunFolder
     from tunesmith.train import run_stage
+    from tunesmith.train.distributed import Launch, launch
 
     config_path, overrides = _split_args(args or [])
+    options = Launch(nproc, nnodes, node_rank, master_addr, master_port)
+    if options.needed:
+        if resume and not (resume / "config.yaml").is_file():
+            raise TunesmithError(f"--resume: '{resume}' is not a run folder (no config.yaml)")
+        if not resume and config_path is None and not overrides:
+            raise TunesmithError("give a config file (tunesmith train my_run.yaml --nproc 2)")
+        config = load_config(config_path or (resume / "config.yaml"), overrides)
+        launch(config, config_path, overrides, resume, options)
+        return
     if resume:
         if not (resume / "config.yaml").is_file():
             raise TunesmithError(f"--resume: '{resume}' is not a run folder (no config.yaml)")
@@ -87,3 +104,7 @@ def _split_args(args: list[str]) -> tuple[Path | None, list[str]]:
     if len(configs) > 1:
         raise TunesmithError(f"expected one config file, got {configs}; overrides need key=value")
     return (Path(configs[0]) if configs else None), [a for a in args if "=" in a]
+
+
+if __name__ == "__main__":  # torchrun starts each process with `-m tunesmith.cli.main`
+    app()

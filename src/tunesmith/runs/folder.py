@@ -10,10 +10,14 @@ Layout:
     adapter/ | model/ trained adapter, or full model, with tokenizer and chat template
     plots/  reports/
 And `index.jsonl` in the parent folder lists runs.
+
+In a distributed run (torchrun) every process holds a RunFolder but only the main one (RANK 0)
+writes: the writing methods do nothing elsewhere, so callers need no special cases.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -24,6 +28,19 @@ from typing import Any
 from tunesmith.config.load import save_config
 from tunesmith.config.schema import OutputConfig, RunConfig
 from tunesmith.utils.errors import ConfigError
+
+
+def is_main_process() -> bool:
+    """True outside torchrun, and in its global rank 0: the one process that writes run files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _main_only(method):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        return method(*args, **kwargs) if is_main_process() else None
+
+    return wrapper
 
 
 class RunFolder:
@@ -53,18 +70,22 @@ class RunFolder:
     plots = property(lambda self: self.root / "plots")
     reports = property(lambda self: self.root / "reports")
 
+    @_main_only
     def save_config(self, config: RunConfig) -> None:
         save_config(config, self.config_path)
 
+    @_main_only
     def append_metrics(self, record: dict[str, Any]) -> None:
         _append_jsonl(self.metrics_path, record)
 
+    @_main_only
     def append_alert(self, record: dict[str, Any]) -> None:
         _append_jsonl(self.alerts_path, record)
 
     def read_alerts(self) -> list[dict[str, Any]]:
         return read_jsonl(self.alerts_path)
 
+    @_main_only
     def drop_metrics_after(self, step: int) -> None:
         """On resume: forget what a killed run logged (metrics and alerts) after the checkpoint it
         resumes from, so both files tell one history; step 0 empties them for a fresh start."""
@@ -74,6 +95,7 @@ class RunFolder:
                 kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
                 atomic_write(path, "".join(f"{line}\n" for line in kept))
 
+    @_main_only
     def reject(self, source: str, line: int, reason: str, record: Any) -> None:
         _append_jsonl(
             self.rejects_path, {"source": source, "line": line, "reason": reason, "record": record}
@@ -82,11 +104,17 @@ class RunFolder:
     def write_json(self, relative: str, data: Any) -> Path:
         return self.write_text(relative, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
+    @_main_only
     def write_text(self, relative: str, text: str) -> Path:
         path = self.root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, text)
         return path
+
+    @_main_only
+    def clear_rejects(self) -> None:
+        """The data is read again on every start or resume."""
+        self.rejects_path.unlink(missing_ok=True)
 
     def has_results(self) -> bool:
         """A run that trained (not one that stopped at a data or config error) is kept."""
@@ -105,6 +133,7 @@ class RunFolder:
         )
         return found[-1] if found else None
 
+    @_main_only
     def add_to_index(self, **fields: Any) -> None:
         _append_jsonl(self.root.parent / "index.jsonl", {"run": self.root.name, **fields})
 

@@ -10,7 +10,7 @@ import math
 import os
 from pathlib import Path
 
-from tunesmith.runs.folder import RunFolder, read_jsonl
+from tunesmith.runs.folder import RunFolder, is_main_process, read_jsonl
 
 # metrics.jsonl key, axis label, log scale; the panels of training.png
 PANELS = (
@@ -26,7 +26,10 @@ def read_metrics(run: RunFolder) -> list[dict]:
 
 
 def plot_metrics(run: RunFolder) -> list[Path]:
-    """loss.png and training.png (loss, lr, grad norm, throughput); [] when nothing was logged."""
+    """loss.png and training.png (loss, lr, grad norm, throughput); [] when nothing was logged
+    (or in a distributed run's other processes: the main one draws)."""
+    if not is_main_process():
+        return []
     metrics = read_metrics(run)
     return [p for p in (plot_loss(run, metrics), plot_training(run, metrics)) if p]
 

@@ -18,7 +18,7 @@ from tunesmith.data.dataset import PackedCollator, RejectSink, SFTCollator, SFTD
 from tunesmith.data.registry import sft_sources
 from tunesmith.models.load import load_model_and_tokenizer
 from tunesmith.models.methods import count_parameters, get_method
-from tunesmith.runs.folder import RunFolder
+from tunesmith.runs.folder import RunFolder, is_main_process
 from tunesmith.train.callbacks import (
     CompactProgressCallback,
     MetricsCallback,
@@ -27,6 +27,7 @@ from tunesmith.train.callbacks import (
     early_stopping_callbacks,
     schedule_arguments,
 )
+from tunesmith.train.distributed import check_distributed, distributed_arguments
 from tunesmith.train.forgetting import add_replay, replay_sources
 from tunesmith.train.forgetting_check import ForgettingCheck
 from tunesmith.train.monitor import TrainingMonitor
@@ -73,9 +74,10 @@ def train_causal_lm(
     sources = stage.sources(config.data)  # registry mistakes surface before the model loads
     replay = replay_sources(config.data)
     check_eval_needs(config.train, has_eval=bool(config.data.eval))
+    check_distributed(config.train.distributed)
     started = time.perf_counter()
     run.save_config(config)
-    run.rejects_path.unlink(missing_ok=True)  # the data is read again on every start or resume
+    run.clear_rejects()  # the data is read again on every start or resume
     forgetting = _forgetting_check(config.train, run)
     set_seed(config.train.seed)
 
@@ -125,7 +127,8 @@ def train_causal_lm(
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     artifact = run.root / method.ARTIFACT
-    method.save(trainer.model, tokenizer, artifact)  # the best checkpoint's with early stopping
+    if is_main_process():  # the best checkpoint's with early stopping
+        method.save(trainer.model, tokenizer, artifact)
     summary = {
         "model": resolved.ref,
         "method": config.method.type,
@@ -144,7 +147,10 @@ def train_causal_lm(
     run.write_json("summary.json", summary)
     status = "stopped" if monitor.stopped_by else "done"
     run.add_to_index(stage=stage.name, method=config.method.type, model=resolved.ref, status=status)
-    console.print(f"saved {artifact}  (loss {output.training_loss:.4f}, {summary['seconds']} s)")
+    if is_main_process():
+        console.print(
+            f"saved {artifact}  (loss {output.training_loss:.4f}, {summary['seconds']} s)"
+        )
     return TrainResult(run, artifact, summary)
 
 
@@ -181,6 +187,7 @@ def _training_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool):
         # packed rows hold no padding; padded batches are counted by their attention mask
         include_num_input_tokens_seen="all" if cfg.packing else "non_padding",
         use_cpu=not torch.cuda.is_available(),
+        **distributed_arguments(cfg.distributed),  # DDP backend, FSDP or DeepSpeed
         report_to=[],
         disable_tqdm=False,
         dataloader_num_workers=0,
