@@ -43,27 +43,22 @@ def train(
     from tunesmith.train.distributed import Launch, launch
 
     config_path, overrides = _split_args(args or [])
-    options = Launch(nproc, nnodes, node_rank, master_addr, master_port)
-    if options.needed:
-        if resume and not (resume / "config.yaml").is_file():
-            raise TunesmithError(f"--resume: '{resume}' is not a run folder (no config.yaml)")
-        if not resume and config_path is None and not overrides:
-            raise TunesmithError("give a config file (tunesmith train my_run.yaml --nproc 2)")
-        config = load_config(config_path or (resume / "config.yaml"), overrides)
-        launch(config, config_path, overrides, resume, options)
-        return
-    if resume:
-        if not (resume / "config.yaml").is_file():
-            raise TunesmithError(f"--resume: '{resume}' is not a run folder (no config.yaml)")
-        config = load_config(config_path or resume / "config.yaml", overrides)
-        run_stage(config, RunFolder(resume), resume=True)
-        return
-    if config_path is None and not overrides:
+    if resume and not (resume / "config.yaml").is_file():
+        raise TunesmithError(f"--resume: '{resume}' is not a run folder (no config.yaml)")
+    if not resume and config_path is None and not overrides:
         raise TunesmithError(
             "give a config file (tunesmith train my_run.yaml) or key=value overrides"
         )
-    config = load_config(config_path, overrides)
-    run_stage(config, RunFolder.create(config.output, f"{config.train.stage}-{config.method.type}"))
+    config = load_config(config_path or (resume / "config.yaml" if resume else None), overrides)
+    options = Launch(nproc, nnodes, node_rank, master_addr, master_port)
+    if options.needed:  # this process only starts torchrun; each child trains
+        launch(config, config_path, overrides, resume, options)
+    elif resume:
+        run_stage(config, RunFolder(resume), resume=True)
+    else:
+        run_stage(
+            config, RunFolder.create(config.output, f"{config.train.stage}-{config.method.type}")
+        )
 
 
 @app.command()
