@@ -260,3 +260,23 @@ def test_group_by_length_batches_similar_lengths(tmp_path, tiny_model_dir):
     grouped = _batch_spreads(tmp_path, tiny_model_dir, data, "group_by_length")
     shuffled = _batch_spreads(tmp_path, tiny_model_dir, data, "random")
     assert grouped * 2 < shuffled  # seeded: 360 vs 888 token spread when written
+
+
+def test_merged_lora_gives_the_adapter_logits(tmp_path, tiny_model_dir, alpaca_file):
+    from tunesmith.models.methods import lora
+
+    result = _train(
+        tmp_path,
+        tiny_model_dir,
+        alpaca_file,
+        "merge",
+        "method.r=4",
+        "method.dropout=0.0",
+        "train.max_steps=4",
+        "train.learning_rate=1e-2",
+    )
+    tuned, tokenizer = load_for_inference(None, result.run.root)
+    adapter_logits = _logits(tuned, tokenizer)
+    merged = lora.merge(tuned)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert torch.allclose(_logits(merged, tokenizer), adapter_logits, atol=1e-5)

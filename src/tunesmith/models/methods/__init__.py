@@ -2,7 +2,8 @@
 
 `apply(model, cfg)` makes the chosen parameters trainable and returns the model to train;
 `save(model, tokenizer, run)` writes what inference needs into the run folder;
-`load(base_model, folder)` rebuilds the tuned model from the base and that folder.
+`load(base_model, folder)` rebuilds an adapter model from the base and that folder (a full
+model folder loads like any local model); `merge` folds an adapter into the base weights.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 
 from tunesmith.config.schema import FreezeMethod
-from tunesmith.models.methods.full import ARTIFACT, load, save  # the same artifact: a full model
+from tunesmith.models.methods.full import ARTIFACT, save  # the same artifact: a full model
 from tunesmith.utils.errors import ConfigError
 
-__all__ = ["ARTIFACT", "apply", "layer_index", "load", "save"]
+__all__ = ["ARTIFACT", "apply", "layer_index", "save"]
 
 # Decoder blocks are `...layers.<i>.` in Llama-style models, `h.<i>` in GPT-2, `layer.<i>` in BERT.
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks)\.(\d+)\.")

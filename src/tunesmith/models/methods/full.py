@@ -18,10 +18,3 @@ def apply(model, cfg: FullMethod):
 def save(model, tokenizer, out_dir: Path) -> None:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-
-
-def load(base_model, folder: Path):
-    """A full checkpoint replaces the base weights entirely."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=base_model.dtype)
