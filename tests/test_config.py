@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tunesmith.config.load import load_config, parse_override, save_config
-from tunesmith.config.schema import FreezeMethod, LoraMethod, RunConfig, TrainConfig
+from tunesmith.config.methods import FreezeMethod, LoraMethod
+from tunesmith.config.schema import RunConfig, TrainConfig
 from tunesmith.utils.errors import ConfigError, TunesmithError
 
 # The allowed keys listed in an error are the section's fields, in declaration order.
@@ -173,7 +174,7 @@ def test_typo_in_a_top_level_section():
     assert error_of(["trian.epochs=1"]) == (
         "overrides: invalid configuration\n"
         "  unknown key 'trian' (did you mean 'train'?); "
-        "allowed here: model, method, data, train, output"
+        "allowed here: model, method, data, train, output, eval, export, serve"
     )
 
 

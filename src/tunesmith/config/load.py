@@ -9,7 +9,8 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tunesmith.config.schema import MethodConfig, RunConfig
+from tunesmith.config.methods import MethodConfig
+from tunesmith.config.schema import RunConfig
 from tunesmith.utils.errors import ConfigError
 
 _METHOD_VARIANTS: dict[str, type[BaseModel]] = {

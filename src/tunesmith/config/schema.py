@@ -5,19 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-
-class Section(BaseModel):
-    # Unknown keys are errors (a typo must not be silently ignored).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from tunesmith.config.align import DistillConfig, PreferenceConfig
+from tunesmith.config.base import Section
+from tunesmith.config.cls import ClsConfig
+from tunesmith.config.eval import EvalConfig
+from tunesmith.config.methods import LoraMethod, MethodConfig
+from tunesmith.config.serve import ExportConfig, ServeConfig
 
 
 class ModelConfig(Section):
@@ -31,33 +31,6 @@ class ModelConfig(Section):
     chat_template: str | None = Field(
         None, description="Jinja template (or a path to one) replacing the tokenizer's own."
     )
-
-
-class FullMethod(Section):
-    type: Literal["full"] = "full"
-
-
-class FreezeMethod(Section):
-    type: Literal["freeze"] = "freeze"
-    trainable_layers: int = Field(2, ge=0, description="Train the last N decoder layers.")
-    trainable_modules: list[str] = Field(
-        default_factory=list,
-        description="Extra module names to train (e.g. lm_head, norm, embed_tokens).",
-    )
-
-
-class LoraMethod(Section):
-    type: Literal["lora"] = "lora"
-    r: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: str | list[str] = Field(
-        "all-linear", description="'all-linear' or a list of module names (q_proj, v_proj, ...)."
-    )
-    modules_to_save: list[str] = Field(default_factory=list)
-
-
-MethodConfig = Annotated[FullMethod | FreezeMethod | LoraMethod, Field(discriminator="type")]
 
 
 def _split_names(value: object) -> object:
@@ -204,8 +177,10 @@ class DistributedConfig(Section):
 
 
 class TrainConfig(Section):
-    stage: Literal["sft", "pt"] = Field(
-        "sft", description="sft: chat data; pt: continued pre-training on plain text."
+    stage: Literal["sft", "pt", "cls", "dpo", "orpo", "simpo", "kto", "rm", "distill"] = Field(
+        "sft",
+        description="sft: chat data; pt: continued pre-training on plain text; cls: text "
+        "classification; dpo/orpo/simpo/kto/rm: preference alignment; distill: from a teacher.",
     )
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="Overrides epochs when > 0.")
@@ -246,6 +221,11 @@ class TrainConfig(Section):
     layerwise_lr_decay: float = Field(
         1.0, gt=0, le=1, description="Layer i from the top trains at lr x decay^i; 1.0: off."
     )
+    cls: ClsConfig = Field(default_factory=ClsConfig, description="Settings of stage cls.")
+    preference: PreferenceConfig = Field(
+        default_factory=PreferenceConfig, description="Settings of stages dpo/orpo/simpo/kto/rm."
+    )
+    distill: DistillConfig | None = Field(None, description="Settings of stage distill.")
 
     @field_validator("warmup_ratio")
     @classmethod
@@ -271,6 +251,9 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @field_validator("method", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -9,9 +10,20 @@ if TYPE_CHECKING:
     from tunesmith.runs.folder import RunFolder
     from tunesmith.train.sft import TrainResult
 
+# stage -> (module, function); imported only when that stage runs (training imports are heavy)
+STAGES = {
+    "sft": ("tunesmith.train.sft", "run_sft"),
+    "pt": ("tunesmith.train.pt", "run_pt"),
+    "cls": ("tunesmith.train.cls", "run_cls"),
+    "dpo": ("tunesmith.train.preference", "run_preference"),
+    "orpo": ("tunesmith.train.preference", "run_preference"),
+    "simpo": ("tunesmith.train.preference", "run_preference"),
+    "kto": ("tunesmith.train.preference", "run_preference"),
+    "rm": ("tunesmith.train.reward", "run_reward"),
+    "distill": ("tunesmith.train.distill", "run_distill"),
+}
+
 
 def run_stage(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainResult:
-    from tunesmith.train.pt import run_pt  # heavy imports only when training
-    from tunesmith.train.sft import run_sft
-
-    return {"sft": run_sft, "pt": run_pt}[config.train.stage](config, run, resume)
+    module, function = STAGES[config.train.stage]
+    return getattr(import_module(module), function)(config, run, resume)

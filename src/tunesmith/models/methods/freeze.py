@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tunesmith.config.schema import FreezeMethod
+from tunesmith.config.methods import FreezeMethod
 from tunesmith.models.methods.full import ARTIFACT, save  # the same artifact: a full model
 from tunesmith.utils.errors import ConfigError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith.config.schema import FullMethod
+from tunesmith.config.methods import FullMethod
 
 ARTIFACT = "model"  # sub-folder of the run folder
 

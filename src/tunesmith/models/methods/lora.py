@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith.config.schema import LoraMethod
+from tunesmith.config.methods import LoraMethod
 
 ARTIFACT = "adapter"
 
