@@ -277,8 +277,8 @@ def test_yaml_syntax_error_points_at_file_and_line(tmp_path):
 def test_top_level_list_is_refused(tmp_path):
     path = write(tmp_path / "list.yaml", "- train\n- model\n")
     assert error_of([], path) == (
-        f"{path}: expected a mapping of sections (model, method, data, train, output) "
-        "at the top level, got a list"
+        f"{path}: expected a mapping of sections (model, method, data, train, output, eval, "
+        "export, serve) at the top level, got a list"
     )
 
 
