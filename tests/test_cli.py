@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from tunesmith.cli.main import app
 from tunesmith.config.load import load_config
+from tunesmith.utils.errors import ConfigError
 
 runner = CliRunner()
 
@@ -165,6 +167,38 @@ def test_train_end_to_end_then_refuse_to_overwrite_then_resume(
     assert load_config(run / "config.yaml").train.max_steps == 6
     assert [m["step"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert (run / "checkpoints" / "checkpoint-6").is_dir()
+
+    # CONFIG --resume finds the run that config wrote
+    resumed = invoke("train", config, "--resume", "train.max_steps=8")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((run / "summary.json").read_text())["resumed_from"].endswith("checkpoint-6")
+
+
+def test_resume_of_a_config_picks_its_newest_run_with_a_checkpoint(tmp_path):
+    from tunesmith.config.schema import OutputConfig
+    from tunesmith.runs.folder import latest_run
+
+    def make_run(name: str, step: int | None, mtime: float) -> Path:
+        run = tmp_path / name
+        (run / "checkpoints").mkdir(parents=True)
+        if step is not None:
+            state = run / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
+            state.parent.mkdir()
+            state.write_text("{}")
+            os.utime(state, (mtime, mtime))
+        return run
+
+    make_run("sft-lora-20261101-100000", 10, 1000.0)
+    newest = make_run("sft-lora-20261102-100000", 5, 2000.0)
+    make_run("sft-lora-20261103-100000", None, 3000.0)  # crashed before any checkpoint
+    make_run("pt-lora-20261104-100000", 3, 4000.0)  # another stage
+    assert latest_run(OutputConfig(dir=str(tmp_path)), "sft-lora") == newest
+    with pytest.raises(ConfigError, match="no run with a checkpoint matches"):
+        latest_run(OutputConfig(dir=str(tmp_path)), "sft-full")
+
+
+def test_resume_needs_a_run_or_a_config():
+    assert_user_error(invoke("train", "--resume"), "--resume: give a run folder")
 
 
 # --- malformed data ----------------------------------------------------------------------

@@ -26,8 +26,12 @@ def train(
         list[str] | None, typer.Argument(help="CONFIG.yaml and/or key=value overrides.")
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option(help="Run folder to resume from its last checkpoint.")
-    ] = None,
+        bool,
+        typer.Option(
+            help="Resume from the last checkpoint: of the run folder given (--resume RUN), or "
+            "of the newest run of CONFIG (CONFIG --resume)."
+        ),
+    ] = False,
     nproc: Annotated[
         int, typer.Option(min=1, help="Processes on this node (torchrun; DDP by default).")
     ] = 1,
@@ -43,18 +47,19 @@ def train(
     from tunesmith.train.distributed import Launch, launch
 
     config_path, overrides = _split_args(args or [])
-    if resume and not (resume / "config.yaml").is_file():
-        raise TunesmithError(f"--resume: '{resume}' is not a run folder (no config.yaml)")
     if not resume and config_path is None and not overrides:
         raise TunesmithError(
             "give a config file (tunesmith train my_run.yaml) or key=value overrides"
         )
-    config = load_config(config_path or (resume / "config.yaml" if resume else None), overrides)
+    run_dir = _run_to_resume(config_path, overrides) if resume else None
+    if run_dir is not None:  # the run's own resolved config, with this command's overrides
+        config_path = None
+    config = load_config(run_dir / "config.yaml" if run_dir else config_path, overrides)
     options = Launch(nproc, nnodes, node_rank, master_addr, master_port)
     if options.needed:  # this process only starts torchrun; each child trains
-        launch(config, config_path, overrides, resume, options)
-    elif resume:
-        run_stage(config, RunFolder(resume), resume=True)
+        launch(config, config_path, overrides, run_dir, options)
+    elif run_dir:
+        run_stage(config, RunFolder(run_dir), resume=True)
     else:
         run_stage(
             config, RunFolder.create(config.output, f"{config.train.stage}-{config.method.type}")
@@ -92,6 +97,23 @@ def quickstart(
     from tunesmith.workflows.quickstart import run_quickstart
 
     run_quickstart(name, author, overrides or [])
+
+
+def _run_to_resume(path: Path | None, overrides: list[str]) -> Path:
+    """`--resume RUN`: that run folder; `CONFIG --resume`: the newest run of that config."""
+    from tunesmith.config.load import load_config
+    from tunesmith.runs.folder import latest_run
+
+    if path is None:
+        raise TunesmithError(
+            "--resume: give a run folder (--resume RUN) or a config (CONFIG --resume)"
+        )
+    if path.is_dir():
+        if not (path / "config.yaml").is_file():
+            raise TunesmithError(f"--resume: '{path}' is not a run folder (no config.yaml)")
+        return path
+    config = load_config(path, overrides)
+    return latest_run(config.output, f"{config.train.stage}-{config.method.type}")
 
 
 def _split_args(args: list[str]) -> tuple[Path | None, list[str]]:

@@ -138,6 +138,20 @@ class RunFolder:
         _append_jsonl(self.root.parent / "index.jsonl", {"run": self.root.name, **fields})
 
 
+def latest_run(output: OutputConfig, default_name: str) -> Path:
+    """The run folder `RunFolder.create` gave this config most recently that has a checkpoint:
+    output.name when set, else the newest `<default_name>-<timestamp>` folder in output.dir."""
+    parent = Path(output.dir)
+    pattern = output.name or f"{default_name}-*"
+    runs = [p for p in parent.glob(pattern) if RunFolder(p).last_checkpoint() is not None]
+    if not runs:
+        raise ConfigError(
+            f"--resume: no run with a checkpoint matches '{parent / pattern}'; "
+            "give the run folder instead (tunesmith train --resume RUN)"
+        )
+    return max(runs, key=lambda p: RunFolder(p).last_checkpoint().stat().st_mtime)
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so readers never see half a file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
