@@ -1,0 +1,1 @@
+"""Evaluation: metrics, judge, robustness, safety and statistics for base vs tuned models."""
