@@ -13,8 +13,8 @@ from tunesmith.utils.errors import ConfigError, TunesmithError
 
 # The allowed keys listed in an error are the section's fields, in declaration order.
 TRAIN_KEYS = ", ".join(TrainConfig.model_fields)
-LORA_KEYS = "type, r, alpha, dropout, target_modules, modules_to_save"
-FREEZE_KEYS = "type, trainable_layers, trainable_modules"
+LORA_KEYS = ", ".join(LoraMethod.model_fields)
+FREEZE_KEYS = ", ".join(FreezeMethod.model_fields)
 
 
 def write(path: Path, text: str) -> Path:
@@ -234,7 +234,8 @@ def test_bad_choice_suggests_the_closest_allowed_value():
 def test_bad_method_type_suggests_and_lists_the_methods():
     assert error_of(["method.type=lorra"]) == (
         "overrides: invalid configuration\n"
-        "  method.type: got 'lorra' (did you mean 'lora'?); allowed: full, freeze, lora"
+        "  method.type: got 'lorra' (did you mean 'lora'?); allowed: full, freeze, lora, qlora, "
+        "ia3, prefix, prompt, ptuning, adapter, hybrid"
     )
 
 

@@ -34,21 +34,24 @@ def load_tokenizer(resolved: ResolvedModel, cfg: ModelConfig):
     return tokenizer
 
 
-def load_causal_lm(resolved: ResolvedModel, cfg: ModelConfig):
+def load_causal_lm(resolved: ResolvedModel, cfg: ModelConfig, quantization=None):
+    """`quantization`: a transformers quantization config (qlora's 4/8-bit bitsandbytes)."""
     from transformers import AutoModelForCausalLM
 
+    quantized = {"quantization_config": quantization} if quantization is not None else {}
     return _from_hub_or_local(
         AutoModelForCausalLM,
         resolved,
         cfg,
         dtype=pick_dtype(cfg.dtype),
         trust_remote_code=cfg.trust_remote_code,
+        **quantized,
     )
 
 
-def load_model_and_tokenizer(cfg: ModelConfig):
+def load_model_and_tokenizer(cfg: ModelConfig, quantization=None):
     resolved = resolve_model(cfg.name_or_path)
-    return load_causal_lm(resolved, cfg), load_tokenizer(resolved, cfg), resolved
+    return load_causal_lm(resolved, cfg, quantization), load_tokenizer(resolved, cfg), resolved
 
 
 def pick_dtype(name: str) -> torch.dtype:

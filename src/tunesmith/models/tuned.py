@@ -8,7 +8,8 @@ import yaml
 
 from tunesmith.config.schema import ModelConfig
 from tunesmith.models.load import load_causal_lm, load_tokenizer
-from tunesmith.models.methods import METHODS
+from tunesmith.models.methods import METHODS, load_adapter
+from tunesmith.models.methods.adapter import MARKER
 from tunesmith.models.resolve import ResolvedModel, resolve_model
 from tunesmith.utils.errors import ModelError
 
@@ -24,7 +25,7 @@ def find_artifact(path: str | Path) -> tuple[Path, ModelConfig | None]:
             if (path / method.ARTIFACT).is_dir():
                 return path / method.ARTIFACT, model_cfg
         raise ModelError(f"run folder '{path}' has no trained adapter/ or model/ yet")
-    if (path / "adapter_config.json").is_file() or (path / "config.json").is_file():
+    if _is_adapter(path) or (path / "config.json").is_file():
         return path, model_cfg
     raise ModelError(f"'{path}' is neither a run folder nor an adapter or model folder")
 
@@ -35,14 +36,19 @@ def load_for_inference(model_cfg: ModelConfig | None, adapter: str | Path | None
     cfg = model_cfg or run_model_cfg
     if cfg is None:
         raise ModelError("no base model: pass --model, or an adapter inside a run folder")
-    is_adapter = artifact is not None and (artifact / "adapter_config.json").is_file()
+    is_adapter = artifact is not None and _is_adapter(artifact)
     if artifact is not None and not is_adapter:
         weights = ResolvedModel(str(artifact), str(artifact), "local")  # a full tuned model
     else:
         weights = resolve_model(cfg.name_or_path)
     model = load_causal_lm(weights, cfg)
     if is_adapter:
-        model = METHODS["lora"].load(model, artifact)  # PEFT reads the adapter type itself
+        model = load_adapter(model, artifact)  # any PEFT adapter, our adapter and hybrid
     tokenizer_source = ResolvedModel(str(artifact), str(artifact), "local") if artifact else weights
     model.eval()
     return model, load_tokenizer(tokenizer_source, cfg)
+
+
+def _is_adapter(folder: Path) -> bool:
+    """A PEFT adapter folder, or ours (bottleneck adapters) with its marker file."""
+    return (folder / "adapter_config.json").is_file() or (folder / MARKER).is_file()

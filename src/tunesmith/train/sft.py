@@ -17,7 +17,13 @@ from tunesmith.config.schema import DataConfig, RunConfig, TrainConfig
 from tunesmith.data.dataset import PackedCollator, RejectSink, SFTCollator, SFTData, build_sft_data
 from tunesmith.data.registry import sft_sources
 from tunesmith.models.load import load_model_and_tokenizer
-from tunesmith.models.methods import count_parameters, get_method
+from tunesmith.models.methods import (
+    count_parameters,
+    get_method,
+    quantization_config,
+    supports_packing,
+)
+from tunesmith.plan import plan_summary
 from tunesmith.runs.folder import RunFolder, is_main_process
 from tunesmith.train.callbacks import (
     CompactProgressCallback,
@@ -25,6 +31,7 @@ from tunesmith.train.callbacks import (
     best_checkpoint,
     check_eval_needs,
     early_stopping_callbacks,
+    method_callbacks,
     schedule_arguments,
 )
 from tunesmith.train.distributed import check_distributed, distributed_arguments
@@ -75,13 +82,21 @@ def train_causal_lm(
     replay = replay_sources(config.data)
     check_eval_needs(config.train, has_eval=bool(config.data.eval))
     check_distributed(config.train.distributed)
+    if config.train.packing and not supports_packing(config.method.type):
+        console.print(
+            f"[yellow]method {config.method.type}: its virtual tokens cannot be shared by the "
+            "examples of a packed row; train.packing is turned off"
+        )
+        unpacked = config.train.model_copy(update={"packing": False})
+        config = config.model_copy(update={"train": unpacked})
     started = time.perf_counter()
     run.save_config(config)
     run.clear_rejects()  # the data is read again on every start or resume
     forgetting = _forgetting_check(config.train, run)
     set_seed(config.train.seed)
 
-    model, tokenizer, resolved = load_model_and_tokenizer(config.model)
+    quantization = quantization_config(config.method)  # qlora: a 4/8-bit base
+    model, tokenizer, resolved = load_model_and_tokenizer(config.model, quantization)
     train_data = stage.build(sources, config, tokenizer, run.reject)
     train_data = add_replay(
         train_data, replay, config.data, config.train.seed, tokenizer, run.reject
@@ -94,12 +109,13 @@ def train_causal_lm(
         forgetting.before(model, tokenizer)  # the base model: no method applied, no step taken
 
     method = get_method(config.method.type)
-    model = method.apply(model, config.method)
+    model = method.apply(model, config.method, task="causal_lm")
     trainable, total = count_parameters(model)
     console.print(
         f"method {config.method.type}: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.2f}%)"
     )
+    console.print(plan_summary(config))  # the planner's memory estimate for this run
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()  # checkpointed blocks need a grad through frozen inputs
@@ -114,9 +130,10 @@ def train_causal_lm(
         train_dataset=train_data.examples,
         eval_dataset=eval_data.examples if eval_data else None,
         data_collator=collator,
-        callbacks=callbacks + early_stopping_callbacks(config.train),
+        callbacks=callbacks + early_stopping_callbacks(config.train) + method_callbacks(model),
         l2_to_pretrained=config.train.l2_to_pretrained,
         layerwise_lr_decay=config.train.layerwise_lr_decay,
+        loraplus_lr_ratio=getattr(config.method, "loraplus_lr_ratio", None),
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(CompactProgressCallback)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from tunesmith.data.render import IGNORE_INDEX
+from tunesmith.models.methods import lora, virtual_tokens
 from tunesmith.train.forgetting import L2ToPretrained, layerwise_param_groups
 from tunesmith.utils.errors import ConfigError
 
@@ -25,10 +26,23 @@ class CausalLMTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(
-        self, *args, l2_to_pretrained: float = 0.0, layerwise_lr_decay: float = 1.0, **kwargs
+        self,
+        *args,
+        l2_to_pretrained: float = 0.0,
+        layerwise_lr_decay: float = 1.0,
+        loraplus_lr_ratio: float | None = None,
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.layerwise_lr_decay = layerwise_lr_decay
+        self.loraplus_lr_ratio = loraplus_lr_ratio
+        if loraplus_lr_ratio and layerwise_lr_decay != 1.0:
+            raise ConfigError(
+                "method.loraplus_lr_ratio and train.layerwise_lr_decay both set the learning "
+                "rates of the optimizer's groups; use one of them"
+            )
+        # prompt / p-tuning put virtual tokens first: their logits come before the input's
+        self.virtual_tokens = virtual_tokens(self.model)
         self.l2 = None
         if l2_to_pretrained:
             if self.is_fsdp_enabled or self.is_deepspeed_enabled:
@@ -44,7 +58,8 @@ class CausalLMTrainer(Trainer):
         positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
         # No KV cache in training: with one, transformers ignores packed position ids and lets
         # packed examples attend to each other.
-        outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
+        kept = positions + self.virtual_tokens
+        outputs = model(**inputs, logits_to_keep=kept, use_cache=False)
         picked = targets[:, positions]
         loss = F.cross_entropy(
             outputs.logits.float().flatten(0, 1),
@@ -68,10 +83,16 @@ class CausalLMTrainer(Trainer):
         super().log(logs, start_time)
 
     def create_optimizer(self, model=None):
-        if self.layerwise_lr_decay == 1.0 or self.optimizer is not None:
+        plain = self.layerwise_lr_decay == 1.0 and not self.loraplus_lr_ratio
+        if plain or self.optimizer is not None:
             return super().create_optimizer(model)
         model = self.model if model is None else model
         optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        if self.loraplus_lr_ratio:
+            self.optimizer = lora.loraplus_optimizer(
+                model, optimizer_cls, kwargs, self.loraplus_lr_ratio, self.args.weight_decay
+            )
+            return self.optimizer
         groups = layerwise_param_groups(
             model,
             self.args.learning_rate,

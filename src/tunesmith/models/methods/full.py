@@ -7,9 +7,10 @@ from pathlib import Path
 from tunesmith.config.methods import FullMethod
 
 ARTIFACT = "model"  # sub-folder of the run folder
+MERGEABLE = False  # nothing to merge: the artifact is already a whole model
 
 
-def apply(model, cfg: FullMethod):
+def apply(model, cfg: FullMethod, task: str = "causal_lm"):
     for param in model.parameters():
         param.requires_grad_(True)
     return model

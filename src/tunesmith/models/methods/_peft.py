@@ -1,0 +1,50 @@
+"""What every PEFT-backed method shares: the task type, head names, save and load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+Task = Literal["causal_lm", "seq_cls"]
+# A classifier head is new and random: it must train and be saved with the adapter.
+HEADS = ("classifier", "score")
+
+
+def task_type(task: Task):
+    from peft import TaskType
+
+    types = {"causal_lm": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS}
+    if task not in types:
+        raise ValueError(f"task must be one of {sorted(types)}, got {task!r}")
+    return types[task]
+
+
+def wrap(model, peft_config):
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config)
+
+
+def save(model, tokenizer, out_dir: Path) -> None:
+    model.save_pretrained(out_dir)  # adapter weights and adapter_config.json only
+    tokenizer.save_pretrained(out_dir)
+
+
+def load(base_model, folder: Path):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, folder)  # the adapter type comes from its config
+
+
+def virtual_tokens(model) -> int:
+    """Positions a prompt-learning model puts in front of the input: its logits come first.
+
+    Prompt tuning and P-tuning prepend them to the sequence; prefix tuning keeps them in the KV
+    cache (none in the sequence); every other method adds none.
+    """
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not config.is_prompt_learning:
+        return 0
+    from peft import PeftType
+
+    return 0 if config.peft_type == PeftType.PREFIX_TUNING else config.num_virtual_tokens

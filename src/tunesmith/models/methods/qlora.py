@@ -1,0 +1,78 @@
+"""QLoRA (Dettmers et al. 2023): LoRA on a base model quantized to 4-bit NF4/FP4 or 8-bit by
+bitsandbytes at load time (models/load.py asks `quantization_config`), trained in bf16/fp16.
+
+Needs a CUDA GPU and bitsandbytes (`pip install 'tunesmith[gpu]'`); without them every entry
+point says so in one sentence and suggests `lora`. The saved artifact is a plain LoRA adapter:
+it loads onto the full-precision base as well (merging into a 4-bit base would lose precision,
+so merge onto the full-precision base, as export does).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from tunesmith.config.methods import QLoraMethod
+from tunesmith.models.methods import lora
+from tunesmith.models.methods._peft import Task, load, save
+from tunesmith.utils.errors import ModelError
+
+__all__ = ["ARTIFACT", "MERGEABLE", "apply", "check_available", "load", "merge", "save"]
+
+ARTIFACT = "adapter"
+MERGEABLE = True  # onto the full-precision base
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def check_available() -> None:
+    missing = [
+        what
+        for what, ok in (
+            ("a CUDA GPU", torch.cuda.is_available()),
+            ("the bitsandbytes package (pip install 'tunesmith[gpu]')", _has_bitsandbytes()),
+        )
+        if not ok
+    ]
+    if missing:
+        raise ModelError(
+            f"method qlora needs {' and '.join(missing)}, which this machine lacks; "
+            "use method.type=lora to train the same adapter in full precision"
+        )
+
+
+def quantization_config(cfg: QLoraMethod):
+    """The BitsAndBytesConfig the base model is loaded with."""
+    check_available()
+    from transformers import BitsAndBytesConfig
+
+    if cfg.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quant_type,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=_DTYPES[cfg.compute_dtype],
+    )
+
+
+def apply(model, cfg: QLoraMethod, task: Task = "causal_lm"):
+    from peft import prepare_model_for_kbit_training
+
+    check_available()
+    if not getattr(model, "is_quantized", False):
+        raise ModelError(
+            "method qlora: the base model was loaded unquantized; load it with "
+            "load_model_and_tokenizer(model_cfg, quantization_config(method_cfg))"
+        )
+    # norms to fp32, input grads on, so the frozen 4-bit base passes gradients to LoRA
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return lora.apply(model, cfg, task)
+
+
+def merge(model):
+    return lora.merge(model)
+
+
+def _has_bitsandbytes() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
