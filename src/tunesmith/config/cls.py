@@ -1,9 +1,70 @@
-"""Settings of the classification stage (train.stage: cls)."""
+"""Settings of the classification stage (train.stage: cls).
+
+The model is any encoder or decoder that AutoModelForSequenceClassification can load; the
+embedded encoder is `model.name_or_path=minilm-l6`. Data files go in data.train / data.eval.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from tunesmith.config.base import Section
 
 
 class ClsConfig(Section):
-    pass
+    text_column: str = "text"
+    text_pair_column: str | None = Field(
+        None, description="Second text of a pair (NLI, matching); None: single texts."
+    )
+    label_column: str = "label"
+    labels: list[str] | None = Field(
+        None,
+        description="The label names in id order (an integer label in the data is an index into "
+        "this list); None: the sorted labels of the training data.",
+    )
+    multi_label: bool = Field(
+        False, description="Each record holds a list of labels (or a delimited string)."
+    )
+    label_delimiter: str = Field(",", min_length=1, description="Splits a multi-label string.")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Multi-label: sigmoid above it is on.")
+    head: Literal["standard", "seed"] = Field(
+        "standard",
+        description="standard: the model's own head; seed: Dropout, Linear H->H/2, ReLU, "
+        "Dropout, Linear H/2->labels (replaces a single-Linear head, BERT or Llama style).",
+    )
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout of the seed head.")
+    class_weights: Literal["none", "balanced"] | dict[str, float] = Field(
+        "none",
+        description="Loss weights: balanced (n / (classes x count)), or {label: weight} "
+        "(others 1.0); multi-label: BCE pos_weight (balanced: negatives / positives).",
+    )
+    max_length: int = Field(256, ge=2, description="Tokens per text (pair) after truncation.")
+    val_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Stratified share of the training data held out for validation when no "
+        "data.eval is given; 0: no validation.",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if len(value) < 2:
+                raise ValueError("give at least two labels")
+            twice = sorted({name for name in value if value.count(name) > 1})
+            if twice:
+                raise ValueError(f"labels listed twice: {', '.join(twice)}")
+        return value
+
+    @field_validator("class_weights")
+    @classmethod
+    def _positive_weights(cls, value: str | dict[str, float]) -> str | dict[str, float]:
+        if isinstance(value, dict):
+            bad = [name for name, weight in value.items() if not weight > 0]
+            if bad:
+                raise ValueError(f"class weights must be > 0 (got {', '.join(bad)})")
+        return value

@@ -1,0 +1,265 @@
+"""Text classification data: a text (and optionally a text pair) with one label, or several.
+
+Read from any file data/readers.py reads; columns come from train.cls. Labels are names or
+integer ids (an id indexes train.cls.labels); the label set is train.cls.labels, or else the
+sorted labels of the training data. Every record read is kept or rejected with its reason.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tunesmith.config.cls import ClsConfig
+from tunesmith.data.readers import RawRecord, read_records
+from tunesmith.utils.errors import DataError
+
+RejectSink = Callable[[str, int, str, object], None]  # (source, line, reason, record)
+
+
+@dataclass(frozen=True)
+class ClsRecord:
+    text: str
+    pair: str | None
+    labels: tuple[str, ...]  # label names (ids resolved); one unless multi-label
+    source: str
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+@dataclass
+class ClsData:
+    train: list[ClsRecord]
+    eval: list[ClsRecord]  # data.eval files, or the stratified validation split
+    labels: list[str]  # id -> name
+    stats: dict = field(default_factory=dict)
+
+
+def load_cls_data(
+    train_files: Sequence[str],
+    eval_files: Sequence[str],
+    cfg: ClsConfig,
+    *,
+    on_error: str = "stop",
+    max_samples: int | None = None,
+    seed: int = 42,
+    reject: RejectSink | None = None,
+) -> ClsData:
+    """Read, check and split. Bad records (of train and eval files) follow `on_error`; an eval
+    label outside the label set always stops (the evaluation would silently lose a class).
+    stats: read == kept + rejected over all files; train / eval after the split."""
+    skip = on_error == "skip" and reject is not None
+    records, read, rejected = _read_all(train_files, cfg, skip, reject)
+    labels = cfg.labels or _label_set(records)
+    records, unknown = _resolve(records, labels, cfg, skip, reject)
+    rejected += unknown
+    beyond = max(0, len(records) - max_samples) if max_samples else 0
+    records = records[: len(records) - beyond]
+    if not cfg.multi_label and len({r.labels for r in records}) < 2:
+        raise DataError(
+            f"{', '.join(train_files)}: classification needs at least two classes in the "
+            f"training data, found {sorted({r.labels[0] for r in records})}"
+        )
+    if eval_files:
+        evals, eval_read, eval_rejected = _read_all(eval_files, cfg, skip, reject)
+        evals, _ = _resolve(evals, labels, cfg, skip=False, reject=None)
+        read, rejected = read + eval_read, rejected + eval_rejected
+        train, source = records, "files"
+    else:
+        train, evals = stratified_split(records, cfg.val_fraction, seed)
+        source = "split" if evals else None
+    stats = {
+        "read": read,
+        "kept": read - rejected,
+        "rejected": rejected,
+        "beyond_max_samples": beyond,
+        "train": len(train),
+        "eval": len(evals),
+        "eval_source": source,
+        "labels": label_counts(train, labels),
+    }
+    return ClsData(train, evals, list(labels), stats)
+
+
+def label_counts(records: Sequence[ClsRecord], labels: Sequence[str]) -> dict[str, int]:
+    """Records per label, in label order (multi-label: a record counts for each of its labels)."""
+    counts = Counter(name for record in records for name in record.labels)
+    return {name: counts[name] for name in labels}
+
+
+def stratified_split(
+    records: Sequence[ClsRecord], fraction: float, seed: int
+) -> tuple[list[ClsRecord], list[ClsRecord]]:
+    """(train, validation): each class (multi-label: each label combination) gives about
+    `fraction` of its records, never its last one, so every class stays in training."""
+    if fraction <= 0:
+        return list(records), []
+    groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    for index, record in enumerate(records):
+        groups[tuple(sorted(record.labels))].append(index)
+    rng = random.Random(seed)
+    held: set[int] = set()
+    for key in sorted(groups):  # sorted: the same split whatever the file order of classes
+        members = groups[key]
+        rng.shuffle(members)
+        held.update(members[: min(round(len(members) * fraction), len(members) - 1)])
+    train = [r for i, r in enumerate(records) if i not in held]
+    return train, [r for i, r in enumerate(records) if i in held]
+
+
+def encode_labels(
+    record: ClsRecord, label_ids: dict[str, int], multi_label: bool
+) -> int | list[float]:
+    """The class id, or for multi-label a 0/1 vector over the label set."""
+    if not multi_label:
+        return label_ids[record.labels[0]]
+    vector = [0.0] * len(label_ids)
+    for name in record.labels:
+        vector[label_ids[name]] = 1.0
+    return vector
+
+
+def tokenize_cls(
+    records: Sequence[ClsRecord], labels: Sequence[str], tokenizer, cfg: ClsConfig
+) -> tuple[list[dict], int]:
+    """(examples with input_ids, attention_mask, [token_type_ids,] labels; truncated count)."""
+    if not records:
+        return [], 0
+    label_ids = {name: i for i, name in enumerate(labels)}
+    texts = [r.text for r in records]
+    pairs = [r.pair or "" for r in records] if cfg.text_pair_column else None
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=cfg.max_length)
+    full = tokenizer(texts, pairs, truncation=False)["input_ids"]
+    truncated = sum(len(ids) > cfg.max_length for ids in full)
+    examples = [
+        {key: values[i] for key, values in encoded.items()}
+        | {"labels": encode_labels(record, label_ids, cfg.multi_label)}
+        for i, record in enumerate(records)
+    ]
+    return examples, truncated
+
+
+# reading ------------------------------------------------------------------------------------
+
+
+def _read_all(
+    files: Sequence[str], cfg: ClsConfig, skip: bool, reject: RejectSink | None
+) -> tuple[list[ClsRecord], int, int]:
+    records: list[ClsRecord] = []
+    read = rejected = 0
+    for path in files:
+        for raw in read_records(path):
+            read += 1
+            parsed = _parse(raw, cfg)
+            if isinstance(parsed, ClsRecord):
+                records.append(parsed)
+                continue
+            if not skip:
+                raise DataError(f"{raw.where}: {parsed}")
+            reject(raw.source, raw.line, parsed, raw.data)
+            rejected += 1
+    return records, read, rejected
+
+
+class _Unusable(Exception):
+    """A record that cannot be used; the message is the reason."""
+
+
+def _parse(raw: RawRecord, cfg: ClsConfig) -> ClsRecord | str:
+    """The record, or the reason it cannot be used."""
+    try:
+        text = _text(raw.data, cfg.text_column)
+        pair = _text(raw.data, cfg.text_pair_column) if cfg.text_pair_column else None
+        labels = _raw_labels(raw.data.get(cfg.label_column), cfg)
+    except _Unusable as exc:
+        return str(exc)
+    return ClsRecord(text, pair, labels, raw.source, raw.line)
+
+
+def _text(data: dict, column: str) -> str:
+    value = data.get(column)
+    if value is None:
+        raise _Unusable(f"missing text column '{column}' (columns: {', '.join(map(str, data))})")
+    if not isinstance(value, str):
+        raise _Unusable(f"column '{column}' must be text, got {type(value).__name__}")
+    if not value.strip():
+        raise _Unusable(f"column '{column}' is empty")
+    return value
+
+
+def _raw_labels(value: object, cfg: ClsConfig) -> tuple[str, ...]:
+    """Label values as text (names or ids, resolved against the label set later)."""
+    column = cfg.label_column
+    if value is None:
+        raise _Unusable(f"missing label column '{column}'")
+    if not cfg.multi_label:
+        name = _one_label(value, column)
+        if not name:
+            raise _Unusable(f"column '{column}' is empty")
+        return (name,)
+    if isinstance(value, str):
+        value = value.split(cfg.label_delimiter)
+    items = value if isinstance(value, list) else [value]
+    names = (_one_label(item, column) for item in items)
+    return tuple(dict.fromkeys(name for name in names if name))  # [] or "": no label applies
+
+
+def _one_label(value: object, column: str) -> str:
+    """A label as text ('' for an empty string)."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():  # 1.0 from a parquet float column
+        return str(int(value))
+    raise _Unusable(f"column '{column}': a label is a name or an integer id, got {value!r}")
+
+
+# label set ----------------------------------------------------------------------------------
+
+
+def _label_set(records: Sequence[ClsRecord]) -> list[str]:
+    """Sorted label names; integer ids sort as numbers (2 before 10)."""
+    names = {name for record in records for name in record.labels}
+    if all(name.lstrip("-").isdigit() for name in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def _resolve(
+    records: list[ClsRecord],
+    labels: Sequence[str],
+    cfg: ClsConfig,
+    skip: bool,
+    reject: RejectSink | None,
+) -> tuple[list[ClsRecord], int]:
+    """Map ids to names; a label outside the set rejects the record (or stops)."""
+    known = set(labels)
+    ids_allowed = cfg.labels is not None
+    kept: list[ClsRecord] = []
+    for record in records:
+        names, unknown = [], []
+        for value in record.labels:
+            if value in known:
+                names.append(value)
+            elif ids_allowed and value.isdigit() and int(value) < len(labels):
+                names.append(labels[int(value)])
+            else:
+                unknown.append(value)
+        if not unknown:
+            names = tuple(dict.fromkeys(names))  # an id and its name given together count once
+            kept.append(ClsRecord(record.text, record.pair, names, record.source, record.line))
+            continue
+        reason = (
+            f"unknown label {', '.join(repr(v) for v in unknown)}; the labels are "
+            f"{', '.join(labels)} (train.cls.labels, or else those of the training data)"
+        )
+        if not skip:
+            raise DataError(f"{record.where}: {reason}")
+        reject(record.source, record.line, reason, {"text": record.text, "labels": unknown})
+    return kept, len(records) - len(kept)

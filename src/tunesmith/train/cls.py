@@ -1,0 +1,521 @@
+"""Text classification (train.stage: cls), read top to bottom: data, model, head, method,
+trainer, save, report.
+
+Any model AutoModelForSequenceClassification loads works: an encoder (the embedded default
+`model.name_or_path=minilm-l6`, BERT-style: the [CLS] pooled output feeds the head) or a decoder
+(Llama-style: the last non-padding token feeds the `score` head). The loss is cross-entropy
+(multi-label: binary cross-entropy with logits), weighted by train.cls.class_weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesmith.config.cls import ClsConfig
+from tunesmith.config.load import load_config
+from tunesmith.config.schema import ModelConfig, RunConfig
+from tunesmith.data.classification import ClsData, label_counts, load_cls_data, tokenize_cls
+from tunesmith.evaluation.classification import classification_metrics, plot_confusion
+from tunesmith.models.load import _from_hub_or_local, pick_dtype
+from tunesmith.models.methods import (
+    count_parameters,
+    get_method,
+    load_adapter,
+    quantization_config,
+)
+from tunesmith.models.methods._peft import HEADS  # classifier (BERT family), score (Llama)
+from tunesmith.models.resolve import ResolvedModel, resolve_model
+from tunesmith.models.tuned import find_artifact
+from tunesmith.runs.folder import RunFolder, is_main_process
+from tunesmith.train.callbacks import (
+    CompactProgressCallback,
+    MetricsCallback,
+    best_checkpoint,
+    check_eval_needs,
+    early_stopping_callbacks,
+    method_callbacks,
+)
+from tunesmith.train.distributed import check_distributed
+from tunesmith.train.monitor import TrainingMonitor
+from tunesmith.train.sft import TrainResult, _training_arguments
+from tunesmith.train.trainer import CausalLMTrainer
+from tunesmith.utils.console import console
+from tunesmith.utils.errors import ConfigError, ModelError
+
+LABELS_FILE = "labels.json"  # in the run folder: the label names in id order
+
+
+def run_cls(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainResult:
+    from transformers import DataCollatorWithPadding, set_seed
+    from transformers.trainer_callback import ProgressCallback
+
+    cfg = config.train.cls
+    _check_config(config)
+    started = time.perf_counter()
+    run.save_config(config)
+    run.clear_rejects()  # the data is read again on every start or resume
+    data = load_cls_data(
+        config.data.train,
+        config.data.eval,
+        cfg,
+        on_error=config.data.on_error,
+        max_samples=config.data.max_samples,
+        seed=config.train.seed,
+        reject=run.reject,
+    )
+    check_eval_needs(config.train, has_eval=bool(data.eval))
+    weights = class_weights(data, cfg)
+    _report_data(data, run)
+    set_seed(config.train.seed)
+
+    quantization = quantization_config(config.method)
+    model, tokenizer, resolved = load_classifier(config.model, data.labels, cfg, quantization)
+    train_examples, truncated = tokenize_cls(data.train, data.labels, tokenizer, cfg)
+    eval_examples, _ = tokenize_cls(data.eval, data.labels, tokenizer, cfg)
+    model = apply_method(model, config)
+    trainable, total = count_parameters(model)
+    console.print(
+        f"method {config.method.type}: {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / total:.2f}%)"
+    )
+    if config.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+
+    monitor = TrainingMonitor(config.train.monitor, run)
+    # the monitor first: it puts NaN losses back into the logs the metrics callback writes
+    callbacks = [monitor, MetricsCallback(run, config.train.monitor.plot_every)]
+    trainer = ClsTrainer(
+        model=model,
+        args=_arguments(config, run, has_eval=bool(eval_examples)),
+        train_dataset=train_examples,
+        eval_dataset=eval_examples or None,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+        callbacks=callbacks + early_stopping_callbacks(config.train) + method_callbacks(model),
+        compute_metrics=lambda p: scores(evaluation_report(*_decode(p, cfg), data.labels)),
+        class_weights=weights,
+        multi_label=cfg.multi_label,
+        l2_to_pretrained=config.train.l2_to_pretrained,
+        layerwise_lr_decay=config.train.layerwise_lr_decay,
+        loraplus_lr_ratio=getattr(config.method, "loraplus_lr_ratio", None),
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(CompactProgressCallback)
+    checkpoint = run.last_checkpoint() if resume else None
+    if resume and checkpoint is None:
+        console.print(f"[yellow]no checkpoint in {run.checkpoints}; training from the start")
+    run.drop_metrics_after(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    method = get_method(config.method.type)
+    artifact = run.root / method.ARTIFACT
+    if is_main_process():  # the best checkpoint's with early stopping
+        method.save(trainer.model, tokenizer, artifact)
+    run.write_json(LABELS_FILE, data.labels)
+    evaluation = _final_report(trainer, eval_examples, data, cfg, run)
+    summary = {
+        "model": resolved.ref,
+        "method": config.method.type,
+        "stage": "cls",
+        "labels": data.labels,
+        "class_weights": weights.tolist() if weights is not None else None,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "data": data.stats | {"truncated": truncated},
+        "train_loss": output.training_loss,
+        "steps": output.global_step,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "seconds": round(time.perf_counter() - started, 1),
+        "best": best_checkpoint(config.train, trainer.state),
+        "eval": evaluation,
+        **monitor.summary(),
+    }
+    run.write_json("summary.json", summary)
+    status = "stopped" if monitor.stopped_by else "done"
+    run.add_to_index(stage="cls", method=config.method.type, model=resolved.ref, status=status)
+    if is_main_process():
+        line = f", eval f1_macro {evaluation['f1_macro']:.4f}" if evaluation else ""
+        console.print(f"saved {artifact}  (loss {output.training_loss:.4f}{line})")
+    return TrainResult(run, artifact, summary)
+
+
+def _check_config(config: RunConfig) -> None:
+    if config.train.stage != "cls":
+        raise ConfigError(
+            f"train.stage: '{config.train.stage}' given to the cls stage; "
+            "run it with tunesmith.train.run_stage"
+        )
+    if not config.data.train:
+        raise ConfigError("data.train: no training files given (e.g. data.train=[reviews.csv])")
+    unsupported = {
+        "data.dataset": config.data.dataset,  # registry datasets are chat data
+        "data.replay": config.data.replay,
+        "train.forgetting_eval": config.train.forgetting_eval,  # perplexity of a causal LM
+    }
+    for key, value in unsupported.items():
+        if value:
+            raise ConfigError(f"{key}: not used by train.stage=cls; remove it")
+    check_distributed(config.train.distributed)
+
+
+def _arguments(config: RunConfig, run: RunFolder, has_eval: bool):
+    # the causal-LM arguments with logits kept for the metrics; padding is not counted as input
+    args = _training_arguments(config.train, run, has_eval)
+    return dataclasses.replace(
+        args,
+        prediction_loss_only=False,
+        label_names=["labels"],
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def _report_data(data: ClsData, run: RunFolder) -> None:
+    stats = data.stats
+    counts = ", ".join(f"{name} {n}" for name, n in stats["labels"].items())
+    evals = f"{stats['eval']} eval ({stats['eval_source']})" if stats["eval"] else "no eval"
+    console.print(
+        f"data: {stats['read']} records read, {stats['train']} train, {evals}, "
+        f"{stats['rejected']} rejected"
+        + (f" (see {run.rejects_path})" if stats["rejected"] else "")
+        + f"; labels: {counts}"
+    )
+
+
+# model and head -------------------------------------------------------------------------------
+
+
+class SeedHead(nn.Sequential):
+    """The seeds' classifier: Dropout, Linear H -> H/2, ReLU, Dropout, Linear H/2 -> labels."""
+
+    def __init__(self, hidden: int, num_labels: int, dropout: float = 0.1):
+        super().__init__(
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden // 2),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden // 2, num_labels),
+        )
+
+
+def head_name(model) -> str:
+    """The attribute holding the classification head (`classifier` or `score`)."""
+    for name in HEADS:
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    raise ModelError(
+        f"{type(model).__name__} has no `classifier` or `score` head; "
+        "train.stage=cls supports models with one of them (BERT, RoBERTa, Llama, Qwen, ...)"
+    )
+
+
+def use_seed_head(model, dropout: float) -> SeedHead:
+    """Replace a single-Linear head (on the pooled output, or on every position for Llama-style
+    models, which pick the last token afterwards) with the seed head."""
+    name = head_name(model)
+    old = getattr(model, name)
+    if not isinstance(old, nn.Linear):
+        raise ModelError(
+            f"train.cls.head=seed replaces a single Linear head; {type(model).__name__}.{name} is "
+            f"a {type(old).__name__}: use train.cls.head=standard"
+        )
+    head = SeedHead(old.in_features, old.out_features, dropout)
+    setattr(model, name, head.to(old.weight.device, old.weight.dtype))
+    return head
+
+
+def load_classifier(
+    model_cfg: ModelConfig,
+    labels: Sequence[str],
+    cfg: ClsConfig,
+    quantization=None,
+    weights: ResolvedModel | None = None,
+):
+    """(model, tokenizer, resolved): a sequence classifier over `labels` with the chosen head.
+    `quantization`: qlora's 4/8-bit config; `weights`: a tuned full model to load instead of
+    model_cfg's base model."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    resolved = weights or resolve_model(model_cfg.name_or_path)
+    tokenizer = _from_hub_or_local(
+        AutoTokenizer, resolved, model_cfg, trust_remote_code=model_cfg.trust_remote_code
+    )
+    if tokenizer.pad_token is None:  # decoders: the last real token is found by the pad id
+        if tokenizer.eos_token is None:
+            raise ModelError(f"the tokenizer of '{resolved.ref}' has no pad or eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    model = _from_hub_or_local(
+        AutoModelForSequenceClassification,
+        resolved,
+        model_cfg,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        problem_type=(
+            "multi_label_classification" if cfg.multi_label else "single_label_classification"
+        ),
+        dtype=pick_dtype(model_cfg.dtype),
+        trust_remote_code=model_cfg.trust_remote_code,
+        **({"quantization_config": quantization} if quantization is not None else {}),
+    )
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.head == "seed":
+        use_seed_head(model, cfg.dropout)
+    return model, tokenizer, resolved
+
+
+def apply_method(model, config: RunConfig):
+    """The chosen method for sequence classification: every method trains and saves the head."""
+    return get_method(config.method.type).apply(model, config.method, task="seq_cls")
+
+
+# loss and trainer -----------------------------------------------------------------------------
+
+
+def class_weights(data: ClsData, cfg: ClsConfig) -> torch.Tensor | None:
+    """Loss weights per label from train.cls.class_weights; None: unweighted."""
+    setting = cfg.class_weights
+    if setting == "none":
+        return None
+    if isinstance(setting, dict):
+        unknown = sorted(set(setting) - set(data.labels))
+        if unknown:
+            raise ConfigError(
+                f"train.cls.class_weights: unknown label {', '.join(unknown)}; "
+                f"the labels are {', '.join(data.labels)}"
+            )
+        return torch.tensor([float(setting.get(name, 1.0)) for name in data.labels])
+    counts = list(label_counts(data.train, data.labels).values())
+    n = len(data.train)
+    if cfg.multi_label:  # pos_weight: negatives per positive
+        return torch.tensor([(n - c) / c if c else 1.0 for c in counts])
+    return torch.tensor([n / (len(counts) * c) if c else 1.0 for c in counts])  # sklearn's
+
+
+def classification_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    multi_label: bool = False,
+) -> torch.Tensor:
+    """Weighted mean cross-entropy (sum of w_y * CE over sum of w_y); multi-label: mean binary
+    cross-entropy with `weights` as pos_weight."""
+    logits = logits.float()
+    if weights is not None:
+        weights = weights.to(logits.device)
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=weights)
+    return F.cross_entropy(logits, labels.long(), weight=weights)
+
+
+class ClsTrainer(CausalLMTrainer):
+    """The shared trainer (L2 to pretrained, layer-wise lr) with the classification loss."""
+
+    loss_is_scaled_for_ga = False  # a mean over the micro-batch: the trainer divides by GA
+
+    def __init__(
+        self, *args, class_weights: torch.Tensor | None = None, multi_label: bool = False, **kw
+    ):
+        super().__init__(*args, **kw)
+        self.class_weights, self.multi_label = class_weights, multi_label
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)  # the labels stay in the caller's batch for evaluation
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = classification_loss(outputs.logits, labels, self.class_weights, self.multi_label)
+        if self.l2 is not None and model.training:
+            loss = loss + self.l2()
+        return (loss, outputs) if return_outputs else loss
+
+
+# metrics and report ---------------------------------------------------------------------------
+
+
+def _decode(prediction, cfg: ClsConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(y_true, y_pred) from an EvalPrediction or (logits, labels)."""
+    logits, labels = prediction[0], prediction[1]
+    return np.asarray(labels).astype(int), predict_ids(np.asarray(logits), cfg)
+
+
+def predict_ids(logits: np.ndarray, cfg: ClsConfig) -> np.ndarray:
+    """Class ids (argmax), or for multi-label a 0/1 matrix (sigmoid above the threshold)."""
+    if cfg.multi_label:
+        return (1 / (1 + np.exp(-logits)) > cfg.threshold).astype(int)
+    return logits.argmax(-1)
+
+
+SCORES = (
+    "accuracy",  # multi-label: exact match of the whole label set
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
+)
+
+
+def evaluation_report(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict:
+    """Scores, per-class report and confusion matrix: evaluation.classification's for single
+    labels; for multi-label the same scores over 0/1 matrices and one 2x2 matrix per label."""
+    if y_true.ndim == 1:
+        names = list(labels)
+        report = classification_metrics(
+            [names[i] for i in y_true], [names[i] for i in y_pred], names
+        )
+        return report | {"multi_label": False}
+    return _multi_label_report(y_true, y_pred, labels)
+
+
+def scores(report: dict) -> dict[str, float]:
+    return {key: round(report[key], 6) for key in SCORES}
+
+
+def _multi_label_report(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict:
+    from sklearn.metrics import (
+        accuracy_score,
+        multilabel_confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
+    report: dict = {"n": len(y_true), "accuracy": float(accuracy_score(y_true, y_pred))}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(
+            y_true, y_pred, average=average, zero_division=0
+        )
+        report |= {f"precision_{average}": float(p), f"recall_{average}": float(r)}
+        report[f"f1_{average}"] = float(f)
+    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+    report["per_class"] = {
+        name: {"precision": p[i], "recall": r[i], "f1": f[i], "support": support[i]}
+        for i, name in enumerate(labels)
+    }
+    report = json.loads(json.dumps(report, default=lambda x: x.item()))  # numpy -> python
+    report["labels"] = list(labels)
+    # per label [[tn, fp], [fn, tp]]
+    report["confusion_matrix"] = multilabel_confusion_matrix(y_true, y_pred).tolist()
+    return report | {"multi_label": True}
+
+
+def _final_report(trainer, eval_examples, data: ClsData, cfg: ClsConfig, run: RunFolder):
+    """Per-class report, confusion matrix and misclassified examples into reports/; the scores."""
+    if not eval_examples:
+        return None
+    output = trainer.predict(eval_examples)
+    y_true, y_pred = _decode((output.predictions, output.label_ids), cfg)
+    report = evaluation_report(y_true, y_pred, data.labels)
+    report["errors"] = [
+        {
+            "where": record.where,
+            "text": record.text,
+            "true": list(record.labels),
+            "predicted": _names(pred, data.labels),
+        }
+        for record, true, pred in zip(data.eval, y_true, y_pred, strict=True)
+        if np.any(true != pred)
+    ][:50]
+    run.write_json("reports/classification.json", report)
+    if is_main_process():
+        plot = plot_label_counts if cfg.multi_label else plot_confusion
+        plot(report, run.reports / "confusion_matrix.png")
+    return scores(report)
+
+
+def plot_label_counts(report: dict, path: Path) -> Path:
+    """Multi-label: a heat map of each label's tn / fp / fn / tp counts."""
+    from matplotlib.figure import Figure
+
+    labels = report["labels"]
+    matrix = np.asarray(report["confusion_matrix"]).reshape(len(labels), 4)
+    fig = Figure(figsize=(5, min(3 + 0.4 * len(labels), 16)))
+    ax = fig.subplots()
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(4), ["tn", "fp", "fn", "tp"])
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(ylabel="label", title="per-label confusion counts")
+    peak = matrix.max(initial=0)
+    for (row, col), count in np.ndenumerate(matrix):
+        color = "white" if count > peak / 2 else "black"
+        ax.text(col, row, str(count), ha="center", va="center", color=color)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, format="png")
+    return path
+
+
+# inference ------------------------------------------------------------------------------------
+
+
+def load_trained_classifier(run_folder: str | Path):
+    """(model in eval mode, tokenizer, run config, labels) of a finished cls run."""
+    root = Path(run_folder)
+    labels_path = root / LABELS_FILE
+    if not labels_path.is_file():
+        raise ModelError(f"'{root}' is not a finished classification run (no {LABELS_FILE})")
+    labels = json.loads(labels_path.read_text(encoding="utf-8"))
+    config = load_config(root / "config.yaml")
+    cfg = config.train.cls
+    artifact, _ = find_artifact(root)
+    if get_method(config.method.type).ARTIFACT == "model":  # a whole tuned model
+        local = ResolvedModel(str(artifact), str(artifact), "local")
+        model, tokenizer, _ = load_classifier(config.model, labels, cfg, weights=local)
+        if cfg.head == "seed":  # from_pretrained built a Linear head: load the trained one
+            _load_head(model, artifact)
+    else:
+        quantization = quantization_config(config.method)
+        model, tokenizer, _ = load_classifier(config.model, labels, cfg, quantization)
+        model = load_adapter(model, artifact)  # the adapter and the trained head
+    model.eval()
+    return model, tokenizer, config, labels
+
+
+def _load_head(model, folder: Path) -> None:
+    from safetensors import safe_open
+
+    name = head_name(model)
+    prefix = f"{name}."
+    state = {}
+    for file in folder.glob("*.safetensors"):  # one file, or the shards of a large model
+        with safe_open(file, "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
+                if key.startswith(prefix):
+                    state[key.removeprefix(prefix)] = handle.get_tensor(key)
+    getattr(model, name).load_state_dict(state)
+
+
+@torch.no_grad()
+def predict_labels(
+    run_folder: str | Path, texts: Sequence[str], batch_size: int = 32
+) -> list[str | list[str]]:
+    """The predicted label of each text (multi-label: the list of labels above the threshold)."""
+    model, tokenizer, config, labels = load_trained_classifier(run_folder)
+    cfg = config.train.cls
+    device = next(model.parameters()).device
+    predictions: list[str | list[str]] = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            list(texts[start : start + batch_size]),
+            truncation=True,
+            max_length=cfg.max_length,
+            padding=True,
+            return_tensors="pt",
+        ).to(device)
+        logits = model(**batch).logits.float().cpu().numpy()
+        predictions += [_names(row, labels) for row in predict_ids(logits, cfg)]
+    return predictions
+
+
+def _names(prediction, labels: Sequence[str]) -> str | list[str]:
+    if np.ndim(prediction) == 0:
+        return labels[int(prediction)]
+    return [labels[i] for i, on in enumerate(prediction) if on]

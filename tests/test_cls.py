@@ -1,0 +1,621 @@
+"""The classification stage: data, labels, split, head, loss, training, resume, prediction."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunesmith.config.cls import ClsConfig
+from tunesmith.config.schema import RunConfig
+from tunesmith.data.classification import load_cls_data, stratified_split
+from tunesmith.runs.folder import RunFolder, read_jsonl
+from tunesmith.train.cls import (
+    SeedHead,
+    class_weights,
+    classification_loss,
+    predict_labels,
+    run_cls,
+    use_seed_head,
+)
+from tunesmith.utils.errors import ConfigError, DataError
+
+WORDS = {
+    "pos": ["good", "great", "fine", "nice", "happy", "love"],
+    "neg": ["bad", "awful", "poor", "sad", "hate", "ugly"],
+    "neu": ["table", "chair", "paper", "street", "window", "door"],
+}
+FILLER = ["the", "a", "is", "was", "it", "this", "very", "so"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+# fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train fastest on one thread, above all on a machine shared with others."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory) -> Path:
+    """A tiny BERT encoder (hidden 32, 2 layers) and WordPiece tokenizer saved to a folder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = SPECIAL + FILLER + [w for words in WORDS.values() for w in words]
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        initializer_range=0.1,  # a wider init than BERT's 0.02 leaves the flat start sooner
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _sentence(rng: random.Random, label: str) -> str:
+    words = rng.sample(WORDS[label], 2) + rng.sample(FILLER, 3)
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _separable(path: Path, n_per_class: int, seed: int, labels=("pos", "neg", "neu")) -> Path:
+    rng = random.Random(seed)
+    records = []
+    for _ in range(n_per_class):
+        records += [{"text": _sentence(rng, lab), "label": lab} for lab in labels]
+    return _write_jsonl(path, records)
+
+
+def _config(tmp_path: Path, model: Path | str, train: Path, name: str, **overrides) -> RunConfig:
+    train_cfg = {
+        "stage": "cls",
+        "epochs": 6,
+        "batch_size": 8,
+        "learning_rate": 1e-2,
+        "lr_scheduler": "constant",
+        "save_steps": 1000,
+        "logging_steps": 5,
+        "cls": {"max_length": 16},
+    }
+    data = {"train": [str(train)]}
+    method = {"type": "full"}
+    for key, value in overrides.items():
+        section, _, field = key.partition(".")
+        target = {"train": train_cfg, "data": data, "method": method}[section]
+        if field.startswith("cls."):
+            target["cls"][field[4:]] = value
+        else:
+            target[field] = value
+    return RunConfig.model_validate(
+        {
+            "model": {"name_or_path": str(model)},
+            "method": method,
+            "data": data,
+            "train": train_cfg,
+            "output": {"dir": str(tmp_path / "runs"), "name": name},
+        }
+    )
+
+
+def _run(config: RunConfig, resume: bool = False):
+    folder = Path(config.output.dir) / config.output.name
+    run = RunFolder(folder) if resume else RunFolder.create(config.output, "cls")
+    return run_cls(config, run, resume=resume)
+
+
+# data -----------------------------------------------------------------------------------------
+
+
+def test_stratified_split_keeps_class_ratios(tmp_path):
+    records = [
+        {"text": f"t{i}", "label": lab}
+        for lab, n in (("a", 60), ("b", 30), ("c", 10))
+        for i in range(n)
+    ]
+    data = load_cls_data([str(_write_jsonl(tmp_path / "d.jsonl", records))], [], ClsConfig())
+    train, val = stratified_split(data.train + data.eval, 0.2, seed=1)
+    count = lambda rs, lab: sum(r.labels == (lab,) for r in rs)  # noqa: E731
+    assert [count(val, lab) for lab in "abc"] == [12, 6, 2]
+    assert [count(train, lab) for lab in "abc"] == [48, 24, 8]
+    assert {r.line for r in train}.isdisjoint({r.line for r in val})
+    again, _ = stratified_split(data.train + data.eval, 0.2, seed=1)
+    assert [r.line for r in again] == [r.line for r in train]  # seeded: reproducible
+    # the default val_fraction 0.1 held out inside load_cls_data, stratified the same way
+    assert data.stats["eval"] == 10 and data.stats["labels"] == {"a": 54, "b": 27, "c": 9}
+
+
+def test_single_member_class_stays_in_training(tmp_path):
+    records = [{"text": "x", "label": "a"}] * 9 + [{"text": "y", "label": "b"}]
+    path = _write_jsonl(tmp_path / "d.jsonl", records)
+    data = load_cls_data([str(path)], [], ClsConfig(val_fraction=0.5))
+    assert data.stats["labels"] == {"a": 5, "b": 1} and len(data.eval) == 4
+
+
+def test_label_ids_and_names(tmp_path):
+    records = [
+        {"text": "one", "label": 0},
+        {"text": "two", "label": "1"},  # csv-style id
+        {"text": "three", "label": "pos"},
+        {"text": "four", "label": 1.0},  # a parquet float column
+    ]
+    path = _write_jsonl(tmp_path / "d.jsonl", records)
+    cfg = ClsConfig(labels=["neg", "pos"], val_fraction=0)
+    data = load_cls_data([str(path)], [], cfg)
+    assert data.labels == ["neg", "pos"]
+    assert [r.labels for r in data.train] == [("neg",), ("pos",), ("pos",), ("pos",)]
+
+    # no label list: the labels are the data's, integer ids sorted as numbers
+    numbers = [{"text": f"t{n}", "label": n} for n in (10, 2, 1, 2)]
+    path = _write_jsonl(tmp_path / "n.jsonl", numbers)
+    assert load_cls_data([str(path)], [], ClsConfig(val_fraction=0)).labels == ["1", "2", "10"]
+
+
+def test_unknown_eval_label_is_an_error_with_its_line(tmp_path):
+    train = _separable(tmp_path / "train.jsonl", 3, seed=0, labels=("pos", "neg"))
+    evals = _write_jsonl(
+        tmp_path / "eval.jsonl", [{"text": "good", "label": "pos"}, {"text": "x", "label": "meh"}]
+    )
+    with pytest.raises(DataError, match=r"eval\.jsonl:2: unknown label 'meh'; the labels are neg"):
+        load_cls_data([str(train)], [str(evals)], ClsConfig(), on_error="skip", reject=print)
+
+
+def test_bad_eval_records_follow_on_error(tmp_path):
+    train = _separable(tmp_path / "train.jsonl", 3, seed=0, labels=("pos", "neg"))
+    evals = _write_jsonl(
+        tmp_path / "eval.jsonl", [{"text": "good", "label": "pos"}, {"label": "neg"}]
+    )
+    rejects: list[tuple] = []
+    data = load_cls_data(
+        [str(train)],
+        [str(evals)],
+        ClsConfig(),
+        on_error="skip",
+        reject=lambda *a: rejects.append(a),
+    )
+    assert [(Path(r[0]).name, r[1]) for r in rejects] == [("eval.jsonl", 2)]
+    assert data.stats["read"] == 8 and data.stats["rejected"] == 1 and data.stats["kept"] == 7
+    assert data.stats["train"] == 6 and data.stats["eval"] == 1
+
+
+def test_bad_records_rejected_with_reasons(tmp_path):
+    records = [
+        {"text": "good fine", "label": "pos"},
+        {"label": "pos"},
+        {"text": "   ", "label": "neg"},
+        {"text": "bad sad"},
+        {"text": 5, "label": "neg"},
+        {"text": "poor", "label": {"x": 1}},
+        {"text": "awful", "label": "maybe"},
+        {"text": "bad", "label": "neg"},
+        {"text": "nice", "label": 0.5},
+    ]
+    path = _write_jsonl(tmp_path / "d.jsonl", records)
+    rejects: list[tuple] = []
+    cfg = ClsConfig(labels=["neg", "pos"], val_fraction=0)
+    data = load_cls_data([str(path)], [], cfg, on_error="skip", reject=lambda *a: rejects.append(a))
+    stats = data.stats
+    assert stats["read"] == 9 and stats["kept"] == 2 and stats["rejected"] == 7
+    assert stats["read"] == stats["kept"] + stats["rejected"]
+    reasons = {line: reason for _, line, reason, _ in rejects}
+    assert set(reasons) == {2, 3, 4, 5, 6, 7, 9}
+    assert "missing text column 'text'" in reasons[2]
+    assert "'text' is empty" in reasons[3]
+    assert "missing label column 'label'" in reasons[4]
+    assert "must be text, got int" in reasons[5]
+    assert "a label is a name or an integer id" in reasons[6]
+    assert "unknown label 'maybe'" in reasons[7]
+    assert "got 0.5" in reasons[9]
+    with pytest.raises(DataError, match=r"d\.jsonl:2: missing text column 'text'"):
+        load_cls_data([str(path)], [], cfg, on_error="stop")
+
+
+def test_multi_label_parsing(tmp_path):
+    records = [
+        {"text": "a", "tags": ["x", "y"]},
+        {"text": "b", "tags": "y; z"},
+        {"text": "c", "tags": []},  # no label applies
+        {"text": "d", "tags": "z"},
+    ]
+    path = _write_jsonl(tmp_path / "d.jsonl", records)
+    cfg = ClsConfig(label_column="tags", multi_label=True, label_delimiter=";", val_fraction=0)
+    data = load_cls_data([str(path)], [], cfg)
+    assert data.labels == ["x", "y", "z"]
+    assert [r.labels for r in data.train] == [("x", "y"), ("y", "z"), (), ("z",)]
+    assert data.stats["labels"] == {"x": 1, "y": 2, "z": 2}
+
+
+def test_csv_with_text_pairs(tmp_path, bert_dir):
+    from transformers import AutoTokenizer
+
+    from tunesmith.data.classification import tokenize_cls
+
+    path = tmp_path / "pairs.csv"
+    path.write_text("premise,hypothesis,label\ngood fine,great,1\nbad,good,0\n", encoding="utf-8")
+    cfg = ClsConfig(text_column="premise", text_pair_column="hypothesis", val_fraction=0)
+    data = load_cls_data([str(path)], [], cfg)
+    assert data.train[0].pair == "great" and data.labels == ["0", "1"]
+    examples, truncated = tokenize_cls(
+        data.train, data.labels, AutoTokenizer.from_pretrained(bert_dir), cfg
+    )
+    # [CLS] good fine [SEP] great [SEP]: the pair is segment 1
+    assert examples[0]["token_type_ids"] == [0, 0, 0, 0, 1, 1]
+    assert [e["labels"] for e in examples] == [1, 0] and truncated == 0
+
+
+# loss and head --------------------------------------------------------------------------------
+
+
+def test_weighted_cross_entropy_is_hand_computed():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    weights = torch.tensor([1.0, 3.0])
+    ce = [-torch.log_softmax(logits[i], -1)[labels[i]] for i in range(3)]
+    expected = (1 * ce[0] + 3 * ce[1] + 3 * ce[2]) / (1 + 3 + 3)
+    got = classification_loss(logits, labels, weights)
+    assert torch.isclose(got, expected)
+    assert not torch.isclose(got, classification_loss(logits, labels))  # the weights matter
+
+
+def test_multi_label_bce_with_pos_weight_is_hand_computed():
+    logits = torch.tensor([[0.5, -1.0]])
+    labels = torch.tensor([[1.0, 0.0]])
+    pos_weight = torch.tensor([4.0, 2.0])
+    sig = torch.sigmoid(logits)[0]
+    expected = (-4.0 * torch.log(sig[0]) - torch.log(1 - sig[1])) / 2
+    assert torch.isclose(
+        classification_loss(logits, labels, pos_weight, multi_label=True), expected
+    )
+
+
+def test_balanced_and_explicit_class_weights(tmp_path):
+    records = [{"text": "t", "label": "a"}] * 6 + [{"text": "t", "label": "b"}] * 2
+    path = _write_jsonl(tmp_path / "d.jsonl", records)
+    data = load_cls_data([str(path)], [], ClsConfig(val_fraction=0))
+    balanced = class_weights(data, ClsConfig(class_weights="balanced"))
+    assert torch.allclose(balanced, torch.tensor([8 / (2 * 6), 8 / (2 * 2)]))
+    explicit = class_weights(data, ClsConfig(class_weights={"b": 5.0}))
+    assert explicit.tolist() == [1.0, 5.0]
+    with pytest.raises(ConfigError, match="unknown label c"):
+        class_weights(data, ClsConfig(class_weights={"c": 2.0}))
+    multi = load_cls_data(
+        [
+            str(
+                _write_jsonl(
+                    tmp_path / "m.jsonl",
+                    [{"text": "t", "label": ["a"]}] * 3 + [{"text": "t", "label": ["a", "b"]}],
+                )
+            )
+        ],
+        [],
+        ClsConfig(multi_label=True, val_fraction=0),
+    )
+    # pos_weight = negatives / positives: a is in 4 of 4, b in 1 of 4
+    cfg = ClsConfig(multi_label=True, class_weights="balanced")
+    assert class_weights(multi, cfg).tolist() == [0.0, 3.0]
+
+
+def test_seed_head_shape_and_forward_on_bert_and_llama(bert_dir, tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    bert = AutoModelForSequenceClassification.from_pretrained(bert_dir, num_labels=3)
+    head = use_seed_head(bert, dropout=0.1)
+    assert bert.classifier is head and isinstance(head, SeedHead)
+    kinds = [type(m).__name__ for m in head]
+    assert kinds == ["Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert (head[1].in_features, head[1].out_features) == (32, 16)
+    assert (head[4].in_features, head[4].out_features) == (16, 3)
+    bert.eval()
+    ids = torch.tensor([[2, 10, 11, 3], [2, 12, 3, 0]])
+    mask = (ids != 0).long()
+    logits = bert(input_ids=ids, attention_mask=mask).logits
+    pooled = bert.bert(input_ids=ids, attention_mask=mask).pooler_output
+    assert logits.shape == (2, 3) and torch.allclose(logits, head(pooled), atol=1e-6)
+
+    llama = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    llama.config.pad_token_id = 0
+    use_seed_head(llama, dropout=0.0)
+    llama.eval()
+    ids = torch.tensor([[5, 6, 7, 0, 0]])
+    hidden = llama.model(input_ids=ids).last_hidden_state
+    logits = llama(input_ids=ids).logits
+    assert logits.shape == (1, 2)
+    assert torch.allclose(logits[0], llama.score(hidden[0, 2]), atol=1e-5)  # last real token
+
+
+# training -------------------------------------------------------------------------------------
+
+
+def test_tiny_bert_learns_separable_set(tmp_path, bert_dir):
+    train = _separable(tmp_path / "train.jsonl", 16, seed=0)
+    evals = _separable(tmp_path / "eval.jsonl", 10, seed=1)
+    config = _config(
+        tmp_path, bert_dir, train, "sep", **{"data.eval": [str(evals)], "train.save_steps": 12}
+    )
+    result = _run(config)
+    summary = result.summary
+    assert summary["eval"]["accuracy"] >= 0.95 and summary["eval"]["f1_macro"] >= 0.95
+    assert summary["labels"] == ["neg", "neu", "pos"]
+    report = json.loads((result.run.reports / "classification.json").read_text())
+    matrix = report["confusion_matrix"]
+    assert sum(map(sum, matrix)) == 30 and [sum(row) for row in matrix] == [10, 10, 10]
+    assert (result.run.reports / "confusion_matrix.png").stat().st_size > 0
+    # evaluation ran at every save with the classification metrics
+    evals_logged = [m for m in read_jsonl(result.run.metrics_path) if "eval_f1_macro" in m]
+    assert [m["step"] for m in evals_logged] == [12, 24, 36]
+    predicted = predict_labels(result.run.root, ["good great the it", "sad hate it was"])
+    assert predicted == ["pos", "neg"]
+
+
+def test_seed_head_with_lora_and_class_weights_trains_and_predicts(tmp_path, bert_dir):
+    rng = random.Random(2)
+    records = [{"text": _sentence(rng, "pos"), "label": "pos"} for _ in range(32)]
+    records += [{"text": _sentence(rng, "neg"), "label": "neg"} for _ in range(16)]
+    train = _write_jsonl(tmp_path / "train.jsonl", records)
+    config = _config(
+        tmp_path,
+        bert_dir,
+        train,
+        "seed-lora",
+        **{
+            "method.type": "lora",
+            "method.r": 4,
+            "train.cls.head": "seed",
+            "train.cls.class_weights": "balanced",
+            "train.cls.val_fraction": 0.25,
+            "train.learning_rate": 1e-2,
+            "train.epochs": 10,
+        },
+    )
+    result = _run(config)
+    # held out: 8 pos, 4 neg; balanced weights n / (classes x count) over 24 pos, 12 neg
+    assert result.artifact.name == "adapter" and result.summary["labels"] == ["neg", "pos"]
+    assert result.summary["class_weights"] == [36 / (2 * 12), 36 / (2 * 24)]
+    assert result.summary["data"]["eval_source"] == "split" and result.summary["data"]["eval"] == 12
+    assert result.summary["eval"]["accuracy"] >= 0.85
+    texts = ["good love the", "ugly poor so", "nice happy a", "hate bad it"]
+    assert predict_labels(result.run.root, texts) == ["pos", "neg", "pos", "neg"]
+
+
+def test_multi_label_training_and_prediction(tmp_path, bert_dir):
+    rng = random.Random(3)
+    records = []
+    for _ in range(30):
+        tags = [t for t in ("pos", "neu") if rng.random() < 0.5] or ["neg"]
+        words = [w for t in tags for w in rng.sample(WORDS[t], 2)] + rng.sample(FILLER, 2)
+        records.append({"text": " ".join(words), "label": ",".join(tags)})
+    train = _write_jsonl(tmp_path / "train.jsonl", records)
+    config = _config(
+        tmp_path,
+        bert_dir,
+        train,
+        "multi",
+        **{"train.cls.multi_label": True, "train.epochs": 8, "train.learning_rate": 5e-3},
+    )
+    result = _run(config)
+    report = json.loads((result.run.reports / "classification.json").read_text())
+    assert report["multi_label"] and len(report["confusion_matrix"]) == 3  # one 2x2 per label
+    assert result.summary["eval"]["f1_macro"] >= 0.8
+    predicted = predict_labels(result.run.root, ["good love table chair", "bad awful it"])
+    assert predicted == [["neu", "pos"], ["neg"]]
+
+
+def test_rejects_file_counts_every_record(tmp_path, bert_dir):
+    records = [{"text": "good fine", "label": "pos"}, {"text": "bad sad", "label": "neg"}] * 4
+    records.insert(3, {"label": "pos"})
+    records.insert(5, {"text": "poor", "label": ""})
+    train = _write_jsonl(tmp_path / "train.jsonl", records)
+    config = _config(
+        tmp_path, bert_dir, train, "rej", **{"data.on_error": "skip", "train.max_steps": 1}
+    )
+    result = _run(config)
+    rejects = read_jsonl(result.run.rejects_path)
+    assert [(r["line"], r["reason"]) for r in rejects] == [
+        (4, "missing text column 'text' (columns: label)"),
+        (6, "column 'label' is empty"),
+    ]
+    stats = result.summary["data"]
+    assert stats["read"] == 10 == stats["kept"] + stats["rejected"]
+
+
+def test_resume_equals_uninterrupted(tmp_path, bert_dir):
+    from safetensors.torch import load_file
+
+    train = _separable(tmp_path / "train.jsonl", 8, seed=4)
+    common = {"method.type": "lora", "method.r": 4, "train.batch_size": 4, "train.save_steps": 2}
+    straight = _run(
+        _config(tmp_path, bert_dir, train, "straight", **common, **{"train.max_steps": 4})
+    )
+    _run(_config(tmp_path, bert_dir, train, "resumed", **common, **{"train.max_steps": 2}))
+    resumed = _run(
+        _config(tmp_path, bert_dir, train, "resumed", **common, **{"train.max_steps": 4}),
+        resume=True,
+    )
+    assert resumed.summary["resumed_from"].endswith("checkpoint-2")
+    assert resumed.summary["steps"] == 4
+    a = load_file(straight.artifact / "adapter_model.safetensors")
+    b = load_file(resumed.artifact / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and any("classifier" in k for k in a)
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    losses = lambda r: [m["loss"] for m in read_jsonl(r.run.metrics_path) if "loss" in m]  # noqa: E731
+    assert losses(straight) == pytest.approx(losses(resumed), abs=1e-6)
+
+
+def test_decoder_classifier_on_tiny_llama(tmp_path, tiny_model_dir):
+    rng = random.Random(5)
+    records = [
+        {"text": f"{rng.choice(['hello who', 'are you'])} {i}", "label": "ab"[i % 2]}
+        for i in range(12)
+    ]
+    train = _write_jsonl(tmp_path / "train.jsonl", records)
+    config = _config(tmp_path, tiny_model_dir, train, "llama", **{"train.max_steps": 2})
+    result = _run(config)
+    saved = json.loads((result.artifact / "config.json").read_text())
+    assert saved["pad_token_id"] is not None and saved["id2label"] == {"0": "a", "1": "b"}
+    assert all(p in ("a", "b") for p in predict_labels(result.run.root, ["hello", "you are"]))
+
+
+def test_config_errors(tmp_path, bert_dir):
+    with pytest.raises(ValueError, match="labels listed twice: a"):
+        ClsConfig(labels=["a", "b", "a"])
+    with pytest.raises(ValueError, match="must be > 0"):
+        ClsConfig(class_weights={"a": 0})
+    train = _separable(tmp_path / "train.jsonl", 3, seed=0)
+    config = _config(
+        tmp_path,
+        bert_dir,
+        train,
+        "es",
+        **{
+            "train.early_stopping": {"metric": "f1_macro"},
+            "train.cls.val_fraction": 0,
+        },
+    )
+    with pytest.raises(ConfigError, match="early_stopping needs eval data"):
+        _run(config)
+
+
+@pytest.mark.slow
+def test_minilm_learns_tiny_sentiment_set(tmp_path):
+    pos = [
+        "I love this movie",
+        "What a great film",
+        "Wonderful acting and a happy ending",
+        "The best show I have seen",
+        "Fantastic, I enjoyed it",
+        "A delightful story",
+    ]
+    neg = [
+        "I hate this movie",
+        "What a terrible film",
+        "Awful acting and a sad mess",
+        "The worst show I have seen",
+        "Boring, I disliked it",
+        "A dreadful story",
+    ]
+    records = [{"text": t, "label": "positive"} for t in pos]
+    records += [{"text": t, "label": "negative"} for t in neg]
+    train = _write_jsonl(tmp_path / "train.jsonl", records * 2)
+    evals = _write_jsonl(
+        tmp_path / "eval.jsonl",
+        [
+            {"text": "A great and happy film", "label": "positive"},
+            {"text": "I loved it, wonderful", "label": "positive"},
+            {"text": "A terrible and boring film", "label": "negative"},
+            {"text": "I hated it, awful", "label": "negative"},
+        ],
+    )
+    config = _config(
+        tmp_path,
+        "minilm-l6",
+        train,
+        "minilm",
+        **{"data.eval": [str(evals)], "train.max_steps": 12, "train.learning_rate": 1e-4},
+    )
+    result = _run(config)
+    assert result.summary["eval"]["accuracy"] > 0.5  # above chance for two balanced classes
+
+
+def test_early_stopping_on_validation_f1(tmp_path, bert_dir):
+    train = _separable(tmp_path / "train.jsonl", 10, seed=6)
+    stopping = {"metric": "f1_macro", "mode": "max", "patience": 1}
+    config = _config(
+        tmp_path,
+        bert_dir,
+        train,
+        "stop",
+        **{
+            "train.early_stopping": stopping,
+            "train.learning_rate": 1e-9,  # nothing improves: stop after the second evaluation
+            "train.max_steps": 40,
+            "train.save_steps": 2,
+            "train.cls.val_fraction": 0.3,
+        },
+    )
+    result = _run(config)
+    assert result.summary["steps"] == 4
+    best = result.summary["best"]
+    assert best["metric"] == "eval_f1_macro" and best["step"] == 2
+    assert best["value"] == result.summary["eval"]["f1_macro"]  # the best checkpoint was kept
+
+
+def test_multi_label_scores_are_hand_computed():
+    import numpy as np
+
+    from tunesmith.train.cls import evaluation_report
+
+    y_true = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    y_pred = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 1]])
+    report = evaluation_report(y_true, y_pred, ["a", "b", "c"])
+    assert report["accuracy"] == 0.5  # rows 2 and 4 match exactly
+    # F1: a 1, b and c 2/3 (precision 1, recall 1/2)
+    assert report["f1_macro"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert report["per_class"]["b"] == pytest.approx(
+        {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
+    )
+    assert report["confusion_matrix"][1] == [[2, 0], [1, 1]]  # b: [[tn, fp], [fn, tp]]
+
+
+@pytest.mark.parametrize(
+    ("method", "head"),
+    [
+        ({"type": "full"}, "seed"),  # the seed head is loaded back into a whole model
+        ({"type": "freeze", "trainable_layers": 1}, "standard"),
+        ({"type": "ia3"}, "standard"),
+        ({"type": "adapter"}, "seed"),
+        ({"type": "hybrid"}, "standard"),
+        ({"type": "prefix"}, "standard"),
+        ({"type": "prompt"}, "standard"),
+    ],
+    ids=lambda value: value["type"] if isinstance(value, dict) else value,
+)
+def test_every_method_trains_and_reloads_the_classifier(
+    tmp_path, bert_dir, method, head, monkeypatch
+):
+    import tunesmith.train.cls as stage
+
+    final_logits = {}
+    report = stage._final_report
+
+    def spy(trainer, eval_examples, *args):  # the trained model's logits on the held-out set
+        final_logits["eval"] = torch.tensor(trainer.predict(eval_examples).predictions)
+        return report(trainer, eval_examples, *args)
+
+    monkeypatch.setattr(stage, "_final_report", spy)
+    train = _separable(tmp_path / "train.jsonl", 8, seed=7)
+    data = _config(tmp_path, bert_dir, train, method["type"], **{"train.max_steps": 3}).model_dump()
+    data["method"] = method
+    data["train"]["cls"]["head"] = head
+    config = RunConfig.model_validate(data)
+    result = _run(config)
+    if method["type"] != "full":
+        assert result.summary["trainable_parameters"] < result.summary["total_parameters"]
+    held_out = load_cls_data([str(train)], [], config.train.cls, seed=config.train.seed).eval
+    model, tokenizer, _, _ = stage.load_trained_classifier(result.run.root)
+    batch = tokenizer([r.text for r in held_out], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        reloaded = model(**batch).logits
+    # the saved artifact (method weights and the trained head) reproduces the trained model
+    assert torch.allclose(reloaded, final_logits["eval"], atol=1e-5)
