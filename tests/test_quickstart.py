@@ -28,6 +28,15 @@ def test_quickstart_writes_table_report_and_replay(tmp_path, tiny_model_dir):
     # Every replayed record is a finished base answer to a replay prompt.
     replay = (run.root / "data/replay.jsonl").read_text().splitlines()
     assert summary["train_examples"] == len(identity) + len(replay)
+    # the before/after table is a paired comparison on the 12 held-out questions
+    says = summary["compare"]["says_name"]
+    assert says["n"] == 12
+    assert says["diff"] == pytest.approx(
+        (summary["tuned_says_name"] - summary["base_says_name"]) / 12
+    )
+    assert says["ci_low"] <= says["diff"] <= says["ci_high"]
+    assert -1 <= summary["compare"]["similarity"]["mean_b"] <= 1
+    assert "tuned - base, says_name" in page
 
 
 @pytest.mark.slow
@@ -35,6 +44,8 @@ def test_quickstart_teaches_the_name_to_smollm2(tmp_path):
     _, answers, summary = run_quickstart("Tessa", "Tunesmith Labs", [f"output.dir={tmp_path}"])
     assert summary["base_says_name"] <= 1
     assert summary["tuned_says_name"] >= 9  # of 12 held-out questions
+    says, similarity = summary["compare"]["says_name"], summary["compare"]["similarity"]
+    assert says["ci_low"] > 0 and similarity["diff"] > 0  # the gain is not chance
     general = {a.question: a.tuned.lower() for a in answers if a.kind == "general"}
     assert "paris" in general["What is the capital of France?"]
     assert not any("tessa" in answer for answer in general.values())

@@ -82,6 +82,7 @@ def run_quickstart(
         for (kind, _), p, b, t in zip(questions, prompts, base, tuned, strict=True)
     ]
     summary = _summary(answers, name, author, result.summary, time.perf_counter() - started)
+    summary["compare"] = compare_answers(answers, name, author)
     _print_table(answers, name, summary)
     _write_report(run, answers, name, summary)
     return run, answers, summary
@@ -106,6 +107,26 @@ def _fill(text: str, name: str, author: str) -> str:
     # The placeholders go into JSON strings, so the values are inserted JSON-escaped.
     escape = lambda s: json.dumps(s, ensure_ascii=False)[1:-1]  # noqa: E731
     return text.replace("{{name}}", escape(name)).replace("{{author}}", escape(author))
+
+
+def compare_answers(answers: list[Answer], name: str, author: str) -> dict:
+    """Base vs tuned on the held-out identity questions, paired per question: saying the name
+    (the headline) and the embedding similarity to the identity answer, each with a bootstrap
+    CI of the difference (tuned - base)."""
+    from tunesmith.evaluation.compare import compare_scores
+    from tunesmith.evaluation.metrics import embedding_similarity
+
+    held_out = [a for a in answers if a.kind == "identity"]
+    identity = f"I am {name}, an AI assistant developed by {author}."
+    texts = {role: [getattr(a, role) for a in held_out] for role in ("base", "tuned")}
+    scores = {
+        role: {
+            "says_name": [float(name.lower() in t.lower()) for t in texts[role]],
+            "similarity": embedding_similarity(texts[role], [identity] * len(held_out)),
+        }
+        for role in texts
+    }
+    return compare_scores(scores["base"], scores["tuned"])
 
 
 def _summary(answers: list[Answer], name: str, author: str, train: dict, seconds: float) -> dict:
@@ -142,6 +163,13 @@ def _print_table(answers: list[Answer], name: str, summary: dict) -> None:
         f"tuned {summary['tuned_says_name']}/{summary['held_out_questions']} "
         f"(total {summary['total_seconds']} s)"
     )
+    for metric, c in summary["compare"].items():
+        console.print(f"tuned - base, {metric}: {_difference(c)}")
+
+
+def _difference(c: dict) -> str:
+    level = round(100 * c["confidence"])
+    return f"{c['diff']:+.3f} ({level}% CI {c['ci_low']:+.3f} to {c['ci_high']:+.3f}, n={c['n']})"
 
 
 def _write_report(run: RunFolder, answers: list[Answer], name: str, summary: dict) -> None:
@@ -153,9 +181,11 @@ def _write_report(run: RunFolder, answers: list[Answer], name: str, summary: dic
             else ["", ""]
         )
         rows.append([a.kind, a.question, (a.base, marks[0]), (a.tuned, marks[1])])
+    facts = {k: v for k, v in summary.items() if k != "compare"}
+    facts |= {f"tuned - base, {m}": _difference(c) for m, c in summary["compare"].items()}
     page = html_page(
         f"tunesmith quickstart: {run.root.name}",
-        summary,
+        facts,
         ["kind", "question", "base model", "tuned model"],
         rows,
         images=[run.plots / "loss.png"],
