@@ -1,15 +1,23 @@
-"""Terminal chat: one answer with --prompt, or a conversation until /exit."""
+"""Terminal chat: one answer with --prompt, or a conversation until /exit; with --compare the
+base model answers beside the tuned one (each keeps its own history)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
+
+from rich.table import Table
 
 from tunesmith.config.schema import ModelConfig
 from tunesmith.models.generate import generate_replies
-from tunesmith.models.tuned import load_for_inference
+from tunesmith.models.tuned import find_artifact, load_for_inference
 from tunesmith.utils.console import console
+from tunesmith.utils.errors import ModelError, TunesmithError
 
 HELP = "commands: /reset clears the conversation, /exit quits"
+
+Answer = Callable[[list[dict]], str]
 
 
 def chat_loop(
@@ -19,21 +27,68 @@ def chat_loop(
     system: str | None,
     max_new_tokens: int,
     temperature: float,
+    compare: bool = False,
 ) -> None:
     model_cfg = ModelConfig(name_or_path=model_ref) if model_ref else None
     if model_cfg is None and adapter is None:
         model_cfg = ModelConfig()  # the embedded default
+    if compare and adapter is None:
+        raise TunesmithError("--compare needs --adapter (a run, adapter or tuned model folder)")
     model, tokenizer = load_for_inference(model_cfg, adapter)
+    tuned = answerer(model, tokenizer, max_new_tokens, temperature)
+    answerers = {"assistant": tuned}
+    if compare:
+        base = base_model(model, model_cfg, adapter)
+        off = model.disable_adapter if base is model else contextlib.nullcontext
+        # the tuned tokenizer for both: the same template, so only the weights differ
+        answerers = {"base": answerer(base, tokenizer, max_new_tokens, temperature, off)}
+        answerers["tuned"] = tuned
     start = [{"role": "system", "content": system}] if system else []
-
-    def answer(history: list[dict]) -> str:
-        return generate_replies(model, tokenizer, [history], max_new_tokens, temperature)[0].text
-
     if prompt is not None:
-        console.print(answer([*start, {"role": "user", "content": prompt}]), markup=False)
+        conversation = [*start, {"role": "user", "content": prompt}]
+        show({name: answer(conversation) for name, answer in answerers.items()})
         return
+    converse(answerers, start)
+
+
+def answerer(model, tokenizer, max_new_tokens: int, temperature: float, context=None) -> Answer:
+    def answer(history: list[dict]) -> str:
+        with (context or contextlib.nullcontext)():
+            replies = generate_replies(model, tokenizer, [history], max_new_tokens, temperature)
+        return replies[0].text
+
+    return answer
+
+
+def base_model(tuned, model_cfg: ModelConfig | None, adapter: Path):
+    """The model before tuning: the PEFT model itself (adapter switched off per answer), or the
+    base weights loaded beside a fully tuned model."""
+    if hasattr(tuned, "disable_adapter"):
+        return tuned
+    from tunesmith.models.load import load_model_and_tokenizer
+
+    cfg = model_cfg or find_artifact(adapter)[1]
+    if cfg is None:
+        raise ModelError("--compare: no base model known for this tuned model; pass --model")
+    model = load_model_and_tokenizer(cfg)[0]
+    model.eval()
+    return model
+
+
+def show(answers: dict[str, str]) -> None:
+    if len(answers) == 1:
+        console.print(next(iter(answers.values())), markup=False)
+        return
+    table = Table(show_lines=True, expand=True)
+    for name in answers:
+        table.add_column(name, ratio=1)
+    table.add_row(*answers.values())
+    console.print(table)
+
+
+def converse(answerers: dict[str, Answer], start: list[dict]) -> None:
     console.print(HELP)
-    history = list(start)
+    histories = {name: list(start) for name in answerers}
     while True:
         try:
             text = console.input("[bold]you> [/bold]").strip()
@@ -42,12 +97,15 @@ def chat_loop(
         if text == "/exit":
             break
         if text == "/reset":
-            history = list(start)
+            histories = {name: list(start) for name in answerers}
             continue
         if not text:
             continue
-        history.append({"role": "user", "content": text})
-        reply = answer(history)
-        history.append({"role": "assistant", "content": reply})
-        console.print("[bold]assistant>[/bold] ", end="")
-        console.print(reply, markup=False)
+        answers = {}
+        for name, answer in answerers.items():
+            histories[name].append({"role": "user", "content": text})
+            answers[name] = answer(histories[name])
+            histories[name].append({"role": "assistant", "content": answers[name]})
+        if len(answers) == 1:
+            console.print("[bold]assistant>[/bold] ", end="")
+        show(answers)

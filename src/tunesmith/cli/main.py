@@ -58,12 +58,17 @@ def train(
     options = Launch(nproc, nnodes, node_rank, master_addr, master_port)
     if options.needed:  # this process only starts torchrun; each child trains
         launch(config, config_path, overrides, run_dir, options)
-    elif run_dir:
-        run_stage(config, RunFolder(run_dir), resume=True)
     else:
-        run_stage(
-            config, RunFolder.create(config.output, f"{config.train.stage}-{config.method.type}")
+        run = RunFolder(run_dir) if run_dir else None
+        result = run_stage(
+            config,
+            run or RunFolder.create(config.output, f"{config.train.stage}-{config.method.type}"),
+            resume=run is not None,
         )
+        if config.eval.after_train:  # evaluate the new run as its eval section says
+            from tunesmith.cli.eval import eval_after_train
+
+            eval_after_train(config, result.run.root)
 
 
 @app.command()
@@ -77,11 +82,14 @@ def chat(
     system: Annotated[str | None, typer.Option(help="System message.")] = None,
     max_new_tokens: int = 256,
     temperature: float = 0.0,
+    compare: Annotated[
+        bool, typer.Option(help="Answer with the base and the tuned model side by side.")
+    ] = False,
 ):
     """Chat with a model (and adapter) in the terminal, or answer one --prompt."""
     from tunesmith.cli.chat import chat_loop
 
-    chat_loop(model, adapter, prompt, system, max_new_tokens, temperature)
+    chat_loop(model, adapter, prompt, system, max_new_tokens, temperature, compare)
 
 
 @app.command()
@@ -114,6 +122,82 @@ def _run_to_resume(path: Path | None, overrides: list[str]) -> Path:
         return path
     config = load_config(path, overrides)
     return latest_run(config.output, f"{config.train.stage}-{config.method.type}")
+
+
+@app.command()
+@user_errors
+def export(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="CONFIG.yaml and/or RUN_FOLDER, and key=value overrides."),
+    ] = None,
+):
+    """Merge a run's adapter into its base, save, reload and verify it, write a model card."""
+    from tunesmith.cli.export import export_command
+
+    export_command(args or [])
+
+
+@app.command()
+@user_errors
+def serve(
+    args: Annotated[
+        list[str] | None, typer.Argument(help="CONFIG.yaml and/or key=value overrides.")
+    ] = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="Serve this run / adapter folder (name: its folder).")
+    ] = None,
+):
+    """Serve the base model and its adapters with an OpenAI-compatible HTTP API."""
+    from tunesmith.cli.serve import serve_command
+
+    serve_command(*_split_args(args or []), adapter)
+
+
+@app.command(name="eval")
+@user_errors
+def eval_(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="CONFIG.yaml, a RUN_FOLDER to evaluate, and key=value overrides."),
+    ] = None,
+):
+    """Evaluate a model or a run against a baseline (eval section); writes eval.json + report."""
+    from tunesmith.cli.eval import eval_command
+
+    eval_command(args or [])
+
+
+@app.command()
+@user_errors
+def plan(
+    args: Annotated[
+        list[str] | None, typer.Argument(help="CONFIG.yaml and/or key=value overrides.")
+    ] = None,
+    goal: Annotated[str, typer.Option(help="quality | speed | memory")] = "quality",
+    no_probe: Annotated[
+        bool, typer.Option("--no-probe", help="FLOPs time estimate; no measured steps.")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the plan to this JSON file.")
+    ] = None,
+    hardware: Annotated[
+        str | None, typer.Option(help="Plan for other hardware: cpu:<GB> or cuda:<GB>[x<N>].")
+    ] = None,
+):
+    """Estimate memory and time of a training config and advise a method (nothing trains)."""
+    from tunesmith.cli.plan import show_plan, write_plan
+    from tunesmith.config.load import load_config
+    from tunesmith.plan.hardware import parse_hardware
+    from tunesmith.plan.planner import make_plan
+
+    config_path, overrides = _split_args(args or [])
+    config = load_config(config_path, overrides)
+    target = parse_hardware(hardware) if hardware else None
+    result = make_plan(config, goal=goal, probe=not no_probe, hardware=target)
+    show_plan(result)
+    if json_out:
+        write_plan(result, json_out)
 
 
 def _split_args(args: list[str]) -> tuple[Path | None, list[str]]:

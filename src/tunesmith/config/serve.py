@@ -2,12 +2,68 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from tunesmith.config.base import Section
+
+DEFAULT_VERIFY_PROMPTS = [
+    "Who are you?",
+    "What is the capital of France?",
+    "Write one sentence about the sea.",
+]
 
 
 class ExportConfig(Section):
-    pass
+    """`tunesmith export`: merge the adapter into its base, save, reload and verify."""
+
+    dir: str | None = Field(None, description="Output folder; default: RUN_FOLDER/export.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the saved weights (the merge itself runs in float32)."
+    )
+    max_shard_size: str = Field("2GB", description="safetensors shard size, e.g. 500MB.")
+    verify: bool = Field(True, description="Reload the export and compare logits and template.")
+    verify_prompts: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_VERIFY_PROMPTS),
+        min_length=1,
+        description="User prompts rendered with the chat template for the logits check.",
+    )
+    tolerance: float | None = Field(
+        None,
+        gt=0,
+        description="Largest allowed |logit difference|; None: 1e-3 for float32, "
+        "5% of the largest logit for 16-bit exports.",
+    )
+    gguf: bool = Field(False, description="Also write model.gguf (Llama-family models).")
+    overwrite: bool = False
 
 
 class ServeConfig(Section):
-    pass
+    """`tunesmith serve`: an OpenAI-compatible HTTP server for the base and its adapters."""
+
+    host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 exposes the server.")
+    port: int = Field(8000, ge=0, le=65535)
+    model_name: str | None = Field(
+        None, description="Name of the base model in /v1/models; default: model.name_or_path."
+    )
+    adapters_dir: str | None = Field(
+        None, description="Folder of run folders or adapter folders; each subfolder is a model."
+    )
+    preload: bool = Field(True, description="Load every adapter at start; False: on first use.")
+    api_key: str | None = Field(
+        None, description="Required Bearer key; prefer the TUNESMITH_SERVE_API_KEY variable."
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="[] keeps CORS off.")
+    engine: Literal["transformers", "vllm"] = "transformers"
+    batch_size: int = Field(16, ge=1, description="Requests generated together at most.")
+    batch_wait_ms: float = Field(
+        10.0, ge=0, description="How long the worker waits for more requests to join a batch."
+    )
+    max_queue: int = Field(256, ge=1, description="Waiting requests beyond this get 429.")
+    request_timeout_s: float = Field(300.0, gt=0, description="Per request, queueing included.")
+    shutdown_timeout_s: float = Field(30.0, ge=0, description="Grace for in-flight requests.")
+    max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask.")
+    default_max_tokens: int = Field(256, ge=1)
+    max_prompt_tokens: int = Field(4096, ge=1, description="Longer prompts get 400.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")

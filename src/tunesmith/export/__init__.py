@@ -1,0 +1,1 @@
+"""Export a trained model: merge, save, verify by reloading, model card, GGUF."""

@@ -1,0 +1,182 @@
+"""`tunesmith export`: merge, save, reload, verify, write the card; all or nothing.
+
+The export is written into a staging folder and renamed into place only after the reloaded
+export has passed verification, so a failed export never leaves a folder that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from tunesmith.config.schema import ExportConfig, ModelConfig, RunConfig
+from tunesmith.export.card import card_facts, render_card
+from tunesmith.export.merge import Trained, base_logits_context, load_trained, merge
+from tunesmith.export.verify import (
+    Verification,
+    default_tolerance,
+    eos_ok,
+    prompt_logits,
+    sample_conversations,
+    template_identical,
+    verify,
+)
+from tunesmith.models.load import load_causal_lm, load_tokenizer
+from tunesmith.models.resolve import ResolvedModel
+from tunesmith.utils.console import console
+from tunesmith.utils.errors import ConfigError, ModelError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# adapter files worth shipping; pickled weights (*.bin, *.pt) are never copied
+_ADAPTER_FILES = ("*.safetensors", "*.json", "*.jinja", "*.txt", "*.model")
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    layout: str  # merged | full | base+adapter
+    verification: Verification | None
+    statement: str  # one sentence on what was exported
+
+
+def export_run(config: RunConfig, source: str | Path) -> ExportResult:
+    """Export the run (or adapter / model folder) `source` as described by `config.export`."""
+    cfg = config.export
+    source = Path(source)
+    out = Path(cfg.dir) if cfg.dir else _default_out(source)
+    _check_out(out, cfg.overwrite)
+    trained = load_trained(source, config.model)
+    convs = sample_conversations(cfg.verify_prompts)
+    reference = prompt_logits(trained.model, trained.tokenizer, convs)
+    base = None
+    if trained.is_adapter:
+        with base_logits_context(trained.model):
+            base = prompt_logits(trained.model, trained.tokenizer, convs)
+    staging = out.parent / f".{out.name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        layout, statement = _save(trained, staging, cfg)
+        verification = None
+        if cfg.verify:
+            verification = _verify(trained, staging, layout, cfg, convs, reference, base)
+            if not verification.passed:
+                raise ModelError("export verification failed: " + "; ".join(verification.problems))
+        gguf_diff = _gguf(staging, layout, trained.method, cfg) if cfg.gguf else None
+        _write_card(trained, staging, layout, verification, gguf_diff)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(out, layout, verification, statement)
+
+
+def save_model(model, tokenizer, folder: Path, cfg: ExportConfig) -> None:
+    """safetensors shards, tokenizer with its chat template, generation config (eos/pad)."""
+    model = model.to(_DTYPES[cfg.dtype])
+    gen = model.generation_config
+    configured = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    # the chat turn's end token first: servers that read one eos id stop where training stopped
+    eos = [i for i in dict.fromkeys([tokenizer.eos_token_id, *configured]) if i is not None]
+    gen.eos_token_id = eos if len(eos) > 1 else eos[0]
+    gen.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id, model.config.pad_token_id = gen.eos_token_id, gen.pad_token_id
+    model.save_pretrained(folder, max_shard_size=cfg.max_shard_size)
+    tokenizer.save_pretrained(folder)
+
+
+def _save(trained: Trained, staging: Path, cfg: ExportConfig) -> tuple[str, str]:
+    if not trained.is_adapter:
+        save_model(trained.model, trained.tokenizer, staging, cfg)
+        return "full", f"full model ({trained.method}) saved as safetensors"
+    if trained.mergeable:
+        save_model(merge(trained), trained.tokenizer, staging, cfg)
+        dequant = " into dequantized base weights" if trained.quantized else ""
+        return "merged", f"{trained.method} adapter merged{dequant}"
+    save_model(trained.model.get_base_model(), trained.tokenizer, staging / "base", cfg)
+    (staging / "adapter").mkdir()
+    for pattern in _ADAPTER_FILES:
+        for file in trained.artifact.glob(pattern):
+            shutil.copy2(file, staging / "adapter" / file.name)
+    return "base+adapter", (
+        f"the {trained.method} method cannot be merged into the weights: exported the base model "
+        "(base/) and the adapter (adapter/) unmerged; load them with PeftModel.from_pretrained"
+    )
+
+
+def _verify(trained, staging, layout, cfg, convs, reference, base) -> Verification:
+    model_dir = staging / "base" if layout == "base+adapter" else staging
+    # the saved template must stand alone: no model.chat_template override on reload
+    plain = ModelConfig(name_or_path=str(model_dir), dtype="float32")
+    model = load_causal_lm(_local(model_dir), plain)
+    tok_dir = staging / "adapter" if layout == "base+adapter" else staging
+    tokenizer = load_tokenizer(_local(tok_dir), plain)
+    gen_ok = eos_ok(model.generation_config, tokenizer)
+    if layout == "base+adapter":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, staging / "adapter")
+    model.eval()
+    exported = prompt_logits(model, tokenizer, convs)
+    tolerance = cfg.tolerance or default_tolerance(cfg.dtype, reference)
+    same_template = template_identical(trained.tokenizer, tokenizer, convs)
+    return verify(reference, exported, tolerance, same_template, gen_ok, base)
+
+
+def _gguf(staging: Path, layout: str, method: str, cfg: ExportConfig) -> float:
+    from tunesmith.export.gguf import write_gguf
+
+    if layout == "base+adapter":
+        raise ConfigError(f"export.gguf: needs merged weights, and {method} cannot be merged")
+    return write_gguf(staging, staging / "model.gguf", cfg.verify_prompts)
+
+
+def _write_card(trained: Trained, staging: Path, layout: str, verification, gguf_diff) -> None:
+    run_config = {}
+    if trained.run_folder is not None:
+        text = (trained.run_folder / "config.yaml").read_text(encoding="utf-8")
+        run_config = yaml.safe_load(text) or {}
+    facts = card_facts(
+        trained, run_config, verification.to_dict() if verification else None, layout
+    )
+    if gguf_diff is not None:
+        facts["gguf"] = {"file": "model.gguf", "max_abs_diff": gguf_diff}
+    (staging / "README.md").write_text(render_card(facts), encoding="utf-8")
+    text = json.dumps(facts, indent=2, ensure_ascii=False, default=str) + "\n"
+    (staging / "export.json").write_text(text, encoding="utf-8")
+
+
+def _default_out(source: Path) -> Path:
+    if (source / "config.yaml").is_file():
+        return source / "export"
+    return source.parent / f"{source.name}-export"
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"export.dir: '{out}' already exists; set export.overwrite=true or another export.dir"
+        )
+
+
+def _local(folder: Path) -> ResolvedModel:
+    return ResolvedModel(str(folder), str(folder), "local")
+
+
+def report(result: ExportResult) -> None:
+    console.print(result.statement)
+    v = result.verification
+    if v is not None:
+        effect = f", adapter effect {v.adapter_effect:.3g}" if v.adapter_effect is not None else ""
+        console.print(
+            f"verified: max |logit diff| {v.max_abs_diff:.3g} <= {v.tolerance:.3g}{effect}, "
+            f"template identical, eos ok"
+        )
+        if v.adapter_effect == 0:
+            console.print("[yellow]warning: the adapter does not change the logits (untrained?)")
+    console.print(f"exported to {result.folder}")

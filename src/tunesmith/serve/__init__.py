@@ -1,0 +1,1 @@
+"""OpenAI-compatible HTTP serving: FastAPI app, micro-batching worker, adapter registry."""

@@ -1,0 +1,358 @@
+"""The OpenAI-compatible HTTP API: /v1/models, /v1/chat/completions, /v1/completions, /health.
+
+Bad input is a 4xx with an OpenAI-style error body, never a 500: bodies are parsed and checked
+here (size, JSON, schema, model name, max_tokens, prompt length) before anything is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import Request
+from pydantic import ValidationError
+
+from tunesmith.config.serve import ServeConfig
+from tunesmith.data.render import prompt_ids
+from tunesmith.models.engine import GenerationParams
+from tunesmith.serve.batcher import END, Batcher, Job, QueueFull
+from tunesmith.serve.protocol import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    _Request,
+    validation_error,
+)
+from tunesmith.serve.registry import ModelRegistry
+
+log = logging.getLogger("tunesmith.serve")
+
+
+@dataclass
+class ServerState:
+    cfg: ServeConfig
+    registry: ModelRegistry
+    batcher: Batcher
+    api_key: str | None = None
+    closing: bool = False
+
+    @property
+    def tokenizer(self):
+        return self.registry.engine.tokenizer
+
+    @property
+    def context_limit(self) -> int | None:
+        config = getattr(getattr(self.registry.engine, "model", None), "config", None)
+        return getattr(config, "max_position_embeddings", None)
+
+
+def create_app(state: ServerState):
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        state.batcher.start()
+        yield
+        state.closing = True  # uvicorn has stopped accepting and waited for open requests
+        await state.batcher.stop(state.cfg.shutdown_timeout_s)
+
+    app = FastAPI(title="tunesmith", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.tunesmith = state
+    if state.cfg.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=state.cfg.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, exc: HTTPException):
+        error = APIError(exc.status_code, str(exc.detail))
+        return JSONResponse(error.body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request, exc: Exception):
+        log.exception("unexpected error")
+        error = APIError(500, "internal server error", "server_error")
+        return JSONResponse(error.body(), status_code=500)
+
+    @app.get("/health")
+    async def health():
+        b = state.batcher
+        status = "shutting_down" if state.closing else "ok"
+        return {
+            "status": status,
+            "queued": len(b.waiting),
+            "in_flight": len(b.in_flight),
+            **b.stats,
+        }
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        _authorize(state, request)
+        created = int(time.time())
+        data = [
+            {"id": n, "object": "model", "created": created, "owned_by": "tunesmith"}
+            for n in state.registry.names()
+        ]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        _authorize(state, request)
+        req = await _parse(state, request, ChatRequest)
+        conversation = [m.as_dict() for m in req.messages]
+        params = _params(state, req, _chat_prompt_len(state, conversation))
+        if req.stream:
+            job = _submit(state, "stream", req.model, [conversation], params)
+            job.deltas = asyncio.Queue()
+            return StreamingResponse(
+                _chat_stream(state, job, req.model), media_type="text/event-stream"
+            )
+        job = _submit(state, "chat", req.model, [conversation], params)
+        completion = (await _wait(state, job, request))[0]
+        return _chat_body(req.model, completion)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        _authorize(state, request)
+        req = await _parse(state, request, CompletionRequest)
+        if req.stream:
+            raise APIError(400, "stream is supported on /v1/chat/completions only", param="stream")
+        lengths = [len(state.tokenizer(p)["input_ids"]) for p in req.prompt]
+        params = _params(state, req, max(lengths))
+        job = _submit(state, "completion", req.model, req.prompt, params)
+        results = await _wait(state, job, request)
+        return _completion_body(req.model, results)
+
+    return app
+
+
+def _authorize(state: ServerState, request) -> None:
+    if not state.api_key:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    # constant time: the comparison takes as long for a near miss as for a wild guess
+    ok = scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), state.api_key.encode()
+    )
+    if not ok:
+        raise APIError(
+            401,
+            "missing or wrong API key (send Authorization: Bearer KEY)",
+            "authentication_error",
+            code="invalid_api_key",
+        )
+
+
+async def _parse(state: ServerState, request, schema: type[_Request]) -> _Request:
+    if state.closing:
+        raise APIError(503, "the server is shutting down", "server_error")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > state.cfg.max_body_bytes:
+        raise _too_large(state)
+    body = await request.body()
+    if len(body) > state.cfg.max_body_bytes:
+        raise _too_large(state)
+    try:
+        req = schema.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_error(exc.errors()) from None
+    if not state.registry.knows(req.model):
+        names = ", ".join(state.registry.names())
+        raise APIError(
+            404,
+            f"model '{req.model}' not found; available: {names}",
+            param="model",
+            code="model_not_found",
+        )
+    return req
+
+
+def _too_large(state: ServerState) -> APIError:
+    return APIError(413, f"request body larger than {state.cfg.max_body_bytes} bytes")
+
+
+def _chat_prompt_len(state: ServerState, conversation: list[dict]) -> int:
+    try:
+        return len(prompt_ids(state.tokenizer, conversation))
+    except Exception as exc:  # the template refuses this conversation (e.g. role order)
+        raise APIError(
+            400, f"messages: the chat template refused them: {exc}", param="messages"
+        ) from None
+
+
+def _params(state: ServerState, req: _Request, prompt_len: int) -> GenerationParams:
+    cfg = state.cfg
+    max_tokens = req.requested_tokens()
+    if max_tokens is None:
+        max_tokens = min(cfg.default_max_tokens, cfg.max_tokens_limit)
+    if not 1 <= max_tokens <= cfg.max_tokens_limit:
+        raise APIError(
+            400,
+            f"max_tokens must be between 1 and {cfg.max_tokens_limit}, got {max_tokens}",
+            param="max_tokens",
+            code="invalid_value",
+        )
+    limit = state.context_limit
+    if prompt_len > cfg.max_prompt_tokens or (limit and prompt_len + max_tokens > limit):
+        allowed = min(cfg.max_prompt_tokens, (limit or 10**9) - max_tokens)
+        raise APIError(
+            400,
+            f"the prompt has {prompt_len} tokens; at most {allowed} fit with "
+            f"max_tokens={max_tokens}",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    return GenerationParams(
+        max_new_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        stop=list(req.stop or []),
+        seed=req.seed,
+    )
+
+
+def _submit(state: ServerState, kind: str, model: str, inputs: list, params) -> Job:
+    job = Job(kind, model, inputs, params, asyncio.get_running_loop().create_future())
+    try:
+        state.batcher.submit(job)
+    except QueueFull:
+        retry = state.batcher.retry_after()
+        raise APIError(
+            429,
+            f"the server is busy ({state.cfg.max_queue} requests waiting); retry in {retry} s",
+            "rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": str(retry)},
+        ) from None
+    return job
+
+
+async def _wait(state: ServerState, job: Job, request) -> list:
+    """The job's result; cancels it when the client disconnects or the time is up."""
+    deadline = time.monotonic() + state.cfg.request_timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        done, _ = await asyncio.wait({job.future}, timeout=min(0.25, max(left, 0)))
+        if done:
+            return job.future.result()
+        if await request.is_disconnected():
+            state.batcher.cancel(job)
+            raise APIError(499, "client closed the request", code="client_closed")
+        if left <= 0:
+            state.batcher.cancel(job)
+            raise APIError(
+                504,
+                f"no answer within {state.cfg.request_timeout_s} s",
+                "timeout_error",
+                code="timeout",
+            )
+
+
+async def _chat_stream(state: ServerState, job: Job, model: str) -> AsyncIterator[str]:
+    chunk_id, created = _id("chatcmpl"), int(time.time())
+
+    def event(delta: dict, finish: str | None = None) -> str:
+        body = {
+            "id": chunk_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    deadline = time.monotonic() + state.cfg.request_timeout_s
+    text, finished = "", False
+    try:
+        yield event({"role": "assistant", "content": ""})
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                item = await asyncio.wait_for(job.deltas.get(), timeout=max(left, 0.001))
+            except TimeoutError:
+                yield _error_event(APIError(504, "generation timed out", "timeout_error"))
+                break
+            if item is END:
+                tokens = len(state.tokenizer(text, add_special_tokens=False)["input_ids"])
+                reason = "length" if tokens >= job.params.max_new_tokens else "stop"
+                yield event({}, reason)
+                finished = True
+                break
+            if isinstance(item, Exception):
+                log.error("stream failed: %s", item)
+                yield _error_event(APIError(500, "generation failed", "server_error"))
+                break
+            text += item
+            yield event({"content": item})
+        yield "data: [DONE]\n\n"
+    finally:
+        if not finished:  # client gone or error: stop generating at the next token
+            state.batcher.cancel(job)
+
+
+def _error_event(error: APIError) -> str:
+    return f"data: {json.dumps(error.body())}\n\n"
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _usage(completions) -> dict:
+    prompt = sum(c.prompt_tokens for c in completions)
+    generated = sum(c.completion_tokens for c in completions)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": generated,
+        "total_tokens": prompt + generated,
+    }
+
+
+def _chat_body(model: str, c) -> dict:
+    return {
+        "id": _id("chatcmpl"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": c.text},
+                "finish_reason": c.finish_reason,
+            }
+        ],
+        "usage": _usage([c]),
+    }
+
+
+def _completion_body(model: str, results) -> dict:
+    return {
+        "id": _id("cmpl"),
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+            for i, c in enumerate(results)
+        ],
+        "usage": _usage(results),
+    }

@@ -1,0 +1,122 @@
+"""OpenAI request bodies (validated by pydantic) and OpenAI-style errors.
+
+Requests that break the schema become 400 with `{"error": {"message", "type", "param",
+"code"}}`, as OpenAI answers them, so clients show a reason instead of a bare status.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ROLES = ("system", "user", "assistant")
+
+
+class APIError(Exception):
+    """An error the server answers with an OpenAI-style body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code, self.headers = param, code, headers or {}
+
+    def body(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class _Request(BaseModel):
+    # Unknown OpenAI fields (user, logprobs, ...) are accepted and ignored, as other servers do.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1, description="One choice per request.")
+    presence_penalty: float = Field(0.0, ge=0, le=0, description="Not supported: 0 only.")
+    frequency_penalty: float = Field(0.0, ge=0, le=0, description="Not supported: 0 only.")
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, value):
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return stops
+
+    def requested_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def as_dict(self) -> dict:
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        return {"role": self.role, "content": content}
+
+
+class ChatRequest(_Request):
+    messages: list[Message] = Field(min_length=1)
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, value: list[Message]) -> list[Message]:
+        if value[-1].role == "assistant":
+            raise ValueError("the last message must come from the user or the system")
+        return value
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, value):
+        prompts = [value] if isinstance(value, str) else value
+        if not prompts or any(not p for p in prompts):
+            raise ValueError("prompt must be a non-empty string or a list of them")
+        return prompts
+
+
+def validation_error(errors: list[dict]) -> APIError:
+    """The first pydantic error as one OpenAI-style 400."""
+    first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return APIError(400, "the request body is not valid JSON", code="invalid_json")
+    message = first.get("msg", "invalid request")
+    if first.get("type") == "literal_error" and loc and loc[-1] == "role":
+        message = f"unknown role {first.get('input')!r}: expected one of {', '.join(ROLES)}"
+    param = ".".join(loc) or None
+    return APIError(400, f"{param}: {message}" if param else message, param=param)
