@@ -335,3 +335,103 @@ def _explain(error: dict, allowed: list[str]) -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'{closest(key, allowed)}; allowed: {', '.join(allowed)}"
     return f"{key}: got {error['input']!r}: {error['msg']}"
+
+
+# --- preference data: pairs, redteam, revise (data/preference_tools.py) ----------------
+
+
+def _write_built(dst: Path, built, what: str) -> None:
+    from tunesmith.data.convert import write_records
+
+    write_records(dst, built.records)
+    if built.dropped:  # nothing disappears silently: the left-out records keep their reason
+        rejects = [{**record, "reason": reason} for record, reason in built.dropped]
+        write_records(dst.with_name(f"{dst.stem}.rejects.jsonl"), rejects)
+    console.print(f"wrote {dst}: {len(built.records)} {what}, {len(built.dropped)} left out")
+
+
+@data_app.command()
+@user_errors
+def pairs(
+    src: Annotated[Path, typer.Argument(help="Prompts (any data file; answers are ignored).")],
+    dst: Path,
+    model: ModelSpec = None,
+    judge: Annotated[
+        str | None, typer.Option(help="Judge: local:<model ref> or an OpenAI-compatible URL.")
+    ] = None,
+    reward_model: Annotated[
+        Path | None, typer.Option(help="A run folder of train.stage=rm to score with.")
+    ] = None,
+    k: Annotated[int, typer.Option(help="Answers sampled per prompt.")] = 4,
+    temperature: float = 0.9,
+    max_new_tokens: int = 256,
+):
+    """Sample K answers per prompt and keep the best (chosen) and worst (rejected) by score."""
+    from tunesmith.data.preference_tools import judge_scorer, sample_pairs
+    from tunesmith.data.synth import read_prompts
+
+    if model is None or (judge is None) == (reward_model is None):
+        raise TunesmithError("give --model, and exactly one of --judge or --reward-model")
+    if reward_model is not None:
+        from tunesmith.train.reward import RewardScorer
+
+        score = RewardScorer(reward_model)
+    else:
+        score = judge_scorer(_client(judge))
+    prompts = [messages for _, messages in read_prompts(str(src))]
+    built = sample_pairs(prompts, _client(model), score, k, temperature, max_new_tokens)
+    _write_built(dst, built, "pairs")
+    _version(dst, "pairs", {"model": model, "judge": judge, "k": k}, [src])
+
+
+@data_app.command()
+@user_errors
+def redteam(
+    dst: Path,
+    model: ModelSpec = None,
+    category: Annotated[
+        list[str] | None, typer.Option(help="Attack categories (default: all).")
+    ] = None,
+    per_template: Annotated[int, typer.Option(help="Fillings per attack template.")] = 2,
+    max_new_tokens: int = 256,
+):
+    """Attack a model with the seeds' red-team templates; failures become refusal pairs."""
+    from tunesmith.data.convert import write_records
+    from tunesmith.data.preference_tools import redteam_prompts, run_redteam
+    from tunesmith.evaluation.safety import is_refusal
+
+    if model is None:
+        raise TunesmithError("--model is required: local:<model ref> or an OpenAI-compatible URL")
+    attacks = redteam_prompts(category, per_template)
+    results, built = run_redteam(attacks, _client(model), is_refusal, max_new_tokens=max_new_tokens)
+    write_records(dst.with_name(f"{dst.stem}.results.jsonl"), results)
+    by_category = Counter(r["category"] for r in results if not r["refused"])
+    write_records(dst, built.records)
+    console.print(
+        f"{len(built.records)} of {len(attacks)} attacks not refused {dict(by_category)}; "
+        f"wrote {dst} (pairs) and {dst.stem}.results.jsonl"
+    )
+
+
+@data_app.command()
+@user_errors
+def revise(
+    src: Annotated[Path, typer.Argument(help="(prompt, answer) data: alpaca/sharegpt/openai.")],
+    dst: Path,
+    model: ModelSpec = None,
+    principle: Annotated[
+        list[str] | None, typer.Option(help="A principle (repeat the option; default: the seed's).")
+    ] = None,
+    max_new_tokens: int = 256,
+):
+    """Constitutional critique-and-revise: (prompt, revised) chosen over the original answer."""
+    from tunesmith.data.formats import load_conversations
+    from tunesmith.data.preference_tools import critique_and_revise
+
+    if model is None:
+        raise TunesmithError("--model is required: local:<model ref> or an OpenAI-compatible URL")
+    conversations, _ = load_conversations([src])
+    items = [(c.messages[:-1], c.messages[-1]["content"]) for c in conversations]
+    built = critique_and_revise(items, _client(model), principle, max_new_tokens)
+    _write_built(dst, built, "revised pairs")
+    _version(dst, "revise", {"model": model, "principles": principle}, [src])

@@ -128,6 +128,16 @@ def pretrain_sources(cfg: DataConfig) -> list[Source]:
     return _sources(cfg, "pretrain", TEXT)
 
 
+def preference_sources(cfg: DataConfig, kto: bool = False) -> list[Source]:
+    """What the preference stages read: data.train, then data.dataset entries of kind
+    preference (and kto for train.stage=kto), their chosen/rejected/kto_tag columns kept."""
+    return _sources(cfg, "kto" if kto else "preference", cfg.format)
+
+
+# Columns the preference readers (data/preference.py) rename besides the formats' own.
+_PREFERENCE_EXTRA = ("chosen", "rejected", "kto_tag")
+
+
 def _sources(cfg: DataConfig, kind: str, train_fmt: str) -> list[Source]:
     sources = [Source(list(cfg.train), train_fmt, dict(cfg.columns))] if cfg.train else []
     if not cfg.dataset:
@@ -146,10 +156,15 @@ def _sources(cfg: DataConfig, kind: str, train_fmt: str) -> list[Source]:
             entry = _resolve(entries, name, cfg.registry)
         except ConfigError as e:
             raise ConfigError(f"data.dataset: {e}") from None
-        if entry.kind != kind:
+        # train.stage=kto also reads pairs (chosen: desirable, rejected: undesirable)
+        if entry.kind != kind and not (kind == "kto" and entry.kind == "preference"):
             raise ConfigError(f"data.dataset: {_wrong_kind(entry, kind)}")
         files = [str(f) for f in entry.files]
-        sources.append(Source(files, entry.fmt, {**entry.columns, **cfg.columns}))
+        ranking = {k: v for k, v in entry.extra.items() if k in _PREFERENCE_EXTRA}
+        if kind not in ("preference", "kto"):
+            ranking = {}
+        columns = {**entry.columns, **ranking, **cfg.columns}
+        sources.append(Source(files, entry.fmt, columns))
     return sources
 
 
@@ -157,6 +172,8 @@ def _wrong_kind(entry: DatasetEntry, wanted: str) -> str:
     found = f"'{entry.name}' is {entry.kind} data ({entry.where})"
     if wanted == "pretrain":
         return f"{found}; train.stage=pt reads pretrain (plain text) datasets only"
+    if wanted in ("preference", "kto"):
+        return f"{found}; the preference stages read preference (ranking) or kto datasets"
     hint = " (train it with train.stage=pt)" if entry.kind == "pretrain" else ""
     return f"{found}; the {entry.kind} stage is not supported by SFT yet{hint}"
 
