@@ -16,7 +16,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def load_tokenizer(resolved: ResolvedModel, cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    tokenizer = _from_hub_or_local(
+    tokenizer = from_hub_or_local(
         AutoTokenizer, resolved, cfg, use_fast=True, trust_remote_code=cfg.trust_remote_code
     )
     if cfg.chat_template:
@@ -39,7 +39,7 @@ def load_causal_lm(resolved: ResolvedModel, cfg: ModelConfig, quantization=None)
     from transformers import AutoModelForCausalLM
 
     quantized = {"quantization_config": quantization} if quantization is not None else {}
-    return _from_hub_or_local(
+    return from_hub_or_local(
         AutoModelForCausalLM,
         resolved,
         cfg,
@@ -62,7 +62,7 @@ def pick_dtype(name: str) -> torch.dtype:
     return torch.float32  # CPU training in half precision is slow and unstable
 
 
-def _from_hub_or_local(auto_cls, resolved: ResolvedModel, cfg: ModelConfig, **kwargs):
+def from_hub_or_local(auto_cls, resolved: ResolvedModel, cfg: ModelConfig, **kwargs):
     revision = {"revision": cfg.revision} if cfg.revision and resolved.source == "hub" else {}
     try:
         return auto_cls.from_pretrained(resolved.path, **revision, **kwargs)

@@ -25,14 +25,14 @@ from tunesmith.config.load import load_config
 from tunesmith.config.schema import ModelConfig, RunConfig
 from tunesmith.data.classification import ClsData, label_counts, load_cls_data, tokenize_cls
 from tunesmith.evaluation.classification import classification_metrics, plot_confusion
-from tunesmith.models.load import _from_hub_or_local, pick_dtype
+from tunesmith.models.load import from_hub_or_local, pick_dtype
 from tunesmith.models.methods import (
+    HEADS,  # classifier (BERT family), score (Llama)
     count_parameters,
     get_method,
     load_adapter,
     quantization_config,
 )
-from tunesmith.models.methods._peft import HEADS  # classifier (BERT family), score (Llama)
 from tunesmith.models.resolve import ResolvedModel, resolve_model
 from tunesmith.models.tuned import find_artifact
 from tunesmith.runs.folder import RunFolder, is_main_process
@@ -46,7 +46,7 @@ from tunesmith.train.callbacks import (
 )
 from tunesmith.train.distributed import check_distributed
 from tunesmith.train.monitor import TrainingMonitor
-from tunesmith.train.sft import TrainResult, _training_arguments
+from tunesmith.train.sft import TrainResult, training_arguments
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError, ModelError
@@ -74,7 +74,7 @@ def run_cls(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
     )
     check_eval_needs(config.train, has_eval=bool(data.eval))
     weights = class_weights(data, cfg)
-    _report_data(data, run)
+    report_data(data, run)
     set_seed(config.train.seed)
 
     quantization = quantization_config(config.method)
@@ -169,7 +169,7 @@ def _check_config(config: RunConfig) -> None:
 
 def _arguments(config: RunConfig, run: RunFolder, has_eval: bool):
     # the causal-LM arguments with logits kept for the metrics; padding is not counted as input
-    args = _training_arguments(config.train, run, has_eval)
+    args = training_arguments(config.train, run, has_eval)
     return dataclasses.replace(
         args,
         prediction_loss_only=False,
@@ -178,7 +178,7 @@ def _arguments(config: RunConfig, run: RunFolder, has_eval: bool):
     )
 
 
-def _report_data(data: ClsData, run: RunFolder) -> None:
+def report_data(data: ClsData, run: RunFolder) -> None:
     stats = data.stats
     counts = ", ".join(f"{name} {n}" for name, n in stats["labels"].items())
     evals = f"{stats['eval']} eval ({stats['eval_source']})" if stats["eval"] else "no eval"
@@ -245,14 +245,14 @@ def load_classifier(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     resolved = weights or resolve_model(model_cfg.name_or_path)
-    tokenizer = _from_hub_or_local(
+    tokenizer = from_hub_or_local(
         AutoTokenizer, resolved, model_cfg, trust_remote_code=model_cfg.trust_remote_code
     )
     if tokenizer.pad_token is None:  # decoders: the last real token is found by the pad id
         if tokenizer.eos_token is None:
             raise ModelError(f"the tokenizer of '{resolved.ref}' has no pad or eos token")
         tokenizer.pad_token = tokenizer.eos_token
-    model = _from_hub_or_local(
+    model = from_hub_or_local(
         AutoModelForSequenceClassification,
         resolved,
         model_cfg,

@@ -38,7 +38,7 @@ from tunesmith.train.preference import (
     trainer_monitor,
     wire_callbacks,
 )
-from tunesmith.train.sft import SFT, TrainResult, _report_data, _training_arguments
+from tunesmith.train.sft import SFT, TrainResult, report_data, training_arguments
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
 
@@ -124,7 +124,7 @@ def _run_logits(config: RunConfig, run: RunFolder, resume: bool) -> TrainResult:
     student, tokenizer, resolved = load_model_and_tokenizer(config.model)
     check_same_vocab(teacher_tok, tokenizer, cfg.teacher, resolved.ref)
     train_data = build_sft_data(sources, config.data, tokenizer, run.reject)
-    _report_data(train_data.stats, run)
+    report_data(train_data.stats, run)
     probe = Agreement(config, teacher, teacher_tok)
     before = probe.measure(student, tokenizer)
 
@@ -132,7 +132,7 @@ def _run_logits(config: RunConfig, run: RunFolder, resume: bool) -> TrainResult:
     collator = PackedCollator() if config.train.packing else SFTCollator(tokenizer.pad_token_id)
     trainer = DistillTrainer(
         model=student,
-        args=_training_arguments(config.train, run, has_eval=False),
+        args=training_arguments(config.train, run, has_eval=False),
         train_dataset=train_data.examples,
         data_collator=collator,
         teacher=teacher,

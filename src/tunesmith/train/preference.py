@@ -30,7 +30,7 @@ from tunesmith.train.callbacks import (
 )
 from tunesmith.train.distributed import check_distributed, distributed_arguments
 from tunesmith.train.monitor import TrainingMonitor
-from tunesmith.train.sft import TrainResult, _precision
+from tunesmith.train.sft import TrainResult, precision_flags
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
 
@@ -53,7 +53,7 @@ def run_preference(config: RunConfig, run: RunFolder, resume: bool = False) -> T
 
     model, tokenizer, resolved = load_model_and_tokenizer(config.model)
     train_data, eval_data = read_data(config, sources, tokenizer, run, paired=stage != "kto")
-    _report_data(train_data, run)
+    report_data(train_data, run)
     ref_model = None
     if stage in NEEDS_REFERENCE and config.method.type != "lora":
         ref_model = frozen_copy(model)  # full/freeze change the weights the reference must keep
@@ -133,7 +133,7 @@ def apply_method(model, config: RunConfig):
 
 def trl_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool, cutoff_len: int) -> dict:
     """Keyword arguments every TRL config takes (they all extend TrainingArguments)."""
-    bf16, fp16 = _precision(cfg.precision)
+    bf16, fp16 = precision_flags(cfg.precision)
     return dict(
         output_dir=str(run.checkpoints),
         num_train_epochs=cfg.epochs,
@@ -223,7 +223,7 @@ def held_out_rewards(trainer, keys: tuple[str, ...] = REWARD_KEYS) -> dict:
     return {k.removeprefix("eval_"): round(v, 4) for k, v in metrics.items() if k in wanted}
 
 
-def _report_data(data: PreferenceData, run: RunFolder) -> None:
+def report_data(data: PreferenceData, run: RunFolder) -> None:
     stats = data.stats
     console.print(
         f"data: {stats['read']} records read, {stats['examples']} examples, "

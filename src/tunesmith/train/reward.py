@@ -22,12 +22,12 @@ from tunesmith.models.methods import count_parameters
 from tunesmith.runs.folder import RunFolder
 from tunesmith.train.cls import LABELS_FILE, apply_method, load_classifier, load_trained_classifier
 from tunesmith.train.preference import (
-    _report_data,
     check_inputs,
     finish,
     held_out_rewards,
     logged_rewards,
     read_data,
+    report_data,
     resume_checkpoint,
     save,
     trainer_monitor,
@@ -57,7 +57,7 @@ def run_reward(config: RunConfig, run: RunFolder, resume: bool = False) -> Train
     tokenizer = load_tokenizer(resolved, config.model)  # with model.chat_template, if set
     model.config.pad_token_id = tokenizer.pad_token_id  # the reward is read at the last real token
     train_data, eval_data = read_data(config, sources, tokenizer, run, paired=True)
-    _report_data(train_data, run)
+    report_data(train_data, run)
     model = apply_method(model, config)
     trainable, total = count_parameters(model)
     console.print(f"method {config.method.type}: {trainable:,} trainable of {total:,} parameters")

@@ -126,7 +126,7 @@ def train_causal_lm(
     callbacks = [monitor, MetricsCallback(run, config.train.monitor.plot_every)]
     trainer = CausalLMTrainer(
         model=model,
-        args=_training_arguments(config.train, run, has_eval=eval_data is not None),
+        args=training_arguments(config.train, run, has_eval=eval_data is not None),
         train_dataset=train_data.examples,
         eval_dataset=eval_data.examples if eval_data else None,
         data_collator=collator,
@@ -175,10 +175,10 @@ def _forgetting_check(cfg: TrainConfig, run: RunFolder) -> ForgettingCheck | Non
     return ForgettingCheck(cfg.forgetting_eval, run.reject) if cfg.forgetting_eval else None
 
 
-def _training_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool):
+def training_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool):
     from transformers import TrainingArguments
 
-    bf16, fp16 = _precision(cfg.precision)
+    bf16, fp16 = precision_flags(cfg.precision)
     return TrainingArguments(
         output_dir=str(run.checkpoints),
         num_train_epochs=cfg.epochs,
@@ -212,7 +212,7 @@ def _training_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool):
     )
 
 
-def _precision(name: str) -> tuple[bool, bool]:
+def precision_flags(name: str) -> tuple[bool, bool]:
     """(bf16, fp16) flags for the trainer."""
     cuda = torch.cuda.is_available()
     if name == "auto":
@@ -224,7 +224,7 @@ def _precision(name: str) -> tuple[bool, bool]:
     return name == "bf16", name == "fp16"
 
 
-def _report_data(stats: dict, run: RunFolder) -> None:
+def report_data(stats: dict, run: RunFolder) -> None:
     console.print(
         f"data: {stats['read']} records read, {stats['examples']} examples, "
         f"{stats['truncated']} truncated to cutoff_len, {stats['rejected']} rejected"
@@ -238,5 +238,5 @@ SFT = Stage(
     lambda sources, config, tokenizer, reject: build_sft_data(
         sources, config.data, tokenizer, reject
     ),
-    _report_data,
+    report_data,
 )

@@ -26,9 +26,10 @@ from tunesmith.models.methods import (
     ptuning,
     qlora,
 )
-from tunesmith.models.methods._peft import virtual_tokens
+from tunesmith.models.methods._peft import HEADS, virtual_tokens
 
 __all__ = [
+    "HEADS",
     "METHODS",
     "count_parameters",
     "get_method",
