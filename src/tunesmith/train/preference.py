@@ -14,8 +14,6 @@ from __future__ import annotations
 import copy
 import time
 
-import torch
-
 from tunesmith.config.schema import RunConfig, TrainConfig
 from tunesmith.data.preference import PreferenceData, build_preference_data
 from tunesmith.data.registry import preference_sources
@@ -26,11 +24,10 @@ from tunesmith.train.callbacks import (
     CompactProgressCallback,
     MetricsCallback,
     check_eval_needs,
-    schedule_arguments,
 )
-from tunesmith.train.distributed import check_distributed, distributed_arguments
+from tunesmith.train.distributed import check_distributed
 from tunesmith.train.monitor import TrainingMonitor
-from tunesmith.train.sft import TrainResult, precision_flags
+from tunesmith.train.sft import TrainResult, trainer_kwargs
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
 
@@ -132,35 +129,10 @@ def apply_method(model, config: RunConfig):
 
 
 def trl_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool, cutoff_len: int) -> dict:
-    """Keyword arguments every TRL config takes (they all extend TrainingArguments)."""
-    bf16, fp16 = precision_flags(cfg.precision)
+    """Keyword arguments of the TRL configs (they all extend TrainingArguments)."""
     return dict(
-        output_dir=str(run.checkpoints),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        **schedule_arguments(cfg),
-        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of total steps
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        bf16=bf16,
-        fp16=fp16,
-        seed=cfg.seed,
+        **trainer_kwargs(cfg, run, has_eval),
         gradient_checkpointing=cfg.gradient_checkpointing,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=cfg.save_steps if has_eval else None,
-        use_cpu=not torch.cuda.is_available(),
-        **distributed_arguments(cfg.distributed),
-        report_to=[],
-        disable_tqdm=False,
-        dataloader_num_workers=0,
         max_length=cutoff_len,
     )
 

@@ -178,8 +178,19 @@ def _forgetting_check(cfg: TrainConfig, run: RunFolder) -> ForgettingCheck | Non
 def training_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool):
     from transformers import TrainingArguments
 
-    bf16, fp16 = precision_flags(cfg.precision)
     return TrainingArguments(
+        **trainer_kwargs(cfg, run, has_eval),
+        train_sampling_strategy=cfg.sampling,
+        # packed rows hold no padding; padded batches are counted by their attention mask
+        include_num_input_tokens_seen="all" if cfg.packing else "non_padding",
+        prediction_loss_only=True,  # eval reports the loss; logits are kept for trained tokens only
+    )
+
+
+def trainer_kwargs(cfg: TrainConfig, run: RunFolder, has_eval: bool) -> dict:
+    """The TrainingArguments every stage shares (TRL's configs extend TrainingArguments too)."""
+    bf16, fp16 = precision_flags(cfg.precision)
+    return dict(
         output_dir=str(run.checkpoints),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -194,21 +205,17 @@ def training_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool):
         bf16=bf16,
         fp16=fp16,
         seed=cfg.seed,
-        train_sampling_strategy=cfg.sampling,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=cfg.save_steps if has_eval else None,
-        # packed rows hold no padding; padded batches are counted by their attention mask
-        include_num_input_tokens_seen="all" if cfg.packing else "non_padding",
         use_cpu=not torch.cuda.is_available(),
         **distributed_arguments(cfg.distributed),  # DDP backend, FSDP or DeepSpeed
         report_to=[],
         disable_tqdm=False,
         dataloader_num_workers=0,
-        prediction_loss_only=True,  # eval reports the loss; logits are kept for trained tokens only
     )
 
 
