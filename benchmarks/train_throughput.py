@@ -3,9 +3,12 @@
 The embedded SmolLM2-135M-Instruct with LoRA (rank 8, alpha 16, dropout 0, all linear layers),
 the first N records of ../shared/data/llamafactory/alpaca_en_demo.json, cutoff 512, batch 4,
 lr 1e-4 with a linear schedule and no warmup, one epoch, fp32 on the CPU with 2 threads, no
-gradient checkpointing, loss on responses only. Four runs, each in its own subprocess (so the
-peak RSS is that run's): tunesmith packed and padded, TRL packed and padded
-(benchmarks/trl_sft_baseline.py).
+gradient checkpointing, loss on responses only. Each run in its own subprocess (so the peak RSS
+is that run's): tunesmith packed and padded, TRL packed and padded
+(benchmarks/trl_sft_baseline.py), and tunesmith packed with the speed levers of
+train/speed.py: `tunesmith-fast` (per-example attention on packed rows, fused LoRA; same maths)
+and `tunesmith-compiled` (the same plus torch.compile of the decoder layers; compile time counts,
+as it falls inside `train()`). `tunesmith-packed` is the path without those levers.
 
 Measured the same way for every run: tokens/s = real (non-pad) tokens / wall time around the
 trainer's `train()` call (model loading and data preparation excluded); peak RSS = the child's
@@ -14,7 +17,12 @@ tunesmith's summary.json["data"]["tokens"], TRL's prepared dataset; both are pri
 trainable (response) token counts so one can see that both tools train on the same tokens.
 
     .venv/bin/python benchmarks/train_throughput.py [--records 200]
-        [--runs tunesmith-packed,tunesmith-padded,trl-packed,trl-padded] [--json-out FILE]
+        [--runs tunesmith-fast,tunesmith-packed,tunesmith-padded,trl-packed,trl-padded]
+        [--repeat N] [--json-out FILE]
+
+`--repeat N` runs the list N times, alternating its order, and prints each tunesmith run's
+tokens/s ratio to the TRL packed run (or to tunesmith-packed) of the same round: on a shared
+machine the ratios of neighbouring runs are steadier than the absolute numbers.
 """
 
 from __future__ import annotations
@@ -32,7 +40,21 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[0].parent / "shared/data/llamafactory/alpaca_en_demo.json"
-RUNS = ("tunesmith-packed", "tunesmith-padded", "trl-packed", "trl-padded")
+RUNS = (
+    "tunesmith-packed",
+    "tunesmith-padded",
+    "trl-packed",
+    "trl-padded",
+    "tunesmith-fast",
+    "tunesmith-compiled",
+)
+DEFAULT_RUNS = ("tunesmith-fast", *RUNS[:4])
+TUNESMITH_MODES = {  # mode -> (packing, speed levers, compile)
+    "packed": (True, False, False),
+    "padded": (False, False, False),
+    "fast": (True, True, False),
+    "compiled": (True, True, True),
+}
 SEED = 42
 THREADS = 2
 CHILD_ENV = {
@@ -76,7 +98,17 @@ def tunesmith_overrides(records: int, packing: bool, out_dir: str) -> list[str]:
     ]
 
 
-def run_tunesmith_child(records: int, packing: bool) -> dict:
+def speed_overrides(levers: bool, compiled: bool) -> list[str]:
+    """train.optimize / train.compile where the config has them (train/speed.py wired into
+    train/sft.py); empty otherwise, and the child applies the levers itself."""
+    from tunesmith.config.schema import TrainConfig
+
+    if "compile" not in TrainConfig.model_fields:
+        return []
+    return [f"train.optimize={str(levers).lower()}", f"train.compile={str(compiled).lower()}"]
+
+
+def run_tunesmith_child(records: int, mode: str) -> dict:
     """One tunesmith run in this (child) process; the wall time of `trainer.train()` is taken by
     wrapping `train` on the trainer class that run_sft instantiates."""
     import torch
@@ -87,6 +119,10 @@ def run_tunesmith_child(records: int, packing: bool) -> dict:
     import tunesmith.train.sft as sft
     from tunesmith.config.load import load_config
     from tunesmith.runs.folder import RunFolder
+    from tunesmith.train.speed import optimize_for_training
+
+    packing, levers, compiled = TUNESMITH_MODES[mode]
+    wired = speed_overrides(levers, compiled)
 
     timing: dict = {}
     trainer_cls = getattr(sft, "CausalLMTrainer", Trainer)  # the class run_sft instantiates
@@ -94,14 +130,17 @@ def run_tunesmith_child(records: int, packing: bool) -> dict:
 
     def timed_train(self, *args, **kwargs):
         started = time.perf_counter()
+        if levers and not wired:  # inside the timed region: compilation happens in train()
+            optimize_for_training(self.model, compile=compiled)
         output = original_train(self, *args, **kwargs)
         timing["seconds"] = time.perf_counter() - started
         timing["log_history"] = list(self.state.log_history)
+        timing["config"] = getattr(self.model, "config", None)
         return output
 
     trainer_cls.train = timed_train
     with tempfile.TemporaryDirectory() as out:
-        config = load_config(None, tunesmith_overrides(records, packing, out))
+        config = load_config(None, tunesmith_overrides(records, packing, out) + wired)
         run = RunFolder.create(config.output, "sft-lora")
         summary = sft.run_sft(config, run).summary
     trainer_cls.train = original_train
@@ -111,7 +150,7 @@ def run_tunesmith_child(records: int, packing: bool) -> dict:
     seconds = timing["seconds"]
     return {
         "tool": "tunesmith",
-        "mode": "packed" if packing else "padded",
+        "mode": mode,
         "records": records,
         "rows": summary["data"]["examples"],
         "real_tokens": real_tokens,
@@ -123,6 +162,7 @@ def run_tunesmith_child(records: int, packing: bool) -> dict:
         "train_loss": summary["train_loss"],
         "last_logged_loss": logged[-1] if logged else None,
         "threads": torch.get_num_threads(),
+        "attention": getattr(timing.get("config"), "_attn_implementation", None),
     }
 
 
@@ -175,17 +215,37 @@ def token_check(results: list[dict]) -> str:
     return f"token counts (real/trainable) {verdict}: {detail}"
 
 
+def round_ratios(rounds: list[list[dict]]) -> str:
+    """Per round: each tunesmith run's tokens/s over the reference run of the same round."""
+    lines = []
+    for i, results in enumerate(rounds, 1):
+        by_name = {f"{r['tool']}-{r['mode']}": r["tokens_per_s"] for r in results}
+        ref = "trl-packed" if "trl-packed" in by_name else "tunesmith-packed"
+        if ref not in by_name:
+            return "ratios: no trl-packed or tunesmith-packed run to compare with"
+        ratios = ", ".join(
+            f"{name} {speed / by_name[ref]:.3f}x"
+            for name, speed in by_name.items()
+            if name.startswith("tunesmith") and name != ref
+        )
+        lines.append(f"round {i}: vs {ref}: {ratios}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200)
-    parser.add_argument("--runs", default=",".join(RUNS))
+    parser.add_argument("--runs", default=",".join(DEFAULT_RUNS))
+    parser.add_argument("--repeat", type=int, default=1, help="rounds, alternating the order")
     parser.add_argument("--json-out", default=None, help="also write the JSON list here")
-    parser.add_argument("--child", choices=RUNS[:2], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=[n for n in RUNS if n.startswith("tunesmith")], help=argparse.SUPPRESS
+    )
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:  # inside the subprocess of one tunesmith run
-        result = run_tunesmith_child(args.records, packing=args.child.endswith("packed"))
+        result = run_tunesmith_child(args.records, args.child.split("-")[1])
         print(json.dumps(result), flush=True)
         Path(args.result_file).write_text(json.dumps(result), encoding="utf-8")
         return
@@ -194,7 +254,11 @@ def main() -> None:
     unknown = [name for name in names if name not in RUNS]
     if unknown:
         parser.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
-    results = [launch(name, args.records) for name in names]
+    rounds = [
+        [launch(name, args.records) for name in (names if i % 2 == 0 else names[::-1])]
+        for i in range(args.repeat)
+    ]
+    results = rounds[-1]
 
     import peft
     import torch
@@ -209,8 +273,11 @@ def main() -> None:
     )
     print(table(results))
     print("\n" + token_check(results))
+    if args.repeat > 1:
+        print("\n" + round_ratios(rounds))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        everything = rounds if args.repeat > 1 else results
+        Path(args.json_out).write_text(json.dumps(everything, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -195,6 +195,14 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
+    optimize: bool = Field(
+        True,
+        description="Same maths, less work (train/speed.py): per-example attention on packed "
+        "rows, LoRA updates added inside the matmul.",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the decoder layers (inductor); compile time counts."
+    )
     packing: bool = Field(
         True, description="Concatenate each batch into one row without padding (same loss)."
     )

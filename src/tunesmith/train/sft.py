@@ -38,6 +38,7 @@ from tunesmith.train.distributed import check_distributed, distributed_arguments
 from tunesmith.train.forgetting import add_replay, replay_sources
 from tunesmith.train.forgetting_check import ForgettingCheck
 from tunesmith.train.monitor import TrainingMonitor
+from tunesmith.train.speed import optimize_for_training
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
@@ -119,6 +120,7 @@ def train_causal_lm(
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()  # checkpointed blocks need a grad through frozen inputs
+    model = optimize_for_training(model, config.train.optimize, config.train.compile)
 
     collator = PackedCollator() if config.train.packing else SFTCollator(tokenizer.pad_token_id)
     monitor = TrainingMonitor(config.train.monitor, run)

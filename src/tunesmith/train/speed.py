@@ -1,0 +1,206 @@
+"""Training speed levers for causal LMs on packed (padding-free) rows: same maths, less work.
+
+`optimize_for_training(model, compile=...)` applies, where the model allows it:
+
+- packed attention: a packed row holds several examples, told apart by position ids that restart
+  at 0. transformers builds one block-diagonal row x row mask for it and runs SDPA over the whole
+  row, so each example also computes scores against every other example (then masks them). Here
+  each example gets its own causal SDPA call: the masked blocks are never computed, and SDPA
+  takes its `is_causal` fast path, which skips the upper triangle.
+- fused LoRA: PEFT computes `base(x) + B(A(dropout(x))) * scaling`, with extra passes over the
+  layer's whole output (scale, add, and their backward). Here the update is added by the matmul
+  itself (`addmm_` with alpha=scaling into the base output).
+- compile (opt-in, off by default): each decoder layer compiled by torch.compile (inductor,
+  dynamic row lengths). Measured on 2 CPU cores it gave no steady-state gain over the two levers
+  above and cost about a minute of compilation, so it is there for GPUs and long runs.
+
+Every lever falls back to the library's own code where its conditions do not hold (padding
+masks, KV caches, DoRA, dropout, merged or disabled adapters), so results stay the same.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+
+from tunesmith.utils.errors import ConfigError
+
+PACKED_ATTENTION = "tunesmith_packed_sdpa"
+
+
+def optimize_for_training(model, optimize: bool = True, compile: bool = False):
+    """Switch on the levers the model supports (train.optimize, train.compile); returns the model
+    (changed in place)."""
+    if optimize:
+        use_packed_attention(model)
+        fuse_lora_forward(model)
+    if compile:
+        compile_decoder_layers(model)
+    return model
+
+
+# --- packed attention -------------------------------------------------------------------------
+
+
+def sequence_lengths(position_ids: torch.Tensor) -> list[int] | None:
+    """Lengths of the examples in a packed row, or None when the batch is not one packed row of
+    several examples. A batch of one row whose position ids restart at 0 is what PackedCollator
+    writes (no padding: the row is the examples end to end)."""
+    if position_ids is None or position_ids.dim() != 2 or position_ids.shape[0] != 1:
+        return None
+    row = position_ids[0]
+    starts = (row == 0).nonzero().flatten()
+    if starts.numel() < 2 or starts[0].item() != 0:
+        return None
+    ends = torch.cat([starts[1:], starts.new_tensor([row.numel()])])
+    lengths = (ends - starts).tolist()
+    # each example must count 0, 1, 2, ...: anything else is not the layout packing writes
+    expected = torch.cat([torch.arange(n, device=row.device) for n in lengths])
+    return lengths if torch.equal(expected, row) else None
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers attention function: per-example causal SDPA on a packed row, else plain sdpa."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    # compiled layers keep sdpa's mask: the boundaries are a host-side list, a graph break
+    compiling = torch.compiler.is_compiling()
+    lengths = None if compiling else _cached_lengths(kwargs.get("position_ids"))
+    if lengths is None or query.shape[2] != key.shape[2] or kwargs.get("dropout", 0.0):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    outputs = [
+        F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=kwargs.get("scaling"), enable_gqa=groups > 1
+        )
+        for q, k, v in zip(
+            query.split(lengths, dim=2),
+            key.split(lengths, dim=2),
+            value.split(lengths, dim=2),
+            strict=True,
+        )
+    ]
+    # (batch, heads, seq, dim) -> (batch, seq, heads, dim), as sdpa_attention_forward returns
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+_last_lengths: tuple[torch.Tensor | None, list[int] | None] = (None, None)
+
+
+def _cached_lengths(position_ids: torch.Tensor | None) -> list[int] | None:
+    # every layer of one forward gets the same position ids: find the boundaries once
+    global _last_lengths
+    if position_ids is None:
+        return None
+    if _last_lengths[0] is not position_ids:
+        _last_lengths = (position_ids, sequence_lengths(position_ids))
+    return _last_lengths[1]
+
+
+def use_packed_attention(model) -> bool:
+    """Route the model's SDPA attention through `packed_sdpa_attention`; False if it is not SDPA."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    if getattr(getattr(model, "config", None), "_attn_implementation", None) != "sdpa":
+        return False
+    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_attention)
+    # the mask stays sdpa's: padded batches and caches are handled as before
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_ATTENTION, sdpa_mask)
+    for sub in _configs(model):
+        if getattr(sub, "_attn_implementation", None) == "sdpa":
+            sub._attn_implementation_internal = PACKED_ATTENTION
+    return True
+
+
+def _configs(model):
+    seen = {}
+    for sub in model.modules():
+        config = getattr(sub, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            seen[id(config)] = config
+    return seen.values()
+
+
+# --- fused LoRA ---------------------------------------------------------------------------------
+
+
+def fuse_lora_forward(model) -> int:
+    """Give PEFT LoRA linear layers of the plain kind (no DoRA or other variant, no LoRA bias, one
+    adapter) the fused forward; returns how many layers got it."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:
+        return 0
+    fused = 0
+    for module in model.modules():
+        if type(module) is LoraLinear and _plain_lora(module):
+            module.forward = types.MethodType(_fused_lora_forward, module)
+            fused += 1
+    return fused
+
+
+def _plain_lora(module) -> bool:
+    if len(module.lora_A) != 1 or not isinstance(module.base_layer, torch.nn.Linear):
+        return False
+    name = next(iter(module.lora_A))
+    return (
+        name not in getattr(module, "lora_variant", {})
+        and module.lora_B[name].bias is None
+        and module.lora_A[name].bias is None
+    )
+
+
+def _fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    name = next(iter(self.lora_A))
+    plain = (
+        not args
+        and not kwargs
+        and not self.disable_adapters
+        and not self.merged
+        and list(self.active_adapters) == [name]
+        and x.dtype == self.lora_A[name].weight.dtype == self.base_layer.weight.dtype
+    )
+    if not plain:
+        return type(self).forward(self, x, *args, **kwargs)
+    flat = x.reshape(-1, x.shape[-1])
+    result = F.linear(flat, self.base_layer.weight, self.base_layer.bias)
+    # the same dropout call on the same elements as PEFT's: the same mask for the same RNG state
+    low_rank = F.linear(self.lora_dropout[name](flat), self.lora_A[name].weight)
+    # result += scaling * low_rank @ B^T in the matmul: no separate scale and add passes.
+    # In place is safe: a linear layer's backward does not read its output.
+    result = result.addmm_(low_rank, self.lora_B[name].weight.t(), alpha=self.scaling[name])
+    return result.view(*x.shape[:-1], result.shape[-1])
+
+
+# --- compile ------------------------------------------------------------------------------------
+
+
+def compile_decoder_layers(model) -> int:
+    """torch.compile each decoder layer (regional compilation: one graph for all layers)."""
+    if not hasattr(torch, "compile"):
+        raise ConfigError("train.compile needs torch >= 2.0 with torch.compile")
+    layers = _decoder_layers(model)
+    if layers is None:
+        raise ConfigError(
+            "train.compile: cannot find the decoder layers of this model "
+            f"({type(model).__name__}); set train.compile=false"
+        )
+    if getattr(model, "is_activation_checkpointing", False):
+        raise ConfigError(
+            "train.compile and train.gradient_checkpointing: compiled layers cannot be "
+            "recomputed by the checkpointing wrapper; turn one of them off"
+        )
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def _decoder_layers(model):
+    for module in model.modules():
+        layers = getattr(module, "layers", None)
+        if isinstance(layers, torch.nn.ModuleList) and len(layers) > 0:
+            return layers
+    return None

@@ -1,0 +1,168 @@
+"""train/speed.py: the optimized paths compute the same losses and gradients as the plain ones."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tunesmith.config.methods import LoraMethod
+from tunesmith.data.dataset import PackedCollator, SFTCollator
+from tunesmith.data.render import IGNORE_INDEX
+from tunesmith.models.methods import lora
+from tunesmith.train import speed
+from tunesmith.utils.errors import ConfigError
+
+
+def _lora_model(tiny_model_dir, dropout: float = 0.0, seed: int = 0, alpha: float = 8):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.config._attn_implementation_internal = "sdpa"
+    model = lora.apply(model, LoraMethod(r=4, alpha=alpha, dropout=dropout), task="causal_lm")
+    torch.manual_seed(seed)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero; a non-zero B makes the update count
+            param.data.normal_(0, 0.5)
+    return model
+
+
+def _examples(vocab: int, lengths: list[int], seed: int = 1) -> list[dict[str, list[int]]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        ids = torch.randint(3, vocab, (n,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * 2 + ids[2:]})
+    return out
+
+
+def _loss_and_grads(model, batch: dict) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    inputs = dict(batch)
+    labels = inputs.pop("labels")
+    logits = model(**inputs, use_cache=False).logits
+    loss = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+    )
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), grads
+
+
+def _assert_same(plain, fast, batch, tol: float = 1e-5) -> None:
+    loss_a, grads_a = _loss_and_grads(plain, batch)
+    loss_b, grads_b = _loss_and_grads(fast, batch)
+    assert loss_b == pytest.approx(loss_a, rel=tol, abs=tol)
+    assert grads_a.keys() == grads_b.keys()
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_sequence_lengths_reads_packed_rows():
+    packed = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
+    assert speed.sequence_lengths(packed) == [3, 2, 4]
+    assert speed.sequence_lengths(torch.arange(6)[None]) is None  # one example: nothing to split
+    assert speed.sequence_lengths(torch.tensor([[0, 1, 3, 0, 1]])) is None  # not packing's layout
+    assert speed.sequence_lengths(torch.tensor([[1, 2, 0, 1]])) is None  # does not start at 0
+    assert speed.sequence_lengths(packed.expand(2, -1)) is None  # several rows: left to sdpa
+
+
+def test_packed_attention_equals_block_diagonal_mask(tiny_model_dir, tiny_tokenizer):
+    plain = _lora_model(tiny_model_dir)
+    fast = copy.deepcopy(plain)
+    assert speed.use_packed_attention(fast)
+    assert fast.config._attn_implementation == speed.PACKED_ATTENTION
+    batch = PackedCollator()(_examples(len(tiny_tokenizer), [7, 12, 5]))
+    _assert_same(plain, fast, batch)
+    # and it differs from letting the examples attend to each other, so the test can fail
+    leaky = {k: v for k, v in batch.items() if k != "position_ids"}
+    assert _loss_and_grads(plain, leaky)[0] != pytest.approx(_loss_and_grads(fast, batch)[0])
+
+
+def test_padded_batches_keep_their_mask(tiny_model_dir, tiny_tokenizer):
+    plain = _lora_model(tiny_model_dir)
+    fast = speed.optimize_for_training(copy.deepcopy(plain))
+    batch = SFTCollator(tiny_tokenizer.pad_token_id)(_examples(len(tiny_tokenizer), [9, 4, 6]))
+    _assert_same(plain, fast, batch)
+
+
+def test_fused_lora_gives_the_same_loss_and_gradients(tiny_model_dir, tiny_tokenizer):
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    plain = _lora_model(tiny_model_dir, alpha=12)  # scaling 3: rounding differs from PEFT's
+    fast = copy.deepcopy(plain)
+    # 2 layers x 7 linear layers (q k v o gate up down), lm_head excluded by all-linear
+    assert speed.fuse_lora_forward(fast) == 14
+    batch = PackedCollator()(_examples(len(tiny_tokenizer), [10, 6]))
+    _assert_same(plain, fast, batch)
+    calls = []
+    original = LoraLinear.forward
+    LoraLinear.forward = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    try:
+        _loss_and_grads(fast, batch)
+        assert calls == []  # the fused forward ran, not PEFT's
+        _loss_and_grads(plain, batch)
+        assert len(calls) == 14
+    finally:
+        LoraLinear.forward = original
+
+
+def test_fused_lora_applies_the_same_dropout(tiny_model_dir, tiny_tokenizer):
+    plain = _lora_model(tiny_model_dir, dropout=0.3)
+    fast = copy.deepcopy(plain)
+    assert speed.fuse_lora_forward(fast) == 14
+    batch = PackedCollator()(_examples(len(tiny_tokenizer), [8, 8]))
+    plain.train()
+    fast.train()
+    torch.manual_seed(5)
+    loss_a, grads_a = _loss_and_grads(plain, batch)
+    torch.manual_seed(5)
+    loss_b, grads_b = _loss_and_grads(fast, batch)
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fused_lora_respects_disabled_adapters(tiny_model_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = speed.optimize_for_training(_lora_model(tiny_model_dir)).eval()
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([_examples(len(tiny_tokenizer), [10])[0]["input_ids"]])
+    with torch.no_grad():
+        tuned = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        expected = original(input_ids=ids).logits
+    assert not torch.allclose(tuned, expected, atol=1e-4)  # B != 0: the adapter counts
+    torch.testing.assert_close(base, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dora_is_left_to_peft(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = lora.apply(model, LoraMethod(r=4, dropout=0.0, use_dora=True), task="causal_lm")
+    assert speed.fuse_lora_forward(model) == 0
+
+
+def test_compile_needs_decoder_layers():
+    with pytest.raises(ConfigError, match="decoder layers"):
+        speed.compile_decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+@pytest.mark.slow
+def test_compiled_layers_give_the_same_loss(tiny_model_dir, tiny_tokenizer):
+    plain = _lora_model(tiny_model_dir)
+    fast = speed.optimize_for_training(copy.deepcopy(plain), compile=True)
+    for lengths in ([7, 12, 5], [9, 3]):  # two row lengths: dynamic shapes, no wrong reuse
+        batch = PackedCollator()(_examples(len(tiny_tokenizer), lengths))
+        _assert_same(plain, fast, batch, tol=1e-4)
+
+
+def test_optimize_false_leaves_the_model_alone(tiny_model_dir):
+    model = speed.optimize_for_training(_lora_model(tiny_model_dir), optimize=False)
+    assert model.config._attn_implementation == "sdpa"
+    assert not any("forward" in vars(m) for m in model.modules())  # no instance-level forward
