@@ -12,7 +12,7 @@ share of prompts whose two outputs are the same text. The machine may be shared:
 average before and after is printed so a reader can judge contention.
 
     .venv/bin/python benchmarks/eval_generation.py [--n 200] [--max-new-tokens 64]
-        [--batch-size 16] [--json-out FILE]
+        [--batch-size 16] [--threads 2] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=200, help="number of prompts")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--threads", type=int, default=THREADS, help="torch threads (1 resists a busy machine)"
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     if not DATA.is_file():
@@ -70,7 +73,7 @@ def main() -> int:
 
     import torch
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     from tunesmith.config.schema import ModelConfig
     from tunesmith.data.render import prompt_ids
     from tunesmith.models.engine import GenerationParams, TransformersEngine
@@ -104,7 +107,7 @@ def main() -> int:
         "prompt_tokens_mean": round(sum(map(len, prompts)) / len(prompts), 1),
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
-        "threads": THREADS,
+        "threads": args.threads,
         "batched_seconds": round(batched_s, 2),
         "one_by_one_seconds": round(single_s, 2),
         "speedup": round(single_s / batched_s, 2),
