@@ -251,6 +251,16 @@ def test_malformed_record_skipped_and_written_to_rejects(
     assert data["read"] == data["examples"] + data["rejected"] == 8
 
 
+def test_every_record_rejected_stops_with_a_sentence(tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "Hi", "output": ""}\n' * 3, encoding="utf-8")
+    runs = tmp_path / "runs"
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, bad, runs)
+    result = invoke("train", config, "data.on_error=skip")
+    assert_user_error(result, "data.train: no training examples left of 3 records read")
+    assert len(read_jsonl(runs / "cli-run" / "rejects.jsonl")) == 3
+
+
 # --- chat --------------------------------------------------------------------------------
 
 

@@ -38,7 +38,13 @@ from tunesmith.train.preference import (
     trainer_monitor,
     wire_callbacks,
 )
-from tunesmith.train.sft import SFT, TrainResult, report_data, training_arguments
+from tunesmith.train.sft import (
+    SFT,
+    TrainResult,
+    report_data,
+    require_examples,
+    training_arguments,
+)
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
 
@@ -125,6 +131,7 @@ def _run_logits(config: RunConfig, run: RunFolder, resume: bool) -> TrainResult:
     check_same_vocab(teacher_tok, tokenizer, cfg.teacher, resolved.ref)
     train_data = build_sft_data(sources, config.data, tokenizer, run.reject)
     report_data(train_data.stats, run)
+    require_examples(train_data, run)
     probe = Agreement(config, teacher, teacher_tok)
     before = probe.measure(student, tokenizer)
 

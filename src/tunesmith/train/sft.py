@@ -41,7 +41,7 @@ from tunesmith.train.monitor import TrainingMonitor
 from tunesmith.train.speed import optimize_for_training
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.console import console
-from tunesmith.utils.errors import ConfigError
+from tunesmith.utils.errors import ConfigError, DataError
 
 
 @dataclass
@@ -106,6 +106,7 @@ def train_causal_lm(
         stage.build(config.data.eval, config, tokenizer, run.reject) if config.data.eval else None
     )
     stage.report(train_data.stats, run)
+    require_examples(train_data, run)
     if forgetting:
         forgetting.before(model, tokenizer)  # the base model: no method applied, no step taken
 
@@ -239,6 +240,15 @@ def report_data(stats: dict, run: RunFolder) -> None:
         f"{stats['truncated']} truncated to cutoff_len, {stats['rejected']} rejected"
         + (f" (see {run.rejects_path})" if stats["rejected"] else "")
     )
+
+
+def require_examples(data: SFTData, run: RunFolder) -> None:
+    """Stop with a sentence, not a sampler traceback, when no training example is left."""
+    if not data.examples:
+        raise DataError(
+            f"data.train: no training examples left of {data.stats['read']} records read; "
+            f"the reason for each rejected record is in {run.rejects_path}"
+        )
 
 
 SFT = Stage(
