@@ -186,18 +186,9 @@ def plan(
     ] = None,
 ):
     """Estimate memory and time of a training config and advise a method (nothing trains)."""
-    from tunesmith.cli.plan import show_plan, write_plan
-    from tunesmith.config.load import load_config
-    from tunesmith.plan.hardware import parse_hardware
-    from tunesmith.plan.planner import make_plan
+    from tunesmith.cli.plan import plan_command
 
-    config_path, overrides = _split_args(args or [])
-    config = load_config(config_path, overrides)
-    target = parse_hardware(hardware) if hardware else None
-    result = make_plan(config, goal=goal, probe=not no_probe, hardware=target)
-    show_plan(result)
-    if json_out:
-        write_plan(result, json_out)
+    plan_command(*_split_args(args or []), goal, not no_probe, json_out, hardware)
 
 
 def _split_args(args: list[str]) -> tuple[Path | None, list[str]]:

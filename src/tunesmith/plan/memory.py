@@ -1,0 +1,260 @@
+"""Peak training memory: weights + gradients + optimizer states + activations + logits +
+framework overhead, for CPU (process RSS) and for a CUDA GPU (device memory).
+
+The activation formula counts the tensors autograd keeps for the backward pass of one
+Llama-style block (RMSNorm, attention with rotary embeddings, gated MLP), per token, in
+elements. Its terms were read off `torch.autograd.graph.saved_tensors_hooks` on real blocks
+(tests/test_plan.py checks it against that measurement) and the totals calibrated against
+the peak RSS of real training runs (benchmarks/memory_estimate.py), not the seeds' formula.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from tunesmith.plan.count import Shapes
+
+Device = Literal["cpu", "cuda"]
+GB = 1024**3
+PEFT_TYPES = ("lora", "qlora", "ia3", "prefix", "prompt", "ptuning", "adapter", "hybrid")
+# Process RSS of python + torch + transformers + the Trainer before the model loads (measured
+# on Linux x86-64, torch 2.13 CPU); a CUDA context takes about 0.8 GB of device memory.
+CPU_BASELINE = int(0.5 * GB)
+CUDA_CONTEXT = int(0.8 * GB)
+ADAPTER_H = 2.5  # an adapter's input, output and residual sum, in hidden widths (RSS)
+CUDA_FRAGMENTATION = 0.05  # the caching allocator keeps freed blocks of other sizes
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one training step holds: a batch of `seq`-token examples."""
+
+    batch: int
+    seq: int  # tokens per example: cutoff_len, or the longest example when that is shorter
+    packed: bool = True  # examples concatenated into one row (tunesmith's default)
+    gradient_checkpointing: bool = False
+    trained_fraction: float = 1.0  # share of positions whose next token is in the loss
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+
+@dataclass(frozen=True)
+class Precision:
+    param_bytes: int  # stored weights (4: fp32, 2: bf16/fp16)
+    compute_bytes: int  # activations
+    quant_bits: int | None = None  # qlora: 4 or 8-bit base weights
+    double_quant: bool = True
+    master_weights: bool = False  # DeepSpeed ZeRO keeps fp32 copies and fp32 Adam states
+
+
+@dataclass
+class MemoryEstimate:
+    device: Device
+    weights: int
+    gradients: int
+    optimizer: int
+    master_weights: int
+    activations: int
+    logits: int
+    overhead: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def training(self) -> int:
+        """Everything the job adds to a fresh process (the overhead excluded)."""
+        return self.total - self.overhead
+
+    @property
+    def total(self) -> int:
+        parts = (self.weights, self.gradients, self.optimizer, self.master_weights)
+        return sum(parts) + self.activations + self.logits + self.overhead
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "training": self.training, "total": self.total}
+
+
+def block_activations(shapes: Shapes, kind: str, method=None, masked_tokens: int = 0) -> float:
+    """Elements autograd keeps per token for one decoder block.
+
+    kind: "trained" (the block's weights train), "frozen" (gradients pass through it to
+    trained parameters below or inside it) or "none" (nothing below needs a gradient).
+    masked_tokens: key positions of an explicit attention mask (packed rows or padded batches):
+    torch then keeps a float mask per layer and transformers expands the grouped keys/values.
+    """
+    if kind == "none":
+        return 0.0
+    h, i, q, kv = shapes.hidden, shapes.intermediate, shapes.q_dim, shapes.kv_dim
+    attention = q + 2 * kv + shapes.heads + q  # rotated q, k, v; logsumexp; attention output
+    if kind == "trained":  # + inputs of every linear and norm weight
+        elements = 5 * h + attention + q + 4 * i
+    else:  # norm inputs, attention, gate / activation / up of the MLP; + 2h of backward
+        # workspace the process keeps (RSS calibration; saved tensors alone show 4h)
+        elements = 6 * h + attention + 3 * i + _method_activations(shapes, method)
+    if masked_tokens:
+        elements += masked_tokens + 2 * (q - kv)
+    return float(elements)
+
+
+def _method_activations(shapes: Shapes, method) -> float:
+    """What a PEFT method adds inside a frozen block."""
+    if method is None:
+        return 0.0
+    h, i, q, kv = shapes.hidden, shapes.intermediate, shapes.q_dim, shapes.kv_dim
+    kind = method.type
+    if kind in ("lora", "qlora", "hybrid"):
+        targets = _lora_targets(shapes, method)
+        inputs = sum(t[0] for t in targets)
+        # lora_A's input (o_proj / down_proj inputs are not kept otherwise), its output (r each)
+        extra = (q if any(t[2] == "o" for t in targets) else 0) + (
+            i if any(t[2] == "down" for t in targets) else 0
+        )
+        # dropout's output and mask per target: 1.5 x the input width in saved tensors,
+        # 2.5 x in peak RSS (the masks and copies of the backward pass)
+        dropout = 2.5 * inputs if method.dropout > 0 else 0.0
+        lora = extra + method.r * len(targets) + dropout
+        if kind == "hybrid":
+            lora += ADAPTER_H * h + 3 * _adapter_size(shapes, method)
+        return lora
+    if kind == "ia3":  # the scaled k and v outputs; the scaled FFN input (and its copy)
+        return 2 * kv + 1.25 * i
+    if kind == "adapter":
+        sites = 2 if method.placement == "both" else 1
+        return sites * (ADAPTER_H * h + 3 * _adapter_size(shapes, method))
+    return 0.0  # prefix / prompt / ptuning: a few virtual positions, nothing per token
+
+
+def _checkpointed_lora(shapes: Shapes, method) -> float:
+    """Under gradient checkpointing, LoRA blocks still hold about 1.25 x their adapted inputs
+    per token in peak RSS on CPU (SmolLM2: 0.75 GB more than adapters at 1024 tokens). Saved
+    tensors do not show it: glibc keeps the freed forward temporaries, so it is CPU-only."""
+    if method.type not in ("lora", "qlora", "hybrid"):
+        return 0.0
+    return 1.25 * sum(t[0] for t in _lora_targets(shapes, method))
+
+
+def _adapter_size(shapes: Shapes, method) -> int:
+    return (
+        shapes.hidden // method.reduction_factor if method.reduction_factor else method.adapter_size
+    )
+
+
+def _lora_targets(shapes: Shapes, method) -> list[tuple[int, int, str]]:
+    """(in, out, short name) of the Llama block's linears a LoRA-style method adapts."""
+    h, i, q, kv = shapes.hidden, shapes.intermediate, shapes.q_dim, shapes.kv_dim
+    block = {
+        "q_proj": (h, q, "q"),
+        "k_proj": (h, kv, "k"),
+        "v_proj": (h, kv, "v"),
+        "o_proj": (q, h, "o"),
+        "gate_proj": (h, i, "gate"),
+        "up_proj": (h, i, "up"),
+        "down_proj": (i, h, "down"),
+    }
+    if method.type == "hybrid":
+        return [block[n] for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    targets = method.target_modules
+    if targets == "all-linear":
+        return list(block.values())
+    names = [targets] if isinstance(targets, str) else targets
+    return [shape for name, shape in block.items() if any(name.endswith(t) for t in names)]
+
+
+def activation_bytes(
+    shapes: Shapes, method, work: Workload, compute_bytes: int, device: Device = "cpu"
+) -> int:
+    """Activations of the whole stack for one step, with or without gradient checkpointing."""
+    masked = _masked_tokens(work)
+    peft = method.type in PEFT_TYPES
+    trained = 0 if peft else _trained_blocks(method, shapes)
+    below = "frozen" if peft or _embeddings_train(method) else "none"
+    per_block = [block_activations(shapes, "trained", method, masked)] * trained + [
+        block_activations(shapes, below, method, masked)
+    ] * (shapes.layers - trained)
+    if work.gradient_checkpointing:
+        # each block keeps its input (3h in peak RSS: h in saved tensors, plus the gradient
+        # flowing between blocks); one block at a time is recomputed in the backward pass
+        blocks = sum(1 for e in per_block if e)
+        lora = _checkpointed_lora(shapes, method) if device == "cpu" else 0.0
+        kept = (3 * shapes.hidden + lora) * blocks
+        kept += max(per_block, default=0)
+    else:
+        kept = sum(per_block)
+    stem = 4 * shapes.hidden  # embedding output, final norm
+    return int((kept + stem) * work.tokens * compute_bytes)
+
+
+def _masked_tokens(work: Workload) -> int:
+    if work.packed:
+        return work.tokens if work.batch > 1 else 0
+    return work.seq if work.batch > 1 else 0
+
+
+def _trained_blocks(method, shapes: Shapes) -> int:
+    if method.type == "full":
+        return shapes.layers
+    if method.type == "freeze":
+        return min(method.trainable_layers, shapes.layers)
+    return 0
+
+
+def _embeddings_train(method) -> bool:
+    return method.type == "freeze" and "embed_tokens" in method.trainable_modules
+
+
+def logits_bytes(shapes: Shapes, work: Workload, compute_bytes: int) -> int:
+    """The loss's share: tunesmith computes logits only for trained positions
+    (train/trainer.py). Per kept position: the logits, their fp32 copy when computed in half
+    precision, log-softmax, and the two gradients of the backward pass."""
+    per_position = 16 if compute_bytes == 4 else 4 * 4 + 2 * compute_bytes
+    kept = work.tokens * work.trained_fraction
+    return int(kept * shapes.vocab * per_position)
+
+
+def estimate_memory(
+    shapes: Shapes,
+    total: int,
+    trainable: int,
+    method,
+    work: Workload,
+    device: Device,
+    precision: Precision,
+    quantizable: int = 0,
+) -> MemoryEstimate:
+    """Peak memory of a training step. `quantizable`: the block linears' weight count (what a
+    4/8-bit base stores quantized); `trainable` as count.trainable_parameters gives it."""
+    peft = method.type in PEFT_TYPES
+    weights = total * precision.param_bytes
+    notes: list[str] = []
+    if precision.quant_bits:
+        per_param = _quantized_bytes(precision.quant_bits, precision.double_quant)
+        weights -= int(quantizable * (precision.param_bytes - per_param))
+        notes.append(f"{precision.quant_bits}-bit base: {per_param:.3f} bytes per block weight")
+    # PEFT keeps its own parameters in fp32 (autocast_adapter_dtype); AdamW states are
+    # zeros_like(param): the trained parameters' dtype.
+    trained_bytes = 4 if peft else precision.param_bytes
+    weights += trainable * 4 if peft else 0
+    gradients = trainable * trained_bytes
+    optimizer = 2 * trainable * trained_bytes
+    master = 0
+    if precision.master_weights and trained_bytes < 4:
+        master = trainable * 4
+        optimizer = 2 * trainable * 4
+        notes.append("DeepSpeed keeps fp32 master weights and fp32 Adam states")
+    activations = activation_bytes(shapes, method, work, precision.compute_bytes, device)
+    logits = logits_bytes(shapes, work, precision.compute_bytes)
+    core = weights + gradients + optimizer + master + activations + logits
+    overhead = CPU_BASELINE if device == "cpu" else CUDA_CONTEXT + int(CUDA_FRAGMENTATION * core)
+    return MemoryEstimate(
+        device, weights, gradients, optimizer, master, activations, logits, overhead, notes
+    )
+
+
+def _quantized_bytes(bits: int, double_quant: bool) -> float:
+    # bitsandbytes: 4-bit NF4 keeps an absmax per 64 weights (8-bit when double-quantized,
+    # fp32 otherwise); 8-bit LLM.int8 keeps an fp32 scale per row (negligible).
+    if bits == 8:
+        return 1.0
+    return 0.5 + (1 / 64 + 4 / (64 * 256) if double_quant else 4 / 64)
