@@ -243,7 +243,9 @@ def evaluate_target(target: Target, items: list[Item], config: RunConfig) -> Out
     from tunesmith.models.engine import create_engine
 
     ev = config.eval
-    console.rule(f"eval: {target.role} {target.describe()['model']}")
+    described = target.describe()
+    adapter = f" + {described['adapter']}" if described["adapter"] else ""
+    console.rule(f"eval: {target.role} {described['model']}{adapter}")
     engine = create_engine(target.model_cfg, target.adapter, ev.engine, ev.batch_size)
     outcome = Outcome()
     try:
