@@ -15,6 +15,7 @@ from tunesmith.models.methods import adapter, freeze
 from tunesmith.runs.folder import RunFolder, read_jsonl
 from tunesmith.runs.plots import plot_metrics
 from tunesmith.train.monitor import TREND_WINDOW, loss_trend, memory_record
+from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
 
 _EVAL_SPEED = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}  # not metrics
@@ -202,3 +203,13 @@ class CompactProgressCallback(ProgressCallback):
         self.training_bar.set_postfix(
             loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}", refresh=False
         )
+
+
+def resume_checkpoint(run: RunFolder, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None: start afresh); what a killed run logged after it is
+    dropped, so metrics.jsonl tells one history."""
+    checkpoint = run.last_checkpoint() if resume else None
+    if resume and checkpoint is None:
+        console.print(f"[yellow]no checkpoint in {run.checkpoints}; training from the start")
+    run.drop_metrics_after(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
+    return checkpoint

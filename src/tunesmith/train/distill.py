@@ -29,11 +29,11 @@ from tunesmith.data.render import IGNORE_INDEX, prompt_ids
 from tunesmith.models.load import load_model_and_tokenizer
 from tunesmith.models.tuned import load_for_inference
 from tunesmith.runs.folder import RunFolder
+from tunesmith.train.callbacks import resume_checkpoint
 from tunesmith.train.preference import (
     apply_method,
     check_inputs,
     finish,
-    resume_checkpoint,
     save,
     trainer_monitor,
     wire_callbacks,

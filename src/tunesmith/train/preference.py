@@ -24,6 +24,7 @@ from tunesmith.train.callbacks import (
     CompactProgressCallback,
     MetricsCallback,
     check_eval_needs,
+    resume_checkpoint,
 )
 from tunesmith.train.distributed import check_distributed
 from tunesmith.train.monitor import TrainingMonitor
@@ -150,14 +151,6 @@ def wire_callbacks(trainer, config: RunConfig, run: RunFolder):
 
 def trainer_monitor(trainer) -> TrainingMonitor:
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TrainingMonitor))
-
-
-def resume_checkpoint(run: RunFolder, resume: bool):
-    checkpoint = run.last_checkpoint() if resume else None
-    if resume and checkpoint is None:
-        console.print(f"[yellow]no checkpoint in {run.checkpoints}; training from the start")
-    run.drop_metrics_after(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
-    return checkpoint
 
 
 def save(model, tokenizer, run: RunFolder, method_type: str):

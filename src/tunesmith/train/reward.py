@@ -20,6 +20,7 @@ from tunesmith.data.registry import preference_sources
 from tunesmith.models.load import load_tokenizer
 from tunesmith.models.methods import count_parameters
 from tunesmith.runs.folder import RunFolder
+from tunesmith.train.callbacks import resume_checkpoint
 from tunesmith.train.cls import LABELS_FILE, apply_method, load_classifier, load_trained_classifier
 from tunesmith.train.preference import (
     check_inputs,
@@ -28,7 +29,6 @@ from tunesmith.train.preference import (
     logged_rewards,
     read_data,
     report_data,
-    resume_checkpoint,
     save,
     trainer_monitor,
     trl_arguments,

@@ -32,6 +32,7 @@ from tunesmith.train.callbacks import (
     check_eval_needs,
     early_stopping_callbacks,
     method_callbacks,
+    resume_checkpoint,
     schedule_arguments,
 )
 from tunesmith.train.distributed import check_distributed, distributed_arguments
@@ -140,10 +141,7 @@ def train_causal_lm(
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(CompactProgressCallback)
-    checkpoint = run.last_checkpoint() if resume else None
-    if resume and checkpoint is None:
-        console.print(f"[yellow]no checkpoint in {run.checkpoints}; training from the start")
-    run.drop_metrics_after(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
+    checkpoint = resume_checkpoint(run, resume)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     artifact = run.root / method.ARTIFACT
