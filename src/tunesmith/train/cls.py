@@ -47,7 +47,7 @@ from tunesmith.train.callbacks import (
 )
 from tunesmith.train.distributed import check_distributed
 from tunesmith.train.monitor import TrainingMonitor
-from tunesmith.train.sft import TrainResult, training_arguments
+from tunesmith.train.sft import TrainResult, run_summary, training_arguments
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError, ModelError
@@ -121,18 +121,10 @@ def run_cls(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
     run.write_json(LABELS_FILE, data.labels)
     evaluation = _final_report(trainer, eval_examples, data, cfg, run)
     summary = {
-        "model": resolved.ref,
-        "method": config.method.type,
-        "stage": "cls",
+        **run_summary(config, resolved.ref, (trainable, total), output, checkpoint, started),
         "labels": data.labels,
         "class_weights": weights.tolist() if weights is not None else None,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
         "data": data.stats | {"truncated": truncated},
-        "train_loss": output.training_loss,
-        "steps": output.global_step,
-        "resumed_from": str(checkpoint) if checkpoint else None,
-        "seconds": round(time.perf_counter() - started, 1),
         "best": best_checkpoint(config.train, trainer.state),
         "eval": evaluation,
         **monitor.summary(),

@@ -43,6 +43,7 @@ from tunesmith.train.sft import (
     TrainResult,
     report_data,
     require_examples,
+    run_summary,
     training_arguments,
 )
 from tunesmith.utils.console import console
@@ -152,18 +153,10 @@ def _run_logits(config: RunConfig, run: RunFolder, resume: bool) -> TrainResult:
     after = probe.measure(trainer.model, tokenizer)
     artifact = save(trainer.model, tokenizer, run, config.method.type)
     summary = {
-        "model": resolved.ref,
-        "stage": "distill",
+        **run_summary(config, resolved.ref, (trainable, total), output, checkpoint, started),
         "mode": "logits",
         "teacher": cfg.teacher,
-        "method": config.method.type,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
         "data": train_data.stats,
-        "train_loss": output.training_loss,
-        "steps": output.global_step,
-        "resumed_from": str(checkpoint) if checkpoint else None,
-        "seconds": round(time.perf_counter() - started, 1),
         "agreement": {"before": before, "after": after, "prompts": probe.size},
         **trainer_monitor(trainer).summary(),
     }

@@ -28,7 +28,7 @@ from tunesmith.train.callbacks import (
 )
 from tunesmith.train.distributed import check_distributed
 from tunesmith.train.monitor import TrainingMonitor
-from tunesmith.train.sft import TrainResult, trainer_kwargs
+from tunesmith.train.sft import TrainResult, run_summary, trainer_kwargs
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
 
@@ -65,17 +65,9 @@ def run_preference(config: RunConfig, run: RunFolder, resume: bool = False) -> T
 
     artifact = save(trainer.model, tokenizer, run, config.method.type)
     summary = {
-        "model": resolved.ref,
-        "stage": stage,
-        "method": config.method.type,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
+        **run_summary(config, resolved.ref, (trainable, total), output, checkpoint, started),
         "data": train_data.stats,
         "eval_data": eval_data.stats if eval_data else None,
-        "train_loss": output.training_loss,
-        "steps": output.global_step,
-        "resumed_from": str(checkpoint) if checkpoint else None,
-        "seconds": round(time.perf_counter() - started, 1),
         "rewards": {"train": logged_rewards(trainer.state.log_history)}
         | ({"held_out_before": before, "held_out_after": after} if eval_data else {}),
         **trainer_monitor(trainer).summary(),

@@ -34,7 +34,7 @@ from tunesmith.train.preference import (
     trl_arguments,
     wire_callbacks,
 )
-from tunesmith.train.sft import TrainResult
+from tunesmith.train.sft import TrainResult, run_summary
 from tunesmith.utils.console import console
 
 REWARD_KEYS = ("accuracy", "margin")
@@ -86,17 +86,9 @@ def run_reward(config: RunConfig, run: RunFolder, resume: bool = False) -> Train
     artifact = save(trainer.model, tokenizer, run, config.method.type)
     run.write_text(LABELS_FILE, json.dumps(LABELS) + "\n")
     summary = {
-        "model": resolved.ref,
-        "stage": "rm",
-        "method": config.method.type,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
+        **run_summary(config, resolved.ref, (trainable, total), output, checkpoint, started),
         "data": train_data.stats,
         "eval_data": eval_data.stats if eval_data else None,
-        "train_loss": output.training_loss,
-        "steps": output.global_step,
-        "resumed_from": str(checkpoint) if checkpoint else None,
-        "seconds": round(time.perf_counter() - started, 1),
         "rewards": {"train": logged_rewards(trainer.state.log_history, REWARD_KEYS)}
         | ({"held_out_before": before, "held_out_after": after} if eval_data else {}),
         **trainer_monitor(trainer).summary(),

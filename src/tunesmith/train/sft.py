@@ -148,16 +148,9 @@ def train_causal_lm(
     if is_main_process():  # the best checkpoint's with early stopping
         method.save(trainer.model, tokenizer, artifact)
     summary = {
-        "model": resolved.ref,
-        "method": config.method.type,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
+        **run_summary(config, resolved.ref, (trainable, total), output, checkpoint, started),
         "data": train_data.stats,
         "eval_data": eval_data.stats if eval_data else None,
-        "train_loss": output.training_loss,
-        "steps": output.global_step,
-        "resumed_from": str(checkpoint) if checkpoint else None,
-        "seconds": round(time.perf_counter() - started, 1),
         "best": best_checkpoint(config.train, trainer.state),
         **monitor.summary(),
         "forgetting": forgetting.after(trainer.model, tokenizer) if forgetting else None,
@@ -238,6 +231,24 @@ def report_data(stats: dict, run: RunFolder) -> None:
         f"{stats['truncated']} truncated to cutoff_len, {stats['rejected']} rejected"
         + (f" (see {run.rejects_path})" if stats["rejected"] else "")
     )
+
+
+def run_summary(
+    config: RunConfig, model_ref: str, counts: tuple[int, int], output, checkpoint, started: float
+) -> dict:
+    """The summary.json fields every stage writes; each adds its own after them."""
+    trainable, total = counts
+    return {
+        "model": model_ref,
+        "stage": config.train.stage,
+        "method": config.method.type,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "train_loss": output.training_loss,
+        "steps": output.global_step,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def require_examples(data: SFTData, run: RunFolder) -> None:
