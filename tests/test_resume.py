@@ -8,7 +8,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
+from transformers import Trainer
+
+from tunesmith.config.load import load_config
+from tunesmith.runs.folder import RunFolder
+from tunesmith.train.checkpoints import STAGING
+from tunesmith.train.sft import run_sft
 
 TRAIN = "from tunesmith.cli.main import app; app()"
 
@@ -80,3 +87,63 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, alp
     # metrics.jsonl is one clean sequence: what the killed run logged past its checkpoint is gone
     assert [step for step, _ in got] == list(range(1, 121))
     assert got == expected  # exact on CPU: model, optimizer, scheduler, RNG and data position
+
+
+def _sft(tmp_path, model_dir, data, *overrides):
+    config = load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            f"data.train={data}",
+            f"output.dir={tmp_path / 'runs'}",
+            "output.name=atomic",
+            "train.batch_size=2",
+            "train.max_steps=8",
+            "train.save_steps=2",
+            "train.save_total_limit=2",
+            *overrides,
+        ],
+    )
+    return config
+
+
+def test_a_save_cut_short_leaves_no_checkpoint_and_resume_uses_the_last_one(
+    tmp_path, tiny_model_dir, alpaca_file, monkeypatch
+):
+    """A crash while checkpoint-4 is being written (after its weights and optimizer, before its
+    RNG and trainer state) leaves checkpoint-2 as the only checkpoint; the resumed run starts
+    there, clears the staged remains and keeps the last two checkpoints."""
+    config = _sft(tmp_path, tiny_model_dir, alpaca_file)
+    run = RunFolder.create(config.output, "test")
+    saves = {"n": 0}
+    original = Trainer._save_rng_state
+
+    def crash_on_second_save(self, output_dir):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise KeyboardInterrupt("killed while saving")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", crash_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(config, run)
+    monkeypatch.setattr(Trainer, "_save_rng_state", original)
+
+    checkpoints = run.checkpoints
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-2"]
+    staged = checkpoints / STAGING / "checkpoint-4"
+    assert (staged / "optimizer.pt").is_file()  # the half-written save is there, out of sight
+    assert not (staged / "trainer_state.json").exists()
+    assert run.last_checkpoint() == checkpoints / "checkpoint-2"
+
+    result = run_sft(config, RunFolder(run.root), resume=True)
+    assert result.summary["resumed_from"].endswith("checkpoint-2")
+    assert result.summary["steps"] == 8
+    assert not (checkpoints / STAGING).exists()
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == [
+        "checkpoint-6",
+        "checkpoint-8",
+    ]
+    for folder in checkpoints.glob("checkpoint-*"):
+        assert (folder / "trainer_state.json").is_file()
+        assert (folder / "adapter_model.safetensors").is_file()

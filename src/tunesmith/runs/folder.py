@@ -121,8 +121,9 @@ class RunFolder:
         return self.last_checkpoint() is not None or (self.root / "summary.json").exists()
 
     def last_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint: the trainer writes trainer_state.json last, so a
-        folder without it was cut short by a crash and is skipped."""
+        """The newest complete checkpoint. Checkpoints are renamed into place when complete
+        (train/checkpoints.py); one without trainer_state.json (written by another tool, or
+        before that) was cut short and is skipped."""
         found = sorted(
             (
                 p

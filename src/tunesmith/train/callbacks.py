@@ -160,12 +160,8 @@ class ProgressiveUnfreeze(TrainerCallback):
 
 
 class AdapterCheckpoint(TrainerCallback):
-    """Bottleneck-adapter weights next to the PEFT adapter in each checkpoint, read back on
-    resume and when the best checkpoint is loaded at the end."""
-
-    def on_save(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero:
-            adapter.save_weights(model, _checkpoint(args, state.global_step))
+    """Bottleneck-adapter weights read back from a checkpoint on resume and when the best
+    checkpoint is loaded at the end (train/checkpoints.py writes them into each checkpoint)."""
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         folder = _checkpoint(args, state.global_step)

@@ -30,6 +30,7 @@ from tunesmith.models.load import load_model_and_tokenizer
 from tunesmith.models.tuned import load_for_inference
 from tunesmith.runs.folder import RunFolder
 from tunesmith.train.callbacks import resume_checkpoint
+from tunesmith.train.checkpoints import AtomicCheckpoints
 from tunesmith.train.preference import (
     apply_method,
     check_inputs,
@@ -79,7 +80,7 @@ def kd_loss(
     return alpha * ce + (1 - alpha) * temperature**2 * kl.mean()
 
 
-class DistillTrainer(Trainer):
+class DistillTrainer(AtomicCheckpoints, Trainer):
     """The Trainer with the teacher's logits in the loss; the teacher never trains."""
 
     def __init__(self, *args, teacher, temperature: float, alpha: float, **kwargs):

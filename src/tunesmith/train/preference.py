@@ -26,6 +26,7 @@ from tunesmith.train.callbacks import (
     check_eval_needs,
     resume_checkpoint,
 )
+from tunesmith.train.checkpoints import AtomicCheckpoints
 from tunesmith.train.distributed import check_distributed
 from tunesmith.train.monitor import TrainingMonitor
 from tunesmith.train.sft import TrainResult, run_summary, trainer_kwargs
@@ -247,7 +248,7 @@ def make_trainer(config: RunConfig, run, model, ref_model, tokenizer, train_data
 def _dpo_class():
     from trl import DPOTrainer
 
-    class PretokenizedDPOTrainer(DPOTrainer):
+    class PretokenizedDPOTrainer(AtomicCheckpoints, DPOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset  # prompt_ids / chosen_ids / rejected_ids, cut to cutoff_len
 
@@ -257,7 +258,7 @@ def _dpo_class():
 def _kto_class():
     from trl import KTOTrainer
 
-    class PretokenizedKTOTrainer(KTOTrainer):
+    class PretokenizedKTOTrainer(AtomicCheckpoints, KTOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if not self.calculate_KL:
                 return dataset
@@ -280,7 +281,7 @@ def _pairwise_class(stage: str):
     else:
         from trl.experimental.cpo import CPOTrainer as Base
 
-    class PretokenizedTrainer(Base):
+    class PretokenizedTrainer(AtomicCheckpoints, Base):
         def tokenize_row(self, feature, model=None) -> dict:
             return pairwise_row(
                 feature["prompt_ids"], feature["chosen_ids"], feature["rejected_ids"]

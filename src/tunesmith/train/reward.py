@@ -21,6 +21,7 @@ from tunesmith.models.load import load_tokenizer
 from tunesmith.models.methods import count_parameters
 from tunesmith.runs.folder import RunFolder
 from tunesmith.train.callbacks import resume_checkpoint
+from tunesmith.train.checkpoints import AtomicCheckpoints
 from tunesmith.train.cls import LABELS_FILE, apply_method, load_classifier, load_trained_classifier
 from tunesmith.train.preference import (
     check_inputs,
@@ -110,7 +111,7 @@ def whole_sequences(examples: list[dict]) -> list[dict]:
 def _trainer_class():
     from trl import RewardTrainer
 
-    class PretokenizedRewardTrainer(RewardTrainer):
+    class PretokenizedRewardTrainer(AtomicCheckpoints, RewardTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset  # chosen_ids / rejected_ids rendered by data/preference.py
 

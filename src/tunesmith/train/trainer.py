@@ -17,11 +17,12 @@ from transformers import Trainer
 
 from tunesmith.data.render import IGNORE_INDEX
 from tunesmith.models.methods import lora, virtual_tokens
+from tunesmith.train.checkpoints import AtomicCheckpoints
 from tunesmith.train.forgetting import L2ToPretrained, layerwise_param_groups
 from tunesmith.utils.errors import ConfigError
 
 
-class CausalLMTrainer(Trainer):
+class CausalLMTrainer(AtomicCheckpoints, Trainer):
     # compute_loss divides by the tokens of the whole accumulated batch
     loss_is_scaled_for_ga = True
 
