@@ -166,3 +166,67 @@ def test_optimize_false_leaves_the_model_alone(tiny_model_dir):
     model = speed.optimize_for_training(_lora_model(tiny_model_dir), optimize=False)
     assert model.config._attn_implementation == "sdpa"
     assert not any("forward" in vars(m) for m in model.modules())  # no instance-level forward
+
+
+@pytest.mark.parametrize("rows, vocab", [(7, 1000), (300, 5003), (1, 300)])
+def test_linear_cross_entropy_equals_logits_then_cross_entropy(rows, vocab):
+    """Loss and gradient of the chunked online-softmax loss equal the plain two-step ones, with
+    ignored rows, a vocabulary that is not a multiple of the chunk, and logits far apart."""
+    g = torch.Generator().manual_seed(rows)
+    weight = torch.randn(vocab, 16, generator=g)
+    hidden = (torch.randn(rows, 16, generator=g) * 3).requires_grad_()
+    targets = torch.randint(0, vocab, (rows,), generator=g)
+    targets[::3] = IGNORE_INDEX
+    plain = F.cross_entropy(hidden @ weight.t(), targets, reduction="sum")
+    (grad_plain,) = torch.autograd.grad(plain, hidden)
+    fused = speed.linear_cross_entropy(hidden, weight, targets, IGNORE_INDEX)
+    (grad_fused,) = torch.autograd.grad(fused * 0.5, hidden)  # the upstream gradient scales
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-5)
+    torch.testing.assert_close(grad_fused, grad_plain * 0.5, rtol=1e-4, atol=1e-6)
+    assert (grad_fused[::3] == 0).all()  # ignored rows get no gradient
+
+
+def test_linear_cross_entropy_of_no_trained_rows_is_zero():
+    hidden = torch.randn(4, 8, requires_grad=True)
+    loss = speed.linear_cross_entropy(hidden, torch.randn(50, 8), torch.full((4,), IGNORE_INDEX))
+    loss.backward()
+    assert loss.item() == 0.0 and (hidden.grad == 0).all()
+
+
+def _trainer_loss_and_grads(model, batch, fused: bool):
+    from transformers import TrainingArguments
+
+    from tunesmith.train.trainer import CausalLMTrainer
+
+    args = TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to=[])
+    trainer = CausalLMTrainer(model=model, args=args, fused_loss=fused)
+    assert (trainer.fused_head is not None) == fused
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), grads
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_trainer_fused_loss_equals_the_plain_loss(tiny_model_dir, tiny_tokenizer, packing):
+    model = speed.optimize_for_training(_lora_model(tiny_model_dir))
+    examples = _examples(len(tiny_tokenizer), [9, 14, 6])
+    batch = PackedCollator()(examples) if packing else SFTCollator(0)(examples)
+    loss_plain, grads_plain = _trainer_loss_and_grads(model, batch, fused=False)
+    loss_fused, grads_fused = _trainer_loss_and_grads(model, batch, fused=True)
+    assert loss_fused == pytest.approx(loss_plain, rel=1e-5)
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_fused[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert "forward" not in vars(model.get_output_embeddings())  # the head is itself again
+
+
+def test_fused_loss_only_where_the_logits_are_plain(tiny_model_dir):
+    model = _lora_model(tiny_model_dir)
+    assert speed.fused_loss_head(model) is model.get_output_embeddings()
+    model.config.final_logit_softcapping = 30.0  # Gemma-2 style: logits are not x @ W^T
+    assert speed.fused_loss_head(model) is None
+    model.config.final_logit_softcapping = None
+    model.get_output_embeddings().weight.requires_grad_(True)  # a trained head needs its grad
+    assert speed.fused_loss_head(model) is None

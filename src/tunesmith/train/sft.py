@@ -138,6 +138,7 @@ def train_causal_lm(
         l2_to_pretrained=config.train.l2_to_pretrained,
         layerwise_lr_decay=config.train.layerwise_lr_decay,
         loraplus_lr_ratio=getattr(config.method, "loraplus_lr_ratio", None),
+        fused_loss=config.train.optimize,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(CompactProgressCallback)

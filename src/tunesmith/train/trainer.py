@@ -4,6 +4,8 @@ A causal LM's output layer maps every position to the whole vocabulary (49k colu
 SmolLM2); on chat data most positions are prompt tokens whose logits are thrown away by the
 loss mask. Asking the model for the logits of the positions whose next token is trained
 (`logits_to_keep` with explicit indices) skips that work and its memory, with the same loss.
+With `fused_loss` (train.optimize) the output layer and the loss run together in cache-sized
+chunks of the vocabulary (train/speed.py), so even those logits are never held in memory.
 
 Forgetting control (train/forgetting.py) hooks in here: the L2-SP penalty is added to the
 training loss and logged as `l2_penalty`; layer-wise lr decay shapes the optimizer's groups.
@@ -19,6 +21,7 @@ from tunesmith.data.render import IGNORE_INDEX
 from tunesmith.models.methods import lora, virtual_tokens
 from tunesmith.train.checkpoints import AtomicCheckpoints
 from tunesmith.train.forgetting import L2ToPretrained, layerwise_param_groups
+from tunesmith.train.speed import fused_loss_head, head_returns_hidden_states, linear_cross_entropy
 from tunesmith.utils.errors import ConfigError
 
 
@@ -32,9 +35,12 @@ class CausalLMTrainer(AtomicCheckpoints, Trainer):
         l2_to_pretrained: float = 0.0,
         layerwise_lr_decay: float = 1.0,
         loraplus_lr_ratio: float | None = None,
+        fused_loss: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        # the output layer when the fused loss applies to it (else the plain cross-entropy)
+        self.fused_head = fused_loss_head(self.model) if fused_loss else None
         self.layerwise_lr_decay = layerwise_lr_decay
         self.loraplus_lr_ratio = loraplus_lr_ratio
         if loraplus_lr_ratio and layerwise_lr_decay != 1.0:
@@ -60,14 +66,17 @@ class CausalLMTrainer(AtomicCheckpoints, Trainer):
         # No KV cache in training: with one, transformers ignores packed position ids and lets
         # packed examples attend to each other.
         kept = positions + self.virtual_tokens
-        outputs = model(**inputs, logits_to_keep=kept, use_cache=False)
-        picked = targets[:, positions]
-        loss = F.cross_entropy(
-            outputs.logits.float().flatten(0, 1),
-            picked.flatten(),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
+        picked = targets[:, positions].flatten()
+        head = self.fused_head if model.training and not return_outputs else None
+        if head is not None:
+            with head_returns_hidden_states(head):
+                outputs = model(**inputs, logits_to_keep=kept, use_cache=False)
+            hidden = outputs.logits.flatten(0, 1)
+            loss = linear_cross_entropy(hidden, head.weight, picked, IGNORE_INDEX)
+        else:
+            outputs = model(**inputs, logits_to_keep=kept, use_cache=False)
+            logits = outputs.logits.float().flatten(0, 1)
+            loss = F.cross_entropy(logits, picked, ignore_index=IGNORE_INDEX, reduction="sum")
         if num_items_in_batch is None:
             num_items_in_batch = (picked != IGNORE_INDEX).sum()
         elif self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
