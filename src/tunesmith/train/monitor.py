@@ -119,8 +119,8 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def _grads_finite(model: torch.nn.Module) -> bool:
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+def _grads_finite(params) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
     # One fused norm over all gradients: NaN/Inf anywhere makes it non-finite.
     return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
@@ -139,15 +139,20 @@ class TrainingMonitor(TrainerCallback):
         self._clock = time.monotonic()
         self._writes = True  # only the main process writes alerts
         self._nan_in_window = False  # a non-finite step since the last log
+        self._trained: list | None = None  # the optimizer's parameters, from on_train_begin
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         # after a resume, the spike window continues from what the run logged before
         self._losses.extend(_logged_losses(self.run))  # the deque keeps the last 20
+        # every parameter that can get a gradient (progressive unfreezing included), listed once
+        groups = getattr(optimizer, "param_groups", None) or []
+        self._trained = [p for group in groups for p in group["params"]] or None
         self._writes = state.is_world_process_zero
         self._restart_clock()
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if model is None or _grads_finite(model):
+        params = self._trained or (model.parameters() if model is not None else [])
+        if _grads_finite(params):
             self._active.discard("nan")
             return
         self._nan_in_window = True

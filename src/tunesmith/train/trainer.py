@@ -87,6 +87,16 @@ class CausalLMTrainer(AtomicCheckpoints, Trainer):
             loss = loss + self.l2() / getattr(self, "current_gradient_accumulation_steps", 1)
         return (loss, outputs) if return_outputs else loss
 
+    def floating_point_ops(self, inputs) -> int:
+        # the Trainer's estimate (6 x tokens x non-embedding parameters), the parameters counted
+        # once instead of by walking the whole model at every step
+        main_input = getattr(self.model, "main_input_name", "input_ids")
+        if main_input not in inputs or not hasattr(self.model, "num_parameters"):
+            return 0
+        if not hasattr(self, "_non_embedding_parameters"):
+            self._non_embedding_parameters = self.model.num_parameters(exclude_embeddings=True)
+        return 6 * inputs[main_input].numel() * self._non_embedding_parameters
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.l2 is not None and "loss" in logs:
             logs["l2_penalty"] = self.l2.mean_since_last_log()  # per step; included in loss
