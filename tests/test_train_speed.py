@@ -230,3 +230,40 @@ def test_fused_loss_only_where_the_logits_are_plain(tiny_model_dir):
     model.config.final_logit_softcapping = None
     model.get_output_embeddings().weight.requires_grad_(True)  # a trained head needs its grad
     assert speed.fused_loss_head(model) is None
+
+
+def test_lora_over_a_biased_base_and_frozen_linears_keep_their_gradients():
+    """A LoRA layer whose base has a bias, next to a frozen plain linear layer and a trained
+    one: outputs and the gradients of the input, A and B equal the library's."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 12), torch.nn.Linear(12, 5)
+    )
+    plain = get_peft_model(net, LoraConfig(r=2, lora_alpha=6, target_modules=["0"]))
+    plain.base_model.model[3].weight.requires_grad_(True)  # trained: must keep its own forward
+    for name, param in plain.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    fast = copy.deepcopy(plain)
+    assert speed.fuse_lora_forward(fast) == 1
+    frozen = speed.fuse_frozen_linear(fast)
+    assert frozen in (0, 1)  # 1 where oneDNN's kernel is there: only the frozen layer 2
+    assert "forward" not in vars(fast.base_model.model[3])
+    x = torch.randn(3, 4, 8)
+    results = []
+    for model in (plain, fast):
+        inputs = x.clone().requires_grad_()
+        out = model(inputs)
+        out.pow(2).sum().backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        results.append([out, inputs.grad, *grads])
+    for expected, got in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_times_transposed_equals_mm_for_transposed_views():
+    x, w = torch.randn(6, 10), torch.randn(7, 10)
+    for a, b in ((x, w), (x.t().contiguous().t(), w), (x, w.t().contiguous().t())):
+        torch.testing.assert_close(speed._times_transposed(a, b), a @ b.t())
