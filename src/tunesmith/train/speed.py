@@ -407,15 +407,14 @@ def _online_cross_entropy(hidden, weight, targets) -> tuple[torch.Tensor, torch.
     running_max = hidden.new_full((rows, 1), float("-inf"))
     sum_exp = hidden.new_zeros((rows, 1))
     grad = hidden.new_zeros(hidden.shape)
-    buffer = hidden.new_empty((rows, chunk))
     for start in range(0, weight.shape[0], chunk):
         w = weight[start : start + chunk]
-        logits = torch.mm(hidden, w.t(), out=buffer[:, : w.shape[0]])
+        logits = _times_transposed(hidden, w)
         new_max = torch.maximum(running_max, logits.amax(dim=1, keepdim=True))
         rescale = (running_max - new_max).exp_()
         probs = logits.sub_(new_max).exp_()  # in place: the chunk stays in cache
         sum_exp.mul_(rescale).add_(probs.sum(dim=1, keepdim=True))
-        grad.mul_(rescale).addmm_(probs, w)
+        grad.mul_(rescale).add_(_times_transposed(probs, w.t()))
         running_max = new_max
     target_rows = weight[targets]
     loss = (running_max + sum_exp.log()).sum() - torch.linalg.vecdot(hidden, target_rows).sum()
