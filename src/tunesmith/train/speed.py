@@ -22,7 +22,7 @@
   never written to memory, read back by a separate softmax, zero-filled and read again by the
   backward; on a CPU that traffic costs more than the arithmetic. Used by CausalLMTrainer.
 - compile (opt-in, off by default): each decoder layer compiled by torch.compile (inductor,
-  dynamic row lengths). Measured on 2 CPU cores it gave no steady-state gain over the two levers
+  dynamic row lengths). Measured on 2 CPU cores it gave no steady-state gain over the levers
   above and cost about a minute of compilation, so it is there for GPUs and long runs.
 
 Every lever falls back to the library's own code where its conditions do not hold (padding
@@ -300,7 +300,7 @@ def _probe_onednn():
             torch.allclose(kernel(a, b, None, "none", [], ""), a @ b.t(), rtol=1e-5, atol=1e-5)
             for a, b in ((x, w), (x.t().contiguous().t(), w.t().contiguous().t()))
         )
-    except RuntimeError:
+    except (RuntimeError, NotImplementedError):
         return None
     return kernel if ok else None
 
@@ -359,11 +359,15 @@ def fused_loss_head(model) -> torch.nn.Linear | None:
 @contextmanager
 def head_returns_hidden_states(head: torch.nn.Linear):
     """While inside, the model's "logits" are the hidden states its output layer would read."""
+    own = vars(head).get("forward")  # a forward set on the layer itself (fuse_frozen_linear)
     head.forward = _pass_through
     try:
         yield
     finally:
-        del head.forward
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
 
 
 def _pass_through(hidden_states: torch.Tensor) -> torch.Tensor:
