@@ -264,6 +264,22 @@ def test_lora_over_a_biased_base_and_frozen_linears_keep_their_gradients():
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_frozen_linear_unfrozen_after_fusing_trains_again():
+    """Progressive unfreezing makes a fused frozen layer trainable mid-run: it must get its
+    weight and bias gradients from then on."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 4).requires_grad_(False)
+    reference = copy.deepcopy(layer).requires_grad_(True)
+    speed.fuse_frozen_linear(layer)
+    layer.requires_grad_(True)
+    x = torch.randn(3, 6)
+    for model in (layer, reference):
+        model(x).pow(2).sum().backward()
+    assert layer.weight.grad is not None and layer.bias.grad is not None
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad)
+    torch.testing.assert_close(layer.bias.grad, reference.bias.grad)
+
+
 def test_times_transposed_equals_mm_for_transposed_views():
     x, w = torch.randn(6, 10), torch.randn(7, 10)
     for a, b in ((x, w), (x.t().contiguous().t(), w), (x, w.t().contiguous().t())):

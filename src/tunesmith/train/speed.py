@@ -156,8 +156,8 @@ def fuse_lora_forward(model) -> int:
 
 
 def fuse_frozen_linear(model) -> int:
-    """Give frozen plain linear layers outside LoRA layers the oneDNN forward and backward;
-    returns how many layers got it (0 where oneDNN's kernel is missing)."""
+    """Give frozen plain linear layers outside LoRA layers the oneDNN forward and backward
+    (while they stay frozen); returns how many layers got it (0 without oneDNN's kernel)."""
     if _onednn_linear() is None:
         return 0
     lora_bases = {id(m.base_layer) for m in model.modules() if hasattr(m, "lora_A")}
@@ -207,7 +207,8 @@ def _fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 
 
 def _frozen_linear_forward(self, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype != self.weight.dtype:
+    # checked at every call: progressive unfreezing makes frozen layers trainable mid-run
+    if x.dtype != self.weight.dtype or _trains(self.weight) or _trains(self.bias):
         return F.linear(x, self.weight, self.bias)
     return _FrozenLinear.apply(x, self.weight, self.bias)
 
