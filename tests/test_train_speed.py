@@ -270,7 +270,8 @@ def test_a_frozen_linear_unfrozen_after_fusing_trains_again():
     torch.manual_seed(0)
     layer = torch.nn.Linear(6, 4).requires_grad_(False)
     reference = copy.deepcopy(layer).requires_grad_(True)
-    speed.fuse_frozen_linear(layer)
+    if speed.fuse_frozen_linear(layer) == 0:
+        pytest.skip("no oneDNN linear kernel in this torch build: nothing is fused")
     layer.requires_grad_(True)
     x = torch.randn(3, 6)
     for model in (layer, reference):
