@@ -21,7 +21,7 @@ from tunesmith.train.cls import (
     run_cls,
     use_seed_head,
 )
-from tunesmith.utils.errors import ConfigError, DataError
+from tunesmith.utils.errors import ConfigError, DataError, ModelError
 
 WORDS = {
     "pos": ["good", "great", "fine", "nice", "happy", "love"],
@@ -578,6 +578,28 @@ def test_multi_label_scores_are_hand_computed():
     assert report["confusion_matrix"][1] == [[2, 0], [1, 1]]  # b: [[tn, fp], [fn, tp]]
 
 
+def test_prefix_tuning_is_refused_by_name_where_the_classifier_takes_no_past_key_values(
+    tmp_path, bert_dir
+):
+    # transformers 5's BERT calls its cache argument `cache`; PEFT's classifier passes the prefix
+    # as past_key_values and would raise a bare ValueError at the first forward
+    train = _separable(tmp_path / "train.jsonl", 4, seed=7)
+    data = _config(tmp_path, bert_dir, train, "prefix").model_dump()
+    data["method"] = {"type": "prefix"}
+    with pytest.raises(ModelError, match=r"method prefix: .*BertForSequenceClassification.*prompt"):
+        _run(RunConfig.model_validate(data))
+
+
+def test_the_prefix_check_accepts_a_classifier_that_takes_past_key_values():
+    from tunesmith.models.methods.prefix import _check_classifier_takes_prefix
+
+    class Classifier(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None):
+            return input_ids
+
+    _check_classifier_takes_prefix(Classifier())  # no error: PEFT hands it the prefix
+
+
 @pytest.mark.parametrize(
     ("method", "head"),
     [
@@ -586,8 +608,7 @@ def test_multi_label_scores_are_hand_computed():
         ({"type": "ia3"}, "standard"),
         ({"type": "adapter"}, "seed"),
         ({"type": "hybrid"}, "standard"),
-        # prefix is left out: BERT in transformers 5 takes no past key values, which PEFT's
-        # prefix tuning needs (PEFT raises at the first forward)
+        # prefix is refused on BERT: see the next test
         ({"type": "prompt"}, "standard"),
     ],
     ids=lambda value: value["type"] if isinstance(value, dict) else value,

@@ -7,8 +7,11 @@ positions. Packed rows cannot share one prefix per example, so packing is turned
 
 from __future__ import annotations
 
+import inspect
+
 from tunesmith.config.methods import PrefixMethod
 from tunesmith.models.methods._peft import Task, load, save, task_type, wrap
+from tunesmith.utils.errors import ModelError
 
 __all__ = ["ARTIFACT", "MERGEABLE", "PACKING", "apply", "load", "save"]
 
@@ -20,6 +23,8 @@ PACKING = False
 def apply(model, cfg: PrefixMethod, task: Task = "causal_lm"):
     from peft import PrefixTuningConfig
 
+    if task == "seq_cls":
+        _check_classifier_takes_prefix(model)
     config = PrefixTuningConfig(
         task_type=task_type(task),
         num_virtual_tokens=cfg.num_virtual_tokens,
@@ -27,3 +32,19 @@ def apply(model, cfg: PrefixMethod, task: Task = "causal_lm"):
         encoder_hidden_size=cfg.encoder_hidden_size or model.config.hidden_size,
     )
     return wrap(model, config)
+
+
+def _check_classifier_takes_prefix(model) -> None:
+    """PEFT's classification wrapper hands the prefix over as `past_key_values` to the model or,
+    failing that, its backbone, and raises at the first forward if neither names it; models of
+    transformers 5 call that argument `cache`. Say so now, before any data is read."""
+    from transformers import PreTrainedModel
+
+    backbone = next((m for m in model.children() if isinstance(m, PreTrainedModel)), model)
+    if any("past_key_values" in inspect.signature(m.forward).parameters for m in (model, backbone)):
+        return
+    raise ModelError(
+        f"method prefix: PEFT's prefix tuning for classification needs a model whose forward "
+        f"takes past_key_values, and {type(model).__name__} takes none; for task seq_cls use "
+        f"prompt, lora, ia3 or adapter instead"
+    )
