@@ -233,7 +233,17 @@ def test_fused_loss_only_where_the_logits_are_plain(tiny_model_dir):
     assert speed.fused_loss_head(model) is None
 
 
-def test_lora_over_a_biased_base_and_frozen_linears_keep_their_gradients():
+@pytest.fixture(params=["onednn", "mm"])
+def matmul_kernel(request, monkeypatch):
+    """Run the test with each kernel `_times_transposed` may choose, whichever is faster here."""
+    kernel = speed._checked_onednn() if request.param == "onednn" else None
+    if request.param == "onednn" and kernel is None:
+        pytest.skip("no working oneDNN linear kernel in this torch build")
+    monkeypatch.setattr(speed, "_ONEDNN", [kernel])
+    return request.param
+
+
+def test_lora_over_a_biased_base_and_frozen_linears_keep_their_gradients(matmul_kernel):
     """A LoRA layer whose base has a bias, next to a frozen plain linear layer and a trained
     one: outputs and the gradients of the input, A and B equal the library's."""
     from peft import LoraConfig, get_peft_model
@@ -249,8 +259,8 @@ def test_lora_over_a_biased_base_and_frozen_linears_keep_their_gradients():
             param.data.normal_(0, 0.5)
     fast = copy.deepcopy(plain)
     assert speed.fuse_lora_forward(fast) == 1
-    frozen = speed.fuse_frozen_linear(fast)
-    assert frozen in (0, 1)  # 1 where oneDNN's kernel is there: only the frozen layer 2
+    # oneDNN: only the frozen layer 2; with torch.mm it keeps F.linear, which runs the same sgemm
+    assert speed.fuse_frozen_linear(fast) == (1 if matmul_kernel == "onednn" else 0)
     assert "forward" not in vars(fast.base_model.model[3])
     x = torch.randn(3, 4, 8)
     results = []
@@ -264,14 +274,17 @@ def test_lora_over_a_biased_base_and_frozen_linears_keep_their_gradients():
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_frozen_linear_unfrozen_after_fusing_trains_again():
+def test_a_frozen_linear_unfrozen_after_fusing_trains_again(monkeypatch):
     """Progressive unfreezing makes a fused frozen layer trainable mid-run: it must get its
     weight and bias gradients from then on."""
+    kernel = speed._checked_onednn()
+    if kernel is None:
+        pytest.skip("no working oneDNN linear kernel in this torch build: nothing is fused")
+    monkeypatch.setattr(speed, "_ONEDNN", [kernel])  # fused even where torch.mm is faster
     torch.manual_seed(0)
     layer = torch.nn.Linear(6, 4).requires_grad_(False)
     reference = copy.deepcopy(layer).requires_grad_(True)
-    if speed.fuse_frozen_linear(layer) == 0:
-        pytest.skip("no oneDNN linear kernel in this torch build: nothing is fused")
+    assert speed.fuse_frozen_linear(layer) == 1
     layer.requires_grad_(True)
     x = torch.randn(3, 6)
     for model in (layer, reference):
@@ -281,7 +294,64 @@ def test_a_frozen_linear_unfrozen_after_fusing_trains_again():
     torch.testing.assert_close(layer.bias.grad, reference.bias.grad)
 
 
-def test_times_transposed_equals_mm_for_transposed_views():
+def test_the_kernel_timing_picks_the_faster_one():
+    def slow(x, w):  # the same product, three times over
+        for _ in range(2):
+            speed._mm_times_transposed(x, w)
+        return speed._mm_times_transposed(x, w)
+
+    small = (64, 96, 128)
+    assert speed._runs_faster(speed._mm_times_transposed, slow, shape=small)
+    assert not speed._runs_faster(slow, speed._mm_times_transposed, shape=small)
+
+
+def test_times_transposed_equals_mm_for_transposed_views(matmul_kernel):
     x, w = torch.randn(6, 10), torch.randn(7, 10)
     for a, b in ((x, w), (x.t().contiguous().t(), w), (x, w.t().contiguous().t())):
         torch.testing.assert_close(speed._times_transposed(a, b), a @ b.t())
+
+
+# --- allocator ----------------------------------------------------------------------------------
+
+_REUSE_PROBE = """
+import resource, sys, torch
+from tunesmith.train.speed import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+faults = []
+for _ in range(5):  # five steps, each writing and freeing 30 tensors of 8 MB
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    tensors = [torch.ones(2 << 20) for _ in range(30)]
+    del tensors
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(faults)
+"""
+
+
+def _step_faults(mode: str) -> list[int]:
+    import ast
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _REUSE_PROBE, mode], capture_output=True, text=True, check=True
+    )
+    return ast.literal_eval(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(
+    __import__("platform").libc_ver()[0] != "glibc", reason="the allocator tuning is glibc's"
+)
+def test_kept_freed_memory_is_reused_without_page_faults():
+    plain, kept = _step_faults("plain"), _step_faults("keep")
+    # glibc's default gives the 240 MB back and faults it in again at least on the next step
+    # (its dynamic mmap threshold may adapt later, to blocks of one size only)
+    assert sum(plain[1:]) > plain[0] / 2
+    # tuned: from the next step the same sizes reuse pages already mapped
+    assert sum(kept[1:]) < kept[0] / 3
+
+
+def test_keep_freed_memory_changes_nothing_outside_glibc(monkeypatch):
+    monkeypatch.setattr(speed.platform, "libc_ver", lambda: ("musl", "1.2"))
+    monkeypatch.setattr(speed.ctypes, "CDLL", lambda name: pytest.fail("libc loaded"))
+    assert speed.keep_freed_memory() is False
