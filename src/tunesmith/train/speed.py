@@ -15,8 +15,8 @@
 - the faster matmul kernel: frozen linear layers (LoRA bases included) multiply through
   oneDNN's `linear` kernel, forward and backward, where PyTorch has it and it beats the MKL
   `sgemm` behind `torch.mm` on a layer of a small LM's size (timed at first use, after checking
-  its results on a probe). Which one wins depends on the CPU: oneDNN was 10-15% faster on the
-  Ice Lake-class hosts first measured, MKL 13-15% faster on a Sapphire Rapids one.
+  its results on a probe). Which one wins depends on the host: oneDNN measured 10-15% faster
+  in earlier sessions, MKL 13-15% faster on a later host of the same (Sapphire Rapids) family.
 - fused loss: the output layer and the cross-entropy in one pass over the vocabulary in
   cache-sized chunks with an online softmax (as flash attention does for keys), the gradient
   for the hidden states computed on the way. The full (trained tokens x vocabulary) logits are
