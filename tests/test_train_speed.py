@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import platform
 
 import pytest
 import torch
@@ -339,9 +340,7 @@ def _step_faults(mode: str) -> list[int]:
     return ast.literal_eval(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(
-    __import__("platform").libc_ver()[0] != "glibc", reason="the allocator tuning is glibc's"
-)
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator tuning is glibc's")
 def test_kept_freed_memory_is_reused_without_page_faults():
     plain, kept = _step_faults("plain"), _step_faults("keep")
     # glibc's default gives the 240 MB back and faults it in again at least on the next step
