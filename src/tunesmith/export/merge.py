@@ -60,36 +60,23 @@ def load_trained(path: str | Path, fallback_cfg: ModelConfig | None = None) -> T
     adapter_cfg = _read_json(artifact / "adapter_config.json")
     method = _method_name(run_folder, adapter_cfg)
     tokenizer = load_tokenizer(_local(artifact), cfg)  # the run's saved template wins
+    common = {
+        "tokenizer": tokenizer,
+        "method": method,
+        "artifact": artifact,
+        "model_cfg": cfg,
+        "base_ref": cfg.name_or_path,
+        "run_folder": run_folder,
+    }
     if adapter_cfg is None:  # a full or freeze run: the folder is the whole model
         model = _dequantized(load_causal_lm(_local(artifact), cfg))
-        return Trained(
-            model,
-            tokenizer,
-            method,
-            artifact,
-            cfg,
-            cfg.name_or_path,
-            False,
-            True,
-            False,
-            run_folder,
-        )
+        return Trained(model, is_adapter=False, mergeable=True, quantized=False, **common)
     base = load_causal_lm(resolve_model(cfg.name_or_path), cfg)
     quantized = method == "qlora" or getattr(base, "hf_quantizer", None) is not None
     model = _attach(_dequantized(base), artifact, method)
     model.eval()
-    return Trained(
-        model,
-        tokenizer,
-        method,
-        artifact,
-        cfg,
-        cfg.name_or_path,
-        True,
-        is_mergeable(method, adapter_cfg),
-        quantized,
-        run_folder,
-    )
+    mergeable = is_mergeable(method, adapter_cfg)
+    return Trained(model, is_adapter=True, mergeable=mergeable, quantized=quantized, **common)
 
 
 def is_mergeable(method: str, adapter_cfg: dict | None) -> bool:
