@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import platform
 
 import pytest
@@ -354,3 +355,25 @@ def test_keep_freed_memory_changes_nothing_outside_glibc(monkeypatch):
     monkeypatch.setattr(speed.platform, "libc_ver", lambda: ("musl", "1.2"))
     monkeypatch.setattr(speed.ctypes, "CDLL", lambda name: pytest.fail("libc loaded"))
     assert speed.keep_freed_memory() is False
+
+
+def test_a_resumed_run_multiplies_with_the_kernel_the_interrupted_one_chose(tmp_path, monkeypatch):
+    from tunesmith.runs.folder import RunFolder
+    from tunesmith.train.sft import pin_matmul_kernel
+
+    def timing_says(onednn_faster: bool):  # a fresh process: nothing chosen yet
+        monkeypatch.setattr(speed, "_ONEDNN", [])
+        monkeypatch.setattr(speed, "_runs_faster", lambda *args, **kwargs: onednn_faster)
+
+    run = RunFolder(tmp_path)
+    timing_says(onednn_faster=False)
+    assert pin_matmul_kernel(run, resume=False) == "mm"
+    assert json.loads((tmp_path / "speed.json").read_text()) == {"matmul_kernel": "mm"}
+    timing_says(onednn_faster=True)  # the resumed process would time the other way
+    assert pin_matmul_kernel(run, resume=True) == "mm"
+    assert speed._ONEDNN == [None]
+    if speed._checked_onednn() is not None:
+        timing_says(onednn_faster=True)
+        assert pin_matmul_kernel(run, resume=False) == "onednn"  # a new run times afresh
+        timing_says(onednn_faster=False)
+        assert pin_matmul_kernel(run, resume=True) == "onednn"

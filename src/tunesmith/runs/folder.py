@@ -7,6 +7,7 @@ Layout:
     rejects.jsonl     records left out, each with its reason
     summary.json      data and training statistics at the end
     checkpoints/      trainer checkpoints (resumable)
+    speed.json        the matmul kernel chosen, which a resumed run keeps
     adapter/ | model/ trained adapter, or full model, with tokenizer and chat template
     plots/  reports/
 And `index.jsonl` in the parent folder lists runs.

@@ -6,6 +6,7 @@ data it reads and how it tokenizes it). Continued pre-training (train/pt.py) is 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from tunesmith.train.distributed import check_distributed, distributed_arguments
 from tunesmith.train.forgetting import add_replay, replay_sources
 from tunesmith.train.forgetting_check import ForgettingCheck
 from tunesmith.train.monitor import TrainingMonitor
-from tunesmith.train.speed import optimize_for_training
+from tunesmith.train.speed import matmul_kernel, optimize_for_training
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError, DataError
@@ -122,6 +123,8 @@ def train_causal_lm(
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()  # checkpointed blocks need a grad through frozen inputs
+    if config.train.optimize:
+        pin_matmul_kernel(run, resume)
     model = optimize_for_training(model, config.train.optimize, config.train.compile)
 
     collator = PackedCollator() if config.train.packing else SFTCollator(tokenizer.pad_token_id)
@@ -164,6 +167,16 @@ def train_causal_lm(
             f"saved {artifact}  (loss {output.training_loss:.4f}, {summary['seconds']} s)"
         )
     return TrainResult(run, artifact, summary)
+
+
+def pin_matmul_kernel(run: RunFolder, resume: bool) -> str:
+    """The matmul kernel is timed per process (train/speed.py): a resumed run takes the one the
+    interrupted run chose, recorded in speed.json, so that its losses stay bit for bit the same."""
+    path = run.root / "speed.json"
+    recorded = json.loads(path.read_text()) if resume and path.is_file() else {}
+    kernel = matmul_kernel(recorded.get("matmul_kernel"))
+    run.write_json("speed.json", {"matmul_kernel": kernel})
+    return kernel
 
 
 def _forgetting_check(cfg: TrainConfig, run: RunFolder) -> ForgettingCheck | None:

@@ -315,6 +315,17 @@ def _times_transposed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 _ONEDNN: list = []  # [the kernel or None], filled on first use
 
 
+def matmul_kernel(pinned: str | None = None) -> str:
+    """The kernel frozen linears multiply through, "onednn" or "mm": `pinned` (a resumed run's
+    choice, so that it computes bit for bit what the interrupted one would have) where this
+    machine has it, else the one that times faster here."""
+    if pinned == "mm":
+        _ONEDNN[:] = [None]
+    elif pinned == "onednn" and (kernel := _checked_onednn()) is not None:
+        _ONEDNN[:] = [kernel]
+    return "mm" if _onednn_linear() is None else "onednn"
+
+
 def _onednn_linear():
     """oneDNN's linear kernel (torch.ops.mkldnn._linear_pointwise) if this PyTorch has it, it
     gives torch.mm's result on a probe and it runs faster than torch.mm here, else None."""
