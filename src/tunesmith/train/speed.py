@@ -190,7 +190,7 @@ def fuse_frozen_linear(model) -> int:
     """Give frozen plain linear layers outside LoRA layers the oneDNN forward and backward
     (while they stay frozen); returns how many layers got it (0 where oneDNN's kernel is missing
     or slower than torch.mm: the library's F.linear then runs the same sgemm)."""
-    if _onednn_linear() is None:
+    if not _use_onednn():
         return 0
     lora_bases = {id(m.base_layer) for m in model.modules() if hasattr(m, "lora_A")}
     fused = 0
@@ -305,52 +305,47 @@ def _times_transposed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight^T for 2-D tensors (either may be a transposed view): oneDNN on fp32 CPU
     tensors where it is there and faster, else torch.mm (also inside torch.compile, which
     lowers mm itself)."""
-    cpu_fp32 = x.device.type == "cpu" and x.dtype == torch.float32
-    onednn = _onednn_linear() if cpu_fp32 and not torch.compiler.is_compiling() else None
-    if onednn is not None and weight.dtype == torch.float32:
-        return onednn(x, weight, None, "none", [], "")
+    cpu_fp32 = x.device.type == "cpu" and x.dtype == torch.float32 == weight.dtype
+    if cpu_fp32 and not torch.compiler.is_compiling() and _use_onednn():
+        return _onednn_times_transposed(x, weight)
     return _mm_times_transposed(x, weight)
 
 
-_ONEDNN: list = []  # [the kernel or None], filled on first use
+_ONEDNN: list[bool] = []  # [whether frozen linears multiply through oneDNN], decided at first use
 
 
 def matmul_kernel(pinned: str | None = None) -> str:
     """The kernel frozen linears multiply through, "onednn" or "mm": `pinned` (a resumed run's
     choice, so that it computes bit for bit what the interrupted one would have) where this
     machine has it, else the one that times faster here."""
-    if pinned == "mm":
-        _ONEDNN[:] = [None]
-    elif pinned == "onednn" and (kernel := _checked_onednn()) is not None:
-        _ONEDNN[:] = [kernel]
-    return "mm" if _onednn_linear() is None else "onednn"
+    if pinned == "mm" or (pinned == "onednn" and _onednn_works()):
+        _ONEDNN[:] = [pinned == "onednn"]
+    return "onednn" if _use_onednn() else "mm"
 
 
-def _onednn_linear():
-    """oneDNN's linear kernel (torch.ops.mkldnn._linear_pointwise) if this PyTorch has it, it
-    gives torch.mm's result on a probe and it runs faster than torch.mm here, else None."""
+def _use_onednn() -> bool:
+    """Whether this PyTorch has oneDNN's linear kernel (torch.ops.mkldnn._linear_pointwise), it
+    gives torch.mm's result on a probe and it runs faster than torch.mm here."""
     if not _ONEDNN:
-        kernel = _checked_onednn()
-        faster = kernel is not None and _runs_faster(_onednn_times_transposed, _mm_times_transposed)
-        _ONEDNN.append(kernel if faster else None)
+        faster = _onednn_works() and _runs_faster(_onednn_times_transposed, _mm_times_transposed)
+        _ONEDNN.append(faster)
     return _ONEDNN[0]
 
 
-def _checked_onednn():
-    """oneDNN's linear kernel if this PyTorch has it and it gives torch.mm's result, else None."""
+def _onednn_works() -> bool:
+    """Whether this PyTorch has oneDNN's linear kernel and it gives torch.mm's result."""
     kernel = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
     if kernel is None or not torch.backends.mkldnn.is_available():
-        return None
+        return False
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(5, 7, generator=g), torch.randn(9, 7, generator=g)
     try:
-        ok = all(
-            torch.allclose(kernel(a, b, None, "none", [], ""), a @ b.t(), rtol=1e-5, atol=1e-5)
+        return all(
+            torch.allclose(_onednn_times_transposed(a, b), a @ b.t(), rtol=1e-5, atol=1e-5)
             for a, b in ((x, w), (x.t().contiguous().t(), w.t().contiguous().t()))
         )
     except (RuntimeError, NotImplementedError):
-        return None
-    return kernel if ok else None
+        return False
 
 
 def _onednn_times_transposed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
