@@ -608,7 +608,7 @@ def test_the_prefix_check_accepts_a_classifier_that_takes_past_key_values():
         ({"type": "ia3"}, "standard"),
         ({"type": "adapter"}, "seed"),
         ({"type": "hybrid"}, "standard"),
-        # prefix is refused on BERT: see the next test
+        # prefix is refused on BERT: see the test above
         ({"type": "prompt"}, "standard"),
     ],
     ids=lambda value: value["type"] if isinstance(value, dict) else value,
