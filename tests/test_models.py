@@ -47,7 +47,13 @@ def test_alias_whose_package_is_missing_says_how_to_install(monkeypatch):
 
 
 def test_hub_id_offline_fails_in_one_sentence(monkeypatch):
+    from huggingface_hub import constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE once at import, so the variable alone comes too late;
+    # its is_offline_mode() (which transformers calls) reads this constant, keeping the test off
+    # the network.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelError) as err:
         load_model_and_tokenizer(ModelConfig(name_or_path="no-such-org/no-such-model"))
     message = str(err.value)
