@@ -597,7 +597,14 @@ def test_the_prefix_check_accepts_a_classifier_that_takes_past_key_values():
         def forward(self, input_ids=None, past_key_values=None):
             return input_ids
 
-    _check_classifier_takes_prefix(Classifier())  # no error: PEFT hands it the prefix
+    class NoPrefix(torch.nn.Module):  # the same classifier without the argument
+        def forward(self, input_ids=None, cache=None):
+            return input_ids
+
+    assert _check_classifier_takes_prefix(Classifier()) is None  # PEFT can hand it the prefix
+    # the acceptance comes from the argument: the twin without it is refused
+    with pytest.raises(ModelError, match=r"method prefix: .*NoPrefix takes none"):
+        _check_classifier_takes_prefix(NoPrefix())
 
 
 @pytest.mark.parametrize(
