@@ -12,6 +12,8 @@ CHATML = (
     " + '<|im_end|>' + '\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# LLaMA-Factory's demo data, beside the project (not shipped with it): tests read it through
+# shared_file, which skips them where it is absent
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llamafactory"
 
 _CORPUS = [
@@ -21,6 +23,14 @@ _CORPUS = [
     "你好，我是一个测试助手。请问你叫什么名字？",
     "0123456789 + - * / = ( ) [ ] { } , . ! ? : ; ' \"",
 ]
+
+
+def shared_file(name: str) -> Path:
+    """A file of the shared demo data; the calling test is skipped when it is not there."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"LLaMA-Factory demo data not found at {path}")
+    return path
 
 
 def build_tiny_tokenizer():

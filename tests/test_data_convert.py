@@ -7,9 +7,9 @@ import csv
 import json
 import random
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from conftest import shared_file
 
 from tunesmith.data.convert import (
     balance_records,
@@ -23,7 +23,6 @@ from tunesmith.data.formats import FORMATS, load_conversations, to_conversation
 from tunesmith.data.readers import RawRecord, read_records
 from tunesmith.utils.errors import DataError
 
-LLAMAFACTORY = Path(__file__).resolve().parents[2] / "shared" / "data" / "llamafactory"
 TEXTS = ["hi", "  padded  ", "line one\nline two", "你好，世界", 'quotes " and , commas', "{x}"]
 
 
@@ -216,15 +215,8 @@ def test_convert_file_renames_columns_on_the_way(tmp_path):
     }
 
 
-def _llamafactory(name: str) -> Path:
-    path = LLAMAFACTORY / name
-    if not path.exists():
-        pytest.skip(f"LLaMA-Factory demo data not found at {path}")
-    return path
-
-
 def test_llamafactory_identity_converts_back_to_the_identical_file(tmp_path):
-    src = _llamafactory("identity.json")
+    src = shared_file("identity.json")
     convert_file(src, tmp_path / "identity.sharegpt.parquet", "sharegpt")
     stats = convert_file(
         tmp_path / "identity.sharegpt.parquet", tmp_path / "identity.json", "alpaca"
@@ -236,7 +228,7 @@ def test_llamafactory_identity_converts_back_to_the_identical_file(tmp_path):
 
 
 def test_llamafactory_alpaca_demo_survives_every_format(tmp_path):
-    src = _llamafactory("alpaca_en_demo.json")
+    src = shared_file("alpaca_en_demo.json")
     original, _ = load_conversations([src])
     path = src
     for i, fmt in enumerate(("sharegpt", "openai", "alpaca")):

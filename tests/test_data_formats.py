@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import shared_file
 
 from tunesmith.data.formats import (
     FORMATS,
@@ -16,8 +17,6 @@ from tunesmith.data.formats import (
 )
 from tunesmith.data.readers import RawRecord
 from tunesmith.utils.errors import ConfigError, DataError
-
-LLAMAFACTORY = Path(__file__).resolve().parents[2] / "shared" / "data" / "llamafactory"
 
 
 def _rec(data: dict) -> RawRecord:
@@ -339,16 +338,9 @@ def test_load_invalid_arguments(tmp_path, kwargs, match):
 # --- interop with LLaMA-Factory's demo data ----------------------------------------------
 
 
-def _demo(name: str) -> Path:
-    path = LLAMAFACTORY / name
-    if not path.exists():
-        pytest.skip(f"LLaMA-Factory demo data not found at {path}")
-    return path
-
-
 @pytest.mark.parametrize(("name", "count"), [("alpaca_en_demo.json", 999), ("identity.json", 91)])
 def test_llamafactory_alpaca_demos_load_whole(name, count):
-    path = _demo(name)
+    path = shared_file(name)
     conversations, stats = load_conversations([path])
     assert stats == {
         "read": count,
@@ -361,7 +353,7 @@ def test_llamafactory_alpaca_demos_load_whole(name, count):
 
 
 def test_llamafactory_glaive_toolcall_rejects_tool_turns():
-    path = _demo("glaive_toolcall_en_demo.json")
+    path = shared_file("glaive_toolcall_en_demo.json")
     with_tools = sum(
         any(t["from"] in ("function_call", "observation") for t in r["conversations"])
         for r in json.loads(path.read_text(encoding="utf-8"))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import shared_file
 
 from tunesmith.config.load import load_config
 from tunesmith.config.schema import DataConfig
@@ -19,15 +20,10 @@ from tunesmith.data.registry import (
 )
 from tunesmith.utils.errors import ConfigError
 
-LLAMAFACTORY = Path(__file__).resolve().parents[2] / "shared" / "data" / "llamafactory"
-
 
 @pytest.fixture
 def dataset_info() -> Path:
-    path = LLAMAFACTORY / "dataset_info.json"
-    if not path.exists():
-        pytest.skip(f"LLaMA-Factory registry not found at {path}")
-    return path
+    return shared_file("dataset_info.json")
 
 
 def _json(path: Path, data: object) -> Path:

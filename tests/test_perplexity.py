@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_llama
+from conftest import build_tiny_llama, shared_file
 
 from tunesmith.config.load import load_config
 from tunesmith.models.perplexity import perplexity
@@ -17,7 +17,6 @@ from tunesmith.runs.folder import RunFolder, read_jsonl
 from tunesmith.train import run_stage
 from tunesmith.utils.errors import ConfigError, DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "llamafactory"
 TEXTS = [
     "What is the capital of France? The capital of France is Paris.",
     "hello who are you?",
@@ -135,13 +134,10 @@ def test_forgetting_reports_base_and_tuned_perplexity(
     assert f"{found['base_perplexity']:.3f} -> {found['tuned_perplexity']:.3f}" in line
 
 
-@pytest.mark.skipif(
-    not (SHARED / "wiki_demo.txt").is_file(), reason=f"wiki_demo.txt not found in {SHARED}"
-)
 def test_lora_pt_forgetting_on_wiki_matches_the_disabled_adapter(
     tmp_path, tiny_model_dir, general_text
 ):
-    wiki = SHARED / "wiki_demo.txt"
+    wiki = shared_file("wiki_demo.txt")
     result = _train(
         tmp_path,
         tiny_model_dir,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import shared_file
 from typer.testing import CliRunner
 
 from tunesmith.config.load import load_config
@@ -20,8 +21,6 @@ from tunesmith.data.registry import preference_sources
 from tunesmith.runs.folder import RunFolder
 from tunesmith.train.preference import frozen_copy, run_preference
 from tunesmith.utils.errors import DataError
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llamafactory"
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -88,23 +87,23 @@ def test_bad_record_names_file_and_line_or_is_rejected(tmp_path, tiny_tokenizer)
     assert rejects[0][:2] == (str(path), 2)
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared data not present")
 def test_llamafactory_demo_files_load_through_the_registry(tiny_tokenizer):
     from tunesmith.config.schema import DataConfig
 
-    raw = json.loads((SHARED_DATA / "dpo_en_demo.json").read_text(encoding="utf-8"))
-    pairs, stats = read_preference_records([SHARED_DATA / "dpo_en_demo.json"])
+    dpo, kto_file = shared_file("dpo_en_demo.json"), shared_file("kto_en_demo.json")
+    raw = json.loads(dpo.read_text(encoding="utf-8"))
+    pairs, stats = read_preference_records([dpo])
     assert stats == {"read": len(raw), "rejected": 0}
     assert pairs[5].chosen == raw[5]["chosen"]["value"]
     assert pairs[5].prompt[-1]["content"] == raw[5]["conversations"][-1]["value"]
 
-    kto_raw = json.loads((SHARED_DATA / "kto_en_demo.json").read_text(encoding="utf-8"))
-    kto, _ = read_preference_records([SHARED_DATA / "kto_en_demo.json"])
+    kto_raw = json.loads(kto_file.read_text(encoding="utf-8"))
+    kto, _ = read_preference_records([kto_file])
     assert [r.label for r in kto] == [r["label"] for r in kto_raw]
     assert kto[0].completion == kto_raw[0]["messages"][-1]["content"]
 
     cfg = DataConfig(
-        registry=str(SHARED_DATA / "dataset_info.json"),
+        registry=str(shared_file("dataset_info.json")),
         dataset=["kto_en_demo", "dpo_en_demo"],
         cutoff_len=1024,
         max_samples=40,  # the first 40 KTO records: one example each, or a reject

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_file
 from typer.testing import CliRunner
 
 from tunesmith.cli.main import app
@@ -19,11 +20,6 @@ from tunesmith.train import run_stage
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.errors import ConfigError, DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "llamafactory"
-needs_shared = pytest.mark.skipif(
-    not (SHARED / "wiki_demo.txt").is_file() or not (SHARED / "c4_demo.jsonl").is_file(),
-    reason=f"shared demo data not found in {SHARED}",
-)
 DOCS = [
     "hello who are you? I am a small assistant built for tests.",
     "What is the capital of France? The capital of France is Paris.",
@@ -164,9 +160,10 @@ def test_tokenizer_without_eos_is_refused(tiny_tokenizer):
         tokenize_documents([Document("x", "f", 1)], NoEos())
 
 
-@needs_shared
 def test_registry_pretrain_datasets_and_refusal_of_chat_data(tiny_tokenizer):
-    info = str(SHARED / "dataset_info.json")
+    for name in ("wiki_demo.txt", "c4_demo.jsonl"):  # the files the two entries name
+        shared_file(name)
+    info = str(shared_file("dataset_info.json"))
     cfg = DataConfig(registry=info, dataset=["wiki_demo", "c4_demo"], cutoff_len=128)
     found = sources(cfg)
     assert [(Path(s.paths[0]).name, s.fmt, s.columns) for s in found] == [
@@ -245,13 +242,13 @@ def test_pt_blocks_learn_every_token(tmp_path, tiny_model_dir, text_file, batche
     assert read_jsonl(result.run.root.parent / "index.jsonl")[0]["stage"] == "pt"
 
 
-@needs_shared
 def test_pt_packed_on_the_demo_corpora(tmp_path, tiny_model_dir, batches):
+    wiki, c4 = shared_file("wiki_demo.txt"), shared_file("c4_demo.jsonl")
     result = _pt(
         tmp_path,
         tiny_model_dir,
         "packed",
-        f"data.train=[{SHARED / 'wiki_demo.txt'},{SHARED / 'c4_demo.jsonl'}]",
+        f"data.train=[{wiki},{c4}]",
         "data.cutoff_len=64",
         "data.max_samples=40",  # 30 wiki articles and the first 10 c4 pages
         "train.max_steps=30",
