@@ -11,14 +11,13 @@ import copy
 import csv
 import json
 import math
-import os
 import random
-import uuid
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 
 from tunesmith.data.formats import FORMATS, load_conversations
 from tunesmith.data.readers import RawRecord
+from tunesmith.runs.folder import atomic_path
 from tunesmith.utils.errors import DataError
 
 WRITE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -84,16 +83,8 @@ def write_records(path: str | Path, records: Iterable[dict]) -> int:
             f"{p}: unsupported output type '{p.suffix or '(none)'}'; "
             f"supported: {', '.join(WRITE_SUFFIXES)}"
         )
-    p.parent.mkdir(parents=True, exist_ok=True)
-    # Named next to the target (same filesystem, so the rename is atomic); created by a normal
-    # open so it gets the usual permissions, not mkstemp's owner-only ones.
-    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        count = writer(tmp, records, p)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return count
+    with atomic_path(p) as tmp:
+        return writer(tmp, records, p)
 
 
 def _dump(record: object, path: Path, n: int, indent: int | None = None) -> str:

@@ -7,9 +7,9 @@ matrix, and is counted in `unexpected_predictions`; macro averages stay over the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from tunesmith.runs.folder import atomic_path
 from tunesmith.utils.errors import DataError
 
 
@@ -83,10 +83,8 @@ def plot_confusion(report: dict, path: Path) -> Path:
             ax.text(j, i, str(count), ha="center", va="center", color=color)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, path)  # atomic: a report page never embeds half a file
+    with atomic_path(path) as tmp:  # a report page never embeds half a file
+        fig.savefig(tmp, dpi=100, format="png")
     return path
 
 

@@ -18,11 +18,13 @@ writes: the writing methods do nothing elsewhere, so callers need no special cas
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
-import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,12 +156,26 @@ def latest_run(output: OutputConfig, default_name: str) -> Path:
     return max(runs, key=lambda p: RunFolder(p).last_checkpoint().stat().st_mtime)
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to (for writers that take a path: savefig,
+    pandas); renamed onto `path` when the block ends, removed when it fails, so readers never see
+    half a file and a failure keeps the previous one. Beside it: the same filesystem, so the
+    rename is atomic; a plain name, not mkstemp's, so the file gets the usual permissions."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    """Write UTF-8 text whole or not at all (see atomic_path)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -7,10 +7,9 @@ atomically, so a viewer refreshing a plot during training never sees half a file
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
-from tunesmith.runs.folder import RunFolder, is_main_process, read_jsonl
+from tunesmith.runs.folder import RunFolder, atomic_path, is_main_process, read_jsonl
 
 # metrics.jsonl key, axis label, log scale; the panels of training.png
 PANELS = (
@@ -85,8 +84,6 @@ def _draw(ax, points: list[tuple[int, float]], label: str | None) -> bool:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return path

@@ -40,6 +40,7 @@ from tunesmith.data.quality.rules import (
 from tunesmith.data.quality.text import detect_language
 from tunesmith.data.readers import RawRecord, read_records
 from tunesmith.data.render import TemplateError, assistant_spans, tokenize_conversation
+from tunesmith.runs.folder import atomic_write
 from tunesmith.utils.errors import DataError
 
 INSPECT_FORMATS = ("auto", *FORMATS, "text")  # text: {"text": ..., "label"?: ...} records
@@ -668,15 +669,9 @@ def write_inspect_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path, json_path = out_dir / "inspect.html", out_dir / "inspect.json"
-    _write_atomic(json_path, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
-    _write_atomic(html_path, render_html(report))
+    atomic_write(json_path, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    atomic_write(html_path, render_html(report))
     return html_path, json_path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 # --- the HTML page ---------------------------------------------------------------------------

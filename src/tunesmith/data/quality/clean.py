@@ -48,6 +48,7 @@ from tunesmith.data.quality.rules import QualityRules, score_record
 from tunesmith.data.quality.text import detect_language, normalize_text
 from tunesmith.data.quality.version import write_version
 from tunesmith.data.readers import RawRecord, read_records
+from tunesmith.runs.folder import atomic_write
 from tunesmith.utils.errors import ConfigError, DataError
 
 StepName = Literal[
@@ -620,7 +621,7 @@ def write_clean_output(
         "steps": result.step_stats,
         "metrics": result.metrics,
     }
-    _write_text(_stats_path(out), json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+    atomic_write(_stats_path(out), json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
     return summary
 
 
@@ -638,11 +639,4 @@ def _refuse_overwriting_inputs(out: Path, result: CleanResult) -> None:
 
 def _write_rejects(path: Path, rejects: list[dict]) -> None:
     lines = (json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rejects)
-    _write_text(path, "".join(lines))
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # atomic: never half a file
+    atomic_write(path, "".join(lines))

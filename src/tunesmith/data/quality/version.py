@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.readers import read_records
+from tunesmith.runs.folder import atomic_write
 from tunesmith.utils.errors import DataError
 
 META_SUFFIX = ".meta.json"
@@ -85,9 +86,7 @@ def write_version(
     }
     path = meta_path(data_path)
     text = json.dumps(meta, ensure_ascii=False, indent=2, default=str) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a reader never sees half a version file
+    atomic_write(path, text)  # a reader never sees half a version file
     return path
 
 
