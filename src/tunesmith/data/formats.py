@@ -67,7 +67,12 @@ def check_columns(columns: dict[str, str] | None) -> dict[str, str]:
     return columns
 
 
-def detect_format(data: dict, columns: dict[str, str] | None = None) -> str:
+def detect_format(
+    data: dict, columns: dict[str, str] | None = None, *, text: bool = False, beside: str = ""
+) -> str:
+    """A record's format from its keys (`columns` renames them): openai, sharegpt or alpaca;
+    with text=True a string 'text' field makes it "text" (plain text, classification). The one
+    detection for every reader; `beside` names what else the caller expects (chosen/rejected)."""
     col = _namer(check_columns(columns))
     if col("messages") in data:
         return "openai"
@@ -77,11 +82,14 @@ def detect_format(data: dict, columns: dict[str, str] | None = None) -> str:
     # an unknown format.
     if col("instruction") in data:
         return "alpaca"
+    if text and isinstance(data.get("text"), str):
+        return "text"
     keys = sorted(data)
     shown = f"{keys[:10]}" + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
     raise RecordError(
         f"cannot detect format: keys found: {shown}; expected alpaca "
         "(instruction/output), sharegpt (conversations) or openai (messages)"
+        + (f" {beside}" if beside else "")
         + ("; plain text trains with train.stage=pt" if keys == ["text"] else "")
     )
 

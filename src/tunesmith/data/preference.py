@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.config.schema import DataConfig
-from tunesmith.data.formats import RecordError, check_columns, to_conversation
+from tunesmith.data.formats import RecordError, check_columns, detect_format, to_conversation
 from tunesmith.data.readers import RawRecord, read_records
 from tunesmith.data.registry import Source
 from tunesmith.data.render import TemplateError, render_chat
@@ -92,7 +92,7 @@ def parse_record(
     check_columns(columns)
     data = raw.data
     if fmt == "auto":
-        fmt = _detect(data, columns)
+        fmt = detect_format(data, columns, beside="next to chosen/rejected")
     if label_key in data:
         return _kto(raw, fmt, columns, data[label_key], label_key)
     if own["chosen"] not in data or own["rejected"] not in data:
@@ -104,18 +104,6 @@ def parse_record(
     chosen = _answer(data[own["chosen"]], own["chosen"], fmt, columns)
     rejected = _answer(data[own["rejected"]], own["rejected"], fmt, columns)
     return PreferenceRecord(prompt, raw.source, raw.line, chosen=chosen, rejected=rejected)
-
-
-def _detect(data: dict, columns: dict) -> str:
-    for fmt, key in (("openai", "messages"), ("sharegpt", "conversations")):
-        if columns.get(key, key) in data:
-            return fmt
-    if columns.get("instruction", "instruction") in data:
-        return "alpaca"
-    raise RecordError(
-        f"cannot detect format: keys found: {sorted(data)[:10]}; expected instruction "
-        "(alpaca), conversations (sharegpt) or messages (openai) next to chosen/rejected"
-    )
 
 
 _PLACEHOLDER = "\x00answer"  # completes the prompt so formats.py validates it as a conversation

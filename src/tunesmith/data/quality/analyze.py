@@ -154,7 +154,7 @@ def _scan_file(path: str | Path, fmt: str, columns: dict[str, str], scan: _Scan)
         try:
             # Detected once per file, as training does; records before a detectable one are
             # malformed rather than fatal.
-            entry["format"] = entry["format"] or _detect(record.data, columns)
+            entry["format"] = entry["format"] or detect_format(record.data, columns, text=True)
             scan.items.append(_item(record, entry["format"], columns))
         except RecordError as e:
             entry["malformed"] += 1
@@ -208,15 +208,6 @@ def _lenient_jsonl(path: Path, source: str) -> Iterator[RawRecord | dict]:
                 yield {"where": where, "reason": f"expected a JSON object, got {kind}"}
                 continue
             yield RawRecord(source, line, data)
-
-
-def _detect(data: dict, columns: dict[str, str]) -> str:
-    try:
-        return detect_format(data, columns)
-    except RecordError:
-        if isinstance(data.get("text"), str):
-            return "text"  # plain text or classification ({"text", "label"})
-        raise
 
 
 def _item(record: RawRecord, fmt: str, columns: dict[str, str]) -> _Item:
