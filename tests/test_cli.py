@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers import write_run_yaml
 from typer.testing import CliRunner
 
 from tunesmith.cli.main import app
@@ -36,18 +36,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def write_config(path: Path, tiny_model_dir: Path, train_file: Path, runs: Path, **extra) -> Path:
-    config = {
-        "model": {"name_or_path": str(tiny_model_dir)},
-        "method": {"type": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
-        "data": {"train": [str(train_file)]},
-        "train": {"max_steps": 4, "batch_size": 4, "save_steps": 2, "learning_rate": 1e-3},
-        "output": {"dir": str(runs), "name": "cli-run"},
-    }
-    for section, values in extra.items():
-        config[section].update(values)
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+def write_config(path: Path, model_dir: Path, train_file: Path, runs: Path, train=None) -> Path:
+    """A LoRA run 'cli-run' under runs; the keys of `train` replace the defaults."""
+    defaults = {"max_steps": 4, "batch_size": 4, "save_steps": 2, "learning_rate": 1e-3}
+    return write_run_yaml(
+        path,
+        model_dir,
+        train_file,
+        runs,
+        "cli-run",
+        method={"type": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
+        train={**defaults, **(train or {})},
+    )
 
 
 def assert_user_error(result, *parts: str) -> None:

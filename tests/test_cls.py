@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import train_run
 
 from tunesmith.config.cls import ClsConfig
 from tunesmith.config.schema import RunConfig
 from tunesmith.data.classification import load_cls_data, stratified_split
-from tunesmith.runs.folder import RunFolder, read_jsonl
+from tunesmith.runs.folder import read_jsonl
 from tunesmith.train.cls import (
     SeedHead,
     class_weights,
     classification_loss,
     predict_labels,
-    run_cls,
     use_seed_head,
 )
 from tunesmith.utils.errors import ConfigError, DataError, ModelError
@@ -117,12 +117,6 @@ def _config(tmp_path: Path, model: Path | str, train: Path, name: str, **overrid
             "output": {"dir": str(tmp_path / "runs"), "name": name},
         }
     )
-
-
-def _run(config: RunConfig, resume: bool = False):
-    folder = Path(config.output.dir) / config.output.name
-    run = RunFolder(folder) if resume else RunFolder.create(config.output, "cls")
-    return run_cls(config, run, resume=resume)
 
 
 # data -----------------------------------------------------------------------------------------
@@ -353,7 +347,7 @@ def test_tiny_bert_learns_separable_set(tmp_path, bert_dir):
     config = _config(
         tmp_path, bert_dir, train, "sep", **{"data.eval": [str(evals)], "train.save_steps": 12}
     )
-    result = _run(config)
+    result = train_run(config)
     summary = result.summary
     assert summary["eval"]["accuracy"] >= 0.95 and summary["eval"]["f1_macro"] >= 0.95
     assert summary["labels"] == ["neg", "neu", "pos"]
@@ -388,7 +382,7 @@ def test_seed_head_with_lora_and_class_weights_trains_and_predicts(tmp_path, ber
             "train.epochs": 10,
         },
     )
-    result = _run(config)
+    result = train_run(config)
     # held out: 8 pos, 4 neg; balanced weights n / (classes x count) over 24 pos, 12 neg
     assert result.artifact.name == "adapter" and result.summary["labels"] == ["neg", "pos"]
     assert result.summary["class_weights"] == [36 / (2 * 12), 36 / (2 * 24)]
@@ -413,7 +407,7 @@ def test_multi_label_training_and_prediction(tmp_path, bert_dir):
         "multi",
         **{"train.cls.multi_label": True, "train.epochs": 8, "train.learning_rate": 5e-3},
     )
-    result = _run(config)
+    result = train_run(config)
     report = json.loads((result.run.reports / "classification.json").read_text())
     assert report["multi_label"] and len(report["confusion_matrix"]) == 3  # one 2x2 per label
     assert result.summary["eval"]["f1_macro"] >= 0.8
@@ -429,7 +423,7 @@ def test_rejects_file_counts_every_record(tmp_path, bert_dir):
     config = _config(
         tmp_path, bert_dir, train, "rej", **{"data.on_error": "skip", "train.max_steps": 1}
     )
-    result = _run(config)
+    result = train_run(config)
     rejects = read_jsonl(result.run.rejects_path)
     assert [(r["line"], r["reason"]) for r in rejects] == [
         (4, "missing text column 'text' (columns: label)"),
@@ -444,11 +438,11 @@ def test_resume_equals_uninterrupted(tmp_path, bert_dir):
 
     train = _separable(tmp_path / "train.jsonl", 8, seed=4)
     common = {"method.type": "lora", "method.r": 4, "train.batch_size": 4, "train.save_steps": 2}
-    straight = _run(
+    straight = train_run(
         _config(tmp_path, bert_dir, train, "straight", **common, **{"train.max_steps": 4})
     )
-    _run(_config(tmp_path, bert_dir, train, "resumed", **common, **{"train.max_steps": 2}))
-    resumed = _run(
+    train_run(_config(tmp_path, bert_dir, train, "resumed", **common, **{"train.max_steps": 2}))
+    resumed = train_run(
         _config(tmp_path, bert_dir, train, "resumed", **common, **{"train.max_steps": 4}),
         resume=True,
     )
@@ -471,7 +465,7 @@ def test_decoder_classifier_on_tiny_llama(tmp_path, tiny_model_dir):
     ]
     train = _write_jsonl(tmp_path / "train.jsonl", records)
     config = _config(tmp_path, tiny_model_dir, train, "llama", **{"train.max_steps": 2})
-    result = _run(config)
+    result = train_run(config)
     saved = json.loads((result.artifact / "config.json").read_text())
     assert saved["pad_token_id"] is not None and saved["id2label"] == {"0": "a", "1": "b"}
     assert all(p in ("a", "b") for p in predict_labels(result.run.root, ["hello", "you are"]))
@@ -494,7 +488,7 @@ def test_config_errors(tmp_path, bert_dir):
         },
     )
     with pytest.raises(ConfigError, match="early_stopping needs eval data"):
-        _run(config)
+        train_run(config)
 
 
 @pytest.mark.slow
@@ -534,7 +528,7 @@ def test_minilm_learns_tiny_sentiment_set(tmp_path):
         "minilm",
         **{"data.eval": [str(evals)], "train.max_steps": 12, "train.learning_rate": 1e-4},
     )
-    result = _run(config)
+    result = train_run(config)
     assert result.summary["eval"]["accuracy"] > 0.5  # above chance for two balanced classes
 
 
@@ -554,7 +548,7 @@ def test_early_stopping_on_validation_f1(tmp_path, bert_dir):
             "train.cls.val_fraction": 0.3,
         },
     )
-    result = _run(config)
+    result = train_run(config)
     assert result.summary["steps"] == 4
     best = result.summary["best"]
     assert best["metric"] == "eval_f1_macro" and best["step"] == 2
@@ -587,7 +581,7 @@ def test_prefix_tuning_is_refused_by_name_where_the_classifier_takes_no_past_key
     data = _config(tmp_path, bert_dir, train, "prefix").model_dump()
     data["method"] = {"type": "prefix"}
     with pytest.raises(ModelError, match=r"method prefix: .*BertForSequenceClassification.*prompt"):
-        _run(RunConfig.model_validate(data))
+        train_run(RunConfig.model_validate(data))
 
 
 def test_the_prefix_check_accepts_a_classifier_that_takes_past_key_values():
@@ -638,7 +632,7 @@ def test_every_method_trains_and_reloads_the_classifier(
     data["method"] = method
     data["train"]["cls"]["head"] = head
     config = RunConfig.model_validate(data)
-    result = _run(config)
+    result = train_run(config)
     if method["type"] != "full":
         assert result.summary["trainable_parameters"] < result.summary["total_parameters"]
     held_out = load_cls_data([str(train)], [], config.train.cls, seed=config.train.seed).eval

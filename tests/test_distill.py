@@ -7,12 +7,11 @@ import math
 
 import pytest
 import torch
+from helpers import run_config, train_run
 
-from tunesmith.config.load import load_config
 from tunesmith.data.formats import load_conversations
 from tunesmith.models.generate import Reply
-from tunesmith.runs.folder import RunFolder
-from tunesmith.train.distill import kd_loss, run_distill
+from tunesmith.train.distill import kd_loss
 from tunesmith.utils.errors import ConfigError
 
 # --- kd_loss ---------------------------------------------------------------------------
@@ -77,21 +76,15 @@ def student_dir(tmp_path, tiny_tokenizer):
 
 
 def _config(tmp_path, student, data, *overrides):
-    return load_config(
-        None,
-        [
-            f"model.name_or_path={student}",
-            f"data.train={data}",
-            f"output.dir={tmp_path / 'runs'}",
-            "output.name=distill",
-            "train.stage=distill",
-            "train.batch_size=4",
-            "train.save_steps=1000",
-            "train.lr_scheduler=constant",
-            "method.type=full",
-            "train.distill.agreement_prompts=4",
-            *overrides,
-        ],
+    return run_config(
+        tmp_path,
+        student,
+        data,
+        "distill",
+        "train.stage=distill",
+        "method.type=full",
+        "train.distill.agreement_prompts=4",
+        *overrides,
     )
 
 
@@ -117,7 +110,7 @@ def test_logit_distillation_raises_agreement_with_the_teacher(
         "train.learning_rate=1e-2",
         "train.max_steps=15",
     )
-    result = run_distill(config, RunFolder.create(config.output, "test"))
+    result = train_run(config)
     agreement = result.summary["agreement"]
     assert agreement["prompts"] == 4
     # 15 steps on 8 answers: the student moves towards the teacher on unseen answers too
@@ -138,7 +131,7 @@ def test_different_vocabularies_point_to_sequence_distillation(
     other_tok.save_pretrained(other)
     config = _config(tmp_path, tiny_model_dir, alpaca_file, f"train.distill.teacher={other}")
     with pytest.raises(ConfigError, match="mode=sequence"):
-        run_distill(config, RunFolder.create(config.output, "test"))
+        train_run(config)
 
 
 class FakeTeacher:
@@ -164,7 +157,7 @@ def test_sequence_distillation_writes_an_sft_dataset_and_trains_on_it(
         "train.max_steps=2",
         "method.type=lora",
     )
-    result = run_distill(config, RunFolder.create(config.output, "test"))
+    result = train_run(config)
     path = result.run.root / "teacher_data.jsonl"
     conversations, stats = load_conversations([path])  # valid SFT data for data/formats.py
     assert stats["formats"][str(path)] == "openai"

@@ -8,22 +8,22 @@ import subprocess
 import sys
 
 import pytest
-import yaml
+from helpers import TRAIN_CLI, step_losses, write_run_yaml
 
 from tunesmith.config.schema import DistributedConfig
 from tunesmith.train.distributed import Launch, check_distributed
 from tunesmith.utils.errors import ConfigError
 
-TRAIN = "from tunesmith.cli.main import app; app()"
-
 
 def _config(tmp_path, model_dir, data, name: str, batch_size: int):
-    path = tmp_path / f"{name}.yaml"
-    config = {
-        "model": {"name_or_path": str(model_dir)},
-        "method": {"type": "full"},  # no dropout: both runs see the same arithmetic
-        "data": {"train": [str(data)]},
-        "train": {
+    return write_run_yaml(
+        tmp_path / f"{name}.yaml",
+        model_dir,
+        data,
+        tmp_path / "runs",
+        name,
+        method={"type": "full"},  # no dropout: both runs see the same arithmetic
+        train={
             "max_steps": 3,
             "batch_size": batch_size,
             "learning_rate": 1e-2,
@@ -34,22 +34,17 @@ def _config(tmp_path, model_dir, data, name: str, batch_size: int):
             "save_steps": 100,
             "precision": "fp32",
         },
-        "output": {"dir": str(tmp_path / "runs"), "name": name},
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
+    )
 
 
 def _train(*args: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", TRAIN, "train", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", TRAIN_CLI, "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-
-
-def _losses(run_dir) -> list[tuple[int, float]]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [(m["step"], m["loss"]) for m in map(json.loads, lines) if "loss" in m]
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model_dir, alpaca_file):
@@ -57,7 +52,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model
     _train(str(_config(tmp_path, tiny_model_dir, alpaca_file, "single", batch_size=4)))
     _train(str(_config(tmp_path, tiny_model_dir, alpaca_file, "ddp", batch_size=2)), "--nproc", "2")
 
-    expected, got = _losses(runs / "single"), _losses(runs / "ddp")
+    expected, got = step_losses(runs / "single"), step_losses(runs / "ddp")
     assert [s for s, _ in got] == [1, 2, 3]
     assert [s for s, _ in got] == [s for s, _ in expected]
     assert [loss for _, loss in got] == pytest.approx([loss for _, loss in expected], rel=1e-4)
@@ -87,7 +82,7 @@ def test_fsdp_on_cpu_fails_before_launching(tmp_path, tiny_model_dir, alpaca_fil
         [
             sys.executable,
             "-c",
-            "import torch; torch.cuda.is_available = lambda: False; " + TRAIN,
+            "import torch; torch.cuda.is_available = lambda: False; " + TRAIN_CLI,
             "train",
             str(config),
             "train.distributed.strategy=fsdp",

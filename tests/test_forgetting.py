@@ -8,13 +8,13 @@ import shutil
 
 import pytest
 import torch
+from helpers import train_run, train_tiny
 from safetensors.torch import load_file
-from test_train import _train
 
 from tunesmith.config.load import load_config
 from tunesmith.config.schema import DataConfig
 from tunesmith.data.dataset import build_sft_data
-from tunesmith.runs.folder import RunFolder, read_jsonl
+from tunesmith.runs.folder import read_jsonl
 from tunesmith.train.forgetting import (
     L2ToPretrained,
     add_replay,
@@ -23,7 +23,6 @@ from tunesmith.train.forgetting import (
     replay_sources,
     sample_replay,
 )
-from tunesmith.train.sft import run_sft
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.errors import ConfigError
 
@@ -104,7 +103,7 @@ def test_replay_records_are_trained_on(tmp_path, tiny_model_dir, alpaca_file, ge
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(CausalLMTrainer, "compute_loss", spy)
-        result = _train(
+        result = train_tiny(
             tmp_path,
             tiny_model_dir,
             alpaca_file,
@@ -209,8 +208,8 @@ def _distance(model_dir, artifact, prefix="") -> float:
 
 def test_l2_keeps_the_trained_weights_near_the_pretrained(tmp_path, tiny_model_dir, alpaca_file):
     common = ("method.type=full", "train.learning_rate=1e-2", "train.max_steps=10")
-    free = _train(tmp_path, tiny_model_dir, alpaca_file, "l2-off", *common)
-    held = _train(
+    free = train_tiny(tmp_path, tiny_model_dir, alpaca_file, "l2-off", *common)
+    held = train_tiny(
         tmp_path, tiny_model_dir, alpaca_file, "l2-on", *common, "train.l2_to_pretrained=10"
     )
     moved = _distance(tiny_model_dir, free.artifact / "model.safetensors")
@@ -234,13 +233,13 @@ def test_l2_anchor_survives_a_resume(tmp_path, tiny_model_dir, alpaca_file):
         "train.save_steps=3",
         "train.l2_to_pretrained=10",
     )
-    reference = _train(tmp_path, tiny_model_dir, alpaca_file, "l2-ref", *common)
-    cut = _train(tmp_path, tiny_model_dir, alpaca_file, "l2-cut", *common)
+    reference = train_tiny(tmp_path, tiny_model_dir, alpaca_file, "l2-ref", *common)
+    cut = train_tiny(tmp_path, tiny_model_dir, alpaca_file, "l2-cut", *common)
     # as if killed after checkpoint-3
     shutil.rmtree(cut.run.checkpoints / "checkpoint-6")
     (cut.run.root / "summary.json").unlink()
     config = load_config(cut.run.config_path)
-    resumed = run_sft(config, RunFolder(cut.run.root), resume=True)
+    resumed = train_run(config, resume=True)
     assert resumed.summary["resumed_from"].endswith("checkpoint-3")
 
     def tail(run):
@@ -297,8 +296,8 @@ def test_layerwise_lr_decay_needs_layers():
 
 def test_layerwise_lr_decay_holds_the_embeddings(tmp_path, tiny_model_dir, alpaca_file):
     common = ("method.type=full", "train.learning_rate=1e-2", "train.max_steps=5")
-    flat = _train(tmp_path, tiny_model_dir, alpaca_file, "llrd-off", *common)
-    decayed = _train(
+    flat = train_tiny(tmp_path, tiny_model_dir, alpaca_file, "llrd-off", *common)
+    decayed = train_tiny(
         tmp_path, tiny_model_dir, alpaca_file, "llrd-on", *common, "train.layerwise_lr_decay=0.1"
     )
     flat_path, decayed_path = (r.artifact / "model.safetensors" for r in (flat, decayed))

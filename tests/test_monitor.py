@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import train_tiny
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -17,33 +18,15 @@ from tunesmith.config.load import load_config
 from tunesmith.config.schema import MonitorConfig
 from tunesmith.runs.folder import RunFolder, read_jsonl
 from tunesmith.train.monitor import classify_loss, gradient_health, loss_trend, slope
-from tunesmith.train.sft import run_sft
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.errors import ConfigError
 
-
-def _config(tmp_path, model_dir, data, name, *overrides):
-    return load_config(
-        None,
-        [
-            f"model.name_or_path={model_dir}",
-            f"data.train={data}",
-            f"output.dir={tmp_path / 'runs'}",
-            f"output.name={name}",
-            "method.type=full",
-            "train.batch_size=4",
-            "train.max_steps=6",
-            "train.save_steps=1000",
-            "train.lr_scheduler=constant",
-            "train.learning_rate=1e-2",
-            *overrides,
-        ],
-    )
+# every run here: full fine-tuning, six steps at a rate that moves the tiny model
+FULL = ("method.type=full", "train.max_steps=6", "train.learning_rate=1e-2")
 
 
 def _train(tmp_path, model_dir, data, name, *overrides):
-    config = _config(tmp_path, model_dir, data, name, *overrides)
-    return run_sft(config, RunFolder.create(config.output, "test"))
+    return train_tiny(tmp_path, model_dir, data, name, *FULL, *overrides)
 
 
 def _training_logs(run: RunFolder) -> list[dict]:

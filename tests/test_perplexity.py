@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import build_tiny_llama, shared_file
+from helpers import train_tiny
 
 from tunesmith.config.load import load_config
 from tunesmith.models.perplexity import perplexity
 from tunesmith.models.tuned import load_for_inference
-from tunesmith.runs.folder import RunFolder, read_jsonl
-from tunesmith.train import run_stage
+from tunesmith.runs.folder import read_jsonl
 from tunesmith.utils.errors import ConfigError, DataError
 
 TEXTS = [
@@ -83,22 +83,6 @@ def general_text(tmp_path) -> Path:
     return path
 
 
-def _train(tmp_path, model_dir, name, *overrides):
-    config = load_config(
-        None,
-        [
-            f"model.name_or_path={model_dir}",
-            f"output.dir={tmp_path / 'runs'}",
-            f"output.name={name}",
-            "train.batch_size=4",
-            "train.save_steps=1000",
-            "train.lr_scheduler=constant",
-            *overrides,
-        ],
-    )
-    return run_stage(config, RunFolder.create(config.output, "test"))
-
-
 def _ppl(model, tokenizer, path: Path) -> float:
     texts = path.read_text(encoding="utf-8").splitlines()
     return perplexity(model, tokenizer, texts, max_length=512).perplexity
@@ -107,11 +91,11 @@ def _ppl(model, tokenizer, path: Path) -> float:
 def test_forgetting_reports_base_and_tuned_perplexity(
     tmp_path, tiny_model_dir, alpaca_file, general_text, capsys
 ):
-    result = _train(
+    result = train_tiny(
         tmp_path,
         tiny_model_dir,
+        alpaca_file,
         "full",
-        f"data.train={alpaca_file}",
         "method.type=full",
         "train.learning_rate=1e-2",
         "train.max_steps=15",
@@ -138,12 +122,12 @@ def test_lora_pt_forgetting_on_wiki_matches_the_disabled_adapter(
     tmp_path, tiny_model_dir, general_text
 ):
     wiki = shared_file("wiki_demo.txt")
-    result = _train(
+    result = train_tiny(
         tmp_path,
         tiny_model_dir,
+        general_text,
         "lora-pt",
         "train.stage=pt",
-        f"data.train={general_text}",
         "data.cutoff_len=32",
         "method.dropout=0.0",
         "train.learning_rate=5e-2",
@@ -167,9 +151,9 @@ def test_lora_pt_forgetting_on_wiki_matches_the_disabled_adapter(
 def test_forgetting_data_mistakes_stop_before_training(tmp_path, tiny_model_dir, alpaca_file):
     blank = tmp_path / "blank.jsonl"
     blank.write_text('{"text": " "}\n\n{"text": ""}\n', encoding="utf-8")
-    args = [f"data.train={alpaca_file}", "train.max_steps=1"]
+    args = (tmp_path, tiny_model_dir, alpaca_file)
     with pytest.raises(ConfigError, match=r"^train\.forgetting_eval\.data: no non-empty documents"):
-        _train(tmp_path, tiny_model_dir, "blank", *args, f"train.forgetting_eval.data={blank}")
+        train_tiny(*args, "blank", "train.max_steps=1", f"train.forgetting_eval.data={blank}")
     rejects = read_jsonl(tmp_path / "runs" / "blank" / "rejects.jsonl")
     assert [(r["line"], r["reason"][:14]) for r in rejects] == [
         (1, "empty document"),
@@ -177,5 +161,5 @@ def test_forgetting_data_mistakes_stop_before_training(tmp_path, tiny_model_dir,
     ]
     missing = tmp_path / "missing.txt"
     with pytest.raises(DataError, match=rf"^{missing}: no such file"):
-        _train(tmp_path, tiny_model_dir, "missing", *args, f"train.forgetting_eval.data={missing}")
+        train_tiny(*args, "missing", "train.max_steps=1", f"train.forgetting_eval.data={missing}")
     assert not (tmp_path / "runs" / "missing" / "summary.json").exists()

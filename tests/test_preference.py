@@ -9,17 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import shared_file
+from helpers import run_config, train_run
 from typer.testing import CliRunner
 
-from tunesmith.config.load import load_config
 from tunesmith.data.preference import (
     build_preference_data,
     read_preference_records,
     split_ids,
 )
 from tunesmith.data.registry import preference_sources
-from tunesmith.runs.folder import RunFolder
-from tunesmith.train.preference import frozen_copy, run_preference
+from tunesmith.train.preference import frozen_copy
 from tunesmith.utils.errors import DataError
 
 
@@ -190,23 +189,17 @@ def test_dpo_loss_equals_the_formula_with_reference_log_probs(tmp_path, tiny_tok
 
 
 def _config(tmp_path, model_dir, data, stage, *overrides):
-    return load_config(
-        None,
-        [
-            f"model.name_or_path={model_dir}",
-            f"data.train={data}",
-            f"data.eval={data}",
-            f"output.dir={tmp_path / 'runs'}",
-            f"output.name={stage}",
-            f"train.stage={stage}",
-            "train.batch_size=4",
-            "train.max_steps=12",
-            "train.save_steps=1000",
-            "train.learning_rate=5e-3",
-            "train.lr_scheduler=constant",
-            "data.cutoff_len=64",
-            *overrides,
-        ],
+    return run_config(
+        tmp_path,
+        model_dir,
+        data,
+        stage,
+        f"data.eval={data}",
+        f"train.stage={stage}",
+        "train.max_steps=12",
+        "train.learning_rate=5e-3",
+        "data.cutoff_len=64",
+        *overrides,
     )
 
 
@@ -218,7 +211,7 @@ def test_training_raises_the_chosen_vs_rejected_margin(
     tmp_path, tiny_model_dir, pairs_file, stage, method
 ):
     config = _config(tmp_path, tiny_model_dir, pairs_file, stage, f"method.type={method}")
-    result = run_preference(config, RunFolder.create(config.output, "test"))
+    result = train_run(config)
     rewards = result.summary["rewards"]
     before, after = rewards["held_out_before"], rewards["held_out_after"]
     assert after["rewards/margins"] > before["rewards/margins"] + 0.01
@@ -256,12 +249,12 @@ def test_cli_trains_dpo_end_to_end(tmp_path, tiny_model_dir, pairs_file, monkeyp
 
 
 def test_reward_model_learns_a_trivially_separable_preference(tmp_path, tiny_model_dir, pairs_file):
-    from tunesmith.train.reward import RewardScorer, run_reward
+    from tunesmith.train.reward import RewardScorer
 
     config = _config(
         tmp_path, tiny_model_dir, pairs_file, "rm", "method.type=lora", "train.max_steps=15"
     )
-    result = run_reward(config, RunFolder.create(config.output, "test"))
+    result = train_run(config)
     rewards = result.summary["rewards"]
     assert rewards["held_out_after"]["accuracy"] == 1.0
     assert rewards["held_out_after"]["margin"] > rewards["held_out_before"]["margin"]
@@ -277,9 +270,9 @@ def test_resumed_dpo_run_ends_where_an_uninterrupted_one_does(tmp_path, tiny_mod
             "train.save_steps=2", f"output.name={name}", "data.eval=[]",
         )  # fmt: skip
 
-    whole = run_preference(config(4, "whole"), RunFolder.create(config(4, "whole").output, "t"))
-    run_preference(config(2, "part"), RunFolder.create(config(2, "part").output, "t"))
-    resumed = run_preference(config(4, "part"), RunFolder(tmp_path / "runs" / "part"), resume=True)
+    whole = train_run(config(4, "whole"))
+    train_run(config(2, "part"))
+    resumed = train_run(config(4, "part"), resume=True)
     assert resumed.summary["resumed_from"].endswith("checkpoint-2")
     last = lambda r: r.summary["rewards"]["train"]["last"]  # noqa: E731
     assert last(resumed)["rewards/margins"] == pytest.approx(last(whole)["rewards/margins"])

@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import shared_file
+from helpers import run_config, train_tiny
 from typer.testing import CliRunner
 
 from tunesmith.cli.main import app
-from tunesmith.config.load import load_config
 from tunesmith.config.schema import DataConfig
 from tunesmith.data.pretrain import build_pretrain_data, sources, tokenize_documents
 from tunesmith.data.render import IGNORE_INDEX
 from tunesmith.runs.folder import RunFolder, read_jsonl
-from tunesmith.train import run_stage
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.errors import ConfigError, DataError
 
@@ -180,27 +179,12 @@ def test_registry_pretrain_datasets_and_refusal_of_chat_data(tiny_tokenizer):
 # --- the pt stage -------------------------------------------------------------------------
 
 
-def _config(tmp_path, model_dir, name, *overrides):
-    return load_config(
-        None,
-        [
-            f"model.name_or_path={model_dir}",
-            f"output.dir={tmp_path / 'runs'}",
-            f"output.name={name}",
-            "train.stage=pt",
-            "method.type=full",
-            "train.batch_size=4",
-            "train.save_steps=1000",
-            "train.lr_scheduler=constant",
-            "train.learning_rate=1e-2",
-            *overrides,
-        ],
-    )
+# every run here: full pre-training at a rate that moves the tiny model
+PT = ("train.stage=pt", "method.type=full", "train.learning_rate=1e-2")
 
 
 def _pt(tmp_path, model_dir, name, *overrides):
-    config = _config(tmp_path, model_dir, name, *overrides)
-    return run_stage(config, RunFolder.create(config.output, "test"))
+    return train_tiny(tmp_path, model_dir, None, name, *PT, *overrides)
 
 
 @pytest.fixture
@@ -296,7 +280,7 @@ def test_cli_train_dispatches_on_the_stage(tmp_path, tiny_model_dir, text_file, 
 def test_run_sft_refuses_a_pt_config(tmp_path, tiny_model_dir, text_file):
     from tunesmith.train.sft import run_sft
 
-    config = _config(tmp_path, tiny_model_dir, "wrong", f"data.train={text_file}")
+    config = run_config(tmp_path, tiny_model_dir, text_file, "wrong", *PT)
     with pytest.raises(ConfigError, match=r"^train\.stage: 'pt' given to the sft stage"):
         run_sft(config, RunFolder(tmp_path / "wrong"))
 

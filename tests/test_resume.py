@@ -9,24 +9,22 @@ import sys
 import time
 
 import pytest
-import yaml
+from helpers import TRAIN_CLI, run_config, step_losses, train_run, write_run_yaml
 from transformers import Trainer
 
-from tunesmith.config.load import load_config
 from tunesmith.runs.folder import RunFolder
 from tunesmith.train.checkpoints import STAGING
-from tunesmith.train.sft import run_sft
-
-TRAIN = "from tunesmith.cli.main import app; app()"
 
 
 def _config(tmp_path, model_dir, data, name: str):
-    path = tmp_path / f"{name}.yaml"
-    config = {
-        "model": {"name_or_path": str(model_dir)},
-        "method": {"type": "lora", "r": 4, "dropout": 0.1},  # dropout: RNG state matters too
-        "data": {"train": [str(data)]},
-        "train": {
+    return write_run_yaml(
+        tmp_path / f"{name}.yaml",
+        model_dir,
+        data,
+        tmp_path / "runs",
+        name,
+        method={"type": "lora", "r": 4, "dropout": 0.1},  # dropout: RNG state matters too
+        train={
             "max_steps": 120,
             "batch_size": 2,
             "learning_rate": 5e-3,
@@ -34,15 +32,7 @@ def _config(tmp_path, model_dir, data, name: str):
             "save_total_limit": 2,
             "logging_steps": 1,
         },
-        "output": {"dir": str(tmp_path / "runs"), "name": name},
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def _losses(run_dir) -> list[tuple[int, float]]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [(m["step"], m["loss"]) for m in map(json.loads, lines) if "loss" in m]
+    )
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, alpaca_file):
@@ -51,7 +41,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, alp
         [
             sys.executable,
             "-c",
-            TRAIN,
+            TRAIN_CLI,
             "train",
             str(_config(tmp_path, tiny_model_dir, alpaca_file, "ref")),
         ],
@@ -62,7 +52,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, alp
 
     config = _config(tmp_path, tiny_model_dir, alpaca_file, "killed")
     process = subprocess.Popen(
-        [sys.executable, "-c", TRAIN, "train", str(config)],
+        [sys.executable, "-c", TRAIN_CLI, "train", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -75,7 +65,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, alp
     assert not (runs / "killed" / "summary.json").exists(), "the run finished before the kill"
 
     resumed = subprocess.run(
-        [sys.executable, "-c", TRAIN, "train", "--resume", str(runs / "killed")],
+        [sys.executable, "-c", TRAIN_CLI, "train", "--resume", str(runs / "killed")],
         capture_output=True,
         text=True,
     )
@@ -83,28 +73,10 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, alp
     summary = json.loads((runs / "killed" / "summary.json").read_text())
     assert summary["resumed_from"] is not None and summary["steps"] == 120
 
-    expected, got = _losses(runs / "ref"), _losses(runs / "killed")
+    expected, got = step_losses(runs / "ref"), step_losses(runs / "killed")
     # metrics.jsonl is one clean sequence: what the killed run logged past its checkpoint is gone
     assert [step for step, _ in got] == list(range(1, 121))
     assert got == expected  # exact on CPU: model, optimizer, scheduler, RNG and data position
-
-
-def _sft(tmp_path, model_dir, data, *overrides):
-    config = load_config(
-        None,
-        [
-            f"model.name_or_path={model_dir}",
-            f"data.train={data}",
-            f"output.dir={tmp_path / 'runs'}",
-            "output.name=atomic",
-            "train.batch_size=2",
-            "train.max_steps=8",
-            "train.save_steps=2",
-            "train.save_total_limit=2",
-            *overrides,
-        ],
-    )
-    return config
 
 
 def test_a_save_cut_short_leaves_no_checkpoint_and_resume_uses_the_last_one(
@@ -113,8 +85,17 @@ def test_a_save_cut_short_leaves_no_checkpoint_and_resume_uses_the_last_one(
     """A crash while checkpoint-4 is being written (after its weights and optimizer, before its
     RNG and trainer state) leaves checkpoint-2 as the only checkpoint; the resumed run starts
     there, clears the staged remains and keeps the last two checkpoints."""
-    config = _sft(tmp_path, tiny_model_dir, alpaca_file)
-    run = RunFolder.create(config.output, "test")
+    config = run_config(
+        tmp_path,
+        tiny_model_dir,
+        alpaca_file,
+        "atomic",
+        "train.batch_size=2",
+        "train.max_steps=8",
+        "train.save_steps=2",
+        "train.save_total_limit=2",
+    )
+    run = RunFolder(tmp_path / "runs" / "atomic")
     saves = {"n": 0}
     original = Trainer._save_rng_state
 
@@ -126,7 +107,7 @@ def test_a_save_cut_short_leaves_no_checkpoint_and_resume_uses_the_last_one(
 
     monkeypatch.setattr(Trainer, "_save_rng_state", crash_on_second_save)
     with pytest.raises(KeyboardInterrupt):
-        run_sft(config, run)
+        train_run(config)
     monkeypatch.setattr(Trainer, "_save_rng_state", original)
 
     checkpoints = run.checkpoints
@@ -136,7 +117,7 @@ def test_a_save_cut_short_leaves_no_checkpoint_and_resume_uses_the_last_one(
     assert not (staged / "trainer_state.json").exists()
     assert run.last_checkpoint() == checkpoints / "checkpoint-2"
 
-    result = run_sft(config, RunFolder(run.root), resume=True)
+    result = train_run(config, resume=True)
     assert result.summary["resumed_from"].endswith("checkpoint-2")
     assert result.summary["steps"] == 8
     assert not (checkpoints / STAGING).exists()

@@ -6,29 +6,11 @@ import json
 
 import pytest
 import torch
+from helpers import train_tiny
 from safetensors.torch import load_file
 
 from tunesmith.config.load import load_config
 from tunesmith.models.tuned import load_for_inference
-from tunesmith.runs.folder import RunFolder
-from tunesmith.train.sft import run_sft
-
-
-def _train(tmp_path, model_dir, data, name, *overrides):
-    config = load_config(
-        None,
-        [
-            f"model.name_or_path={model_dir}",
-            f"data.train={data}",
-            f"output.dir={tmp_path / 'runs'}",
-            f"output.name={name}",
-            "train.batch_size=4",
-            "train.save_steps=1000",
-            "train.lr_scheduler=constant",
-            *overrides,
-        ],
-    )
-    return run_sft(config, RunFolder.create(config.output, "test"))
 
 
 def _losses(result) -> list[float]:
@@ -37,7 +19,7 @@ def _losses(result) -> list[float]:
 
 
 def test_loss_falls_when_overfitting(tmp_path, tiny_model_dir, alpaca_file):
-    result = _train(
+    result = train_tiny(
         tmp_path,
         tiny_model_dir,
         alpaca_file,
@@ -60,7 +42,7 @@ def _logits(model, tokenizer) -> torch.Tensor:
 
 
 def test_lora_adapter_reloads_with_identical_logits(tmp_path, tiny_model_dir, alpaca_file):
-    result = _train(
+    result = train_tiny(
         tmp_path,
         tiny_model_dir,
         alpaca_file,
@@ -94,7 +76,7 @@ def test_lora_in_memory_equals_reloaded(tmp_path, tiny_model_dir, alpaca_file, m
         original_save(model, tokenizer, out_dir)
 
     monkeypatch.setattr(sft.get_method("lora"), "save", spy)
-    result = _train(
+    result = train_tiny(
         tmp_path,
         tiny_model_dir,
         alpaca_file,
@@ -108,7 +90,7 @@ def test_lora_in_memory_equals_reloaded(tmp_path, tiny_model_dir, alpaca_file, m
 
 
 def test_freeze_trains_only_the_last_layers(tmp_path, tiny_model_dir, alpaca_file):
-    result = _train(
+    result = train_tiny(
         tmp_path,
         tiny_model_dir,
         alpaca_file,
@@ -130,10 +112,10 @@ def test_freeze_trains_only_the_last_layers(tmp_path, tiny_model_dir, alpaca_fil
 
 def test_same_seed_same_losses(tmp_path, tiny_model_dir, alpaca_file):
     common = ("method.r=4", "train.max_steps=4", "train.learning_rate=1e-2", "train.seed=7")
-    first = _losses(_train(tmp_path, tiny_model_dir, alpaca_file, "seed-a", *common))
-    second = _losses(_train(tmp_path, tiny_model_dir, alpaca_file, "seed-b", *common))
+    first = _losses(train_tiny(tmp_path, tiny_model_dir, alpaca_file, "seed-a", *common))
+    second = _losses(train_tiny(tmp_path, tiny_model_dir, alpaca_file, "seed-b", *common))
     other = _losses(
-        _train(tmp_path, tiny_model_dir, alpaca_file, "seed-c", *common[:3], "train.seed=8")
+        train_tiny(tmp_path, tiny_model_dir, alpaca_file, "seed-c", *common[:3], "train.seed=8")
     )
     assert first == second
     assert first != other
@@ -143,7 +125,7 @@ def test_freeze_rejects_more_layers_than_the_model_has(tmp_path, tiny_model_dir,
     from tunesmith.utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match="the model has 2 layers"):
-        _train(
+        train_tiny(
             tmp_path,
             tiny_model_dir,
             alpaca_file,
@@ -154,7 +136,7 @@ def test_freeze_rejects_more_layers_than_the_model_has(tmp_path, tiny_model_dir,
 
 
 def test_eval_data_is_evaluated_and_logged(tmp_path, tiny_model_dir, alpaca_file):
-    result = _train(
+    result = train_tiny(
         tmp_path,
         tiny_model_dir,
         alpaca_file,
@@ -238,7 +220,7 @@ def _batch_spreads(tmp_path, model_dir, data, sampling: str) -> int:
 
     trainer_module.CausalLMTrainer.compute_loss = spy
     try:
-        _train(
+        train_tiny(
             tmp_path,
             model_dir,
             data,
@@ -265,7 +247,7 @@ def test_group_by_length_batches_similar_lengths(tmp_path, tiny_model_dir):
 def test_merged_lora_gives_the_adapter_logits(tmp_path, tiny_model_dir, alpaca_file):
     from tunesmith.models.methods import lora
 
-    result = _train(
+    result = train_tiny(
         tmp_path,
         tiny_model_dir,
         alpaca_file,

@@ -1,0 +1,70 @@
+"""What many tests do to get a run: write its config (as overrides or as a file), train it in
+process or through the CLI, and read its losses back. One copy, so a change to how a run is
+configured or started is made here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from tunesmith.config.load import load_config
+from tunesmith.config.schema import RunConfig
+from tunesmith.runs.folder import RunFolder
+
+# `python -c TRAIN_CLI train ...` runs the CLI in a fresh process (kill, resume, torchrun)
+TRAIN_CLI = "from tunesmith.cli.main import app; app()"
+
+# small batches, a constant learning rate (losses compare across runs) and no checkpoint
+QUICK = ("train.batch_size=4", "train.save_steps=1000", "train.lr_scheduler=constant")
+
+
+def run_config(tmp_path: Path, model_dir, data, name: str, *overrides: str) -> RunConfig:
+    """A run `name` of model_dir under tmp_path/runs, trained on data (None: the overrides name
+    the data); the overrides come after QUICK, so they win."""
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            *([f"data.train={data}"] if data is not None else []),
+            f"output.dir={tmp_path / 'runs'}",
+            f"output.name={name}",
+            *QUICK,
+            *overrides,
+        ],
+    )
+
+
+def train_run(config: RunConfig, resume: bool = False):
+    """Train config's stage into a new run folder, or resume the folder it names."""
+    from tunesmith.train import run_stage  # heavy: only the tests that train pay for it
+
+    folder = Path(config.output.dir) / config.output.name
+    run = RunFolder(folder) if resume else RunFolder.create(config.output, "test")
+    return run_stage(config, run, resume)
+
+
+def write_run_yaml(path: Path, model_dir, data, runs: Path, name: str, **sections) -> Path:
+    """A config file for the CLI: model_dir trained on data into runs/name; each keyword is a
+    section (method, train, data...) whose keys are added to it."""
+    config: dict = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": [str(data)]},
+        "output": {"dir": str(runs), "name": name},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def step_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) of each training log in a run folder's metrics.jsonl."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [(m["step"], m["loss"]) for m in map(json.loads, lines) if "loss" in m]
+
+
+def train_tiny(tmp_path: Path, model_dir, data, name: str, *overrides: str):
+    """run_config, then train_run: the usual in-process run."""
+    return train_run(run_config(tmp_path, model_dir, data, name, *overrides))
