@@ -3,14 +3,13 @@ filter the item table, no CDN) showing the numbers that eval.json holds."""
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import json
 from pathlib import Path
 
 from tunesmith.evaluation.compare import higher_is_better
 from tunesmith.runs.folder import RunFolder
+from tunesmith.utils.html import esc, facts_list, png_img, table
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -45,16 +44,16 @@ def write_report(run: RunFolder, report: dict) -> Path:
     sections = [
         _facts(report),
         _summary(report),
-        _img(_metric_bars(report)),
+        png_img(_metric_bars(report)),
         _tasks(report, run),
-        _img(_length_histogram(report)),
+        png_img(_length_histogram(report)),
         _errors(report.get("errors")),
         _items_table(report),
     ]
     title = f"tunesmith eval: {Path(report['run']).name}"
     page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
-        f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body><h1>{_e(title)}</h1>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+        f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body><h1>{esc(title)}</h1>"
         + "".join(s for s in sections if s)
         + "</body></html>\n"
     )
@@ -62,30 +61,6 @@ def write_report(run: RunFolder, report: dict) -> Path:
 
 
 # --- html pieces -------------------------------------------------------------------------------
-
-
-def _e(value: object) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return _e(value)
-
-
-def _table(headers: list[str], rows: list[list[object]], css: str = "") -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f"<td class='num'>{_fmt(c)}</td>" if isinstance(c, int | float) else f"<td>{_e(c)}</td>"
-            for c in row
-        )
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table class='{css}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _facts(report: dict) -> str:
@@ -98,8 +73,7 @@ def _facts(report: dict) -> str:
         "tasks": ", ".join(report["eval"]["tasks"]),
         "seconds": report.get("seconds"),
     }
-    items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts.items())
-    return f"<dl>{items}</dl>"
+    return facts_list(facts)
 
 
 def _summary(report: dict) -> str:
@@ -129,10 +103,10 @@ def _summary(report: dict) -> str:
             "win/tie/loss",
             "n",
         ]
-        return "<h2>Model vs baseline (paired bootstrap)</h2>" + _table(headers, rows)
+        return "<h2>Model vs baseline (paired bootstrap)</h2>" + table(headers, rows, numbers=True)
     scores = report["results"]["model"]["scores"]
     rows = [[m, _mean(v), sum(x is not None for x in v)] for m, v in scores.items()]
-    return "<h2>Per-item metrics (means)</h2>" + _table(["metric", "mean", "n"], rows)
+    return "<h2>Per-item metrics (means)</h2>" + table(["metric", "mean", "n"], rows, numbers=True)
 
 
 def _mean(values: list) -> float | None:
@@ -144,9 +118,9 @@ def _tasks(report: dict, run: RunFolder) -> str:
     parts = ["<h2>Tasks</h2>"]
     for role, result in report["results"].items():
         for task, summary in result["tasks"].items():
-            parts.append(f"<h3>{_e(task)} ({_e(role)})</h3>")
+            parts.append(f"<h3>{esc(task)} ({esc(role)})</h3>")
             if task == "classification":
-                parts.append(_img(_confusion_png(summary, run, role)))
+                parts.append(png_img(_confusion_png(summary, run, role)))
             parts.append(_summary_block(summary))
     if report.get("judge"):
         parts.append("<h3>judge</h3>" + _summary_block(report["judge"]))
@@ -156,10 +130,10 @@ def _tasks(report: dict, run: RunFolder) -> str:
 def _summary_block(summary: dict) -> str:
     flat = {k: v for k, v in summary.items() if not isinstance(v, dict | list)}
     nested = {k: v for k, v in summary.items() if isinstance(v, dict | list)}
-    out = _table(["key", "value"], [[k, v] for k, v in flat.items()]) if flat else ""
+    out = table(["key", "value"], [[k, v] for k, v in flat.items()], numbers=True) if flat else ""
     for key, value in nested.items():
         text = json.dumps(value, indent=1, ensure_ascii=False, default=str)
-        out += f"<details><summary>{_e(key)}</summary><pre>{_e(text)}</pre></details>"
+        out += f"<details><summary>{esc(key)}</summary><pre>{esc(text)}</pre></details>"
     return out
 
 
@@ -171,14 +145,16 @@ def _errors(errors: dict | None) -> str:
         rows = [
             [x["id"], x["score"], x["prompt"], x["reference"], x["prediction"]] for x in examples
         ]
-        parts.append(f"<h3>worst by {_e(metric)}</h3>")
-        parts.append(_table(["id", metric, "prompt", "reference", "reply"], rows))
+        parts.append(f"<h3>worst by {esc(metric)}</h3>")
+        parts.append(table(["id", metric, "prompt", "reference", "reply"], rows, numbers=True))
     for group in ("by_length", "by_category", "by_label", "by_source"):
         if errors.get(group):
-            parts.append(f"<h3>{_e(group.replace('_', ' '))}</h3>" + _group_table(errors[group]))
+            parts.append(f"<h3>{esc(group.replace('_', ' '))}</h3>" + _group_table(errors[group]))
     if errors.get("confused_pairs"):
         rows = [[p["true"], p["predicted"], p["count"]] for p in errors["confused_pairs"]]
-        parts.append("<h3>most confused</h3>" + _table(["true", "predicted", "count"], rows))
+        parts.append(
+            "<h3>most confused</h3>" + table(["true", "predicted", "count"], rows, numbers=True)
+        )
     return "".join(parts)
 
 
@@ -196,7 +172,7 @@ def _group_table(per_metric: dict) -> str:
         + [value[m].get(key, {}).get("mean") for m in metrics]
         for key in keys
     ]
-    return _table(["group", "n", *metrics], rows)
+    return table(["group", "n", *metrics], rows, numbers=True)
 
 
 def _items_table(report: dict) -> str:
@@ -222,9 +198,9 @@ def _items_table(report: dict) -> str:
         row += [(results[r]["predictions"] or [None] * len(items))[i] for r in roles]
         row += [results[r]["scores"].get(m, [None] * len(items))[i] for m in metrics for r in roles]
         rows.append(row)
-    head = "".join(f"<th onclick='sortTable(this)'>{_e(h)}</th>" for h in headers)
-    table = _table(headers, rows, "items").replace("<table class='items'>", "", 1)
-    body = table[table.index("<tbody>") :]
+    head = "".join(f"<th onclick='sortTable(this)'>{esc(h)}</th>" for h in headers)
+    whole = table(headers, rows, numbers=True)
+    body = whole[whole.index("<tbody>") :]  # under the sortable header above
     return (
         "<h2>All items</h2><p>Click a header to sort; type to filter. "
         "<input placeholder='filter' oninput='filterTable(this)'></p>"
@@ -233,12 +209,6 @@ def _items_table(report: dict) -> str:
 
 
 # --- plots ---------------------------------------------------------------------------------------
-
-
-def _img(png: bytes | None) -> str:
-    if not png:
-        return ""
-    return f"<img alt='plot' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
 
 
 def _png(fig) -> bytes:

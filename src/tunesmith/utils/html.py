@@ -27,26 +27,57 @@ def html_page(
 
     A cell given as (text, css_class) is rendered with that class (e.g. 'hit' / 'miss').
     """
-    fact_items = "".join(
-        f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts.items()
-    )
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
-    pictures = "".join(
-        f'<img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}">'
-        for p in images
-        if p and p.is_file()
-    )
+    pictures = "".join(png_img(p.read_bytes(), p.stem) for p in images if p and p.is_file())
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<dl>{fact_items}</dl><table><tr>{head}</tr>{body}</table>{pictures}</body></html>\n"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>{esc(title)}</h1>"
+        f"{facts_list(facts)}{table(headers, rows)}{pictures}</body></html>\n"
     )
 
 
-def _cell(cell: object) -> str:
+# --- pieces every report page builds from (eval report, data inspection, quickstart) ---------
+
+
+def esc(value: object) -> str:
+    """Text made safe for HTML; None shows as nothing."""
+    return html.escape("" if value is None else str(value))
+
+
+def facts_list(facts: dict[str, object]) -> str:
+    """Name/value pairs as a definition list."""
+    items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts.items())
+    return f"<dl>{items}</dl>"
+
+
+def table(
+    headers: list[str],
+    rows: list[list[object]],
+    css: str = "",
+    numbers: bool = False,
+    empty: str | None = None,
+) -> str:
+    """One table. A cell given as (text, css_class) gets that class; with numbers=True, int and
+    float cells are right-aligned (class num) and floats shown to 4 significant digits; with
+    `empty`, no rows gives that sentence instead of a bare header."""
+    if not rows and empty is not None:
+        return f"<p>{esc(empty)}</p>"
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(_cell(c, numbers) for c in row) + "</tr>" for row in rows)
+    klass = f" class='{css}'" if css else ""
+    return f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def png_img(png: bytes | None, alt: str = "plot") -> str:
+    """A PNG embedded in the page (reports are single files); nothing without one."""
+    if not png:
+        return ""
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _cell(cell: object, numbers: bool) -> str:
     if isinstance(cell, tuple):
         text, css = cell
-        return f"<td class='{css}'>{html.escape(str(text))}</td>"
-    return f"<td>{html.escape(str(cell))}</td>"
+        return f"<td class='{css}'>{esc(text)}</td>"
+    if numbers and isinstance(cell, int | float):
+        return f"<td class='num'>{f'{cell:.4g}' if isinstance(cell, float) else esc(cell)}</td>"
+    return f"<td>{esc(cell)}</td>"

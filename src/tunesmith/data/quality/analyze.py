@@ -9,8 +9,6 @@ only a missing or unsupported file stops the run.
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import json
 import sys
@@ -42,6 +40,7 @@ from tunesmith.data.readers import RawRecord, read_records
 from tunesmith.data.render import TemplateError, assistant_spans, tokenize_conversation
 from tunesmith.runs.folder import atomic_write
 from tunesmith.utils.errors import DataError
+from tunesmith.utils.html import esc, facts_list, png_img, table
 
 INSPECT_FORMATS = ("auto", *FORMATS, "text")  # text: {"text": ..., "label"?: ...} records
 MALFORMED_EXAMPLES = 20
@@ -703,49 +702,30 @@ def render_html(report: dict) -> str:
     )
 
 
-def _esc(value: object) -> str:
-    return html.escape(str(value))
-
-
 def _h2(title: str) -> str:
-    return f"<h2>{_esc(title)}</h2>"
+    return f"<h2>{esc(title)}</h2>"
 
 
 def _list(lines: list[str]) -> str:
-    return "<ol>" + "".join(f"<li>{_esc(line)}</li>" for line in lines) + "</ol>"
+    return "<ol>" + "".join(f"<li>{esc(line)}</li>" for line in lines) + "</ol>"
 
 
 def _table(headers: list[str], rows: list[list[object]]) -> str:
-    if not rows:
-        return "<p>none</p>"
-    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _facts(facts: dict[str, object]) -> str:
-    items = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in facts.items())
-    return f"<dl>{items}</dl>"
-
-
-def _img(png: bytes | None, alt: str) -> str:
-    if png is None:
-        return ""
-    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    return table(headers, rows, empty="none")  # a section with nothing to show says so
 
 
 def marked(text: str, spans: list) -> str:
     """Escaped text with <mark> around each [start, end) span."""
     out, pos = [], 0
     for start, end in spans:
-        out += [_esc(text[pos:start]), "<mark>", _esc(text[start:end]), "</mark>"]
+        out += [esc(text[pos:start]), "<mark>", esc(text[start:end]), "</mark>"]
         pos = end
-    return "".join(out) + _esc(text[pos:])
+    return "".join(out) + esc(text[pos:])
 
 
 def _summary_html(r: dict) -> str:
     q, s, n = r["quality"], r["scores"], r["records"]
-    return _facts(
+    return facts_list(
         {
             "records read": n["read"],
             "usable records": n["valid"],
@@ -777,14 +757,14 @@ def _lengths_html(r: dict) -> str:
                 rows.append([f"{name} ({unit})", *(dist[k] for k in _STAT_KEYS)])
     cut = r["truncation"]
     note = "".join(
-        f"<p>{_esc(e)} ({n} records)</p>" for e, n in r["lengths"]["token_errors"].items()
+        f"<p>{esc(e)} ({n} records)</p>" for e, n in r["lengths"]["token_errors"].items()
     )
     if cut:
         note += (
             f"<p>{cut['truncated']} record(s) ({cut['share']:.1%}) exceed cutoff_len "
             f"{cut['cutoff_len']} and would be truncated.</p>"
         )
-    return _table(["length", *_STAT_KEYS], rows) + note + _img(_plot_lengths(r), "lengths")
+    return _table(["length", *_STAT_KEYS], rows) + note + png_img(_plot_lengths(r), "lengths")
 
 
 def _scores_html(r: dict) -> str:
@@ -792,7 +772,7 @@ def _scores_html(r: dict) -> str:
     deductions = [[d["reason"], d["share"], d["weight"], d["points"]] for d in q["deductions"]]
     issues = [[code, e["message"], e["count"]] for code, e in s["issues"].items()]
     return (
-        _img(_plot_scores(r), "scores")
+        png_img(_plot_scores(r), "scores")
         + "<h3>Dataset-level deductions</h3>"
         + _table(["reason", "share", "weight", "points"], deductions)
         + "<h3>Issues</h3>"
@@ -814,12 +794,12 @@ def _duplicates_html(r: dict) -> str:
 
 def _languages_html(r: dict) -> str:
     rows = [[lang, n] for lang, n in r["languages"].items()]
-    return _table(["language", "records"], rows) + _img(_plot_languages(r), "languages")
+    return _table(["language", "records"], rows) + png_img(_plot_languages(r), "languages")
 
 
 def _checks_html(r: dict) -> str:
     sc, rep, cc, pii = r["special_chars"], r["repeats"], r["control_chars"], r["pii"]
-    facts = _facts(
+    facts = facts_list(
         {
             "special-character ratio": _dist_text(sc["ratio"]),
             "records over the special-character limit": sc["records_over"],
@@ -875,7 +855,7 @@ _LAYOUTS = {"chat": "chat template", "plain": "plain layout", "text": "plain tex
 
 def _preview_html(r: dict) -> str:
     return "".join(
-        f"<h3>{_esc(p['where'])} ({_LAYOUTS[p['template']]})</h3>"
+        f"<h3>{esc(p['where'])} ({_LAYOUTS[p['template']]})</h3>"
         f"<pre>{marked(p['text'], p['spans'])}</pre>"
         for p in r["preview"]
     )
