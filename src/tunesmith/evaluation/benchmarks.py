@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
-import inspect
 import re
 import unicodedata
 from collections import defaultdict
@@ -31,7 +30,9 @@ from pathlib import Path
 import torch
 
 from tunesmith.data.readers import SUPPORTED_SUFFIXES, read_records
-from tunesmith.models.engine import GenerationParams, left_pad
+from tunesmith.data.render import IGNORE_INDEX
+from tunesmith.models.engine import GenerationParams
+from tunesmith.models.perplexity import padded_nll
 from tunesmith.utils.errors import ConfigError, DataError, ModelError
 
 LETTERS = "ABCDEFGHIJ"
@@ -320,38 +321,17 @@ def continuation_logprobs(
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            sums = _batch_logprobs(model, [rows[i] for i in chunk], tokenizer.pad_token_id or 0)
-            for i, value in zip(chunk, sums, strict=True):
-                results[i] = (value, rows[i][1])
+            # left-padded: every continuation ends in the last column (see padded_nll)
+            batch = [
+                (ids, [IGNORE_INDEX] * (len(ids) - n) + ids[-n:])
+                for ids, n in (rows[i] for i in chunk)
+            ]
+            nlls = padded_nll(model, batch, tokenizer.pad_token_id or 0, left=True)
+            for i, (nll, _) in zip(chunk, nlls, strict=True):
+                results[i] = (-nll, rows[i][1])
     finally:
         model.train(was_training)
     return results
-
-
-def _batch_logprobs(model, rows: list[tuple[list[int], int]], pad_id: int) -> list[float]:
-    # Left padding puts every continuation at the end, so the vocabulary projection and the
-    # softmax run on the last few positions only (most of the cost with a 49k vocabulary).
-    device = next(model.parameters()).device
-    input_ids, mask = left_pad([ids for ids, _ in rows], pad_id)
-    keep = max(n for _, n in rows) + 1
-    extra = {"logits_to_keep": keep} if _accepts(model, "logits_to_keep") else {}
-    logits = model(
-        input_ids=input_ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
-        **extra,
-    ).logits[:, -keep:]
-    logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-    sums = []
-    for r, (_, n) in enumerate(rows):
-        targets = input_ids[r, -n:]  # predicted from the n positions before them
-        sums.append(float(logprobs[r, keep - n - 1 : keep - 1].gather(1, targets[:, None]).sum()))
-    return sums
-
-
-def _accepts(model, name: str) -> bool:
-    forward = inspect.signature(model.forward).parameters
-    return name in forward or any(p.kind is p.VAR_KEYWORD for p in forward.values())
 
 
 def model_scorer(model, tokenizer, batch_size: int = 8) -> Scorer:

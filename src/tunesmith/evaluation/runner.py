@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from tunesmith.config.eval import DATA_TASKS, EvalConfig
 from tunesmith.config.schema import ModelConfig, OutputConfig, RunConfig
 from tunesmith.data.formats import RecordError, detect_format, to_conversation
 from tunesmith.data.readers import RawRecord, read_records
 from tunesmith.data.render import IGNORE_INDEX, prompt_ids, tokenize_conversation
+from tunesmith.models.perplexity import padded_nll
 from tunesmith.runs.folder import RunFolder
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError, DataError
@@ -498,7 +498,7 @@ def response_nll(
         return [
             pair
             for start in range(0, len(rows), batch_size)
-            for pair in _batch_nll(model, rows[start : start + batch_size], tokenizer.pad_token_id)
+            for pair in padded_nll(model, rows[start : start + batch_size], tokenizer.pad_token_id)
         ]
     finally:
         model.train(was_training)
@@ -509,27 +509,6 @@ def _response_labels(tokenizer, conversation: list[dict], cutoff_len: int):
     prompt_len = len(prompt_ids(tokenizer, conversation[:-1]))  # earlier answers are context
     labels = [IGNORE_INDEX] * min(prompt_len, len(example.labels)) + example.labels[prompt_len:]
     return example.input_ids, labels
-
-
-def _batch_nll(model, rows, pad_id: int) -> list[tuple[float, int]]:
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id or 0, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (ids, lab) in enumerate(rows):
-        input_ids[r, : len(ids)], labels[r, : len(lab)], mask[r, : len(ids)] = (
-            torch.tensor(ids),
-            torch.tensor(lab),
-            1,
-        )
-    device = next(model.parameters()).device
-    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-    targets = labels[:, 1:].to(device)
-    nll = F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    counts = (targets != IGNORE_INDEX).sum(1)
-    return [(float(s), int(n)) for s, n in zip(nll.sum(1).tolist(), counts.tolist(), strict=True)]
 
 
 # --- across models -------------------------------------------------------------------------------
