@@ -112,7 +112,9 @@ def _rss() -> int:
 
 def predict(config_dict: dict) -> dict:
     from tunesmith.config.schema import RunConfig
-    from tunesmith.plan.planner import _tokenizer, data_stats, estimate, model_facts
+    from tunesmith.plan.data import data_stats
+    from tunesmith.plan.estimate import estimate, model_facts
+    from tunesmith.plan.planner import _tokenizer
 
     config = RunConfig.model_validate(config_dict)
     facts = model_facts(config.model.name_or_path)

@@ -267,9 +267,9 @@ def test_every_record_rejected_stops_with_a_sentence(tmp_path, tiny_model_dir):
 def _direct_reply(model_dir, prompt: str, max_new_tokens: int) -> str:
     from tunesmith.config.schema import ModelConfig
     from tunesmith.models.generate import generate_replies
-    from tunesmith.models.tuned import load_for_inference
+    from tunesmith.runs.trained import load_for_inference
 
-    model, tokenizer = load_for_inference(ModelConfig(name_or_path=str(model_dir)))
+    model, tokenizer = load_for_inference(model_cfg=ModelConfig(name_or_path=str(model_dir)))
     messages = [{"role": "user", "content": prompt}]
     return generate_replies(model, tokenizer, [messages], max_new_tokens)[0].text
 
@@ -321,5 +321,5 @@ def test_chat_with_a_missing_adapter_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "40")  # a narrow terminal or a log: errors are not wrapped
     missing = tmp_path / "nonexistent"
     result = invoke("chat", "--adapter", missing, "--prompt", "hi")
-    assert_user_error(result, f"'{missing}' is neither a run folder nor an adapter or model folder")
+    assert_user_error(result, f"'{missing}' does not exist")
     assert len(result.output.strip().splitlines()) == 1

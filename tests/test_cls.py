@@ -13,14 +13,9 @@ from helpers import train_run
 from tunesmith.config.cls import ClsConfig
 from tunesmith.config.schema import RunConfig
 from tunesmith.data.classification import load_cls_data, stratified_split
+from tunesmith.models.classifier import SeedHead, use_seed_head
 from tunesmith.runs.folder import read_jsonl
-from tunesmith.train.cls import (
-    SeedHead,
-    class_weights,
-    classification_loss,
-    predict_labels,
-    use_seed_head,
-)
+from tunesmith.train.cls import class_weights, classification_loss, predict_labels
 from tunesmith.utils.errors import ConfigError, DataError, ModelError
 
 WORDS = {
@@ -585,7 +580,7 @@ def test_prefix_tuning_is_refused_by_name_where_the_classifier_takes_no_past_key
 
 
 def test_the_prefix_check_accepts_a_classifier_that_takes_past_key_values():
-    from tunesmith.models.methods.prefix import _check_classifier_takes_prefix
+    from tunesmith.models.methods.prefix import check_classifier_takes_prefix
 
     class Classifier(torch.nn.Module):
         def forward(self, input_ids=None, past_key_values=None):
@@ -595,10 +590,10 @@ def test_the_prefix_check_accepts_a_classifier_that_takes_past_key_values():
         def forward(self, input_ids=None, cache=None):
             return input_ids
 
-    assert _check_classifier_takes_prefix(Classifier()) is None  # PEFT can hand it the prefix
+    assert check_classifier_takes_prefix(Classifier()) is None  # PEFT can hand it the prefix
     # the acceptance comes from the argument: the twin without it is refused
     with pytest.raises(ModelError, match=r"method prefix: .*NoPrefix takes none"):
-        _check_classifier_takes_prefix(NoPrefix())
+        check_classifier_takes_prefix(NoPrefix())
 
 
 @pytest.mark.parametrize(

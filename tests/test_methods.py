@@ -11,13 +11,8 @@ from transformers import TrainingArguments
 
 from tunesmith.config import methods as cfgs
 from tunesmith.config.load import load_config
-from tunesmith.models.methods import (
-    count_parameters,
-    get_method,
-    hybrid,
-    load_adapter,
-    quantization_config,
-)
+from tunesmith.models.methods import count_parameters, get_method, hybrid
+from tunesmith.runs.trained import open_run
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.errors import ConfigError, ModelError
 
@@ -49,6 +44,11 @@ def _apply(case: str, seed: int = 0):
     cfg, _ = CASES[case]
     model = build_tiny_llama(VOCAB, seed=seed)
     return get_method(cfg.type).apply(model, cfg), cfg
+
+
+def _reload(base, folder):
+    """The saved artifact onto a fresh base, through the run owner (the marker says the method)."""
+    return open_run(folder).attach(base)
 
 
 def _ids() -> torch.Tensor:
@@ -102,8 +102,8 @@ def test_peft_adapter_reloads_with_identical_logits(case, tmp_path, tiny_tokeniz
     model, cfg = _apply(case)
     _perturb(model)
     expected = _logits(model)
-    get_method(cfg.type).save(model, tiny_tokenizer, tmp_path)
-    reloaded = load_adapter(build_tiny_llama(VOCAB), tmp_path)
+    get_method(cfg.type).save(model, tiny_tokenizer, tmp_path, cfg)
+    reloaded = _reload(build_tiny_llama(VOCAB), tmp_path)
     assert torch.equal(_logits(reloaded), expected)
 
 
@@ -115,8 +115,8 @@ def test_own_adapters_reload_with_identical_logits(case, tmp_path, tiny_tokenize
     _perturb(model)
     expected = _logits(model)
     assert not torch.allclose(expected, base_logits)
-    get_method(cfg.type).save(model, tiny_tokenizer, tmp_path)
-    reloaded = load_adapter(build_tiny_llama(VOCAB), tmp_path)
+    get_method(cfg.type).save(model, tiny_tokenizer, tmp_path, cfg)
+    reloaded = _reload(build_tiny_llama(VOCAB), tmp_path)
     assert torch.equal(_logits(reloaded), expected)
 
 
@@ -144,10 +144,9 @@ def test_merge_gives_the_adapter_logits(cfg):
 def test_unmergeable_methods_say_so(case):
     model, cfg = _apply(case)
     method = get_method(cfg.type)
-    assert method.MERGEABLE is False
-    if hasattr(method, "merge"):
-        with pytest.raises(ModelError, match="cannot be merged"):
-            method.merge(model)
+    assert method.mergeable is False
+    with pytest.raises(ModelError, match=f"method {case}: .*cannot be merged"):
+        method.merge(model)
 
 
 def test_lora_variant_flags_reach_the_peft_config():
@@ -164,14 +163,14 @@ def test_lora_variant_flags_reach_the_peft_config():
 def test_pissa_and_olora_adapters_load_onto_the_unchanged_base(init, tmp_path, tiny_tokenizer):
     """PiSSA/OLoRA rewrite the base weights; the saved adapter is converted to apply to the
     original base, so it reloads onto a fresh one with the trained logits."""
-    lora = get_method("lora")
-    model = lora.apply(build_tiny_llama(VOCAB), cfgs.LoraMethod(r=4, dropout=0.0, init=init))
+    lora, cfg = get_method("lora"), cfgs.LoraMethod(r=4, dropout=0.0, init=init)
+    model = lora.apply(build_tiny_llama(VOCAB), cfg)
     base_q = build_tiny_llama(VOCAB).model.layers[0].self_attn.q_proj.weight
     assert not torch.equal(model.get_base_model().model.layers[0].self_attn.q_proj.weight, base_q)
     _perturb(model)
     expected = _logits(model)
-    lora.save(model, tiny_tokenizer, tmp_path)
-    reloaded = load_adapter(build_tiny_llama(VOCAB), tmp_path)
+    lora.save(model, tiny_tokenizer, tmp_path, cfg)
+    reloaded = _reload(build_tiny_llama(VOCAB), tmp_path)
     assert torch.allclose(_logits(reloaded), expected, atol=1e-4)
 
 
@@ -221,7 +220,7 @@ def test_allocate_parameters_splits_the_budget():
     # LoRA per rank: 2 layers x (q 64 + k 48 + v 48 + o 64) = 448; 2000 // 448 = 4.
     # Adapters: 2 x (65 s + 32) <= 1000 -> s = (1000 - 64) // 130 = 7.
     assert hybrid.allocate_parameters(3000, build_tiny_llama(VOCAB)) == (4, 7)
-    model = hybrid.apply(build_tiny_llama(VOCAB), cfgs.HybridMethod(budget=3000))
+    model = get_method("hybrid").apply(build_tiny_llama(VOCAB), cfgs.HybridMethod(budget=3000))
     trainable, _ = count_parameters(model)
     assert trainable == 4 * 448 + 2 * (7 * 65 + 32) <= 3000
 
@@ -275,8 +274,8 @@ def test_seq_cls_trains_the_classifier_head_too(cfg, expected, tmp_path, tiny_to
         model.eval()
         with torch.no_grad():
             expected_logits = model(input_ids=ids).logits
-        get_method(cfg.type).save(model, tiny_tokenizer, tmp_path)
-        reloaded = load_adapter(_bert(), tmp_path).eval()
+        get_method(cfg.type).save(model, tiny_tokenizer, tmp_path, cfg, "seq_cls")
+        reloaded = _reload(_bert(), tmp_path).eval()
         with torch.no_grad():
             assert torch.equal(reloaded(input_ids=ids).logits, expected_logits)
 
@@ -288,7 +287,6 @@ def test_progressive_unfreezing_widens_training_at_the_scheduled_steps(tmp_path)
     from transformers import TrainerCallback
 
     from tunesmith.data.dataset import PackedCollator
-    from tunesmith.train.callbacks import method_callbacks
 
     cfg = cfgs.FreezeMethod(
         trainable_layers=0,
@@ -324,7 +322,8 @@ def test_progressive_unfreezing_widens_training_at_the_scheduled_steps(tmp_path)
         args=args,
         train_dataset=[example] * 4,
         data_collator=PackedCollator(),
-        callbacks=[*method_callbacks(model), Record()],  # unfreezing first: Record sees it
+        # unfreezing first: Record sees it
+        callbacks=[*get_method("freeze").callbacks(model), Record()],
     )
     trainer.train()
     layer1 = {n for n, _ in model.named_parameters() if ".layers.1." in n}
@@ -367,7 +366,7 @@ def test_hybrid_budget_excludes_explicit_sizes():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the guard is for machines without CUDA")
 def test_qlora_without_cuda_says_what_it_needs_and_suggests_lora():
     with pytest.raises(ModelError) as error:
-        quantization_config(cfgs.QLoraMethod())
+        get_method("qlora").quantization_config(cfgs.QLoraMethod())
     message = str(error.value)
     assert "method qlora needs a CUDA GPU" in message
     assert "use method.type=lora" in message

@@ -12,8 +12,8 @@ import yaml
 from tunesmith.config.load import load_config
 from tunesmith.models.load import load_causal_lm
 from tunesmith.models.resolve import ResolvedModel
-from tunesmith.models.tuned import load_for_inference
 from tunesmith.runs.folder import RunFolder
+from tunesmith.runs.trained import load_for_inference
 from tunesmith.train.sft import run_sft
 
 METHODS = {
@@ -59,7 +59,7 @@ def test_method_trains_saves_and_reloads(name, tmp_path, tiny_model_dir, alpaca_
     assert math.isfinite(result.summary["train_loss"])
     saved = yaml.safe_load((result.run.root / "config.yaml").read_text())
     assert saved["train"]["packing"] is (name not in ("prefix", "prompt", "ptuning"))
-    tuned, tokenizer = load_for_inference(None, result.run.root)
+    tuned, tokenizer = load_for_inference(result.run.root)
     base = load_causal_lm(
         ResolvedModel(str(tiny_model_dir), str(tiny_model_dir), "local"), config.model
     )

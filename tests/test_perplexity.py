@@ -13,8 +13,8 @@ from helpers import train_tiny
 
 from tunesmith.config.load import load_config
 from tunesmith.models.perplexity import perplexity
-from tunesmith.models.tuned import load_for_inference
 from tunesmith.runs.folder import read_jsonl
+from tunesmith.runs.trained import load_for_inference
 from tunesmith.utils.errors import ConfigError, DataError
 
 TEXTS = [
@@ -105,7 +105,7 @@ def test_forgetting_reports_base_and_tuned_perplexity(
     base, tokenizer = load_for_inference(
         load_config(None, [f"model.name_or_path={tiny_model_dir}"]).model
     )
-    tuned, _ = load_for_inference(None, result.run.root)
+    tuned, _ = load_for_inference(result.run.root)
     assert found["base_perplexity"] == pytest.approx(_ppl(base, tokenizer, general_text), rel=1e-5)
     assert found["tuned_perplexity"] == pytest.approx(
         _ppl(tuned, tokenizer, general_text), rel=1e-4
@@ -138,7 +138,7 @@ def test_lora_pt_forgetting_on_wiki_matches_the_disabled_adapter(
     )
     found = result.summary["forgetting"]
     assert found["documents"] == 4 and found["read"] == 30 and found["truncated_documents"] == 4
-    tuned, tokenizer = load_for_inference(None, result.run.root)
+    tuned, tokenizer = load_for_inference(result.run.root)
     texts = wiki.read_text(encoding="utf-8").splitlines()[:4]
     with tuned.disable_adapter():  # the base model, without a second copy
         base = perplexity(tuned, tokenizer, texts, max_length=48).perplexity

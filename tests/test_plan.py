@@ -22,9 +22,10 @@ from tunesmith.plan.count import (
     trainable_parameters,
 )
 from tunesmith.plan.data import UNKNOWN
+from tunesmith.plan.estimate import estimate, model_facts
 from tunesmith.plan.hardware import GB, parse_hardware
 from tunesmith.plan.memory import Precision, Workload, block_activations, estimate_memory
-from tunesmith.plan.planner import estimate, make_plan, model_facts, plan_summary
+from tunesmith.plan.planner import make_plan, plan_summary
 from tunesmith.plan.seeds import seed_estimate_memory
 from tunesmith.plan.time import flops_per_token
 
@@ -33,7 +34,13 @@ TINY = Shapes(32, 64, 2, 4, 2, 8, 400, False, "llama")
 METHODS = [
     {"type": "full"},
     {"type": "freeze", "trainable_layers": 1, "trainable_modules": ["lm_head"]},
+    # the optimizer holds what the last stage trains from the start: the plan counts that
+    {"type": "freeze", "trainable_layers": 0, "unfreeze_schedule": [{"at": 3, "layers": 1}]},
+    {"type": "freeze", "trainable_layers": 1, "unfreeze_schedule": [{"at": 2, "layers": "all"}]},
     {"type": "lora", "r": 4},
+    {"type": "lora", "r": 4, "init": "pissa"},
+    {"type": "lora", "r": 4, "init": "olora", "use_rslora": True},
+    {"type": "lora", "r": 4, "modules_to_save": ["lm_head"]},
     {"type": "lora", "r": 8, "use_dora": True, "target_modules": ["q_proj", "v_proj"]},
     {"type": "ia3"},
     {"type": "prefix", "num_virtual_tokens": 5},
@@ -78,6 +85,20 @@ def test_meta_counts_equal_the_real_methods(fields):
     assert trainable_parameters(meta, cfg) == trainable
     if cfg.type in ("full", "freeze"):
         assert total_parameters(meta) == total
+
+
+@pytest.mark.parametrize("init", ["default", "pissa", "olora"])
+def test_qlora_is_counted_on_the_meta_path_as_the_lora_it_trains(init):
+    """QLoRA cannot be applied without CUDA; its plan counts the LoRA it trains, no GPU read."""
+    from conftest import build_tiny_llama
+
+    from tunesmith.models.methods import count_parameters, get_method
+
+    lora = _method({"type": "lora", "r": 4, "init": init, "target_modules": ["q_proj"]})
+    qlora = _method({"type": "qlora", "r": 4, "init": init, "target_modules": ["q_proj"]})
+    real = get_method("lora").apply(build_tiny_llama(400), lora)
+    meta = meta_model(build_tiny_llama(400).config)
+    assert trainable_parameters(meta, qlora) == count_parameters(real)[0] == 2 * 4 * (32 + 32)
 
 
 def test_70b_planned_from_its_config_alone():
@@ -332,7 +353,7 @@ def test_encoder_classifier_counts_include_the_head():
     from transformers import AutoModelForSequenceClassification, BertConfig
 
     from tunesmith.models.methods import count_parameters, get_method
-    from tunesmith.plan.planner import ModelFacts
+    from tunesmith.plan.estimate import ModelFacts
 
     cfg = BertConfig(
         vocab_size=100,
@@ -347,5 +368,5 @@ def test_encoder_classifier_counts_include_the_head():
         AutoModelForSequenceClassification.from_config(cfg), lora, task="seq_cls"
     )
     meta = meta_model(cfg, classifier=True)
-    facts = ModelFacts("tiny-bert", shapes_of(cfg), total_parameters(meta), 0, meta)
+    facts = ModelFacts("tiny-bert", shapes_of(cfg), total_parameters(meta), 0, meta, "seq_cls")
     assert facts.trainable(lora) == count_parameters(real)[0]

@@ -10,7 +10,7 @@ from helpers import train_tiny
 from safetensors.torch import load_file
 
 from tunesmith.config.load import load_config
-from tunesmith.models.tuned import load_for_inference
+from tunesmith.runs.trained import load_for_inference
 
 
 def _losses(result) -> list[float]:
@@ -54,10 +54,12 @@ def test_lora_adapter_reloads_with_identical_logits(tmp_path, tiny_model_dir, al
     )
     assert (result.artifact / "adapter_config.json").is_file()
     assert (result.artifact / "chat_template.jinja").is_file()
-    tuned, tokenizer = load_for_inference(None, result.run.root)
-    base, _ = load_for_inference(load_config(None, [f"model.name_or_path={tiny_model_dir}"]).model)
+    tuned, tokenizer = load_for_inference(result.run.root)
+    base, _ = load_for_inference(
+        model_cfg=load_config(None, [f"model.name_or_path={tiny_model_dir}"]).model
+    )
     reloaded = _logits(tuned, tokenizer)
-    again, _ = load_for_inference(None, result.artifact.parent)
+    again, _ = load_for_inference(result.artifact.parent)
     assert torch.allclose(reloaded, _logits(again, tokenizer), atol=0, rtol=0)
     # The adapter changed the model, and the reload is the trained model, not the base.
     assert not torch.allclose(reloaded, _logits(base, tokenizer), atol=1e-4)
@@ -71,9 +73,9 @@ def test_lora_in_memory_equals_reloaded(tmp_path, tiny_model_dir, alpaca_file, m
     captured = {}
     original_save = sft.get_method("lora").save
 
-    def spy(model, tokenizer, out_dir):
+    def spy(model, tokenizer, out_dir, *args):
         captured["logits"] = _logits(model.eval(), tokenizer)
-        original_save(model, tokenizer, out_dir)
+        original_save(model, tokenizer, out_dir, *args)
 
     monkeypatch.setattr(sft.get_method("lora"), "save", spy)
     result = train_tiny(
@@ -85,7 +87,7 @@ def test_lora_in_memory_equals_reloaded(tmp_path, tiny_model_dir, alpaca_file, m
         "train.max_steps=4",
         "train.learning_rate=1e-2",
     )
-    tuned, tokenizer = load_for_inference(None, result.run.root)
+    tuned, tokenizer = load_for_inference(result.run.root)
     assert torch.allclose(captured["logits"], _logits(tuned, tokenizer), atol=1e-6)
 
 
@@ -245,7 +247,7 @@ def test_group_by_length_batches_similar_lengths(tmp_path, tiny_model_dir):
 
 
 def test_merged_lora_gives_the_adapter_logits(tmp_path, tiny_model_dir, alpaca_file):
-    from tunesmith.models.methods import lora
+    from tunesmith.models.methods import get_method
 
     result = train_tiny(
         tmp_path,
@@ -257,8 +259,8 @@ def test_merged_lora_gives_the_adapter_logits(tmp_path, tiny_model_dir, alpaca_f
         "train.max_steps=4",
         "train.learning_rate=1e-2",
     )
-    tuned, tokenizer = load_for_inference(None, result.run.root)
+    tuned, tokenizer = load_for_inference(result.run.root)
     adapter_logits = _logits(tuned, tokenizer)
-    merged = lora.merge(tuned)
+    merged = get_method("lora").merge(tuned)
     assert not any("lora" in name for name, _ in merged.named_parameters())
     assert torch.allclose(_logits(merged, tokenizer), adapter_logits, atol=1e-5)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from tunesmith.config.schema import ModelConfig
 from tunesmith.models.generate import generate_replies
-from tunesmith.models.tuned import find_artifact, load_for_inference
+from tunesmith.runs.trained import load_for_inference, open_run
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ModelError, TunesmithError
 
@@ -34,7 +34,7 @@ def chat_loop(
         model_cfg = ModelConfig()  # the embedded default
     if compare and adapter is None:
         raise TunesmithError("--compare needs --adapter (a run, adapter or tuned model folder)")
-    model, tokenizer = load_for_inference(model_cfg, adapter)
+    model, tokenizer = load_for_inference(adapter, model_cfg)
     tuned = answerer(model, tokenizer, max_new_tokens, temperature)
     answerers = {"assistant": tuned}
     if compare:
@@ -61,18 +61,14 @@ def answerer(model, tokenizer, max_new_tokens: int, temperature: float, context=
 
 
 def base_model(tuned, model_cfg: ModelConfig | None, adapter: Path):
-    """The model before tuning: the PEFT model itself (adapter switched off per answer), or the
-    base weights loaded beside a fully tuned model."""
-    if hasattr(tuned, "disable_adapter"):
+    """The model before tuning: the PEFT model itself (adapter switched off per answer) where
+    switching it off leaves the base, else the base weights loaded beside the tuned model."""
+    run = open_run(adapter, model_cfg)
+    if run.method.shares_base and hasattr(tuned, "disable_adapter"):
         return tuned
-    from tunesmith.models.load import load_model_and_tokenizer
-
-    cfg = model_cfg or find_artifact(adapter)[1]
-    if cfg is None:
+    if run.model_cfg is None:
         raise ModelError("--compare: no base model known for this tuned model; pass --model")
-    model = load_model_and_tokenizer(cfg)[0]
-    model.eval()
-    return model
+    return run.load_untrained()
 
 
 def show(answers: dict[str, str]) -> None:

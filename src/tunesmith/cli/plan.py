@@ -8,8 +8,8 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from tunesmith.plan.estimate import Plan
 from tunesmith.plan.memory import GB
-from tunesmith.plan.planner import Plan
 from tunesmith.utils.console import console
 
 _ROWS = [

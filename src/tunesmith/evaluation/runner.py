@@ -89,7 +89,7 @@ def run_eval(config: RunConfig, run_or_out_dir: str | Path | None = None) -> dic
     else to a new `eval-<time>` folder under it (or under output.dir). Returns eval.json's data."""
     ev = config.eval
     given = Path(run_or_out_dir) if run_or_out_dir else None
-    run_dir = given if given and (given / "config.yaml").is_file() else None
+    run_dir = given if given and RunFolder(given).config_path.is_file() else None
     target = evaluated_target(config, run_dir)
     baseline = baseline_target(ev, target)
     files = ev.data or config.data.eval
@@ -129,17 +129,18 @@ def baseline_target(ev: EvalConfig, target: Target) -> Target | None:
     if ev.baseline == "base":
         if target.adapter is None:
             return None  # the evaluated model is the base model: nothing to compare
-        from tunesmith.models.tuned import find_artifact
+        from tunesmith.runs.trained import open_run
 
-        base_cfg = target.model_cfg or find_artifact(target.adapter)[1]
+        base_cfg = target.model_cfg or open_run(target.adapter).model_cfg
         if base_cfg is None:
             raise ConfigError(
                 f"eval.baseline: 'base' needs the base model of '{target.adapter}'; set eval.model"
             )
         return Target("baseline", base_cfg)
-    path = Path(ev.baseline)
-    if (path / "config.yaml").is_file() or (path / "adapter_config.json").is_file():
-        return Target("baseline", None, path)
+    from tunesmith.runs.trained import is_trained_run
+
+    if is_trained_run(ev.baseline):
+        return Target("baseline", None, Path(ev.baseline))
     return Target("baseline", ModelConfig(name_or_path=ev.baseline))
 
 
@@ -400,15 +401,15 @@ def _speed(engine, items, config, outcome: Outcome, target: Target) -> None:
 def weight_paths(target: Target) -> list[Path]:
     """Folders or files holding the target's weights: the artifact, and the base it adapts."""
     from tunesmith.models.resolve import resolve_model
-    from tunesmith.models.tuned import find_artifact
+    from tunesmith.runs.trained import open_run
 
     paths, cfg = [], target.model_cfg
     if target.adapter is not None:
-        artifact, run_cfg = find_artifact(target.adapter)
-        paths.append(artifact)
-        if not (artifact / "adapter_config.json").is_file():
+        run = open_run(target.adapter, cfg)
+        paths.append(run.artifact)
+        if not run.is_adapter:
             return paths  # a full tuned model stands alone
-        cfg = cfg or run_cfg
+        cfg = run.model_cfg
     if cfg is not None:
         base = Path(resolve_model(cfg.name_or_path).path)
         if base.exists():

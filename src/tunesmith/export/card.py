@@ -36,7 +36,7 @@ def card_facts(trained, run_config: dict, verification: dict | None, layout: str
     data = run_config.get("data") or {}
     return {
         "base_model": trained.base_ref,
-        "method": run_config.get("method") or {"type": trained.method},
+        "method": trained.run.method_cfg.model_dump(mode="json"),
         "stage": (run_config.get("train") or {}).get("stage"),
         "layout": layout,  # merged | base+adapter | full
         "quantized_base": trained.quantized,

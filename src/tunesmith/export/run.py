@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from tunesmith.config.schema import ExportConfig, ModelConfig, RunConfig
 from tunesmith.export.card import card_facts, render_card
-from tunesmith.export.merge import Trained, base_logits_context, load_trained, merge
+from tunesmith.export.merge import Trained, load_trained, merge
 from tunesmith.export.verify import (
     Verification,
     default_tolerance,
@@ -28,6 +27,7 @@ from tunesmith.export.verify import (
 )
 from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.models.resolve import ResolvedModel
+from tunesmith.runs.folder import RunFolder
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError, ModelError
 
@@ -53,10 +53,7 @@ def export_run(config: RunConfig, source: str | Path) -> ExportResult:
     trained = load_trained(source, config.model)
     convs = sample_conversations(cfg.verify_prompts)
     reference = prompt_logits(trained.model, trained.tokenizer, convs)
-    base = None
-    if trained.is_adapter:
-        with base_logits_context(trained.model):
-            base = prompt_logits(trained.model, trained.tokenizer, convs)
+    base = _base_logits(trained, convs) if trained.is_adapter else None
     staging = out.parent / f".{out.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -90,6 +87,16 @@ def save_model(model, tokenizer, folder: Path, cfg: ExportConfig) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def _base_logits(trained: Trained, convs) -> list:
+    """The base model's logits, to show the adapter changes them: the adapter switched off where
+    that leaves the base (PEFT adapters), else the base loaded beside it."""
+    if trained.run.method.shares_base:
+        with trained.model.disable_adapter():
+            return prompt_logits(trained.model, trained.tokenizer, convs)
+    base = trained.run.load_untrained("float32")
+    return prompt_logits(base, trained.tokenizer, convs)
+
+
 def _save(trained: Trained, staging: Path, cfg: ExportConfig) -> tuple[str, str]:
     if not trained.is_adapter:
         save_model(trained.model, trained.tokenizer, staging, cfg)
@@ -98,14 +105,17 @@ def _save(trained: Trained, staging: Path, cfg: ExportConfig) -> tuple[str, str]
         save_model(merge(trained), trained.tokenizer, staging, cfg)
         dequant = " into dequantized base weights" if trained.quantized else ""
         return "merged", f"{trained.method} adapter merged{dequant}"
-    save_model(trained.model.get_base_model(), trained.tokenizer, staging / "base", cfg)
+    # a fresh base: the tuned model's own modules (bottleneck adapters) must not go into it
+    save_model(trained.run.load_untrained("float32"), trained.tokenizer, staging / "base", cfg)
     (staging / "adapter").mkdir()
     for pattern in _ADAPTER_FILES:
         for file in trained.artifact.glob(pattern):
             shutil.copy2(file, staging / "adapter" / file.name)
     return "base+adapter", (
-        f"the {trained.method} method cannot be merged into the weights: exported the base model "
-        "(base/) and the adapter (adapter/) unmerged; load them with PeftModel.from_pretrained"
+        f"method {trained.method}: {trained.run.method.not_mergeable}. Exported the base model "
+        "(base/) and the adapter (adapter/) unmerged; load them with tunesmith "
+        "(open_run('adapter', model_cfg) on base/)"
+        + (" or PeftModel.from_pretrained" if trained.run.method.shares_base else "")
     )
 
 
@@ -118,9 +128,7 @@ def _verify(trained, staging, layout, cfg, convs, reference, base) -> Verificati
     tokenizer = load_tokenizer(_local(tok_dir), plain)
     gen_ok = eos_ok(model.generation_config, tokenizer)
     if layout == "base+adapter":
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, staging / "adapter")
+        model = trained.run.method.load(model, staging / "adapter")
     model.eval()
     exported = prompt_logits(model, tokenizer, convs)
     tolerance = cfg.tolerance or default_tolerance(cfg.dtype, reference)
@@ -137,10 +145,7 @@ def _gguf(staging: Path, layout: str, method: str, cfg: ExportConfig) -> float:
 
 
 def _write_card(trained: Trained, staging: Path, layout: str, verification, gguf_diff) -> None:
-    run_config = {}
-    if trained.run_folder is not None:
-        text = (trained.run_folder / "config.yaml").read_text(encoding="utf-8")
-        run_config = yaml.safe_load(text) or {}
+    run_config = trained.run.config.model_dump(mode="json") if trained.run.config else {}
     facts = card_facts(
         trained, run_config, verification.to_dict() if verification else None, layout
     )
@@ -152,7 +157,7 @@ def _write_card(trained: Trained, staging: Path, layout: str, verification, gguf
 
 
 def _default_out(source: Path) -> Path:
-    if (source / "config.yaml").is_file():
+    if RunFolder(source).config_path.is_file():
         return source / "export"
     return source.parent / f"{source.name}-export"
 

@@ -60,10 +60,10 @@ class LocalClient:
         adapter: str | Path | None = None,
         batch_size: int = 8,
     ):
-        from tunesmith.models.tuned import load_for_inference
+        from tunesmith.runs.trained import load_for_inference
 
         cfg = ModelConfig(name_or_path=model) if isinstance(model, str) else model
-        self.model, self.tokenizer = load_for_inference(cfg, adapter)
+        self.model, self.tokenizer = load_for_inference(adapter, cfg)
         self.batch_size = batch_size
 
     def replies(
@@ -201,11 +201,10 @@ def make_client(spec: str | dict) -> ChatClient:
 
 def _local(ref: str, adapter: str | None = None, **kwargs) -> LocalClient:
     # A run or adapter folder carries its own base model, so it goes in as the adapter.
-    path = Path(ref)
-    if adapter is None and (
-        (path / "config.yaml").is_file() or (path / "adapter_config.json").is_file()
-    ):
-        return LocalClient(None, adapter=path, **kwargs)
+    from tunesmith.runs.trained import is_trained_run
+
+    if adapter is None and Path(ref).is_dir() and is_trained_run(ref):
+        return LocalClient(None, adapter=Path(ref), **kwargs)
     return LocalClient(ref, adapter=adapter, **kwargs)
 
 

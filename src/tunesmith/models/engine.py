@@ -257,9 +257,9 @@ def create_engine(
 ) -> Engine:
     """An engine for a base model, a run folder, or an adapter / tuned-model folder."""
     if kind == "transformers":
-        from tunesmith.models.tuned import load_for_inference
+        from tunesmith.runs.trained import load_for_inference
 
-        model, tokenizer = load_for_inference(model_cfg, adapter)
+        model, tokenizer = load_for_inference(adapter, model_cfg)
         return TransformersEngine(model, tokenizer, batch_size)
     if kind == "vllm":
         require_vllm()  # before any loading: fail in one sentence, fast
@@ -279,24 +279,25 @@ def require_vllm() -> None:
 
 def _create_vllm(model_cfg: ModelConfig | None, adapter: str | Path | None) -> VLLMEngine:
     from tunesmith.models.load import load_tokenizer
-    from tunesmith.models.resolve import ResolvedModel, resolve_model
-    from tunesmith.models.tuned import find_artifact
+    from tunesmith.models.resolve import resolve_model
+    from tunesmith.runs.trained import open_run
 
-    artifact, run_cfg = find_artifact(adapter) if adapter else (None, None)
-    cfg = model_cfg or run_cfg
-    if cfg is None:
-        raise ModelError("no base model: pass --model, or an adapter inside a run folder")
-    lora = artifact if artifact and (artifact / "adapter_config.json").is_file() else None
-    if lora is not None:
-        peft_type = json.loads((lora / "adapter_config.json").read_text()).get("peft_type")
-        if peft_type != "LORA":
-            raise ModelError(
-                f"vLLM serves LoRA adapters only, and '{lora}' is {peft_type}; "
-                "merge it first (tunesmith export) or use engine 'transformers'"
-            )
-    base = str(artifact) if artifact and lora is None else resolve_model(cfg.name_or_path).path
-    tokenizer_dir = str(artifact) if artifact else base  # the run's saved template wins
-    tokenizer = load_tokenizer(ResolvedModel(tokenizer_dir, tokenizer_dir, "local"), cfg)
+    if adapter is None:
+        if model_cfg is None:
+            raise ModelError("no model: name a base model (--model) or a run folder")
+        base = resolve_model(model_cfg.name_or_path)
+        return VLLMEngine(base.path, load_tokenizer(base, model_cfg), None, dtype=model_cfg.dtype)
+    run = open_run(adapter, model_cfg)
+    if run.is_adapter and run.method.name not in ("lora", "qlora"):
+        raise ModelError(
+            f"vLLM serves LoRA adapters only, and '{run.artifact}' is {run.method.name}; "
+            "merge it first (tunesmith export) or use engine 'transformers'"
+        )
+    cfg = run.model_cfg or ModelConfig()
+    base = resolve_model(run.base_ref).path if run.is_adapter else str(run.artifact)
+    lora = run.artifact if run.is_adapter else None
+    tokenizer = run.load_tokenizer()  # the run's saved template wins
+    tokenizer_dir = str(run.artifact)
     return VLLMEngine(base, tokenizer, lora, tokenizer_path=tokenizer_dir, dtype=cfg.dtype)
 
 

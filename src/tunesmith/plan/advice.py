@@ -10,25 +10,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from tunesmith.config.methods import FreezeMethod, FullMethod, LoraMethod, QLoraMethod
+from tunesmith.config.methods import LoraMethod, QLoraMethod
+from tunesmith.models.methods import get_method
+from tunesmith.plan.estimate import Plan, estimate
 from tunesmith.plan.memory import GB
-from tunesmith.plan.planner import Plan, estimate
 
 HEADROOM = 0.9  # leave 10% of the memory for what no estimate sees
-# Starting learning rates by method: full fine-tuning moves pretrained weights (small steps);
-# low-rank and vector methods start from zero or identity and need larger ones.
-LEARNING_RATES = {
-    "full": 2e-5,
-    "freeze": 5e-5,
-    "lora": 2e-4,
-    "qlora": 2e-4,
-    "adapter": 1e-4,
-    "hybrid": 2e-4,
-    "ia3": 3e-3,
-    "prefix": 1e-2,
-    "prompt": 3e-2,
-    "ptuning": 1e-2,
-}
 
 
 @dataclass
@@ -130,30 +117,17 @@ def _preference(goal: str, scale: str, size: int) -> list[str]:
     return ["lora", "full", "qlora", "freeze", "adapter"]
 
 
-WHY = {
-    "full": "full fine-tuning gives the best quality when the data is large enough to move "
-    "every weight without overfitting",
-    "lora": "LoRA reaches close to full fine-tuning quality on small and medium data with a "
-    "fraction of the memory (no gradients or Adam states for the base weights) and about "
-    "2/3 of the compute",
-    "qlora": "QLoRA stores the base weights in 4 bits (~0.52 bytes per weight): the smallest "
-    "memory that still trains well",
-    "freeze": "training only the top layers is fast (no gradients below them) but adapts less",
-    "ia3": "IA3 trains only scaling vectors: tiny memory and artifacts, weaker adaptation",
-    "prompt": "prompt tuning trains only a few embeddings: the least memory, the weakest "
-    "adaptation",
-    "adapter": "bottleneck adapters are stable and modular, at a small inference cost",
-}
-
-
 def _reason(goal: str, method: str, scale: str) -> str:
-    return f"goal {goal}, data {scale}: {WHY[method]}"
+    return f"goal {goal}, data {scale}: {get_method(method).why}"
 
 
 def _settings(plan: Plan, method: str, scale: str) -> dict:
     cfg = plan.config.train
     epochs = {"small": 3, "medium": 2, "large": 1}.get(scale, cfg.epochs)
-    settings: dict = {"method.type": method, "train.learning_rate": LEARNING_RATES[method]}
+    settings: dict = {
+        "method.type": method,
+        "train.learning_rate": get_method(method).learning_rate,
+    }
     if method in ("lora", "qlora"):
         # more data can use more rank; alpha = 2 r keeps the update scale the same
         r = {"small": 8, "medium": 16, "large": 64}.get(scale, 16)
@@ -167,17 +141,8 @@ def _settings(plan: Plan, method: str, scale: str) -> dict:
 
 
 def _method_section(settings: dict):
-    kind = settings["method.type"]
     fields = {k.split(".", 1)[1]: v for k, v in settings.items() if k.startswith("method.")}
-    fields.pop("type")
-    classes = {"full": FullMethod, "freeze": FreezeMethod, "lora": LoraMethod, "qlora": QLoraMethod}
-    if kind in classes:
-        return classes[kind](**fields)
-    from pydantic import TypeAdapter
-
-    from tunesmith.config.methods import MethodConfig
-
-    return TypeAdapter(MethodConfig).validate_python({"type": kind, **fields})
+    return get_method(fields["type"]).config(**fields)
 
 
 def _candidates(plan: Plan, scale: str, budget: float) -> list[Option]:
@@ -190,7 +155,9 @@ def _candidates(plan: Plan, scale: str, budget: float) -> list[Option]:
         config, extra = _fit_batch(plan, section, budget)
         mem = estimate(plan.facts, config, plan.hardware.device, plan.data, section)
         overrides = [f"{k}={v}" for k, v in settings.items()] + extra
-        options.append(Option(method, overrides, mem.total, mem.total <= budget, WHY[method]))
+        options.append(
+            Option(method, overrides, mem.total, mem.total <= budget, get_method(method).why)
+        )
     return options
 
 
@@ -249,7 +216,7 @@ def fixes(plan: Plan, budget: float) -> list[str]:
         steps.append((["method.dropout=0"], {"method": method.model_copy(update={"dropout": 0.0})}))
     if method.type in ("full", "freeze"):
         lora = ["method.type=lora", "method.r=16", "method.alpha=32", "method.dropout=0"]
-        steps.append(([*lora, "train.learning_rate=0.0002"],
+        steps.append(([*lora, f"train.learning_rate={get_method('lora').learning_rate}"],
                       {"method": LoraMethod(r=16, alpha=32, dropout=0.0)}))  # fmt: skip
     if device == "cuda" and method.type != "qlora":
         qlora = ["method.type=qlora", "method.r=16", "method.dropout=0"]

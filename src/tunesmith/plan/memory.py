@@ -17,12 +17,10 @@ from tunesmith.plan.count import Shapes
 
 Device = Literal["cpu", "cuda"]
 GB = 1024**3
-PEFT_TYPES = ("lora", "qlora", "ia3", "prefix", "prompt", "ptuning", "adapter", "hybrid")
 # Process RSS of python + torch + transformers + the Trainer before the model loads (measured
 # on Linux x86-64, torch 2.13 CPU); a CUDA context takes about 0.8 GB of device memory.
 CPU_BASELINE = int(0.5 * GB)
 CUDA_CONTEXT = int(0.8 * GB)
-ADAPTER_H = 2.5  # an adapter's input, output and residual sum, in hidden widths (RSS)
 CUDA_FRAGMENTATION = 0.05  # the caching allocator keeps freed blocks of other sizes
 
 
@@ -99,67 +97,14 @@ def block_activations(shapes: Shapes, kind: str, method=None, masked_tokens: int
 
 
 def _method_activations(shapes: Shapes, method) -> float:
-    """What a PEFT method adds inside a frozen block."""
-    if method is None:
-        return 0.0
-    h, i, q, kv = shapes.hidden, shapes.intermediate, shapes.q_dim, shapes.kv_dim
-    kind = method.type
-    if kind in ("lora", "qlora", "hybrid"):
-        targets = _lora_targets(shapes, method)
-        inputs = sum(t[0] for t in targets)
-        # lora_A's input (o_proj / down_proj inputs are not kept otherwise), its output (r each)
-        extra = (q if any(t[2] == "o" for t in targets) else 0) + (
-            i if any(t[2] == "down" for t in targets) else 0
-        )
-        # dropout's output and mask per target: 1.5 x the input width in saved tensors,
-        # 2.5 x in peak RSS (the masks and copies of the backward pass)
-        dropout = 2.5 * inputs if method.dropout > 0 else 0.0
-        lora = extra + method.r * len(targets) + dropout
-        if kind == "hybrid":
-            lora += ADAPTER_H * h + 3 * _adapter_size(shapes, method)
-        return lora
-    if kind == "ia3":  # the scaled k and v outputs; the scaled FFN input (and its copy)
-        return 2 * kv + 1.25 * i
-    if kind == "adapter":
-        sites = 2 if method.placement == "both" else 1
-        return sites * (ADAPTER_H * h + 3 * _adapter_size(shapes, method))
-    return 0.0  # prefix / prompt / ptuning: a few virtual positions, nothing per token
+    """What a PEFT method adds inside a frozen block: the method's own term."""
+    return 0.0 if method is None else _form(method).frozen_block_activations(shapes, method)
 
 
-def _checkpointed_lora(shapes: Shapes, method) -> float:
-    """Under gradient checkpointing, LoRA blocks still hold about 1.25 x their adapted inputs
-    per token in peak RSS on CPU (SmolLM2: 0.75 GB more than adapters at 1024 tokens). Saved
-    tensors do not show it: glibc keeps the freed forward temporaries, so it is CPU-only."""
-    if method.type not in ("lora", "qlora", "hybrid"):
-        return 0.0
-    return 1.25 * sum(t[0] for t in _lora_targets(shapes, method))
+def _form(method):
+    from tunesmith.models.methods import get_method
 
-
-def _adapter_size(shapes: Shapes, method) -> int:
-    return (
-        shapes.hidden // method.reduction_factor if method.reduction_factor else method.adapter_size
-    )
-
-
-def _lora_targets(shapes: Shapes, method) -> list[tuple[int, int, str]]:
-    """(in, out, short name) of the Llama block's linears a LoRA-style method adapts."""
-    h, i, q, kv = shapes.hidden, shapes.intermediate, shapes.q_dim, shapes.kv_dim
-    block = {
-        "q_proj": (h, q, "q"),
-        "k_proj": (h, kv, "k"),
-        "v_proj": (h, kv, "v"),
-        "o_proj": (q, h, "o"),
-        "gate_proj": (h, i, "gate"),
-        "up_proj": (h, i, "up"),
-        "down_proj": (i, h, "down"),
-    }
-    if method.type == "hybrid":
-        return [block[n] for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
-    targets = method.target_modules
-    if targets == "all-linear":
-        return list(block.values())
-    names = [targets] if isinstance(targets, str) else targets
-    return [shape for name, shape in block.items() if any(name.endswith(t) for t in names)]
+    return get_method(method.type)
 
 
 def activation_bytes(
@@ -167,9 +112,10 @@ def activation_bytes(
 ) -> int:
     """Activations of the whole stack for one step, with or without gradient checkpointing."""
     masked = _masked_tokens(work)
-    peft = method.type in PEFT_TYPES
-    trained = 0 if peft else _trained_blocks(method, shapes)
-    below = "frozen" if peft or _embeddings_train(method) else "none"
+    form = _form(method)
+    peft = not form.trains_base_weights
+    trained = form.trained_blocks(method, shapes.layers)
+    below = "frozen" if peft or form.trains_embeddings(method) else "none"
     per_block = [block_activations(shapes, "trained", method, masked)] * trained + [
         block_activations(shapes, below, method, masked)
     ] * (shapes.layers - trained)
@@ -177,7 +123,7 @@ def activation_bytes(
         # each block keeps its input (3h in peak RSS: h in saved tensors, plus the gradient
         # flowing between blocks); one block at a time is recomputed in the backward pass
         blocks = sum(1 for e in per_block if e)
-        lora = _checkpointed_lora(shapes, method) if device == "cpu" else 0.0
+        lora = form.checkpointed_activations(shapes, method) if device == "cpu" else 0.0
         kept = (3 * shapes.hidden + lora) * blocks
         kept += max(per_block, default=0)
     else:
@@ -190,18 +136,6 @@ def _masked_tokens(work: Workload) -> int:
     if work.packed:
         return work.tokens if work.batch > 1 else 0
     return work.seq if work.batch > 1 else 0
-
-
-def _trained_blocks(method, shapes: Shapes) -> int:
-    if method.type == "full":
-        return shapes.layers
-    if method.type == "freeze":
-        return min(method.trainable_layers, shapes.layers)
-    return 0
-
-
-def _embeddings_train(method) -> bool:
-    return method.type == "freeze" and "embed_tokens" in method.trainable_modules
 
 
 def logits_bytes(shapes: Shapes, work: Workload, compute_bytes: int) -> int:
@@ -225,7 +159,7 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Peak memory of a training step. `quantizable`: the block linears' weight count (what a
     4/8-bit base stores quantized); `trainable` as count.trainable_parameters gives it."""
-    peft = method.type in PEFT_TYPES
+    peft = not _form(method).trains_base_weights
     weights = total * precision.param_bytes
     notes: list[str] = []
     if precision.quant_bits:

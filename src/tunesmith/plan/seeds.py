@@ -38,7 +38,7 @@ def seed_estimate_memory(
 def seed_comparison(model: str = "llama-2-7b", seq: int = 2048) -> list[dict]:
     """Each seed case next to our estimate for the same job on one GPU (decimal GB)."""
     from tunesmith.plan.data import UNKNOWN
-    from tunesmith.plan.planner import estimate, model_facts
+    from tunesmith.plan.estimate import estimate, model_facts
 
     facts = model_facts(model)
     rows = []

@@ -135,7 +135,7 @@ def probe_rate(plan) -> float:
     from tunesmith.models.methods import get_method
     from tunesmith.models.resolve import resolve_model
     from tunesmith.plan.count import known_key
-    from tunesmith.plan.planner import workload_for
+    from tunesmith.plan.estimate import workload_for
 
     config = plan.config
     resolved = resolve_model(config.model.name_or_path)

@@ -32,6 +32,9 @@ from tunesmith.config.load import save_config
 from tunesmith.config.schema import OutputConfig, RunConfig
 from tunesmith.utils.errors import ConfigError
 
+CONFIG = "config.yaml"
+LABELS = "labels.json"  # cls and rm runs: the label names in id order
+
 
 def is_main_process() -> bool:
     """True outside torchrun, and in its global rank 0: the one process that writes run files."""
@@ -63,7 +66,7 @@ class RunFolder:
         return cls(root)
 
     # paths
-    config_path = property(lambda self: self.root / "config.yaml")
+    config_path = property(lambda self: self.root / CONFIG)
     metrics_path = property(lambda self: self.root / "metrics.jsonl")
     alerts_path = property(lambda self: self.root / "alerts.jsonl")
     rejects_path = property(lambda self: self.root / "rejects.jsonl")

@@ -1,4 +1,10 @@
-"""The models a server answers for: one base and PEFT adapters on it, chosen by name.
+"""The models a server answers for: one base model and the trained runs beside it, by name.
+
+A run whose method PEFT can switch per request on a shared base (LoRA, IA3, prompt, prefix,
+p-tuning) and that was trained on the served base with the same chat template is attached to
+that base as a named adapter. Any other run (bottleneck adapters, hybrid, a full or freeze
+model, another base or template) gets an engine of its own, loaded exactly as it was trained;
+the method form says which (models/methods/).
 
 A request's `model` string is only ever compared with names found by listing the adapters
 folder; it never becomes part of a path, so no name can reach outside that folder. A listed
@@ -12,15 +18,18 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from tunesmith.config.schema import ModelConfig
 from tunesmith.models.engine import Engine, TransformersEngine
-from tunesmith.models.tuned import find_artifact
+from tunesmith.models.resolve import resolve_model
+from tunesmith.runs.trained import TrainedRun, is_trained_run, open_run
 from tunesmith.utils.errors import ModelError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class ModelRegistry:
-    """Base model plus adapters; `use(name)` switches to one. Call it from one thread at a time."""
+    """Base model plus runs; `use(name)` gives the engine answering for one. Call it from one
+    thread at a time."""
 
     def __init__(
         self,
@@ -28,20 +37,24 @@ class ModelRegistry:
         base_name: str,
         adapters_dir: str | Path | None = None,
         adapters: dict[str, Path] | None = None,
+        base_cfg: ModelConfig | None = None,
     ):
         self.engine = engine
         self.base_name = base_name
+        self.base_cfg = base_cfg  # also the base of adapter folders outside a run folder
+        self.base_path = resolve_model(base_cfg.name_or_path).path if base_cfg else None
         self.root = Path(adapters_dir).resolve() if adapters_dir else None
         self.explicit = dict(adapters or {})  # given by the operator (--adapter), trusted
         # name -> PEFT adapter name: PEFT keys modules by it, so a folder name with a dot, or
         # one inside "lora_" (such as "a"), must not reach it
         self.loaded: dict[str, str] = {}
+        self.own_engines: dict[str, Engine] = {}  # runs that cannot share the base
 
     def names(self) -> list[str]:
         return [self.base_name, *sorted(self.available())]
 
     def available(self) -> dict[str, Path]:
-        """Adapter name -> adapter folder, from the configured folder and explicit adapters."""
+        """Run name -> run or artifact folder, from the configured folder and explicit runs."""
         found = dict(self.explicit)
         if self.root is not None and self.root.is_dir():
             for child in self.root.iterdir():
@@ -49,39 +62,36 @@ class ModelRegistry:
                     continue
                 if not child.resolve().is_relative_to(self.root):
                     continue  # a symlink out of the folder
-                adapter = _adapter_folder(child)
-                if adapter is not None:
-                    found[child.name] = adapter
+                if is_trained_run(child):
+                    found[child.name] = child
         return found
 
     def knows(self, name: str) -> bool:
         return name == self.base_name or name in self.loaded or name in self.available()
 
     def load(self, name: str) -> None:
-        """Attach adapter `name` (PEFT multi-adapter); a no-op when loaded or the base."""
-        if name == self.base_name or name in self.loaded:
+        """Make run `name` ready to answer; a no-op when loaded or the base."""
+        if name == self.base_name or name in self.loaded or name in self.own_engines:
             return
         folder = self.available().get(name)
         if folder is None:
             raise ModelError(f"no adapter named '{name}'")
         if not isinstance(self.engine, TransformersEngine):
             raise ModelError("adapters are switched per request with the transformers engine only")
-        self._check_template(name, folder)
-        model, internal = self.engine.model, f"adapter_{len(self.loaded)}"
-        if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
-            model.load_adapter(str(folder), adapter_name=internal)
+        run = open_run(folder, self.base_cfg)
+        if self._can_share_base(run):
+            self._attach(name, run)
         else:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(folder), adapter_name=internal)
-            self.engine.model = model
-        model.eval()
-        self.loaded[name] = internal
+            model, tokenizer = run.load()
+            self.own_engines[name] = TransformersEngine(model, tokenizer, self.engine.batch_size)
 
     @contextlib.contextmanager
     def use(self, name: str) -> Iterator[Engine]:
-        """The engine with adapter `name` active (the base: every adapter off)."""
+        """The engine answering as `name` (the base: every shared adapter off)."""
         self.load(name)
+        if name in self.own_engines:
+            yield self.own_engines[name]
+            return
         model = getattr(self.engine, "model", None)
         if name == self.base_name:
             off = model.disable_adapter() if self.loaded else contextlib.nullcontext()
@@ -91,24 +101,23 @@ class ModelRegistry:
         model.set_adapter(self.loaded[name])
         yield self.engine
 
-    def _check_template(self, name: str, folder: Path) -> None:
-        # One template for all: an adapter trained on another template would be prompted wrongly.
-        if not (folder / "tokenizer_config.json").is_file():
-            return
-        from transformers import AutoTokenizer
+    def _can_share_base(self, run: TrainedRun) -> bool:
+        """A PEFT adapter PEFT can switch, trained on this base, with this chat template."""
+        if not (run.is_adapter and run.method.shares_base and run.task == "causal_lm"):
+            return False
+        if self.base_path is None or resolve_model(run.base_ref).path != self.base_path:
+            return False
+        own = run.load_tokenizer().chat_template
+        return not own or own == self.engine.tokenizer.chat_template
 
-        own = AutoTokenizer.from_pretrained(folder).chat_template
-        if own and own != self.engine.tokenizer.chat_template:
-            raise ModelError(
-                f"adapter '{name}' was trained with another chat template than the base model's; "
-                "serve it on its own (tunesmith serve --adapter FOLDER)"
-            )
+    def _attach(self, name: str, run: TrainedRun) -> None:
+        model, internal = self.engine.model, f"adapter_{len(self.loaded)}"
+        if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
+            model.load_adapter(str(run.artifact), adapter_name=internal)
+        else:
+            from peft import PeftModel
 
-
-def _adapter_folder(path: Path) -> Path | None:
-    """The PEFT adapter folder of a run folder or adapter folder; None for anything else."""
-    try:
-        artifact, _ = find_artifact(path)
-    except ModelError:
-        return None
-    return artifact if (artifact / "adapter_config.json").is_file() else None
+            model = PeftModel.from_pretrained(model, str(run.artifact), adapter_name=internal)
+            self.engine.model = model
+        model.eval()
+        self.loaded[name] = internal

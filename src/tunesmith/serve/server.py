@@ -7,9 +7,8 @@ from pathlib import Path
 
 from tunesmith.config.schema import RunConfig
 from tunesmith.models.engine import TransformersEngine, create_engine
-from tunesmith.models.load import load_causal_lm, load_model_and_tokenizer, load_tokenizer
-from tunesmith.models.resolve import ResolvedModel
-from tunesmith.models.tuned import find_artifact
+from tunesmith.models.load import load_model_and_tokenizer
+from tunesmith.runs.trained import open_run
 from tunesmith.serve.app import ServerState, create_app
 from tunesmith.serve.batcher import Batcher
 from tunesmith.serve.registry import ModelRegistry
@@ -43,8 +42,8 @@ def build_state(config: RunConfig, adapter: str | Path | None = None) -> ServerS
         engine = create_engine(config.model, adapter, kind="vllm", batch_size=cfg.batch_size)
         registry = ModelRegistry(engine, base_name)
     else:
-        engine, explicit = _transformers_engine(config, adapter)
-        registry = ModelRegistry(engine, base_name, cfg.adapters_dir, explicit)
+        engine, explicit, base_cfg = _transformers_engine(config, adapter)
+        registry = ModelRegistry(engine, base_name, cfg.adapters_dir, explicit, base_cfg)
         if cfg.preload:
             for name in registry.available():
                 registry.load(name)
@@ -54,20 +53,20 @@ def build_state(config: RunConfig, adapter: str | Path | None = None) -> ServerS
 
 
 def _transformers_engine(config: RunConfig, adapter: str | Path | None):
+    """(engine for the base, {name: run} served beside it, the base's model section)."""
     if adapter is None:
         model, tokenizer, _ = load_model_and_tokenizer(config.model)
-        explicit = {}
-    else:
-        artifact, _ = find_artifact(adapter)
-        local = ResolvedModel(str(artifact), str(artifact), "local")
-        tokenizer = load_tokenizer(local, config.model)  # the run's saved template wins
-        if (artifact / "adapter_config.json").is_file():
-            model, _, _ = load_model_and_tokenizer(config.model)
-            explicit = {Path(adapter).name: artifact}
-        else:  # a fully tuned model: it is the base here
-            model, explicit = load_causal_lm(local, config.model), {}
+        model.eval()
+        return TransformersEngine(model, tokenizer, config.serve.batch_size), {}, config.model
+    run = open_run(adapter, config.model)
+    if run.is_adapter:  # the run answers under its own name, its base under serve.model_name
+        model, _, _ = load_model_and_tokenizer(run.model_cfg)
+        tokenizer = run.load_tokenizer()  # the run's saved template wins
+        explicit = {Path(adapter).name: Path(adapter)}
+    else:  # a fully tuned model: it is the base here
+        (model, tokenizer), explicit = run.load(), {}
     model.eval()
-    return TransformersEngine(model, tokenizer, config.serve.batch_size), explicit
+    return TransformersEngine(model, tokenizer, config.serve.batch_size), explicit, run.model_cfg
 
 
 def run_server(state: ServerState) -> None:

@@ -11,7 +11,6 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from tunesmith.config.schema import TrainConfig
-from tunesmith.models.methods import adapter, freeze
 from tunesmith.runs.folder import RunFolder, read_jsonl
 from tunesmith.runs.plots import plot_metrics
 from tunesmith.train.monitor import TREND_WINDOW, loss_trend, memory_record
@@ -120,61 +119,6 @@ def early_stopping_callbacks(cfg: TrainConfig) -> list[TrainerCallback]:
     if stopping is None:
         return []
     return [EarlyStoppingCallback(stopping.patience, stopping.min_delta)]
-
-
-def method_callbacks(model) -> list[TrainerCallback]:
-    """What the applied method needs during training: progressive unfreezing for freeze with a
-    schedule; for hybrid, its own adapter weights in every checkpoint (PEFT saves only LoRA)."""
-    callbacks: list[TrainerCallback] = []
-    if hasattr(model, freeze.STAGES):
-        plan = getattr(model, freeze.STAGES)
-        callbacks.append(ProgressiveUnfreeze(plan["stages"], plan["unit"]))
-    if hasattr(model, "get_base_model") and adapter.has_adapters(model):
-        callbacks.append(AdapterCheckpoint())
-    return callbacks
-
-
-class ProgressiveUnfreeze(TrainerCallback):
-    """Trains the stage of `stages` ([(start, parameter names)], see models/methods/freeze.py)
-    that the step count (or epoch) has reached; on resume it picks up the right stage."""
-
-    def __init__(self, stages: list[tuple[int, set[str]]], unit: str = "steps"):
-        self.stages, self.unit = stages, unit
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._apply(state, model)
-
-    def on_step_begin(self, args, state, control, model=None, **kwargs):
-        if self.unit == "steps":
-            self._apply(state, model)
-
-    def on_epoch_begin(self, args, state, control, model=None, **kwargs):
-        if self.unit == "epochs":
-            self._apply(state, model)
-
-    def _apply(self, state, model) -> None:
-        now = state.global_step if self.unit == "steps" else int(state.epoch or 0)
-        trained = [names for start, names in self.stages if start <= now][-1]
-        for name, param in model.named_parameters():
-            param.requires_grad_(name in trained)
-
-
-class AdapterCheckpoint(TrainerCallback):
-    """Bottleneck-adapter weights read back from a checkpoint on resume and when the best
-    checkpoint is loaded at the end (train/checkpoints.py writes them into each checkpoint)."""
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        folder = _checkpoint(args, state.global_step)
-        if state.global_step and (folder / adapter.MARKER).is_file():
-            adapter.load_weights(model, folder)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if args.load_best_model_at_end and state.best_model_checkpoint:
-            adapter.load_weights(model, Path(state.best_model_checkpoint))
-
-
-def _checkpoint(args, step: int) -> Path:
-    return Path(args.output_dir) / f"checkpoint-{step}"
 
 
 def best_checkpoint(cfg: TrainConfig, state) -> dict | None:

@@ -18,31 +18,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from tunesmith.config.cls import ClsConfig
-from tunesmith.config.load import load_config
-from tunesmith.config.schema import ModelConfig, RunConfig
+from tunesmith.config.schema import RunConfig
 from tunesmith.data.classification import ClsData, label_counts, load_cls_data, tokenize_cls
 from tunesmith.evaluation.classification import classification_metrics, plot_confusion
-from tunesmith.models.load import from_hub_or_local, pick_dtype
+from tunesmith.models.classifier import load_classifier
 from tunesmith.models.methods import (
-    HEADS,  # classifier (BERT family), score (Llama)
     count_parameters,
     get_method,
-    load_adapter,
-    quantization_config,
 )
-from tunesmith.models.resolve import ResolvedModel, resolve_model
-from tunesmith.models.tuned import find_artifact
-from tunesmith.runs.folder import RunFolder, is_main_process
+from tunesmith.runs.folder import LABELS, RunFolder, is_main_process
+from tunesmith.runs.trained import open_run
 from tunesmith.train.callbacks import (
     CompactProgressCallback,
     MetricsCallback,
     best_checkpoint,
     check_eval_needs,
     early_stopping_callbacks,
-    method_callbacks,
     resume_checkpoint,
 )
 from tunesmith.train.distributed import check_distributed
@@ -51,8 +44,6 @@ from tunesmith.train.sft import TrainResult, run_summary, training_arguments
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError, ModelError
-
-LABELS_FILE = "labels.json"  # in the run folder: the label names in id order
 
 
 def run_cls(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainResult:
@@ -78,7 +69,8 @@ def run_cls(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
     report_data(data, run)
     set_seed(config.train.seed)
 
-    quantization = quantization_config(config.method)
+    method = get_method(config.method.type)
+    quantization = method.quantization_config(config.method)
     model, tokenizer, resolved = load_classifier(config.model, data.labels, cfg, quantization)
     train_examples, truncated = tokenize_cls(data.train, data.labels, tokenizer, cfg)
     eval_examples, _ = tokenize_cls(data.eval, data.labels, tokenizer, cfg)
@@ -101,7 +93,7 @@ def run_cls(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
         train_dataset=train_examples,
         eval_dataset=eval_examples or None,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-        callbacks=callbacks + early_stopping_callbacks(config.train) + method_callbacks(model),
+        callbacks=callbacks + early_stopping_callbacks(config.train) + method.callbacks(model),
         compute_metrics=lambda p: scores(evaluation_report(*_decode(p, cfg), data.labels)),
         class_weights=weights,
         multi_label=cfg.multi_label,
@@ -114,11 +106,10 @@ def run_cls(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
     checkpoint = resume_checkpoint(run, resume)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
-    method = get_method(config.method.type)
-    artifact = run.root / method.ARTIFACT
+    artifact = run.root / method.artifact
     if is_main_process():  # the best checkpoint's with early stopping
-        method.save(trainer.model, tokenizer, artifact)
-    run.write_json(LABELS_FILE, data.labels)
+        method.save(trainer.model, tokenizer, artifact, config.method, "seq_cls")
+    run.write_json(LABELS, data.labels)
     evaluation = _final_report(trainer, eval_examples, data, cfg, run)
     summary = {
         **run_summary(config, resolved.ref, (trainable, total), output, checkpoint, started),
@@ -181,86 +172,6 @@ def report_data(data: ClsData, run: RunFolder) -> None:
 
 
 # model and head -------------------------------------------------------------------------------
-
-
-class SeedHead(nn.Sequential):
-    """The seeds' classifier: Dropout, Linear H -> H/2, ReLU, Dropout, Linear H/2 -> labels."""
-
-    def __init__(self, hidden: int, num_labels: int, dropout: float = 0.1):
-        super().__init__(
-            nn.Dropout(dropout),
-            nn.Linear(hidden, hidden // 2),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden // 2, num_labels),
-        )
-
-
-def head_name(model) -> str:
-    """The attribute holding the classification head (`classifier` or `score`)."""
-    for name in HEADS:
-        if isinstance(getattr(model, name, None), nn.Module):
-            return name
-    raise ModelError(
-        f"{type(model).__name__} has no `classifier` or `score` head; "
-        "train.stage=cls supports models with one of them (BERT, RoBERTa, Llama, Qwen, ...)"
-    )
-
-
-def use_seed_head(model, dropout: float) -> SeedHead:
-    """Replace a single-Linear head (on the pooled output, or on every position for Llama-style
-    models, which pick the last token afterwards) with the seed head."""
-    name = head_name(model)
-    old = getattr(model, name)
-    if not isinstance(old, nn.Linear):
-        raise ModelError(
-            f"train.cls.head=seed replaces a single Linear head; {type(model).__name__}.{name} is "
-            f"a {type(old).__name__}: use train.cls.head=standard"
-        )
-    head = SeedHead(old.in_features, old.out_features, dropout)
-    setattr(model, name, head.to(old.weight.device, old.weight.dtype))
-    return head
-
-
-def load_classifier(
-    model_cfg: ModelConfig,
-    labels: Sequence[str],
-    cfg: ClsConfig,
-    quantization=None,
-    weights: ResolvedModel | None = None,
-):
-    """(model, tokenizer, resolved): a sequence classifier over `labels` with the chosen head.
-    `quantization`: qlora's 4/8-bit config; `weights`: a tuned full model to load instead of
-    model_cfg's base model."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    resolved = weights or resolve_model(model_cfg.name_or_path)
-    tokenizer = from_hub_or_local(
-        AutoTokenizer, resolved, model_cfg, trust_remote_code=model_cfg.trust_remote_code
-    )
-    if tokenizer.pad_token is None:  # decoders: the last real token is found by the pad id
-        if tokenizer.eos_token is None:
-            raise ModelError(f"the tokenizer of '{resolved.ref}' has no pad or eos token")
-        tokenizer.pad_token = tokenizer.eos_token
-    model = from_hub_or_local(
-        AutoModelForSequenceClassification,
-        resolved,
-        model_cfg,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-        problem_type=(
-            "multi_label_classification" if cfg.multi_label else "single_label_classification"
-        ),
-        dtype=pick_dtype(model_cfg.dtype),
-        trust_remote_code=model_cfg.trust_remote_code,
-        **({"quantization_config": quantization} if quantization is not None else {}),
-    )
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if cfg.head == "seed":
-        use_seed_head(model, cfg.dropout)
-    return model, tokenizer, resolved
 
 
 def apply_method(model, config: RunConfig):
@@ -447,40 +358,12 @@ def plot_label_counts(report: dict, path: Path) -> Path:
 
 
 def load_trained_classifier(run_folder: str | Path):
-    """(model in eval mode, tokenizer, run config, labels) of a finished cls run."""
-    root = Path(run_folder)
-    labels_path = root / LABELS_FILE
-    if not labels_path.is_file():
-        raise ModelError(f"'{root}' is not a finished classification run (no {LABELS_FILE})")
-    labels = json.loads(labels_path.read_text(encoding="utf-8"))
-    config = load_config(root / "config.yaml")
-    cfg = config.train.cls
-    artifact, _ = find_artifact(root)
-    if get_method(config.method.type).ARTIFACT == "model":  # a whole tuned model
-        local = ResolvedModel(str(artifact), str(artifact), "local")
-        model, tokenizer, _ = load_classifier(config.model, labels, cfg, weights=local)
-        if cfg.head == "seed":  # from_pretrained built a Linear head: load the trained one
-            _load_head(model, artifact)
-    else:
-        quantization = quantization_config(config.method)
-        model, tokenizer, _ = load_classifier(config.model, labels, cfg, quantization)
-        model = load_adapter(model, artifact)  # the adapter and the trained head
-    model.eval()
-    return model, tokenizer, config, labels
-
-
-def _load_head(model, folder: Path) -> None:
-    from safetensors import safe_open
-
-    name = head_name(model)
-    prefix = f"{name}."
-    state = {}
-    for file in folder.glob("*.safetensors"):  # one file, or the shards of a large model
-        with safe_open(file, "pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
-                if key.startswith(prefix):
-                    state[key.removeprefix(prefix)] = handle.get_tensor(key)
-    getattr(model, name).load_state_dict(state)
+    """(model in eval mode, tokenizer, run config, labels) of a finished cls or rm run."""
+    run = open_run(run_folder)
+    if run.task != "seq_cls" or run.config is None:
+        raise ModelError(f"'{run_folder}' is not a classification or reward-model run folder")
+    model, tokenizer = run.load()
+    return model, tokenizer, run.config, run.labels
 
 
 @torch.no_grad()

@@ -27,8 +27,8 @@ from tunesmith.data.formats import load_conversations
 from tunesmith.data.registry import Source, sft_sources
 from tunesmith.data.render import IGNORE_INDEX, prompt_ids
 from tunesmith.models.load import load_model_and_tokenizer
-from tunesmith.models.tuned import load_for_inference
 from tunesmith.runs.folder import RunFolder
+from tunesmith.runs.trained import is_trained_run, load_for_inference
 from tunesmith.train.callbacks import resume_checkpoint
 from tunesmith.train.checkpoints import AtomicCheckpoints
 from tunesmith.train.preference import (
@@ -152,7 +152,7 @@ def _run_logits(config: RunConfig, run: RunFolder, resume: bool) -> TrainResult:
     checkpoint = resume_checkpoint(run, resume)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     after = probe.measure(trainer.model, tokenizer)
-    artifact = save(trainer.model, tokenizer, run, config.method.type)
+    artifact = save(trainer.model, tokenizer, run, config)
     summary = {
         **run_summary(config, resolved.ref, (trainable, total), output, checkpoint, started),
         "mode": "logits",
@@ -167,12 +167,9 @@ def _run_logits(config: RunConfig, run: RunFolder, resume: bool) -> TrainResult:
 
 def load_teacher(ref: str):
     """(model, tokenizer) of a model reference, alias, or run / adapter folder."""
-    from pathlib import Path
-
-    path = Path(ref)
-    if (path / "config.yaml").is_file() or (path / "adapter_config.json").is_file():
-        return load_for_inference(None, path)
-    return load_for_inference(ModelConfig(name_or_path=ref))
+    if is_trained_run(ref):
+        return load_for_inference(ref)
+    return load_for_inference(model_cfg=ModelConfig(name_or_path=ref))
 
 
 def check_same_vocab(teacher_tok, student_tok, teacher: str, student: str) -> None:
@@ -209,7 +206,7 @@ def _run_sequence(config: RunConfig, run: RunFolder, resume: bool) -> TrainResul
 
     probe = Agreement(config, *_probe_teacher(cfg.teacher))
     base, base_tok, _ = load_model_and_tokenizer(config.model)
-    tuned, tuned_tok = load_for_inference(None, run.root)
+    tuned, tuned_tok = load_for_inference(run.root)
     agreement = {
         "before": probe.measure(base, base_tok),
         "after": probe.measure(tuned, tuned_tok),

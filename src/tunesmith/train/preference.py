@@ -64,7 +64,7 @@ def run_preference(config: RunConfig, run: RunFolder, resume: bool = False) -> T
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     after = held_out_rewards(trainer) if eval_data else None
 
-    artifact = save(trainer.model, tokenizer, run, config.method.type)
+    artifact = save(trainer.model, tokenizer, run, config)
     summary = {
         **run_summary(config, resolved.ref, (trainable, total), output, checkpoint, started),
         "data": train_data.stats,
@@ -146,13 +146,14 @@ def trainer_monitor(trainer) -> TrainingMonitor:
     return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TrainingMonitor))
 
 
-def save(model, tokenizer, run: RunFolder, method_type: str):
-    method = get_method(method_type)
-    artifact = run.root / method.ARTIFACT
+def save(model, tokenizer, run: RunFolder, config: RunConfig):
+    method = get_method(config.method.type)
+    artifact = run.root / method.artifact
     if "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")  # TRL's frozen reference copy: not part of the result
     if is_main_process():
-        method.save(model, tokenizer, artifact)
+        task = "seq_cls" if config.train.stage == "rm" else "causal_lm"
+        method.save(model, tokenizer, artifact, config.method, task)
     return artifact
 
 

@@ -17,12 +17,14 @@ import torch
 from tunesmith.config.cls import ClsConfig
 from tunesmith.config.schema import RunConfig
 from tunesmith.data.registry import preference_sources
+from tunesmith.models.classifier import load_classifier
 from tunesmith.models.load import load_tokenizer
 from tunesmith.models.methods import count_parameters
+from tunesmith.runs.folder import LABELS as LABELS_FILE
 from tunesmith.runs.folder import RunFolder
 from tunesmith.train.callbacks import resume_checkpoint
 from tunesmith.train.checkpoints import AtomicCheckpoints
-from tunesmith.train.cls import LABELS_FILE, apply_method, load_classifier, load_trained_classifier
+from tunesmith.train.cls import apply_method, load_trained_classifier
 from tunesmith.train.preference import (
     check_inputs,
     finish,
@@ -84,7 +86,7 @@ def run_reward(config: RunConfig, run: RunFolder, resume: bool = False) -> Train
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     after = held_out_rewards(trainer, REWARD_KEYS) if eval_data else None
 
-    artifact = save(trainer.model, tokenizer, run, config.method.type)
+    artifact = save(trainer.model, tokenizer, run, config)
     run.write_text(LABELS_FILE, json.dumps(LABELS) + "\n")
     summary = {
         **run_summary(config, resolved.ref, (trainable, total), output, checkpoint, started),

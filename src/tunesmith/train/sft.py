@@ -18,12 +18,7 @@ from tunesmith.config.schema import DataConfig, RunConfig, TrainConfig
 from tunesmith.data.dataset import PackedCollator, RejectSink, SFTCollator, SFTData, build_sft_data
 from tunesmith.data.registry import sft_sources
 from tunesmith.models.load import load_model_and_tokenizer
-from tunesmith.models.methods import (
-    count_parameters,
-    get_method,
-    quantization_config,
-    supports_packing,
-)
+from tunesmith.models.methods import count_parameters, get_method
 from tunesmith.plan import plan_summary
 from tunesmith.runs.folder import RunFolder, is_main_process
 from tunesmith.train.callbacks import (
@@ -32,7 +27,6 @@ from tunesmith.train.callbacks import (
     best_checkpoint,
     check_eval_needs,
     early_stopping_callbacks,
-    method_callbacks,
     resume_checkpoint,
     schedule_arguments,
 )
@@ -85,7 +79,8 @@ def train_causal_lm(
     replay = replay_sources(config.data)
     check_eval_needs(config.train, has_eval=bool(config.data.eval))
     check_distributed(config.train.distributed)
-    if config.train.packing and not supports_packing(config.method.type):
+    method = get_method(config.method.type)
+    if config.train.packing and not method.packing:
         console.print(
             f"[yellow]method {config.method.type}: its virtual tokens cannot be shared by the "
             "examples of a packed row; train.packing is turned off"
@@ -98,7 +93,7 @@ def train_causal_lm(
     forgetting = _forgetting_check(config.train, run)
     set_seed(config.train.seed)
 
-    quantization = quantization_config(config.method)  # qlora: a 4/8-bit base
+    quantization = method.quantization_config(config.method)  # qlora: a 4/8-bit base
     model, tokenizer, resolved = load_model_and_tokenizer(config.model, quantization)
     train_data = stage.build(sources, config, tokenizer, run.reject)
     train_data = add_replay(
@@ -112,7 +107,6 @@ def train_causal_lm(
     if forgetting:
         forgetting.before(model, tokenizer)  # the base model: no method applied, no step taken
 
-    method = get_method(config.method.type)
     model = method.apply(model, config.method, task="causal_lm")
     trainable, total = count_parameters(model)
     console.print(
@@ -137,7 +131,7 @@ def train_causal_lm(
         train_dataset=train_data.examples,
         eval_dataset=eval_data.examples if eval_data else None,
         data_collator=collator,
-        callbacks=callbacks + early_stopping_callbacks(config.train) + method_callbacks(model),
+        callbacks=callbacks + early_stopping_callbacks(config.train) + method.callbacks(model),
         l2_to_pretrained=config.train.l2_to_pretrained,
         layerwise_lr_decay=config.train.layerwise_lr_decay,
         loraplus_lr_ratio=getattr(config.method, "loraplus_lr_ratio", None),
@@ -148,9 +142,9 @@ def train_causal_lm(
     checkpoint = resume_checkpoint(run, resume)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
-    artifact = run.root / method.ARTIFACT
+    artifact = run.root / method.artifact
     if is_main_process():  # the best checkpoint's with early stopping
-        method.save(trainer.model, tokenizer, artifact)
+        method.save(trainer.model, tokenizer, artifact, config.method, "causal_lm")
     summary = {
         **run_summary(config, resolved.ref, (trainable, total), output, checkpoint, started),
         "data": train_data.stats,

@@ -22,8 +22,8 @@ from rich.table import Table
 from tunesmith.config.load import load_config
 from tunesmith.models.generate import Reply, generate_replies
 from tunesmith.models.load import load_model_and_tokenizer
-from tunesmith.models.tuned import load_for_inference
 from tunesmith.runs.folder import RunFolder
+from tunesmith.runs.trained import load_for_inference
 from tunesmith.train.sft import run_sft
 from tunesmith.utils.console import console
 from tunesmith.utils.html import html_page
@@ -74,7 +74,7 @@ def run_quickstart(
     result = run_sft(config, run)
 
     console.rule("3/3 tuned model answers")
-    model, tokenizer = load_for_inference(None, run.root)
+    model, tokenizer = load_for_inference(run.root)
     tuned = generate_replies(model, tokenizer, prompts, MAX_NEW_TOKENS, batch_size=16)
 
     answers = [

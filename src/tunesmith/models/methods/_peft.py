@@ -1,11 +1,9 @@
-"""What every PEFT-backed method shares: the task type, head names, save and load."""
+"""What the PEFT-backed methods share: the task type, the classifier head names, virtual tokens."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from tunesmith.models.methods.base import Task
 
-Task = Literal["causal_lm", "seq_cls"]
 # A classifier head is new and random: it must train and be saved with the adapter.
 HEADS = ("classifier", "score")
 
@@ -23,17 +21,6 @@ def wrap(model, peft_config):
     from peft import get_peft_model
 
     return get_peft_model(model, peft_config)
-
-
-def save(model, tokenizer, out_dir: Path) -> None:
-    model.save_pretrained(out_dir)  # adapter weights and adapter_config.json only
-    tokenizer.save_pretrained(out_dir)
-
-
-def load(base_model, folder: Path):
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(base_model, folder)  # the adapter type comes from its config
 
 
 def virtual_tokens(model) -> int:

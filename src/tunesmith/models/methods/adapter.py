@@ -6,41 +6,28 @@ block, so the base model's own parameter names stay unchanged. `up` starts at ze
 model starts as the base model. Adapters are serial (a nonlinearity between down and up), so
 they cannot be merged into the base weights: inference keeps them, at a small latency cost.
 
-The artifact: `bottleneck_adapters.safetensors` (adapter and classifier-head weights) and
-`tunesmith_adapter.json` (the method config and task), next to the tokenizer.
+The artifact: `bottleneck_adapters.safetensors` (adapter and classifier-head weights) and the
+method marker (the config, the task and the heads saved with the adapters), next to the
+tokenizer.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import TrainerCallback
 
 from tunesmith.config.methods import AdapterMethod, HybridMethod
-from tunesmith.models.methods._peft import HEADS, Task
+from tunesmith.models.methods._peft import HEADS
+from tunesmith.models.methods.base import Method, Task, read_marker, register
 from tunesmith.utils.errors import ModelError
 
-__all__ = [
-    "ARTIFACT",
-    "MARKER",
-    "MERGEABLE",
-    "BottleneckAdapter",
-    "apply",
-    "attach",
-    "load",
-    "merge",
-    "save",
-]
-
-ARTIFACT = "adapter"
-MERGEABLE = False
-MARKER = "tunesmith_adapter.json"
 WEIGHTS = "bottleneck_adapters.safetensors"
 NAME = "bottleneck_adapter"
-_STATE = "_tunesmith_adapter"  # model attribute: what save() writes to the json
+_STATE = "_tunesmith_adapter"  # model attribute: the config, task and heads (for the marker)
 _BLOCK = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks)\.\d+$")
 # Child names of a block, first match wins: Llama/Qwen/Mistral, BERT, GPT-2, others.
 SITES = {
@@ -48,6 +35,58 @@ SITES = {
     "ffn": ("mlp", "output", "feed_forward", "ffn"),
 }
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+ADAPTER_H = 2.5  # an adapter's input, output and residual sum, in hidden widths (RSS, planner)
+NOT_MERGEABLE = (
+    "its bottleneck adapters are serial (down, activation, up) and cannot be merged into the "
+    "base weights; export the model with its adapters, or train lora"
+)
+
+
+@register
+class Adapter(Method):
+    name = "adapter"
+    config = AdapterMethod
+    not_mergeable = NOT_MERGEABLE
+    shares_base = False  # our own modules: PEFT cannot switch them per request
+    learning_rate = 1e-4
+    why = "bottleneck adapters are stable and modular, at a small inference cost"
+
+    def apply(self, model, cfg: AdapterMethod, task: Task = "causal_lm"):
+        for param in model.parameters():
+            param.requires_grad_(False)
+        attach(model, cfg, sites(cfg))
+        heads = train_heads(model) if task == "seq_cls" else []
+        remember(model, cfg, task, heads)
+        return model
+
+    def write(self, model, out_dir: Path) -> None:
+        save_weights(model, out_dir)
+
+    def marker_fields(self, model) -> dict:
+        return {"heads": getattr(model, _STATE)["heads"]}
+
+    def load(self, base_model, folder: Path):
+        """The base model with the saved adapters attached (and head weights loaded)."""
+        state = read_marker(folder)
+        model = self.apply(base_model, AdapterMethod.model_validate(state["method"]), state["task"])
+        load_weights(model, folder)
+        return model
+
+    def frozen_block_activations(self, shapes, cfg: AdapterMethod) -> float:
+        return len(sites(cfg)) * block_activations(shapes, cfg)
+
+
+def sites(cfg: AdapterMethod) -> tuple[str, ...]:
+    return ("attention", "ffn") if cfg.placement == "both" else (cfg.placement,)
+
+
+def size_of(cfg: AdapterMethod | HybridMethod, hidden: int) -> int:
+    return hidden // cfg.reduction_factor if cfg.reduction_factor else cfg.adapter_size
+
+
+def block_activations(shapes, cfg: AdapterMethod | HybridMethod) -> float:
+    """Elements per token one adapter site keeps (planner)."""
+    return ADAPTER_H * shapes.hidden + 3 * size_of(cfg, shapes.hidden)
 
 
 class BottleneckAdapter(nn.Module):
@@ -66,25 +105,15 @@ class BottleneckAdapter(nn.Module):
         return hidden + self.up(self.dropout(self.act(self.down(hidden))))
 
 
-def apply(model, cfg: AdapterMethod, task: Task = "causal_lm"):
-    for param in model.parameters():
-        param.requires_grad_(False)
-    sites = ("attention", "ffn") if cfg.placement == "both" else (cfg.placement,)
-    attach(model, cfg, sites)
-    heads = train_heads(model) if task == "seq_cls" else []
-    remember(model, cfg, task, heads)
-    return model
-
-
 def remember(model, cfg: AdapterMethod | HybridMethod, task: Task, heads: list[str]) -> None:
-    """What save() writes to the json: the config, the task and the heads saved with us."""
+    """What the marker records: the config, the task and the heads saved with the adapters."""
     setattr(model, _STATE, {"method": cfg.model_dump(), "task": task, "heads": heads})
 
 
 def attach(model, cfg: AdapterMethod | HybridMethod, sites: tuple[str, ...]) -> list[str]:
     """Put a trainable adapter after each block's `sites`; returns the adapted module names."""
     hidden = model.config.hidden_size
-    size = hidden // cfg.reduction_factor if cfg.reduction_factor else cfg.adapter_size
+    size = size_of(cfg, hidden)
     targets = adapter_targets(model, sites)
     for target in targets.values():
         reference = next(target.parameters())
@@ -147,28 +176,12 @@ def own_weights(model) -> dict[str, torch.Tensor]:
     }
 
 
-def save(model, tokenizer, out_dir: Path) -> None:
-    save_weights(model, out_dir)
-    tokenizer.save_pretrained(out_dir)
-
-
 def save_weights(model, out_dir: Path) -> None:
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(own_weights(model), out_dir / WEIGHTS)
-    (out_dir / MARKER).write_text(json.dumps(getattr(model, _STATE), indent=2), encoding="utf-8")
-
-
-def load(base_model, folder: Path):
-    """The base model with the saved adapters attached (and head weights loaded), for inference."""
-    folder = Path(folder)
-    state = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    cfg = AdapterMethod.model_validate(state["method"])
-    model = apply(base_model, cfg, state["task"])
-    load_weights(model, folder)
-    return model
 
 
 def load_weights(model, folder: Path) -> None:
@@ -186,8 +199,15 @@ def load_weights(model, folder: Path) -> None:
     root.load_state_dict(saved, strict=False)
 
 
-def merge(model):
-    raise ModelError(
-        "method adapter: bottleneck adapters are serial (down, activation, up) and cannot be "
-        "merged into the base weights; export the model with its adapters, or train lora"
-    )
+class AdapterCheckpoint(TrainerCallback):
+    """Bottleneck-adapter weights read back from a checkpoint on resume and when the best
+    checkpoint is loaded at the end (train/checkpoints.py writes them into each checkpoint)."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.global_step and (folder / WEIGHTS).is_file():
+            load_weights(model, folder)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if args.load_best_model_at_end and state.best_model_checkpoint:
+            load_weights(model, Path(state.best_model_checkpoint))

@@ -11,32 +11,51 @@ from __future__ import annotations
 
 import re
 
+from transformers import TrainerCallback
+
 from tunesmith.config.methods import FreezeMethod, UnfreezeStage
-from tunesmith.models.methods._peft import HEADS, Task
-from tunesmith.models.methods.full import ARTIFACT, save  # the same artifact: a full model
+from tunesmith.models.methods._peft import HEADS
+from tunesmith.models.methods.base import Task, register
+from tunesmith.models.methods.full import Full
 from tunesmith.utils.errors import ConfigError
 
-__all__ = ["ARTIFACT", "MERGEABLE", "apply", "layer_index", "save", "stages"]
-
-MERGEABLE = False
 STAGES = "_tunesmith_unfreeze_stages"  # model attribute read by the ProgressiveUnfreeze callback
 
 # Decoder blocks are `...layers.<i>.` in Llama-style models, `h.<i>` in GPT-2, `layer.<i>` in BERT.
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks)\.(\d+)\.")
 
 
-def apply(model, cfg: FreezeMethod, task: Task = "causal_lm"):
-    if not (cfg.trainable_layers or cfg.trainable_modules or cfg.unfreeze_schedule):
-        raise ConfigError(
-            "method: freeze with trainable_layers=0 and no trainable_modules trains nothing"
-        )
-    plan = stages(model, cfg, task)
-    final = plan[-1][1]
-    for name, param in model.named_parameters():
-        param.requires_grad_(name in final)
-    if cfg.unfreeze_schedule:
-        setattr(model, STAGES, {"unit": cfg.unfreeze_unit, "stages": plan})
-    return model
+@register
+class Freeze(Full):
+    """The artifact is a whole model, as for full fine-tuning."""
+
+    name = "freeze"
+    config = FreezeMethod
+    learning_rate = 5e-5
+    why = "training only the top layers is fast (no gradients below them) but adapts less"
+
+    def apply(self, model, cfg: FreezeMethod, task: Task = "causal_lm"):
+        if not (cfg.trainable_layers or cfg.trainable_modules or cfg.unfreeze_schedule):
+            raise ConfigError(
+                "method: freeze with trainable_layers=0 and no trainable_modules trains nothing"
+            )
+        plan = stages(model, cfg, task)
+        final = plan[-1][1]
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in final)
+        if cfg.unfreeze_schedule:
+            setattr(model, STAGES, {"unit": cfg.unfreeze_unit, "stages": plan})
+        return model
+
+    def callbacks(self, model) -> list:
+        plan = getattr(model, STAGES, None)
+        return [ProgressiveUnfreeze(plan["stages"], plan["unit"])] if plan else []
+
+    def trained_blocks(self, cfg: FreezeMethod, layers: int) -> int:
+        return min(cfg.trainable_layers, layers)
+
+    def trains_embeddings(self, cfg: FreezeMethod) -> bool:
+        return "embed_tokens" in cfg.trainable_modules
 
 
 def stages(model, cfg: FreezeMethod, task: Task = "causal_lm") -> list[tuple[int, set[str]]]:
@@ -75,3 +94,28 @@ def layer_index(param_name: str) -> int | None:
 
 def _has_module(param_name: str, module: str) -> bool:
     return f".{module}." in f".{param_name}"
+
+
+class ProgressiveUnfreeze(TrainerCallback):
+    """Trains the stage of `stages` ([(start, parameter names)], see models/methods/freeze.py)
+    that the step count (or epoch) has reached; on resume it picks up the right stage."""
+
+    def __init__(self, stages: list[tuple[int, set[str]]], unit: str = "steps"):
+        self.stages, self.unit = stages, unit
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._apply(state, model)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.unit == "steps":
+            self._apply(state, model)
+
+    def on_epoch_begin(self, args, state, control, model=None, **kwargs):
+        if self.unit == "epochs":
+            self._apply(state, model)
+
+    def _apply(self, state, model) -> None:
+        now = state.global_step if self.unit == "steps" else int(state.epoch or 0)
+        trained = [names for start, names in self.stages if start <= now][-1]
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in trained)

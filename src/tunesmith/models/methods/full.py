@@ -5,17 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunesmith.config.methods import FullMethod
-
-ARTIFACT = "model"  # sub-folder of the run folder
-MERGEABLE = False  # nothing to merge: the artifact is already a whole model
-
-
-def apply(model, cfg: FullMethod, task: str = "causal_lm"):
-    for param in model.parameters():
-        param.requires_grad_(True)
-    return model
+from tunesmith.models.methods.base import Method, Task, register
+from tunesmith.utils.errors import ModelError
 
 
-def save(model, tokenizer, out_dir: Path) -> None:
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+@register
+class Full(Method):
+    name = "full"
+    config = FullMethod
+    artifact = "model"
+    shares_base = False
+    trains_base_weights = True
+    learning_rate = 2e-5  # moves pretrained weights: small steps
+    why = (
+        "full fine-tuning gives the best quality when the data is large enough to move every "
+        "weight without overfitting"
+    )
+
+    def apply(self, model, cfg: FullMethod, task: Task = "causal_lm"):
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model
+
+    def write(self, model, out_dir: Path) -> None:
+        model.save_pretrained(out_dir)
+
+    def load(self, base_model, folder: Path):
+        raise ModelError(f"{folder}: a whole model; load it as the model, not onto a base")
+
+    def merge(self, model):
+        return model  # already a whole model: nothing to fold in
+
+    def trained_blocks(self, cfg, layers: int) -> int:
+        return layers

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from tunesmith.config.methods import IA3Method
-from tunesmith.models.methods._peft import Task, load, save, task_type, wrap
-
-__all__ = ["ARTIFACT", "MERGEABLE", "apply", "load", "merge", "save"]
-
-ARTIFACT = "adapter"
-MERGEABLE = True  # a per-channel scale folds into the weight
+from tunesmith.models.methods._peft import task_type, wrap
+from tunesmith.models.methods.base import Method, Task, register
 
 
-def apply(model, cfg: IA3Method, task: Task = "causal_lm"):
-    from peft import IA3Config
+@register
+class IA3(Method):
+    name = "ia3"
+    config = IA3Method
+    peft_types = ("IA3",)  # a per-channel scale folds into the weight: mergeable
+    learning_rate = 3e-3
+    why = "IA3 trains only scaling vectors: tiny memory and artifacts, weaker adaptation"
 
-    config = IA3Config(
-        task_type=task_type(task),
-        target_modules=cfg.target_modules,
-        feedforward_modules=cfg.feedforward_modules,
-    )
-    return wrap(model, config)
+    def apply(self, model, cfg: IA3Method, task: Task = "causal_lm"):
+        from peft import IA3Config
 
+        config = IA3Config(
+            task_type=task_type(task),
+            target_modules=cfg.target_modules,
+            feedforward_modules=cfg.feedforward_modules,
+        )
+        return wrap(model, config)
 
-def merge(model):
-    return model.merge_and_unload()
+    def frozen_block_activations(self, shapes, cfg: IA3Method) -> float:
+        return 2 * shapes.kv_dim + 1.25 * shapes.intermediate  # scaled k, v; scaled FFN input

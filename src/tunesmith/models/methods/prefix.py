@@ -10,31 +10,41 @@ from __future__ import annotations
 import inspect
 
 from tunesmith.config.methods import PrefixMethod
-from tunesmith.models.methods._peft import Task, load, save, task_type, wrap
+from tunesmith.models.methods._peft import task_type, wrap
+from tunesmith.models.methods.base import Method, Task, register
 from tunesmith.utils.errors import ModelError
 
-__all__ = ["ARTIFACT", "MERGEABLE", "PACKING", "apply", "load", "save"]
-
-ARTIFACT = "adapter"
-MERGEABLE = False  # attention over extra keys is not a change of any weight
-PACKING = False
-
-
-def apply(model, cfg: PrefixMethod, task: Task = "causal_lm"):
-    from peft import PrefixTuningConfig
-
-    if task == "seq_cls":
-        _check_classifier_takes_prefix(model)
-    config = PrefixTuningConfig(
-        task_type=task_type(task),
-        num_virtual_tokens=cfg.num_virtual_tokens,
-        prefix_projection=cfg.projection,
-        encoder_hidden_size=cfg.encoder_hidden_size or model.config.hidden_size,
-    )
-    return wrap(model, config)
+NOT_MERGEABLE_PROMPT = (
+    "its virtual tokens are inputs, not a change of any weight, so it cannot be merged; the "
+    "export keeps base/ and adapter/ apart"
+)
 
 
-def _check_classifier_takes_prefix(model) -> None:
+@register
+class Prefix(Method):
+    name = "prefix"
+    config = PrefixMethod
+    packing = False
+    not_mergeable = NOT_MERGEABLE_PROMPT  # attention over extra keys changes no weight
+    peft_types = ("PREFIX_TUNING",)
+    learning_rate = 1e-2
+    why = "prefix tuning trains keys and values in front of every layer: tiny, no merge"
+
+    def apply(self, model, cfg: PrefixMethod, task: Task = "causal_lm"):
+        from peft import PrefixTuningConfig
+
+        if task == "seq_cls":
+            check_classifier_takes_prefix(model)
+        config = PrefixTuningConfig(
+            task_type=task_type(task),
+            num_virtual_tokens=cfg.num_virtual_tokens,
+            prefix_projection=cfg.projection,
+            encoder_hidden_size=cfg.encoder_hidden_size or model.config.hidden_size,
+        )
+        return wrap(model, config)
+
+
+def check_classifier_takes_prefix(model) -> None:
     """PEFT's classification wrapper hands the prefix over as `past_key_values` to the model or,
     failing that, its backbone, and raises at the first forward if neither names it; models of
     transformers 5 call that argument `cache`. Say so now, before any data is read."""

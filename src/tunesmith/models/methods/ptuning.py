@@ -7,23 +7,29 @@ Like prompt tuning, the virtual tokens are prepended to the sequence; packing is
 from __future__ import annotations
 
 from tunesmith.config.methods import PTuningMethod
-from tunesmith.models.methods._peft import Task, load, save, task_type, wrap
-
-__all__ = ["ARTIFACT", "MERGEABLE", "PACKING", "apply", "load", "save"]
-
-ARTIFACT = "adapter"
-MERGEABLE = False
-PACKING = False
+from tunesmith.models.methods._peft import task_type, wrap
+from tunesmith.models.methods.base import Method, Task, register
+from tunesmith.models.methods.prefix import NOT_MERGEABLE_PROMPT
 
 
-def apply(model, cfg: PTuningMethod, task: Task = "causal_lm"):
-    from peft import PromptEncoderConfig, PromptEncoderReparameterizationType
+@register
+class PTuning(Method):
+    name = "ptuning"
+    config = PTuningMethod
+    packing = False
+    not_mergeable = NOT_MERGEABLE_PROMPT
+    peft_types = ("P_TUNING",)
+    learning_rate = 1e-2
+    why = "P-tuning learns a soft prompt through a small encoder: tiny, no merge"
 
-    encoder = {"mlp": "MLP", "lstm": "LSTM"}[cfg.encoder]
-    config = PromptEncoderConfig(
-        task_type=task_type(task),
-        num_virtual_tokens=cfg.num_virtual_tokens,
-        encoder_reparameterization_type=PromptEncoderReparameterizationType[encoder],
-        encoder_hidden_size=cfg.encoder_hidden_size or model.config.hidden_size,
-    )
-    return wrap(model, config)
+    def apply(self, model, cfg: PTuningMethod, task: Task = "causal_lm"):
+        from peft import PromptEncoderConfig, PromptEncoderReparameterizationType
+
+        encoder = {"mlp": "MLP", "lstm": "LSTM"}[cfg.encoder]
+        config = PromptEncoderConfig(
+            task_type=task_type(task),
+            num_virtual_tokens=cfg.num_virtual_tokens,
+            encoder_reparameterization_type=PromptEncoderReparameterizationType[encoder],
+            encoder_hidden_size=cfg.encoder_hidden_size or model.config.hidden_size,
+        )
+        return wrap(model, config)

@@ -1,0 +1,151 @@
+"""What a plan is made of: the model's facts (meta device), the workload and precision a run
+config implies, its memory estimate, and the Plan the planner fills. Advice and time build on
+this module; planner.py puts them together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from tunesmith.config.schema import RunConfig
+from tunesmith.plan.count import (
+    Shapes,
+    load_model_config,
+    meta_model,
+    shapes_of,
+    total_parameters,
+    trainable_parameters,
+)
+from tunesmith.plan.data import UNKNOWN, DataStats
+from tunesmith.plan.hardware import Hardware
+from tunesmith.plan.memory import MemoryEstimate, Precision, Workload
+from tunesmith.plan.memory import estimate_memory as _estimate
+
+Goal = str  # "quality" | "speed" | "memory"
+GOALS = ("quality", "speed", "memory")
+
+
+@dataclass
+class ModelFacts:
+    """Everything the planner reads from a model config (meta device: no weights)."""
+
+    ref: str
+    shapes: Shapes
+    total: int
+    quantizable: int  # block linear weights: what a 4/8-bit base stores quantized
+    meta: nn.Module = field(repr=False)
+    task: str = "causal_lm"  # seq_cls: the model has a new classifier head, which trains too
+    _counts: dict = field(default_factory=dict, repr=False)
+
+    def trainable(self, method) -> int:
+        key = method.model_dump_json()
+        if key not in self._counts:  # advice prices many candidates
+            self._counts[key] = trainable_parameters(self.meta, method, self.task)
+        return self._counts[key]
+
+
+def model_facts(ref: str, classifier: bool = False) -> ModelFacts:
+    config = load_model_config(ref)
+    meta = meta_model(config, classifier)
+    linears = sum(
+        m.weight.numel()
+        for n, m in meta.named_modules()
+        if isinstance(m, nn.Linear) and ".layers." in f".{n}."
+    )
+    task = "seq_cls" if classifier else "causal_lm"
+    return ModelFacts(ref, shapes_of(config), total_parameters(meta), linears, meta, task)
+
+
+def precision_for(config: RunConfig, device: str, method=None) -> Precision:
+    """The bytes tunesmith will use: models/load.pick_dtype and train/sft.precision_flags."""
+    method = method or config.method
+    dtype, precision = config.model.dtype, config.train.precision
+    if device == "cuda":
+        param = 4 if dtype == "float32" else 2
+        compute = 4 if precision == "fp32" and param == 4 else 2
+    else:
+        param = 2 if dtype in ("bfloat16", "float16") else 4
+        compute = 2 if precision == "bf16" or param == 2 else 4
+    quant = None
+    if method.type == "qlora":
+        quant = method.bits
+        param = 4 if method.compute_dtype == "float32" else 2
+    deepspeed = config.train.distributed.strategy == "deepspeed" and device == "cuda"
+    return Precision(param, compute, quant, getattr(method, "double_quant", True), deepspeed)
+
+
+def workload_for(config: RunConfig, data: DataStats, method=None) -> Workload:
+    from tunesmith.models.methods import get_method
+
+    method = method or config.method
+    longest = min(data.longest or config.data.cutoff_len, config.data.cutoff_len)
+    return Workload(
+        batch=config.train.batch_size,
+        seq=longest,
+        packed=config.train.packing and get_method(method.type).packing,
+        gradient_checkpointing=config.train.gradient_checkpointing,
+        # a classifier's head has a few outputs, not a vocabulary: no LM logits
+        trained_fraction=0.0 if config.train.stage == "cls" else data.trained_fraction,
+    )
+
+
+def estimate(
+    facts: ModelFacts, config: RunConfig, device: str, data: DataStats = UNKNOWN, method=None
+) -> MemoryEstimate:
+    """Peak memory of `config` (or the same run with another `method`) on `device`."""
+    method = method or config.method
+    return _estimate(
+        facts.shapes,
+        facts.total,
+        facts.trainable(method),
+        method,
+        workload_for(config, data, method),
+        device,
+        precision_for(config, device, method),
+        facts.quantizable,
+    )
+
+
+@dataclass
+class Plan:
+    config: RunConfig
+    facts: ModelFacts
+    hardware: Hardware
+    data: DataStats
+    memory: dict[str, MemoryEstimate]  # "cpu" and "cuda"
+    time: object | None = None  # plan.time.TimeEstimate
+    advice: object | None = None  # plan.advice.Advice
+
+    @property
+    def trainable(self) -> int:
+        return self.facts.trainable(self.config.method)
+
+    @property
+    def here(self) -> MemoryEstimate:
+        return self.memory[self.hardware.device]
+
+    @property
+    def fits(self) -> bool:
+        return self.here.total <= self.hardware.memory
+
+    def as_dict(self) -> dict:
+        s = self.facts.shapes
+        return {
+            "model": self.facts.ref,
+            "architecture": s.__dict__,
+            "method": self.config.method.model_dump(),
+            "parameters": {"total": self.facts.total, "trainable": self.trainable},
+            "hardware": self.hardware.__dict__,
+            "data": {**self.data.__dict__, "tokens": self.data.tokens},
+            "memory": {k: v.as_dict() for k, v in self.memory.items()},
+            "fits": self.fits,
+            "time": self.time.as_dict() if self.time else None,
+            "advice": self.advice.as_dict() if self.advice else None,
+        }
+
+
+def is_peft(method) -> bool:
+    from tunesmith.models.methods import get_method
+
+    return not get_method(method.type).trains_base_weights
