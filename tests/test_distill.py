@@ -10,9 +10,9 @@ import torch
 from helpers import run_config, train_run
 
 from tunesmith.data.formats import load_conversations
-from tunesmith.models.generate import Reply
 from tunesmith.train.distill import kd_loss
 from tunesmith.utils.errors import ConfigError
+from tunesmith.utils.llm import Reply
 
 # --- kd_loss ---------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from tunesmith.evaluation.judge import (
     parse_rubric,
     rubric_messages,
 )
-from tunesmith.models.client import ChatClient
+from tunesmith.utils.llm import ChatClient
 
 S8797 = dict(zip(RUBRIC, (8.0, 7.0, 9.0, 7.0), strict=True))
 

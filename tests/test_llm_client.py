@@ -14,15 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tunesmith.models.client import (
-    ChatClient,
-    LocalClient,
-    OpenAIClient,
-    make_client,
-    replies_of,
-)
-from tunesmith.models.generate import Reply
+from tunesmith.models.client import LocalClient, OpenAIClient, make_client
 from tunesmith.utils.errors import ModelError
+from tunesmith.utils.llm import ChatClient, Reply, replies_of
 
 # respond(method, path, body, headers) -> (status, payload) or (status, payload, extra headers);
 # a bytes payload is sent as is, anything else as JSON.

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from tunesmith.data.formats import Conversation
 from tunesmith.data.synth import CJK_CHARS
-from tunesmith.models.client import ChatClient
+from tunesmith.utils.llm import ChatClient
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Preference data builders: sampled pairs, red-team failures, constitutional revisions.
 
-Every builder talks to models through models/client's ChatClient (a local model or an
-OpenAI-compatible endpoint) and writes records that data/preference.py reads back:
+Every builder talks to models through a ChatClient it is handed (tunesmith.utils.llm: a local
+model or an OpenAI-compatible endpoint, built by models.client.make_client) and writes records
+that data/preference.py reads back:
 {"messages": [...prompt...], "chosen": text, "rejected": text, ...extra fields}.
 
 Scoring and refusal detection are passed in as callables, so this data-layer module needs no
@@ -15,7 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tunesmith.models.client import ChatClient
+from tunesmith.utils.llm import ChatClient
 
 Scorer = Callable[[list[dict], str], float]  # (prompt messages, answer) -> higher is better
 

@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from tunesmith.data.formats import RecordError, detect_format, to_conversation
 from tunesmith.data.readers import RawRecord, read_records
-from tunesmith.models.client import ChatClient, replies_of
 from tunesmith.utils.errors import DataError
+from tunesmith.utils.llm import ChatClient, replies_of
 
 log = logging.getLogger(__name__)
 

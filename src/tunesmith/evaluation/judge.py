@@ -14,7 +14,7 @@ import re
 import unicodedata
 
 from tunesmith.evaluation.metrics import detect_lang
-from tunesmith.models.client import ChatClient
+from tunesmith.utils.llm import ChatClient
 
 RUBRIC = ("accuracy", "completeness", "fluency", "relevance")
 # Nouns only: adjectives ("complete", "accurate") occur in the judge's reasons and would steal

@@ -1,4 +1,7 @@
-"""The one LLM interface of the data tools: a local model or any OpenAI-compatible endpoint.
+"""The chat clients: a local model or any OpenAI-compatible endpoint, and `make_client`.
+
+The interface they implement (`ChatClient`, `Reply`, `replies_of`) is tunesmith.utils.llm, so
+the data tools take a client without importing models/; the CLI and workflows build one here.
 
 The seeds call `llm.generate(prompt)` without ever defining it (module 5, vague point 1). Here a
 client takes whole conversations so the local model is prompted through its own chat template,
@@ -18,37 +21,19 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import httpx
 
 from tunesmith.config.schema import ModelConfig
-from tunesmith.models.generate import Reply
 from tunesmith.utils.errors import ModelError
+from tunesmith.utils.llm import ChatClient, Reply, replies_of
+
+__all__ = ["ChatClient", "LocalClient", "OpenAIClient", "Reply", "make_client", "replies_of"]
 
 KEY_ENV = ("TUNESMITH_API_KEY", "OPENAI_API_KEY")  # first one set wins
 BASE_URL_ENV = ("TUNESMITH_API_BASE", "OPENAI_BASE_URL")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_RETRY_AFTER_S = 60.0
-
-
-@runtime_checkable
-class ChatClient(Protocol):
-    def chat(
-        self, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.7
-    ) -> list[str]:
-        """One reply text per conversation (each ends with a user turn), in order."""
-        ...
-
-
-def replies_of(
-    client: ChatClient, conversations: list[list[dict]], max_new_tokens: int, temperature: float
-) -> list[Reply]:
-    """Replies with their finished flag; a client with only `chat` counts every reply finished."""
-    if hasattr(client, "replies"):
-        return client.replies(conversations, max_new_tokens, temperature)
-    texts = client.chat(conversations, max_new_tokens=max_new_tokens, temperature=temperature)
-    return [Reply(text, True) for text in texts]
 
 
 class LocalClient:

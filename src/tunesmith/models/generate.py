@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from tunesmith.data.render import prompt_ids
 from tunesmith.models.engine import GenerationParams, TransformersEngine
-
-
-@dataclass
-class Reply:
-    text: str
-    finished: bool  # False when max_new_tokens cut the reply short
+from tunesmith.utils.llm import Reply
 
 
 def generate_replies(

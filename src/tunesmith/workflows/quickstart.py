@@ -20,13 +20,14 @@ from pathlib import Path
 from rich.table import Table
 
 from tunesmith.config.load import load_config
-from tunesmith.models.generate import Reply, generate_replies
+from tunesmith.models.generate import generate_replies
 from tunesmith.models.load import load_model_and_tokenizer
 from tunesmith.runs.folder import RunFolder
 from tunesmith.runs.trained import load_for_inference
 from tunesmith.train.sft import run_sft
 from tunesmith.utils.console import console
 from tunesmith.utils.html import html_page
+from tunesmith.utils.llm import Reply
 
 DATA = files("tunesmith.workflows") / "quickstart_data"
 CONFIG = files("tunesmith.workflows") / "quickstart.yaml"
