@@ -92,9 +92,9 @@ def _config(tmp_path: Path, model: Path | str, train: Path, name: str, **overrid
         "lr_scheduler": "constant",
         "save_steps": 1000,
         "logging_steps": 5,
-        "cls": {"max_length": 16},
+        "cls": {},
     }
-    data = {"train": [str(train)]}
+    data = {"train": [str(train)], "cutoff_len": 16}
     method = {"type": "full"}
     for key, value in overrides.items():
         section, _, field = key.partition(".")
@@ -246,11 +246,29 @@ def test_csv_with_text_pairs(tmp_path, bert_dir):
     data = load_cls_data([str(path)], [], cfg)
     assert data.train[0].pair == "great" and data.labels == ["0", "1"]
     examples, truncated = tokenize_cls(
-        data.train, data.labels, AutoTokenizer.from_pretrained(bert_dir), cfg
+        data.train, data.labels, AutoTokenizer.from_pretrained(bert_dir), cfg, cutoff_len=256
     )
     # [CLS] good fine [SEP] great [SEP]: the pair is segment 1
     assert examples[0]["token_type_ids"] == [0, 0, 0, 0, 1, 1]
     assert [e["labels"] for e in examples] == [1, 0] and truncated == 0
+
+
+def test_texts_are_cut_to_cutoff_len_capped_at_the_models_limit(bert_dir):
+    from transformers import AutoTokenizer
+
+    from tunesmith.data.classification import ClsRecord, cls_max_length, tokenize_cls
+
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    tokenizer.model_max_length = 12  # an encoder's position table
+    records = [
+        ClsRecord("good " * 30, None, ("1",), "t.csv", 2),
+        ClsRecord("bad", None, ("0",), "t.csv", 3),
+    ]
+    examples, truncated = tokenize_cls(records, ["0", "1"], tokenizer, ClsConfig(), cutoff_len=8)
+    assert len(examples[0]["input_ids"]) == 8 and truncated == 1
+    assert cls_max_length(tokenizer, 1024) == 12
+    examples, _ = tokenize_cls(records, ["0", "1"], tokenizer, ClsConfig(), cutoff_len=1024)
+    assert len(examples[0]["input_ids"]) == 12
 
 
 # loss and head --------------------------------------------------------------------------------

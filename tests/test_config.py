@@ -304,6 +304,73 @@ def test_config_error_is_a_user_error():
     assert issubclass(ConfigError, TunesmithError)
 
 
+# --- one key for "maximum tokens" ---------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_deprecation_notes(monkeypatch):
+    """The note is printed once per process: start each test with none printed yet."""
+    import tunesmith.config.load as load
+
+    monkeypatch.setattr(load, "_noted", set())
+
+
+def test_old_cls_max_length_maps_onto_cutoff_len_with_one_note(
+    tmp_path, capsys, fresh_deprecation_notes
+):
+    path = write(tmp_path / "old.yaml", "train:\n  stage: cls\n  cls:\n    max_length: 128\n")
+    cfg = load_config(path)
+    assert cfg.data.cutoff_len == 128
+    err = capsys.readouterr().err
+    assert "train.cls.max_length" in err and "data.cutoff_len" in err
+    # as an override too, with the note not repeated
+    assert load_config(None, ["train.cls.max_length=96"]).data.cutoff_len == 96
+    assert capsys.readouterr().err == ""
+
+
+def test_old_and_new_key_agreeing_is_fine(fresh_deprecation_notes):
+    cfg = load_config(None, ["train.cls.max_length=128", "data.cutoff_len=128"])
+    assert cfg.data.cutoff_len == 128
+
+
+def test_old_and_new_key_disagreeing_names_both(tmp_path, fresh_deprecation_notes):
+    path = write(tmp_path / "both.yaml", "data:\n  cutoff_len: 512\n")
+    msg = error_of(["train.cls.max_length=128"], path)
+    assert "train.cls.max_length=128" in msg and "data.cutoff_len=512" in msg
+    assert str(path) in msg and "set data.cutoff_len alone" in msg
+
+
+def test_bad_value_under_the_old_key_names_both_keys(fresh_deprecation_notes):
+    msg = error_of(["train.cls.max_length=4"])
+    assert "data.cutoff_len: got '4'" in msg and "(given as train.cls.max_length)" in msg
+
+
+def test_loading_does_not_change_the_callers_mapping(fresh_deprecation_notes):
+    from tunesmith.config.load import validate
+
+    data = {"train": {"cls": {"max_length": 64}}}
+    assert validate(data).data.cutoff_len == 64
+    assert data == {"train": {"cls": {"max_length": 64}}}
+
+
+def test_forgetting_window_follows_cutoff_len_unless_set():
+    general = "train.forgetting_eval={data: [general.txt]}"
+    assert (
+        load_config(None, [general, "data.cutoff_len=300"]).train.forgetting_eval.max_length == 300
+    )
+    assert load_config(None, [general]).train.forgetting_eval.max_length == 1024  # the default
+    own = load_config(None, [general, "data.cutoff_len=300", "train.forgetting_eval.max_length=64"])
+    assert own.train.forgetting_eval.max_length == 64 and own.data.cutoff_len == 300
+    assert load_config(None, []).train.forgetting_eval is None
+
+
+def test_forgetting_window_is_saved_as_the_number_used(tmp_path):
+    cfg = load_config(None, ["train.forgetting_eval={data: [g.txt]}", "data.cutoff_len=200"])
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert "max_length: 200" in (tmp_path / "saved.yaml").read_text(encoding="utf-8")
+    assert load_config(tmp_path / "saved.yaml") == cfg
+
+
 # --- saving ------------------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 The model is any encoder or decoder that AutoModelForSequenceClassification can load; the
 embedded encoder is `model.name_or_path=minilm-l6`. Data files go in data.train / data.eval.
+Tokens per text (pair) are data.cutoff_len, capped at the tokenizer's model_max_length; the
+former key train.cls.max_length is a deprecated alias of data.cutoff_len (config/load.py).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ class ClsConfig(Section):
         description="Loss weights: balanced (n / (classes x count)), or {label: weight} "
         "(others 1.0); multi-label: BCE pos_weight (balanced: negatives / positives).",
     )
-    max_length: int = Field(256, ge=2, description="Tokens per text (pair) after truncation.")
     val_fraction: float = Field(
         0.1,
         ge=0,

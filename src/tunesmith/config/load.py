@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from rich.console import Console
 
 from tunesmith.config.methods import MethodConfig
 from tunesmith.config.schema import RunConfig
@@ -16,6 +18,13 @@ from tunesmith.utils.errors import ConfigError
 _METHOD_VARIANTS: dict[str, type[BaseModel]] = {
     cls.model_fields["type"].default: cls for cls in MethodConfig.__origin__.__args__
 }
+
+# Deprecated key -> the key that replaced it. The old key is still read from YAML and key=value
+# overrides and moved onto the new one, with a note printed once per process; both given with
+# different values is an error naming both.
+DEPRECATED_KEYS: dict[str, str] = {"train.cls.max_length": "data.cutoff_len"}
+_noted: set[str] = set()
+_stderr = Console(stderr=True, highlight=False, soft_wrap=True)  # stdout may carry a report
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -56,11 +65,48 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
+    data, moved = apply_deprecated_keys(data, source)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(err, data) for err in exc.errors()]
+        lines = []
+        for err in exc.errors():
+            line = _describe(err, data)
+            path = ".".join(str(p) for p in _clean_loc(err["loc"]))
+            lines.append(f"{line} (given as {moved[path]})" if path in moved else line)
         raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(lines)) from None
+
+
+def apply_deprecated_keys(
+    data: dict[str, Any], source: str = "config"
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A copy of `data` with each deprecated key moved onto its new key, and {new: old} for the
+    keys moved. Raises ConfigError, naming both keys, when both are set and disagree."""
+    moved: dict[str, str] = {}
+    for old, new in DEPRECATED_KEYS.items():
+        old_parent = _section(data, old.split(".")[:-1])
+        old_leaf = old.rsplit(".", 1)[-1]
+        if old_parent is None or old_leaf not in old_parent:
+            continue
+        if not moved:
+            data = copy.deepcopy(data)  # the caller's mapping stays as it was
+            old_parent = _section(data, old.split(".")[:-1])
+        value = old_parent.pop(old_leaf)
+        new_parent = _section(data, new.split(".")[:-1], create=True)
+        if new_parent is None:
+            raise ConfigError(f"{source}: '{new}' cannot be set: a parent key holds a value")
+        new_leaf = new.rsplit(".", 1)[-1]
+        if new_leaf in new_parent and not _same(new_parent[new_leaf], value):
+            raise ConfigError(
+                f"{source}: {old}={value} and {new}={new_parent[new_leaf]} disagree; "
+                f"{old} is a deprecated name of {new}: set {new} alone"
+            )
+        new_parent[new_leaf] = value
+        moved[new] = old
+        if old not in _noted:
+            _noted.add(old)
+            _stderr.print(f"[yellow]deprecated:[/yellow] {old} is now {new}; set {new}={value}")
+    return data, moved
 
 
 def save_config(config: RunConfig, path: Path) -> None:
@@ -111,6 +157,24 @@ def _describe(err: dict[str, Any], data: dict[str, Any]) -> str:
         choices = [c.strip(" '") for c in expected.replace(" or ", ", ").split(",")]
         message += closest(err["input"], choices)
     return message
+
+
+def _section(data: dict[str, Any], parts: list[str], create: bool = False) -> dict | None:
+    """The mapping at `parts` (created on the way when `create`), or None where there is none."""
+    node: Any = data
+    for part in parts:
+        if not isinstance(node, dict):
+            return None
+        node = node.setdefault(part, {}) if create else node.get(part)
+    return node if isinstance(node, dict) else None
+
+
+def _same(a: Any, b: Any) -> bool:
+    # An override arrives as text ("128"), YAML gives numbers: 128, "128" and 128.0 agree.
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return a == b
 
 
 def _clean_loc(loc: tuple) -> tuple:

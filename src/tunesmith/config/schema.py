@@ -71,7 +71,14 @@ class DataConfig(Section):
     columns: dict[str, str] = Field(
         default_factory=dict, description="Canonical field name -> column name in the file."
     )
-    cutoff_len: int = Field(1024, ge=8)
+    cutoff_len: int = Field(
+        1024,
+        ge=8,
+        description="Maximum tokens per training example, the one such key of every stage (chat, "
+        "pt, preference, distill, cls: per text or pair, capped at the tokenizer's "
+        "model_max_length); longer examples are cut. train.cls.max_length is its deprecated "
+        "alias.",
+    )
     train_on_prompt: bool = False
     on_error: Literal["stop", "skip"] = "stop"
     max_samples: int | None = Field(None, ge=1)
@@ -155,7 +162,13 @@ class ForgettingEvalConfig(Section):
     )
     text_column: str = "text"
     max_docs: int = Field(50, ge=1, description="Score the first N documents.")
-    max_length: int = Field(512, ge=2, description="Tokens scored per document (rest cut).")
+    max_length: int | None = Field(
+        None,
+        ge=2,
+        description="Tokens scored per document (rest cut): the perplexity window on general "
+        "text, not the training cutoff; None: data.cutoff_len (resolved when the config is "
+        "loaded, so the run's config.yaml holds the number used).",
+    )
     batch_size: int = Field(4, ge=1)
 
     @field_validator("data", mode="before")
@@ -269,3 +282,10 @@ class RunConfig(Section):
         if isinstance(value, dict) and "type" not in value:
             return {"type": "lora", **value}
         return value
+
+    @model_validator(mode="after")
+    def _forgetting_window_follows_cutoff(self) -> RunConfig:
+        forgetting = self.train.forgetting_eval
+        if forgetting is not None and forgetting.max_length is None:
+            forgetting.max_length = self.data.cutoff_len
+        return self

@@ -124,18 +124,30 @@ def encode_labels(
     return vector
 
 
+def cls_max_length(tokenizer, cutoff_len: int) -> int:
+    """Tokens per text (pair): data.cutoff_len, capped at what the model takes (an encoder's
+    position table, e.g. 512); a tokenizer without a limit reports a huge model_max_length."""
+    return min(cutoff_len, tokenizer.model_max_length)
+
+
 def tokenize_cls(
-    records: Sequence[ClsRecord], labels: Sequence[str], tokenizer, cfg: ClsConfig
+    records: Sequence[ClsRecord],
+    labels: Sequence[str],
+    tokenizer,
+    cfg: ClsConfig,
+    cutoff_len: int,
 ) -> tuple[list[dict], int]:
-    """(examples with input_ids, attention_mask, [token_type_ids,] labels; truncated count)."""
+    """(examples with input_ids, attention_mask, [token_type_ids,] labels; truncated count).
+    Each text (pair) is cut to `cls_max_length(tokenizer, cutoff_len)` tokens."""
     if not records:
         return [], 0
+    max_length = cls_max_length(tokenizer, cutoff_len)
     label_ids = {name: i for i, name in enumerate(labels)}
     texts = [r.text for r in records]
     pairs = [r.pair or "" for r in records] if cfg.text_pair_column else None
-    encoded = tokenizer(texts, pairs, truncation=True, max_length=cfg.max_length)
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
     full = tokenizer(texts, pairs, truncation=False)["input_ids"]
-    truncated = sum(len(ids) > cfg.max_length for ids in full)
+    truncated = sum(len(ids) > max_length for ids in full)
     examples = [
         {key: values[i] for key, values in encoded.items()}
         | {"labels": encode_labels(record, label_ids, cfg.multi_label)}

@@ -72,8 +72,9 @@ def run_cls(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
     method = get_method(config.method.type)
     quantization = method.quantization_config(config.method)
     model, tokenizer, resolved = load_classifier(config.model, data.labels, cfg, quantization)
-    train_examples, truncated = tokenize_cls(data.train, data.labels, tokenizer, cfg)
-    eval_examples, _ = tokenize_cls(data.eval, data.labels, tokenizer, cfg)
+    cutoff = config.data.cutoff_len
+    train_examples, truncated = tokenize_cls(data.train, data.labels, tokenizer, cfg, cutoff)
+    eval_examples, _ = tokenize_cls(data.eval, data.labels, tokenizer, cfg, cutoff)
     model = apply_method(model, config)
     trainable, total = count_parameters(model)
     console.print(
@@ -379,7 +380,7 @@ def predict_labels(
         batch = tokenizer(
             list(texts[start : start + batch_size]),
             truncation=True,
-            max_length=cfg.max_length,
+            max_length=min(config.data.cutoff_len, tokenizer.model_max_length),  # as training
             padding=True,
             return_tensors="pt",
         ).to(device)
