@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,35 @@ def alpaca_file(tmp_path) -> Path:
     ]
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
     return path
+
+
+# --- the support matrix: tests record the cell they prove (scripts/support_matrix.py) -------
+
+MATRIX_OUT = "TUNESMITH_MATRIX_OUT"  # where the cells of this session go, when set
+_cells: list[dict] = []
+
+
+@pytest.fixture
+def matrix_cell(request):
+    """matrix_cell(method, capability, value, stage="sft", kind="causal-lm"): the cell this test
+    proves. Its outcome decides what the matrix shows: value if it passed, FAILED if not."""
+
+    def record(method: str, capability: str, value: str, stage="sft", kind="causal-lm"):
+        cell = dict(method=method, capability=capability, value=value, stage=stage, kind=kind)
+        request.node.user_properties.append(("matrix", cell))
+
+    return record
+
+
+def pytest_runtest_logreport(report):
+    if report.when != "call" and not (report.when == "setup" and report.failed):
+        return
+    for key, cell in report.user_properties:
+        if key == "matrix":
+            _cells.append({**cell, "passed": report.passed, "test": report.nodeid})
+
+
+def pytest_sessionfinish(session):
+    out = os.environ.get(MATRIX_OUT)
+    if out and _cells:
+        Path(out).write_text(json.dumps(_cells, indent=1, ensure_ascii=False), encoding="utf-8")

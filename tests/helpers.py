@@ -5,6 +5,9 @@ configured or started is made here."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -68,3 +71,49 @@ def step_losses(run_dir: Path) -> list[tuple[int, float]]:
 def train_tiny(tmp_path: Path, model_dir, data, name: str, *overrides: str):
     """run_config, then train_run: the usual in-process run."""
     return train_run(run_config(tmp_path, model_dir, data, name, *overrides))
+
+
+class LiveServer:
+    """uvicorn in a thread on a free loopback port, answering with the official openai client."""
+
+    def __init__(self, state):
+        import uvicorn
+
+        from tunesmith.serve.app import create_app
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.state = state
+        config = uvicorn.Config(
+            create_app(state), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def client(self, key: str = "none"):
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=30)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+def start(model_dir: Path, adapters: Path | None = None, **serve) -> LiveServer:
+    settings = {"model_name": "base", "max_tokens_limit": 64, "max_prompt_tokens": 120, **serve}
+    if adapters is not None:
+        settings["adapters_dir"] = str(adapters)
+    from tunesmith.serve.server import build_state
+
+    config = RunConfig.model_validate(
+        {"model": {"name_or_path": str(model_dir)}, "serve": settings}
+    )
+    return LiveServer(build_state(config))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tunesmith.config.load import load_config, parse_override, save_config
 from tunesmith.config.methods import FreezeMethod, LoraMethod
@@ -400,3 +401,15 @@ def test_every_method_round_trips(tmp_path, method):
     cfg = load_config(None, [f"method.type={method}"])
     save_config(cfg, tmp_path / "m.yaml")
     assert load_config(tmp_path / "m.yaml") == cfg
+
+
+@pytest.mark.parametrize(("stage", "cutoff"), [("cls", 256), ("sft", 1024)])
+def test_a_run_saved_before_the_one_length_key_still_loads(tmp_path, stage, cutoff):
+    """Older run folders saved train.cls.max_length (its default) beside data.cutoff_len: the
+    length a cls run used, nothing for other stages; no conflict error, no note."""
+    saved = tmp_path / "config.yaml"
+    old = {"train": {"stage": stage, "cls": {"max_length": 256}}, "data": {"cutoff_len": 1024}}
+    saved.write_text(yaml.safe_dump(old), encoding="utf-8")
+    assert load_config(saved, saved=True).data.cutoff_len == cutoff
+    with pytest.raises(ConfigError, match=r"train\.cls\.max_length"):
+        load_config(saved)  # a user's own file with both keys disagreeing: said

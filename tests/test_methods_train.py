@@ -65,6 +65,4 @@ def test_method_trains_saves_and_reloads(name, tmp_path, tiny_model_dir, alpaca_
     )
     assert not torch.allclose(_logits(tuned, tokenizer), _logits(base.eval(), tokenizer), atol=1e-4)
     if name == "hybrid":
-        assert (
-            result.run.checkpoints / "checkpoint-2" / "bottleneck_adapters.safetensors"
-        ).is_file()
+        assert (result.run.checkpoints / "checkpoint-2" / "method_weights.safetensors").is_file()

@@ -103,7 +103,7 @@ def test_forgetting_reports_base_and_tuned_perplexity(
     )
     found = json.loads((result.run.root / "summary.json").read_text())["forgetting"]
     base, tokenizer = load_for_inference(
-        load_config(None, [f"model.name_or_path={tiny_model_dir}"]).model
+        model_cfg=load_config(None, [f"model.name_or_path={tiny_model_dir}"]).model
     )
     tuned, _ = load_for_inference(result.run.root)
     assert found["base_perplexity"] == pytest.approx(_ppl(base, tokenizer, general_text), rel=1e-5)

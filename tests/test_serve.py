@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,11 +11,10 @@ import httpx
 import pytest
 import torch
 
-from tunesmith.config.schema import RunConfig
 from tunesmith.models.engine import GenerationParams, TransformersEngine
-from tunesmith.serve.server import build_state
 
 openai = pytest.importorskip("openai")
+from helpers import start  # noqa: E402  (after the openai guard)
 
 HELLO = [{"role": "user", "content": "hello who are you?"}]
 
@@ -35,38 +32,6 @@ def make_adapter(folder: Path, model_dir: Path, tokenizer, seed: int) -> Path:
     return folder
 
 
-class LiveServer:
-    """uvicorn in a thread on a free loopback port."""
-
-    def __init__(self, state):
-        import uvicorn
-
-        from tunesmith.serve.app import create_app
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.state = state
-        config = uvicorn.Config(
-            create_app(state), host="127.0.0.1", port=self.port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def client(self, key: str = "none"):
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=30)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
-
-
 @pytest.fixture(scope="module")
 def adapters_dir(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> Path:
     root = tmp_path_factory.mktemp("adapters")
@@ -75,16 +40,6 @@ def adapters_dir(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> Path:
     outside = make_adapter(root.parent / "outside", tiny_model_dir, tiny_tokenizer, seed=3)
     (root / "escape").symlink_to(outside, target_is_directory=True)  # must not be served
     return root
-
-
-def start(model_dir: Path, adapters: Path | None = None, **serve) -> LiveServer:
-    settings = {"model_name": "base", "max_tokens_limit": 64, "max_prompt_tokens": 120, **serve}
-    if adapters is not None:
-        settings["adapters_dir"] = str(adapters)
-    config = RunConfig.model_validate(
-        {"model": {"name_or_path": str(model_dir)}, "serve": settings}
-    )
-    return LiveServer(build_state(config))
 
 
 @pytest.fixture(scope="module")

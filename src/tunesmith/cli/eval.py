@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from tunesmith.config.schema import RunConfig
+from tunesmith.runs.folder import RunFolder
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import TunesmithError
 
@@ -17,14 +18,15 @@ def eval_command(args: list[str]) -> dict:
     from tunesmith.evaluation.runner import run_eval
 
     config_path, run_dir, overrides = split_eval_args(args)
-    if config_path is None and run_dir is not None and (run_dir / "config.yaml").is_file():
-        config_path = run_dir / "config.yaml"
+    saved = config_path is None and run_dir is not None and RunFolder(run_dir).config_path.is_file()
+    if saved:
+        config_path = RunFolder(run_dir).config_path
     if config_path is None and not overrides:
         raise TunesmithError(
             "give a config file with an eval section (tunesmith eval eval.yaml [RUN_FOLDER]), "
             "a run folder, or key=value overrides"
         )
-    report = run_eval(load_config(config_path, overrides), run_dir)
+    report = run_eval(load_config(config_path, overrides, saved=saved), run_dir)
     print_summary(report)
     return report
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunesmith.runs.folder import RunFolder
 from tunesmith.utils.errors import TunesmithError
 
 
@@ -12,7 +13,11 @@ def export_command(args: list[str]) -> None:
     from tunesmith.export.run import export_run, report
 
     config_path, source, overrides = split_export_args(args)
-    config = load_config(config_path, overrides)
+    config = load_config(
+        config_path,
+        overrides,
+        saved=source is not None and config_path == RunFolder(source).config_path,
+    )
     if source is None:
         source = _latest_trained(config)
     if not source.exists():
@@ -41,6 +46,6 @@ def split_export_args(args: list[str]) -> tuple[Path | None, Path | None, list[s
         raise TunesmithError(f"expected CONFIG [RUN_FOLDER], got {[str(p) for p in positional]}")
     if len(positional) == 1 and positional[0].is_dir():
         run = positional[0]
-        return run / "config.yaml", run, overrides
+        return RunFolder(run).config_path, run, overrides
     config = positional[0] if positional else None
     return config, (positional[1] if len(positional) == 2 else None), overrides

@@ -54,7 +54,10 @@ def train(
     run_dir = _run_to_resume(config_path, overrides) if resume else None
     if run_dir is not None:  # the run's own resolved config, with this command's overrides
         config_path = None
-    config = load_config(run_dir / "config.yaml" if run_dir else config_path, overrides)
+    if run_dir is not None:
+        config = load_config(RunFolder(run_dir).config_path, overrides, saved=True)
+    else:
+        config = load_config(config_path, overrides)
     options = Launch(nproc, nnodes, node_rank, master_addr, master_port)
     if options.needed:  # this process only starts torchrun; each child trains
         launch(config, config_path, overrides, run_dir, options)
@@ -110,14 +113,14 @@ def quickstart(
 def _run_to_resume(path: Path | None, overrides: list[str]) -> Path:
     """`--resume RUN`: that run folder; `CONFIG --resume`: the newest run of that config."""
     from tunesmith.config.load import load_config
-    from tunesmith.runs.folder import latest_run
+    from tunesmith.runs.folder import RunFolder, latest_run
 
     if path is None:
         raise TunesmithError(
             "--resume: give a run folder (--resume RUN) or a config (CONFIG --resume)"
         )
     if path.is_dir():
-        if not (path / "config.yaml").is_file():
+        if not RunFolder(path).config_path.is_file():
             raise TunesmithError(f"--resume: '{path}' is not a run folder (no config.yaml)")
         return path
     config = load_config(path, overrides)

@@ -7,12 +7,14 @@ from pathlib import Path
 
 def serve_command(config_path: Path | None, overrides: list[str], adapter: Path | None) -> None:
     from tunesmith.config.load import load_config
+    from tunesmith.runs.folder import RunFolder
     from tunesmith.serve.server import build_state, require_serve_deps, run_server
 
     require_serve_deps()
-    if config_path is None and adapter is not None and (adapter / "config.yaml").is_file():
+    saved = None if adapter is None else RunFolder(adapter).config_path
+    if config_path is None and saved is not None and saved.is_file():
         # a run folder alone: its own model section names the base
-        config = load_config(adapter / "config.yaml", overrides)
+        config = load_config(saved, overrides, saved=True)
     else:
         config = load_config(config_path, overrides)
     run_server(build_state(config, adapter))

@@ -27,13 +27,32 @@ _noted: set[str] = set()
 _stderr = Console(stderr=True, highlight=False, soft_wrap=True)  # stdout may carry a report
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read YAML (optional), apply overrides, validate. Raises ConfigError."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, saved: bool = False
+) -> RunConfig:
+    """Read YAML (optional), apply overrides, validate. Raises ConfigError. `saved`: the file
+    is a run folder's own config.yaml, written by tunesmith (maybe an older one)."""
     data: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    if saved:
+        data = _upgrade_saved(data)
     for item in overrides or []:
         key, value = parse_override(item)
         set_dotted(data, key, value)
     return validate(data, source=str(path) if path else "overrides")
+
+
+def _upgrade_saved(data: dict[str, Any]) -> dict[str, Any]:
+    """A config.yaml saved before data.cutoff_len was the one length key holds
+    train.cls.max_length (at least its default) beside it: the length a cls run used, and
+    nothing for any other stage."""
+    train = data.get("train") or {}
+    if "max_length" not in (train.get("cls") or {}):
+        return data
+    data = copy.deepcopy(data)
+    length = data["train"]["cls"].pop("max_length")
+    if train.get("stage") == "cls":
+        data.setdefault("data", {})["cutoff_len"] = length
+    return data
 
 
 def parse_override(item: str) -> tuple[str, Any]:

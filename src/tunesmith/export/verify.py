@@ -29,11 +29,12 @@ def sample_conversations(prompts: list[str]) -> list[list[dict]]:
 
 @torch.inference_mode()
 def prompt_logits(model, tokenizer, conversations: list[list[dict]]) -> list[torch.Tensor]:
-    """float32 logits over every prompt position, one conversation at a time (no padding)."""
+    """float32 logits over every prompt position, one conversation at a time (no padding);
+    a prompt-tuning model's virtual positions in front are left out."""
     out = []
     for conv in conversations:
         ids = torch.tensor([prompt_ids(tokenizer, conv)], device=model.device)
-        out.append(model(input_ids=ids).logits[0].float().cpu())
+        out.append(model(input_ids=ids).logits[0, -ids.shape[1] :].float().cpu())
     return out
 
 

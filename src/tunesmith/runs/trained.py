@@ -175,7 +175,7 @@ def _open_run_folder(root: Path) -> TrainedRun:
     from tunesmith.config.load import load_config
 
     try:
-        config = load_config(root / CONFIG)
+        config = load_config(root / CONFIG, saved=True)
     except ConfigError as exc:
         raise ModelError(f"run folder '{root}': {CONFIG} is damaged ({exc})") from None
     method = get_method(config.method.type)

@@ -2,9 +2,10 @@
 
 A run whose method PEFT can switch per request on a shared base (LoRA, IA3, prompt, prefix,
 p-tuning) and that was trained on the served base with the same chat template is attached to
-that base as a named adapter. Any other run (bottleneck adapters, hybrid, a full or freeze
-model, another base or template) gets an engine of its own, loaded exactly as it was trained;
-the method form says which (models/methods/).
+that base as a named adapter; PEFT holds adapters of one type per model, so each PEFT type
+gets one copy of the base. Any other run (bottleneck adapters, hybrid, a full or freeze model,
+another base or template) gets an engine of its own, loaded exactly as it was trained; the
+method form says which (models/methods/).
 
 A request's `model` string is only ever compared with names found by listing the adapters
 folder; it never becomes part of a path, so no name can reach outside that folder. A listed
@@ -45,9 +46,10 @@ class ModelRegistry:
         self.base_path = resolve_model(base_cfg.name_or_path).path if base_cfg else None
         self.root = Path(adapters_dir).resolve() if adapters_dir else None
         self.explicit = dict(adapters or {})  # given by the operator (--adapter), trusted
-        # name -> PEFT adapter name: PEFT keys modules by it, so a folder name with a dot, or
-        # one inside "lora_" (such as "a"), must not reach it
-        self.loaded: dict[str, str] = {}
+        # name -> (engine, PEFT adapter name): PEFT keys modules by that name, so a folder name
+        # with a dot, or one inside "lora_" (such as "a"), must not reach it
+        self.loaded: dict[str, tuple[Engine, str]] = {}
+        self.by_peft_type: dict[str, Engine] = {}  # the base copy holding adapters of a type
         self.own_engines: dict[str, Engine] = {}  # runs that cannot share the base
 
     def names(self) -> list[str]:
@@ -92,14 +94,15 @@ class ModelRegistry:
         if name in self.own_engines:
             yield self.own_engines[name]
             return
-        model = getattr(self.engine, "model", None)
         if name == self.base_name:
-            off = model.disable_adapter() if self.loaded else contextlib.nullcontext()
-            with off:
+            model = self.engine.model
+            off = model.disable_adapter() if hasattr(model, "peft_config") else None
+            with off or contextlib.nullcontext():
                 yield self.engine
             return
-        model.set_adapter(self.loaded[name])
-        yield self.engine
+        engine, internal = self.loaded[name]
+        engine.model.set_adapter(internal)
+        yield engine
 
     def _can_share_base(self, run: TrainedRun) -> bool:
         """A PEFT adapter PEFT can switch, trained on this base, with this chat template."""
@@ -111,13 +114,27 @@ class ModelRegistry:
         return not own or own == self.engine.tokenizer.chat_template
 
     def _attach(self, name: str, run: TrainedRun) -> None:
-        model, internal = self.engine.model, f"adapter_{len(self.loaded)}"
-        if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
+        engine, internal = self._engine_for(run.method.peft_type), f"adapter_{len(self.loaded)}"
+        model = engine.model
+        if hasattr(model, "peft_config"):
             model.load_adapter(str(run.artifact), adapter_name=internal)
         else:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(run.artifact), adapter_name=internal)
-            self.engine.model = model
+            engine.model = model
         model.eval()
-        self.loaded[name] = internal
+        self.loaded[name] = (engine, internal)
+
+    def _engine_for(self, peft_type: str) -> Engine:
+        """The base copy holding adapters of this PEFT type: the served base for the first type,
+        a fresh copy for each other one."""
+        if peft_type not in self.by_peft_type:
+            engine = self.engine
+            if self.by_peft_type:
+                from tunesmith.models.load import load_model_and_tokenizer
+
+                model = load_model_and_tokenizer(self.base_cfg)[0].eval()
+                engine = TransformersEngine(model, self.engine.tokenizer, self.engine.batch_size)
+            self.by_peft_type[peft_type] = engine
+        return self.by_peft_type[peft_type]

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
 
 from tunesmith.config.methods import AdapterMethod, HybridMethod
 from tunesmith.models.methods._peft import HEADS
-from tunesmith.models.methods.base import Method, Task, read_marker, register
+from tunesmith.models.methods.base import Method, Task, keep_in_checkpoints, read_marker, register
 from tunesmith.utils.errors import ModelError
 
 WEIGHTS = "bottleneck_adapters.safetensors"
@@ -106,8 +105,10 @@ class BottleneckAdapter(nn.Module):
 
 
 def remember(model, cfg: AdapterMethod | HybridMethod, task: Task, heads: list[str]) -> None:
-    """What the marker records: the config, the task and the heads saved with the adapters."""
+    """What the marker records: the config, the task and the heads saved with the adapters;
+    trainer checkpoints hold them too (PEFT's would leave hybrid's adapters out)."""
     setattr(model, _STATE, {"method": cfg.model_dump(), "task": task, "heads": heads})
+    keep_in_checkpoints(model, f".{NAME}.", *(f".{head}." for head in heads))
 
 
 def attach(model, cfg: AdapterMethod | HybridMethod, sites: tuple[str, ...]) -> list[str]:
@@ -161,10 +162,6 @@ def train_heads(model) -> list[str]:
     return list(heads)
 
 
-def has_adapters(model) -> bool:
-    return hasattr(model, _STATE)
-
-
 def own_weights(model) -> dict[str, torch.Tensor]:
     """The adapter (and head) tensors, named relative to the transformers model."""
     root = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -197,17 +194,3 @@ def load_weights(model, folder: Path) -> None:
             f"unexpected {extra[:3]})"
         )
     root.load_state_dict(saved, strict=False)
-
-
-class AdapterCheckpoint(TrainerCallback):
-    """Bottleneck-adapter weights read back from a checkpoint on resume and when the best
-    checkpoint is loaded at the end (train/checkpoints.py writes them into each checkpoint)."""
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.global_step and (folder / WEIGHTS).is_file():
-            load_weights(model, folder)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if args.load_best_model_at_end and state.best_model_checkpoint:
-            load_weights(model, Path(state.best_model_checkpoint))

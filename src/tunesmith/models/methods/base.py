@@ -28,6 +28,11 @@ from tunesmith.utils.errors import ModelError
 Task = Literal["causal_lm", "seq_cls"]
 MARKER = "tunesmith_method.json"
 LEGACY_MARKER = "tunesmith_adapter.json"  # written by adapter / hybrid before MARKER existed
+# Weights a trainer checkpoint must hold beyond what the Trainer saves: PEFT checkpoints keep
+# LoRA only (not hybrid's bottleneck adapters) and a prompt encoder's output, not the encoder
+# (P-tuning's MLP / LSTM, prefix projection), so a resumed run would train a fresh encoder.
+CHECKPOINT_EXTRA = "_tunesmith_checkpoint_extra"  # model attribute: name parts of those weights
+EXTRA_WEIGHTS = "method_weights.safetensors"  # in each checkpoint folder
 
 
 class Method:
@@ -39,7 +44,7 @@ class Method:
     packing: ClassVar[bool] = True  # False: virtual tokens cannot be shared by a packed row
     not_mergeable: ClassVar[str | None] = None  # why it cannot merge; None: it merges
     shares_base: ClassVar[bool] = True  # served as a PEFT adapter switched on one shared base
-    peft_types: ClassVar[tuple[str, ...]] = ()  # adapter_config.json peft_type values it writes
+    peft_type: ClassVar[str | None] = None  # the PEFT adapter type it writes (adapter_config)
     trains_base_weights: ClassVar[bool] = False  # full / freeze: the base weights themselves
     learning_rate: ClassVar[float]  # a starting point for the planner's advice
     why: ClassVar[str]  # one line for the planner's advice
@@ -138,9 +143,9 @@ def get_method(name: str) -> Method:
 def method_for_peft_type(peft_type: str) -> Method:
     """The method that writes PEFT adapters of this type (for folders without a marker)."""
     for method in METHODS.values():
-        if peft_type in method.peft_types:
-            return method
-    known = sorted(t for m in METHODS.values() for t in m.peft_types)
+        if method.peft_type == peft_type:
+            return method  # the first registered: lora before qlora
+    known = sorted({m.peft_type for m in METHODS.values() if m.peft_type})
     raise ModelError(
         f"PEFT adapter type {peft_type} is not one tunesmith trains or serves ({', '.join(known)})"
     )
@@ -161,6 +166,47 @@ def read_marker(folder: Path) -> dict | None:
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ModelError(f"{path}: damaged ({exc}); train the run again") from None
     return None
+
+
+def keep_in_checkpoints(model, *name_parts: str) -> None:
+    """Trainer checkpoints of `model` also hold the parameters whose name has one of the parts."""
+    setattr(model, CHECKPOINT_EXTRA, name_parts)
+
+
+def checkpoint_extra(model) -> dict[str, torch.Tensor]:
+    """The weights keep_in_checkpoints named, by their name in `model`; {} when none."""
+    parts = getattr(model, CHECKPOINT_EXTRA, ())
+    return {
+        name: param.detach().contiguous()
+        for name, param in model.named_parameters()
+        if any(part in f".{name}" for part in parts)
+    }
+
+
+def save_checkpoint_extra(model, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    extra = checkpoint_extra(model)
+    if extra:
+        save_file(extra, Path(folder) / EXTRA_WEIGHTS)
+
+
+def load_checkpoint_extra(model, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    path = Path(folder) / EXTRA_WEIGHTS
+    if path.is_file():
+        unexpected = model.load_state_dict(load_file(path), strict=False).unexpected_keys
+        if unexpected:
+            raise ModelError(f"{path}: weights this model does not have: {unexpected[:3]}")
+
+
+def extra_covers_training(model) -> bool:
+    """True when the extra weights are everything that trains: a checkpoint is then restored
+    from them alone (PEFT cannot load its own prefix-projection checkpoints back)."""
+    trained = {name for name, param in model.named_parameters() if param.requires_grad}
+    extra = checkpoint_extra(model)
+    return bool(extra) and trained <= set(extra)
 
 
 def count_parameters(model) -> tuple[int, int]:

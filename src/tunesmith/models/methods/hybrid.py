@@ -16,7 +16,6 @@ from tunesmith.config.methods import HybridMethod
 from tunesmith.models.methods import _peft
 from tunesmith.models.methods.adapter import (
     NOT_MERGEABLE,
-    AdapterCheckpoint,
     adapter_targets,
     attach,
     block_activations,
@@ -65,9 +64,6 @@ class Hybrid(Method):
         remember(model, cfg, state["task"], heads=[])
         load_weights(model, folder)
         return model
-
-    def callbacks(self, model) -> list:
-        return [AdapterCheckpoint()]  # PEFT's checkpoints hold only the LoRA half
 
     def frozen_block_activations(self, shapes, cfg: HybridMethod) -> float:
         return lora_activations(shapes, cfg, attention_targets(shapes)) + block_activations(

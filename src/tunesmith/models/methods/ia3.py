@@ -11,7 +11,7 @@ from tunesmith.models.methods.base import Method, Task, register
 class IA3(Method):
     name = "ia3"
     config = IA3Method
-    peft_types = ("IA3",)  # a per-channel scale folds into the weight: mergeable
+    peft_type = "IA3"  # a per-channel scale folds into the weight: mergeable
     learning_rate = 3e-3
     why = "IA3 trains only scaling vectors: tiny memory and artifacts, weaker adaptation"
 

@@ -26,7 +26,7 @@ _INITIAL_ADAPTER = "_tunesmith_initial_adapter"
 class Lora(Method):
     name = "lora"
     config = LoraMethod
-    peft_types = ("LORA",)
+    peft_type = "LORA"
     learning_rate = 2e-4  # starts from zero: larger steps than full fine-tuning
     why = (
         "LoRA reaches close to full fine-tuning quality on small and medium data with a "

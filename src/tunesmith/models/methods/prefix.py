@@ -11,7 +11,7 @@ import inspect
 
 from tunesmith.config.methods import PrefixMethod
 from tunesmith.models.methods._peft import task_type, wrap
-from tunesmith.models.methods.base import Method, Task, register
+from tunesmith.models.methods.base import Method, Task, keep_in_checkpoints, register
 from tunesmith.utils.errors import ModelError
 
 NOT_MERGEABLE_PROMPT = (
@@ -26,7 +26,7 @@ class Prefix(Method):
     config = PrefixMethod
     packing = False
     not_mergeable = NOT_MERGEABLE_PROMPT  # attention over extra keys changes no weight
-    peft_types = ("PREFIX_TUNING",)
+    peft_type = "PREFIX_TUNING"
     learning_rate = 1e-2
     why = "prefix tuning trains keys and values in front of every layer: tiny, no merge"
 
@@ -41,7 +41,10 @@ class Prefix(Method):
             prefix_projection=cfg.projection,
             encoder_hidden_size=cfg.encoder_hidden_size or model.config.hidden_size,
         )
-        return wrap(model, config)
+        model = wrap(model, config)
+        if cfg.projection:  # PEFT saves the projected prefix, not the projection
+            keep_in_checkpoints(model, ".prompt_encoder.")
+        return model
 
 
 def check_classifier_takes_prefix(model) -> None:

@@ -20,7 +20,7 @@ class Prompt(Method):
     config = PromptMethod
     packing = False
     not_mergeable = NOT_MERGEABLE_PROMPT
-    peft_types = ("PROMPT_TUNING",)
+    peft_type = "PROMPT_TUNING"
     learning_rate = 3e-2
     why = "prompt tuning trains only a few embeddings: the least memory, the weakest adaptation"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tunesmith.config.methods import PTuningMethod
 from tunesmith.models.methods._peft import task_type, wrap
-from tunesmith.models.methods.base import Method, Task, register
+from tunesmith.models.methods.base import Method, Task, keep_in_checkpoints, register
 from tunesmith.models.methods.prefix import NOT_MERGEABLE_PROMPT
 
 
@@ -18,7 +18,7 @@ class PTuning(Method):
     config = PTuningMethod
     packing = False
     not_mergeable = NOT_MERGEABLE_PROMPT
-    peft_types = ("P_TUNING",)
+    peft_type = "P_TUNING"
     learning_rate = 1e-2
     why = "P-tuning learns a soft prompt through a small encoder: tiny, no merge"
 
@@ -32,4 +32,6 @@ class PTuning(Method):
             encoder_reparameterization_type=PromptEncoderReparameterizationType[encoder],
             encoder_hidden_size=cfg.encoder_hidden_size or model.config.hidden_size,
         )
-        return wrap(model, config)
+        model = wrap(model, config)
+        keep_in_checkpoints(model, ".prompt_encoder.")  # PEFT saves the encoder's output only
+        return model

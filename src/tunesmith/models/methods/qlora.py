@@ -28,7 +28,7 @@ class QLora(Lora):
 
     name = "qlora"
     config = QLoraMethod
-    peft_types = ()  # its folder is a plain LoRA adapter: without a marker it reads as lora
+    peft_type = "LORA"  # a plain LoRA adapter: without a marker its folder reads as lora
     why = (
         "QLoRA stores the base weights in 4 bits (~0.52 bytes per weight): the smallest memory "
         "that still trains well"
