@@ -108,16 +108,17 @@ def alpaca_file(tmp_path) -> Path:
 
 # --- the support matrix: tests record the cell they prove (scripts/support_matrix.py) -------
 
+LLAMA = "Llama decoder"
 MATRIX_OUT = "TUNESMITH_MATRIX_OUT"  # where the cells of this session go, when set
 _cells: list[dict] = []
 
 
 @pytest.fixture
 def matrix_cell(request):
-    """matrix_cell(method, capability, value, stage="sft", kind="causal-lm"): the cell this test
+    """matrix_cell(method, capability, value, stage="sft", kind=LLAMA): the cell this test
     proves. Its outcome decides what the matrix shows: value if it passed, FAILED if not."""
 
-    def record(method: str, capability: str, value: str, stage="sft", kind="causal-lm"):
+    def record(method: str, capability: str, value: str, stage="sft", kind=LLAMA):
         cell = dict(method=method, capability=capability, value=value, stage=stage, kind=kind)
         request.node.user_properties.append(("matrix", cell))
 
