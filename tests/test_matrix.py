@@ -200,3 +200,55 @@ def test_qlora_without_cuda_says_what_it_needs(matrix_cell):
         matrix_cell("qlora", capability, "needs CUDA + bitsandbytes")
     with pytest.raises(ModelError, match="method qlora needs a CUDA GPU"):
         get_method("qlora").quantization_config(QLoraMethod())
+
+
+@pytest.mark.parametrize("method", ["adapter", "hybrid", "lora"])
+def test_artifact_copied_out_of_its_run_folder_keeps_its_method(
+    method, trained, tmp_path, tiny_model_dir
+):
+    """An adapter folder on its own says what it is (its marker): export names the method and
+    merges only what merges; the model it loads onto the named base is the trained one."""
+    from tunesmith.export.run import export_run
+
+    alone = shutil.copytree(trained[method].root / "adapter", tmp_path / f"{method}-adapter")
+    base = ModelConfig(name_or_path=str(tiny_model_dir))
+    run = open_run(alone, base)
+    assert (run.method.name, run.method.mergeable) == (method, method == "lora")
+    assert torch.allclose(probe_logits(*run.load()), trained[method].logits, atol=1e-5)
+    config = RunConfig.model_validate({"model": base.model_dump(), "export": {}})
+    result = export_run(config, alone)
+    assert result.layout == ("merged" if method == "lora" else "base+adapter")
+    assert result.statement.startswith(
+        f"{method} adapter merged" if method == "lora" else f"method {method}: "
+    )
+
+
+@pytest.mark.parametrize("method", ["adapter", "hybrid"])
+def test_serve_one_run_that_cannot_share_its_base(method, trained, tiny_model_dir):
+    """`tunesmith serve --adapter RUN` for a method PEFT cannot switch: the run answers as
+    trained under its name, the base as the base."""
+    from tunesmith.serve.server import build_state
+
+    config = open_run(trained[method].root).config
+    state = build_state(config, trained[method].root)
+    with state.registry.use(method) as engine:
+        assert torch.allclose(
+            probe_logits(engine.model, engine.tokenizer), trained[method].logits, atol=1e-5
+        )
+    with state.registry.use(state.registry.base_name) as engine:
+        base = load_for_inference(model_cfg=ModelConfig(name_or_path=str(tiny_model_dir)))
+        assert torch.allclose(probe_logits(engine.model, engine.tokenizer), probe_logits(*base))
+
+
+def test_a_folder_that_is_no_run_is_one_sentence(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ModelError, match=r"is neither a run folder \(config\.yaml\), an adapter"):
+        open_run(tmp_path)
+    damaged = tmp_path / "run"
+    damaged.mkdir()
+    (damaged / "config.yaml").write_text("model: [unclosed")
+    with pytest.raises(ModelError, match=r"config\.yaml is damaged"):
+        open_run(damaged)
+    (damaged / "config.yaml").write_text("method: {type: lora}\n")
+    with pytest.raises(ModelError, match="has no trained adapter/ yet"):
+        open_run(damaged)
