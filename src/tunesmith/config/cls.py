@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from tunesmith.config.base import Section
+from tunesmith.config.base import Section, listed_twice
 
 
 class ClsConfig(Section):
@@ -56,7 +56,7 @@ class ClsConfig(Section):
         if value is not None:
             if len(value) < 2:
                 raise ValueError("give at least two labels")
-            twice = sorted({name for name in value if value.count(name) > 1})
+            twice = listed_twice(value)
             if twice:
                 raise ValueError(f"labels listed twice: {', '.join(twice)}")
         return value

@@ -15,64 +15,45 @@ from torch import nn
 
 from tunesmith.utils.errors import ModelError
 
-# Well-known architectures as config dicts, so planning them works offline.
-_LLAMA = {"model_type": "llama", "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
-_QWEN = {"model_type": "qwen2", "rms_norm_eps": 1e-6}
+# Well-known architectures, so planning them works offline: family and
+# (hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings[, head dim]).
+_FAMILIES = {
+    "llama": {"model_type": "llama", "rms_norm_eps": 1e-5},
+    "mistral": {"model_type": "mistral", "rms_norm_eps": 1e-5},
+    "qwen2": {"model_type": "qwen2", "rms_norm_eps": 1e-6},
+    "gemma": {"model_type": "gemma"},
+}
+_SHAPES = {
+    "llama-2-7b": ("llama", 4096, 11008, 32, 32, 32, 32000, False),
+    "llama-2-13b": ("llama", 5120, 13824, 40, 40, 40, 32000, False),
+    "llama-2-70b": ("llama", 8192, 28672, 80, 64, 8, 32000, False),
+    "llama-3-8b": ("llama", 4096, 14336, 32, 32, 8, 128256, False),
+    "llama-3-70b": ("llama", 8192, 28672, 80, 64, 8, 128256, False),
+    "mistral-7b": ("mistral", 4096, 14336, 32, 32, 8, 32768, False),
+    "qwen2.5-0.5b": ("qwen2", 896, 4864, 24, 14, 2, 151936, True),
+    "qwen2.5-1.5b": ("qwen2", 1536, 8960, 28, 12, 2, 151936, True),
+    "qwen2.5-3b": ("qwen2", 2048, 11008, 36, 16, 2, 151936, True),
+    "qwen2.5-7b": ("qwen2", 3584, 18944, 28, 28, 4, 152064, False),
+    "qwen2.5-14b": ("qwen2", 5120, 13824, 48, 40, 8, 152064, False),
+    "qwen2.5-32b": ("qwen2", 5120, 27648, 64, 40, 8, 152064, False),
+    "qwen2.5-72b": ("qwen2", 8192, 29568, 80, 64, 8, 152064, False),
+    "gemma-2b": ("gemma", 2048, 16384, 18, 8, 1, 256000, True, 256),
+    "gemma-7b": ("gemma", 3072, 24576, 28, 16, 16, 256000, True, 256),
+}
+_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+    "tie_word_embeddings",
+    "head_dim",
+)
 KNOWN_ARCHITECTURES: dict[str, dict] = {
-    "llama-2-7b": _LLAMA
-    | dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-           num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
-    "llama-2-13b": _LLAMA
-    | dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-           num_attention_heads=40, num_key_value_heads=40, vocab_size=32000),
-    "llama-2-70b": _LLAMA
-    | dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
-           num_attention_heads=64, num_key_value_heads=8, vocab_size=32000),
-    "llama-3-8b": _LLAMA
-    | dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-           num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
-    "llama-3-70b": _LLAMA
-    | dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
-           num_attention_heads=64, num_key_value_heads=8, vocab_size=128256),
-    "mistral-7b": _LLAMA
-    | dict(model_type="mistral", hidden_size=4096, intermediate_size=14336,
-           num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-           vocab_size=32768),
-    "qwen2.5-0.5b": _QWEN
-    | dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-           num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-           tie_word_embeddings=True),
-    "qwen2.5-1.5b": _QWEN
-    | dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-           num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
-           tie_word_embeddings=True),
-    "qwen2.5-3b": _QWEN
-    | dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-           num_attention_heads=16, num_key_value_heads=2, vocab_size=151936,
-           tie_word_embeddings=True),
-    "qwen2.5-7b": _QWEN
-    | dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-           num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
-           tie_word_embeddings=False),
-    "qwen2.5-14b": _QWEN
-    | dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=48,
-           num_attention_heads=40, num_key_value_heads=8, vocab_size=152064,
-           tie_word_embeddings=False),
-    "qwen2.5-32b": _QWEN
-    | dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
-           num_attention_heads=40, num_key_value_heads=8, vocab_size=152064,
-           tie_word_embeddings=False),
-    "qwen2.5-72b": _QWEN
-    | dict(hidden_size=8192, intermediate_size=29568, num_hidden_layers=80,
-           num_attention_heads=64, num_key_value_heads=8, vocab_size=152064,
-           tie_word_embeddings=False),
-    "gemma-2b": dict(model_type="gemma", hidden_size=2048, intermediate_size=16384,
-                     num_hidden_layers=18, num_attention_heads=8, num_key_value_heads=1,
-                     head_dim=256, vocab_size=256000, tie_word_embeddings=True),
-    "gemma-7b": dict(model_type="gemma", hidden_size=3072, intermediate_size=24576,
-                     num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=16,
-                     head_dim=256, vocab_size=256000, tie_word_embeddings=True),
-}  # fmt: skip
+    name: _FAMILIES[family] | dict(zip(_FIELDS, numbers, strict=False))
+    for name, (family, *numbers) in _SHAPES.items()
+}
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tunesmith.config.base import listed_twice
 from tunesmith.config.load import closest, parse_override, read_yaml_mapping, set_dotted
 from tunesmith.data.convert import to_record, write_records
 from tunesmith.data.formats import (
@@ -100,7 +101,7 @@ class CleanConfig(BaseModel):
     @field_validator("steps")
     @classmethod
     def _unique_steps(cls, steps: list[str]) -> list[str]:
-        twice = sorted({s for s in steps if steps.count(s) > 1})
+        twice = listed_twice(steps)
         if twice:
             raise ValueError(f"step(s) listed more than once: {', '.join(twice)}")
         return steps

@@ -20,13 +20,19 @@ NOT_MERGEABLE_PROMPT = (
 )
 
 
+class PromptLearning(Method):
+    """What prefix, prompt and P-tuning share: virtual tokens, which packed rows cannot share
+    and which no weight merge can express."""
+
+    packing = False
+    not_mergeable = NOT_MERGEABLE_PROMPT
+
+
 @register
-class Prefix(Method):
+class Prefix(PromptLearning):
     name = "prefix"
     config = PrefixMethod
-    packing = False
-    not_mergeable = NOT_MERGEABLE_PROMPT  # attention over extra keys changes no weight
-    peft_type = "PREFIX_TUNING"
+    peft_type = "PREFIX_TUNING"  # attention over extra keys: no weight changes
     learning_rate = 1e-2
     why = "prefix tuning trains keys and values in front of every layer: tiny, no merge"
 

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from tunesmith.config.methods import PromptMethod
 from tunesmith.models.methods._peft import task_type, wrap
-from tunesmith.models.methods.base import Method, Task, register
-from tunesmith.models.methods.prefix import NOT_MERGEABLE_PROMPT
+from tunesmith.models.methods.base import Task, register
+from tunesmith.models.methods.prefix import PromptLearning
 from tunesmith.utils.errors import ModelError
 
 
 @register
-class Prompt(Method):
+class Prompt(PromptLearning):
     name = "prompt"
     config = PromptMethod
-    packing = False
-    not_mergeable = NOT_MERGEABLE_PROMPT
     peft_type = "PROMPT_TUNING"
     learning_rate = 3e-2
     why = "prompt tuning trains only a few embeddings: the least memory, the weakest adaptation"

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from tunesmith.config.methods import PTuningMethod
 from tunesmith.models.methods._peft import task_type, wrap
-from tunesmith.models.methods.base import Method, Task, keep_in_checkpoints, register
-from tunesmith.models.methods.prefix import NOT_MERGEABLE_PROMPT
+from tunesmith.models.methods.base import Task, keep_in_checkpoints, register
+from tunesmith.models.methods.prefix import PromptLearning
 
 
 @register
-class PTuning(Method):
+class PTuning(PromptLearning):
     name = "ptuning"
     config = PTuningMethod
-    packing = False
-    not_mergeable = NOT_MERGEABLE_PROMPT
     peft_type = "P_TUNING"
     learning_rate = 1e-2
     why = "P-tuning learns a soft prompt through a small encoder: tiny, no merge"
