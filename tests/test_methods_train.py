@@ -1,5 +1,6 @@
-"""Every method through the real SFT path (train/sft.py, the trainer, saving, load_for_inference)
-on the tiny Llama: a few steps, finite loss, and the reloaded model differs from the base."""
+"""Every method through the real SFT path (the recipe, the trainer, saving, load_for_inference)
+on the tiny Llama: a few steps, finite loss, and the reloaded model is the trained one (and
+differs from the base)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import yaml
 
 from tunesmith.config.load import load_config
 from tunesmith.models.load import load_causal_lm
+from tunesmith.models.methods import Method
 from tunesmith.models.resolve import ResolvedModel
 from tunesmith.runs.folder import RunFolder
 from tunesmith.runs.trained import load_for_inference
@@ -40,7 +42,15 @@ def _logits(model, tokenizer) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_method_trains_saves_and_reloads(name, tmp_path, tiny_model_dir, alpaca_file):
+def test_method_trains_saves_and_reloads(name, tmp_path, tiny_model_dir, alpaca_file, monkeypatch):
+    trained = {}
+    save = Method.save
+
+    def spy(self, model, tokenizer, *args):  # the trained model's logits, as it is saved
+        trained["logits"] = _logits(model.eval(), tokenizer)
+        save(self, model, tokenizer, *args)
+
+    monkeypatch.setattr(Method, "save", spy)
     config = load_config(
         None,
         [
@@ -63,6 +73,8 @@ def test_method_trains_saves_and_reloads(name, tmp_path, tiny_model_dir, alpaca_
     base = load_causal_lm(
         ResolvedModel(str(tiny_model_dir), str(tiny_model_dir), "local"), config.model
     )
-    assert not torch.allclose(_logits(tuned, tokenizer), _logits(base.eval(), tokenizer), atol=1e-4)
+    reloaded = _logits(tuned, tokenizer)
+    assert torch.allclose(reloaded, trained["logits"], atol=1e-6)
+    assert not torch.allclose(reloaded, _logits(base.eval(), tokenizer), atol=1e-4)
     if name == "hybrid":
         assert (result.run.checkpoints / "checkpoint-2" / "method_weights.safetensors").is_file()
