@@ -68,16 +68,16 @@ def test_lora_adapter_reloads_with_identical_logits(tmp_path, tiny_model_dir, al
 
 
 def test_lora_in_memory_equals_reloaded(tmp_path, tiny_model_dir, alpaca_file, monkeypatch):
-    import tunesmith.train.sft as sft
+    from tunesmith.models.methods import get_method
 
     captured = {}
-    original_save = sft.get_method("lora").save
+    original_save = get_method("lora").save
 
     def spy(model, tokenizer, out_dir, *args):
         captured["logits"] = _logits(model.eval(), tokenizer)
         original_save(model, tokenizer, out_dir, *args)
 
-    monkeypatch.setattr(sft.get_method("lora"), "save", spy)
+    monkeypatch.setattr(get_method("lora"), "save", spy)
     result = train_tiny(
         tmp_path,
         tiny_model_dir,

@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from tunesmith.config.methods import LoraMethod
 from tunesmith.data.dataset import PackedCollator, SFTCollator
 from tunesmith.data.render import IGNORE_INDEX
-from tunesmith.models.methods import lora
+from tunesmith.models.methods import get_method
 from tunesmith.train import speed
 from tunesmith.utils.errors import ConfigError
+
+lora = get_method("lora")  # the registered method form
 
 
 def _lora_model(tiny_model_dir, dropout: float = 0.0, seed: int = 0, alpha: float = 8):
@@ -357,7 +359,7 @@ def test_keep_freed_memory_changes_nothing_outside_glibc(monkeypatch):
 
 def test_a_resumed_run_multiplies_with_the_kernel_the_interrupted_one_chose(tmp_path, monkeypatch):
     from tunesmith.runs.folder import RunFolder
-    from tunesmith.train.sft import pin_matmul_kernel
+    from tunesmith.train.recipe import pin_matmul_kernel
 
     def timing_says(onednn_faster: bool):  # a fresh process: nothing chosen yet
         monkeypatch.setattr(speed, "_ONEDNN", [])

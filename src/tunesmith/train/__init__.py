@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tunesmith.config.schema import RunConfig
     from tunesmith.runs.folder import RunFolder
-    from tunesmith.train.sft import TrainResult
+    from tunesmith.train.recipe import TrainResult
 
 # stage -> (module, function); imported only when that stage runs (training imports are heavy)
 STAGES = {

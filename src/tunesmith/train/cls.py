@@ -1,5 +1,4 @@
-"""Text classification (train.stage: cls), read top to bottom: data, model, head, method,
-trainer, save, report.
+"""Text classification (train.stage: cls): its recipe, loss, metrics and report.
 
 Any model AutoModelForSequenceClassification loads works: an encoder (the embedded default
 `model.name_or_path=minilm-l6`, BERT-style: the [CLS] pooled output feeds the head) or a decoder
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,37 +22,33 @@ from tunesmith.config.schema import RunConfig
 from tunesmith.data.classification import ClsData, label_counts, load_cls_data, tokenize_cls
 from tunesmith.evaluation.classification import classification_metrics, plot_confusion
 from tunesmith.models.classifier import load_classifier
-from tunesmith.models.methods import (
-    count_parameters,
-    get_method,
-)
 from tunesmith.runs.folder import LABELS, RunFolder, is_main_process
 from tunesmith.runs.trained import open_run
-from tunesmith.train.callbacks import (
-    CompactProgressCallback,
-    MetricsCallback,
-    best_checkpoint,
-    check_eval_needs,
-    early_stopping_callbacks,
-    resume_checkpoint,
-)
-from tunesmith.train.distributed import check_distributed
-from tunesmith.train.monitor import TrainingMonitor
-from tunesmith.train.sft import TrainResult, run_summary, training_arguments
+from tunesmith.train.arguments import training_arguments
+from tunesmith.train.recipe import Data, Job, Loaded, Probe, Recipe, TrainResult, train
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError, ModelError
 
 
 def run_cls(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainResult:
-    from transformers import DataCollatorWithPadding, set_seed
-    from transformers.trainer_callback import ProgressCallback
+    return train(CLS, config, run, resume)
 
-    cfg = config.train.cls
-    _check_config(config)
-    started = time.perf_counter()
-    run.save_config(config)
-    run.clear_rejects()  # the data is read again on every start or resume
+
+def _check(config: RunConfig) -> None:
+    if not config.data.train:
+        raise ConfigError("data.train: no training files given (e.g. data.train=[reviews.csv])")
+    for key, value in {
+        "data.dataset": config.data.dataset,  # registry datasets are chat data
+        "data.replay": config.data.replay,
+    }.items():
+        if value:
+            raise ConfigError(f"{key}: not used by train.stage=cls; remove it")
+
+
+def _read(job: Job) -> tuple[ClsData, torch.Tensor | None]:
+    """The records, split, and the loss weights: label mistakes stop before the model loads."""
+    config, cfg = job.config, job.config.train.cls
     data = load_cls_data(
         config.data.train,
         config.data.eval,
@@ -62,91 +56,50 @@ def run_cls(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainRes
         on_error=config.data.on_error,
         max_samples=config.data.max_samples,
         seed=config.train.seed,
-        reject=run.reject,
+        reject=job.run.reject,
     )
-    check_eval_needs(config.train, has_eval=bool(data.eval))
-    weights = class_weights(data, cfg)
-    report_data(data, run)
-    set_seed(config.train.seed)
+    return data, class_weights(data, cfg)
 
-    method = get_method(config.method.type)
-    quantization = method.quantization_config(config.method)
-    model, tokenizer, resolved = load_classifier(config.model, data.labels, cfg, quantization)
-    cutoff = config.data.cutoff_len
+
+def _load(job: Job, quantization) -> Loaded:
+    data, _ = job.sources
+    model, tokenizer, resolved = load_classifier(
+        job.config.model, data.labels, job.config.train.cls, quantization
+    )
+    return Loaded(model, tokenizer, resolved.ref)
+
+
+def _data(job: Job) -> Data:
+    (data, weights), tokenizer = job.sources, job.loaded.tokenizer
+    cfg, cutoff = job.config.train.cls, job.config.data.cutoff_len
     train_examples, truncated = tokenize_cls(data.train, data.labels, tokenizer, cfg, cutoff)
     eval_examples, _ = tokenize_cls(data.eval, data.labels, tokenizer, cfg, cutoff)
-    model = apply_method(model, config)
-    trainable, total = count_parameters(model)
-    console.print(
-        f"method {config.method.type}: {trainable:,} trainable of {total:,} parameters "
-        f"({100 * trainable / total:.2f}%)"
-    )
-    if config.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
+    stats = data.stats | {"truncated": truncated}
+    summary = {
+        "labels": data.labels,
+        "class_weights": weights.tolist() if weights is not None else None,
+        "data": stats,
+    }
+    return Data(train_examples, eval_examples or None, stats, summary)
 
-    monitor = TrainingMonitor(config.train.monitor, run)
-    # the monitor first: it puts NaN losses back into the logs the metrics callback writes
-    callbacks = [monitor, MetricsCallback(run, config.train.monitor.plot_every)]
-    trainer = ClsTrainer(
-        model=model,
-        args=_arguments(config, run, has_eval=bool(eval_examples)),
-        train_dataset=train_examples,
-        eval_dataset=eval_examples or None,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-        callbacks=callbacks + early_stopping_callbacks(config.train) + method.callbacks(model),
+
+def _trainer(job: Job) -> ClsTrainer:
+    from transformers import DataCollatorWithPadding
+
+    (data, weights), cfg = job.sources, job.config.train.cls
+    return ClsTrainer(
+        model=job.model,
+        args=_arguments(job.config, job.run, has_eval=job.data.eval is not None),
+        train_dataset=job.data.train,
+        eval_dataset=job.data.eval,
+        data_collator=DataCollatorWithPadding(job.loaded.tokenizer, pad_to_multiple_of=8),
         compute_metrics=lambda p: scores(evaluation_report(*_decode(p, cfg), data.labels)),
         class_weights=weights,
         multi_label=cfg.multi_label,
-        l2_to_pretrained=config.train.l2_to_pretrained,
-        layerwise_lr_decay=config.train.layerwise_lr_decay,
-        loraplus_lr_ratio=getattr(config.method, "loraplus_lr_ratio", None),
+        l2_to_pretrained=job.config.train.l2_to_pretrained,
+        layerwise_lr_decay=job.config.train.layerwise_lr_decay,
+        loraplus_lr_ratio=getattr(job.config.method, "loraplus_lr_ratio", None),
     )
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(CompactProgressCallback)
-    checkpoint = resume_checkpoint(run, resume)
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-
-    artifact = run.root / method.artifact
-    if is_main_process():  # the best checkpoint's with early stopping
-        method.save(trainer.model, tokenizer, artifact, config.method, "seq_cls")
-    run.write_json(LABELS, data.labels)
-    evaluation = _final_report(trainer, eval_examples, data, cfg, run)
-    summary = {
-        **run_summary(config, resolved.ref, (trainable, total), output, checkpoint, started),
-        "labels": data.labels,
-        "class_weights": weights.tolist() if weights is not None else None,
-        "data": data.stats | {"truncated": truncated},
-        "best": best_checkpoint(config.train, trainer.state),
-        "eval": evaluation,
-        **monitor.summary(),
-    }
-    run.write_json("summary.json", summary)
-    status = "stopped" if monitor.stopped_by else "done"
-    run.add_to_index(stage="cls", method=config.method.type, model=resolved.ref, status=status)
-    if is_main_process():
-        line = f", eval f1_macro {evaluation['f1_macro']:.4f}" if evaluation else ""
-        console.print(f"saved {artifact}  (loss {output.training_loss:.4f}{line})")
-    return TrainResult(run, artifact, summary)
-
-
-def _check_config(config: RunConfig) -> None:
-    if config.train.stage != "cls":
-        raise ConfigError(
-            f"train.stage: '{config.train.stage}' given to the cls stage; "
-            "run it with tunesmith.train.run_stage"
-        )
-    if not config.data.train:
-        raise ConfigError("data.train: no training files given (e.g. data.train=[reviews.csv])")
-    unsupported = {
-        "data.dataset": config.data.dataset,  # registry datasets are chat data
-        "data.replay": config.data.replay,
-        "train.forgetting_eval": config.train.forgetting_eval,  # perplexity of a causal LM
-    }
-    for key, value in unsupported.items():
-        if value:
-            raise ConfigError(f"{key}: not used by train.stage=cls; remove it")
-    check_distributed(config.train.distributed)
 
 
 def _arguments(config: RunConfig, run: RunFolder, has_eval: bool):
@@ -160,7 +113,19 @@ def _arguments(config: RunConfig, run: RunFolder, has_eval: bool):
     )
 
 
-def report_data(data: ClsData, run: RunFolder) -> None:
+class _Report(Probe):
+    """The labels file, and the per-class report of the trained model on the held-out set."""
+
+    def on_end(self, job: Job, trainer) -> dict:
+        data, _ = job.sources
+        job.run.write_json(LABELS, data.labels)
+        evaluation = _final_report(trainer, job.data.eval, data, job.config.train.cls, job.run)
+        if evaluation and is_main_process():
+            console.print(f"eval f1_macro {evaluation['f1_macro']:.4f}")
+        return {"eval": evaluation}
+
+
+def report_data(data: Data, run: RunFolder) -> None:
     stats = data.stats
     counts = ", ".join(f"{name} {n}" for name, n in stats["labels"].items())
     evals = f"{stats['eval']} eval ({stats['eval_source']})" if stats["eval"] else "no eval"
@@ -170,14 +135,6 @@ def report_data(data: ClsData, run: RunFolder) -> None:
         + (f" (see {run.rejects_path})" if stats["rejected"] else "")
         + f"; labels: {counts}"
     )
-
-
-# model and head -------------------------------------------------------------------------------
-
-
-def apply_method(model, config: RunConfig):
-    """The chosen method for sequence classification: every method trains and saves the head."""
-    return get_method(config.method.type).apply(model, config.method, task="seq_cls")
 
 
 # loss and trainer -----------------------------------------------------------------------------
@@ -393,3 +350,18 @@ def _names(prediction, labels: Sequence[str]) -> str | list[str]:
     if np.ndim(prediction) == 0:
         return labels[int(prediction)]
     return [labels[i] for i, on in enumerate(prediction) if on]
+
+
+CLS = Recipe(
+    name="cls",
+    task="seq_cls",
+    check=_check,
+    read=_read,
+    has_eval=lambda job: bool(job.sources[0].eval),
+    load=_load,
+    data=_data,
+    report=report_data,
+    trainer=_trainer,
+    probes=lambda job: [_Report()],
+    example="reviews.csv",
+)

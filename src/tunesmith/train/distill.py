@@ -14,7 +14,6 @@ forcing), on held-out prompts (data.eval, else the first training prompts).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 
 import torch
@@ -27,26 +26,22 @@ from tunesmith.data.formats import load_conversations
 from tunesmith.data.registry import Source, sft_sources
 from tunesmith.data.render import IGNORE_INDEX, prompt_ids
 from tunesmith.models.load import load_model_and_tokenizer
-from tunesmith.runs.folder import RunFolder
+from tunesmith.runs.folder import RunFolder, is_main_process
 from tunesmith.runs.trained import is_trained_run, load_for_inference
-from tunesmith.train.callbacks import resume_checkpoint
+from tunesmith.train.arguments import training_arguments
 from tunesmith.train.checkpoints import AtomicCheckpoints
-from tunesmith.train.preference import (
-    apply_method,
-    check_inputs,
-    finish,
-    save,
-    trainer_monitor,
-    wire_callbacks,
-)
-from tunesmith.train.sft import (
-    SFT,
+from tunesmith.train.forgetting import replay_sources
+from tunesmith.train.recipe import (
+    Data,
+    Job,
+    Loaded,
+    Probe,
+    Recipe,
     TrainResult,
     report_data,
-    require_examples,
-    run_summary,
-    training_arguments,
+    train,
 )
+from tunesmith.train.trainer import causal_lm_trainer, chat_data
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
 
@@ -120,49 +115,52 @@ def run_distill(config: RunConfig, run: RunFolder, resume: bool = False) -> Trai
 
 
 def _run_logits(config: RunConfig, run: RunFolder, resume: bool) -> TrainResult:
-    from transformers import set_seed
+    return train(LOGITS, config, run, resume)
 
-    cfg, started = config.train.distill, time.perf_counter()
-    check_inputs(config)
-    sources = sft_sources(config.data)
-    run.save_config(config)
-    run.clear_rejects()
-    set_seed(config.train.seed)
+
+def _load_with_teacher(job: Job, quantization) -> Loaded:
+    cfg = job.config.train.distill
     teacher, teacher_tok = load_teacher(cfg.teacher)
-    student, tokenizer, resolved = load_model_and_tokenizer(config.model)
+    student, tokenizer, resolved = load_model_and_tokenizer(job.config.model, quantization)
     check_same_vocab(teacher_tok, tokenizer, cfg.teacher, resolved.ref)
-    train_data = build_sft_data(sources, config.data, tokenizer, run.reject)
-    report_data(train_data.stats, run)
-    require_examples(train_data, run)
-    probe = Agreement(config, teacher, teacher_tok)
-    before = probe.measure(student, tokenizer)
+    return Loaded(student, tokenizer, resolved.ref, teacher, teacher_tok)
 
-    student, trainable, total = apply_method(student, config)
-    collator = PackedCollator() if config.train.packing else SFTCollator(tokenizer.pad_token_id)
-    trainer = DistillTrainer(
-        model=student,
-        args=training_arguments(config.train, run, has_eval=False),
-        train_dataset=train_data.examples,
+
+def _logits_data(job: Job) -> Data:
+    # data.eval holds the agreement prompts, not an eval set
+    config, run = job.config, job.run
+    return Data.of(build_sft_data(job.sources, config.data, job.loaded.tokenizer, run.reject))
+
+
+def _distill_trainer(job: Job) -> DistillTrainer:
+    cfg, data = job.config.train, job.data
+    collator = PackedCollator() if cfg.packing else SFTCollator(job.loaded.tokenizer.pad_token_id)
+    return DistillTrainer(
+        model=job.model,
+        args=training_arguments(cfg, job.run, has_eval=False),
+        train_dataset=data.train,
         data_collator=collator,
-        teacher=teacher,
-        temperature=cfg.temperature,
-        alpha=cfg.alpha,
+        teacher=job.loaded.reference,
+        temperature=cfg.distill.temperature,
+        alpha=cfg.distill.alpha,
     )
-    wire_callbacks(trainer, config, run)
-    checkpoint = resume_checkpoint(run, resume)
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    after = probe.measure(trainer.model, tokenizer)
-    artifact = save(trainer.model, tokenizer, run, config)
-    summary = {
-        **run_summary(config, resolved.ref, (trainable, total), output, checkpoint, started),
-        "mode": "logits",
-        "teacher": cfg.teacher,
-        "data": train_data.stats,
-        "agreement": {"before": before, "after": after, "prompts": probe.size},
-        **trainer_monitor(trainer).summary(),
-    }
-    _print_agreement(before, after)
-    return finish(run, config, resolved.ref, artifact, summary, trainer_monitor(trainer))
+
+
+class _LogitsAgreement(Probe):
+    """Agreement with the teacher of the student before and after training."""
+
+    def __init__(self, job: Job):
+        self.probe = Agreement(job.config, job.loaded.reference, job.loaded.reference_tokenizer)
+
+    def on_base(self, job: Job) -> None:
+        self.before = self.probe.measure(job.loaded.model, job.loaded.tokenizer)
+
+    def on_end(self, job: Job, trainer) -> dict:
+        after = self.probe.measure(trainer.model, job.loaded.tokenizer)
+        _print_agreement(self.before, after)
+        agreement = {"before": self.before, "after": after, "prompts": self.probe.size}
+        teacher = job.config.train.distill.teacher
+        return {"mode": "logits", "teacher": teacher, "agreement": agreement}
 
 
 def load_teacher(ref: str):
@@ -185,8 +183,6 @@ def check_same_vocab(teacher_tok, student_tok, teacher: str, student: str) -> No
 
 
 def _run_sequence(config: RunConfig, run: RunFolder, resume: bool) -> TrainResult:
-    from tunesmith.train.sft import train_causal_lm
-
     cfg = config.train.distill
     if not config.data.train and not config.data.dataset:
         raise ConfigError(
@@ -197,10 +193,9 @@ def _run_sequence(config: RunConfig, run: RunFolder, resume: bool) -> TrainResul
         conversations, _ = _read_conversations(sft_sources(config.data), config)
         answers = teacher_answers(cfg.teacher, [c[:-1] for c in conversations], cfg.max_new_tokens)
         dropped = write_sft_data(run, teacher_file, conversations, answers)
-    stage = replace(
-        SFT, name="distill", sources=lambda _: [Source([str(teacher_file)], "openai", {})]
-    )
-    result = train_causal_lm(stage, config, run, resume)
+    answers = [Source([str(teacher_file)], "openai", {})]
+    recipe = replace(SEQUENCE, read=lambda job: (answers, replay_sources(job.config.data)))
+    result = train(recipe, config, run, resume)
     for reason, record in dropped:  # after the SFT run, which starts a fresh rejects file
         run.reject(str(teacher_file), 0, reason, record)
 
@@ -332,4 +327,31 @@ def _greedy(model, tokenizer, prompt: list[dict], max_new_tokens: int) -> list[i
 
 
 def _print_agreement(before, after) -> None:
-    console.print(f"teacher/student token agreement: {before} before, {after} after training")
+    if is_main_process():
+        console.print(f"teacher/student token agreement: {before} before, {after} after training")
+
+
+LOGITS = Recipe(
+    name="distill",
+    read=lambda job: sft_sources(job.config.data),
+    has_eval=lambda job: False,
+    load=_load_with_teacher,
+    data=_logits_data,
+    report=lambda data, run: report_data(data.stats, run),
+    trainer=_distill_trainer,
+    probes=lambda job: [_LogitsAgreement(job)],
+    packs=True,
+    speed=True,
+    refuses=("early_stopping", "l2_to_pretrained"),
+)
+
+# the sft run on the teacher's answers; `read` is set per run to the answers file
+SEQUENCE = Recipe(
+    name="distill",
+    read=lambda job: ([], []),
+    data=chat_data,
+    report=lambda data, run: report_data(data.stats, run),
+    trainer=causal_lm_trainer,
+    packs=True,
+    speed=True,
+)

@@ -3,100 +3,84 @@
 The causal LM gets a one-output sequence-classification head (the reward); the pairwise loss
 -log sigmoid(r(chosen) - r(rejected)) teaches it to score the chosen answer higher. Pairwise
 accuracy and the mean reward margin are logged by TRL and measured on held-out pairs before and
-after training. The run folder loads back with train/cls.load_trained_classifier (one label).
+after training. The run folder loads back with runs/trained.open_run (one label, "reward").
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
 
 from tunesmith.config.cls import ClsConfig
 from tunesmith.config.schema import RunConfig
+from tunesmith.data.preference import build_preference_data
 from tunesmith.data.registry import preference_sources
 from tunesmith.models.classifier import load_classifier
 from tunesmith.models.load import load_tokenizer
-from tunesmith.models.methods import count_parameters
 from tunesmith.runs.folder import LABELS as LABELS_FILE
 from tunesmith.runs.folder import RunFolder
-from tunesmith.train.callbacks import resume_checkpoint
+from tunesmith.runs.trained import open_run
+from tunesmith.train.arguments import trl_arguments
 from tunesmith.train.checkpoints import AtomicCheckpoints
-from tunesmith.train.cls import apply_method, load_trained_classifier
-from tunesmith.train.preference import (
-    check_inputs,
-    finish,
-    held_out_rewards,
-    logged_rewards,
-    read_data,
+from tunesmith.train.recipe import (
+    Data,
+    Job,
+    Loaded,
+    Probe,
+    Recipe,
+    TrainResult,
     report_data,
-    save,
-    trainer_monitor,
-    trl_arguments,
-    wire_callbacks,
+    train,
 )
-from tunesmith.train.sft import TrainResult, run_summary
-from tunesmith.utils.console import console
+from tunesmith.train.rewards import Rewards
+from tunesmith.train.trainer import SequenceTokens
+from tunesmith.utils.errors import ModelError
 
 REWARD_KEYS = ("accuracy", "margin")
 LABELS = ["reward"]
 
 
 def run_reward(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainResult:
+    return train(RM, config, run, resume)
+
+
+def _load(job: Job, quantization) -> Loaded:
+    model, _, resolved = load_classifier(job.config.model, LABELS, ClsConfig(), quantization)
+    tokenizer = load_tokenizer(resolved, job.config.model)  # with model.chat_template, if set
+    model.config.pad_token_id = tokenizer.pad_token_id  # the reward is read at the last real token
+    return Loaded(model, tokenizer, resolved.ref)
+
+
+def _data(job: Job) -> Data:
+    config, tokenizer, reject = job.config, job.loaded.tokenizer, job.run.reject
+    train_data = build_preference_data(job.sources, config.data, tokenizer, True, reject)
+    held_out = None
+    if config.data.eval:
+        held_out = build_preference_data(config.data.eval, config.data, tokenizer, True, reject)
+    return Data.of(train_data, held_out)
+
+
+def _trainer(job: Job):
     from datasets import Dataset
-    from transformers import set_seed
     from trl import RewardConfig
 
-    check_inputs(config)
-    sources = preference_sources(config.data)
-    started = time.perf_counter()
-    run.save_config(config)
-    run.clear_rejects()
-    set_seed(config.train.seed)
-
-    model, _, resolved = load_classifier(config.model, LABELS, ClsConfig())
-    tokenizer = load_tokenizer(resolved, config.model)  # with model.chat_template, if set
-    model.config.pad_token_id = tokenizer.pad_token_id  # the reward is read at the last real token
-    train_data, eval_data = read_data(config, sources, tokenizer, run, paired=True)
-    report_data(train_data, run)
-    model = apply_method(model, config)
-    trainable, total = count_parameters(model)
-    console.print(f"method {config.method.type}: {trainable:,} trainable of {total:,} parameters")
-
-    args = RewardConfig(
-        **trl_arguments(config.train, run, eval_data is not None, config.data.cutoff_len)
+    config, data = job.config, job.data
+    args = trl_arguments(config.train, job.run, data.eval is not None, config.data.cutoff_len)
+    return _trainer_class()(
+        model=job.model,
+        args=RewardConfig(**args),
+        train_dataset=Dataset.from_list(whole_sequences(data.train)),
+        eval_dataset=Dataset.from_list(whole_sequences(data.eval)) if data.eval else None,
+        processing_class=job.loaded.tokenizer,
     )
-    trainer = wire_callbacks(
-        _trainer_class()(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list(whole_sequences(train_data.examples)),
-            eval_dataset=Dataset.from_list(whole_sequences(eval_data.examples))
-            if eval_data
-            else None,
-            processing_class=tokenizer,
-        ),
-        config,
-        run,
-    )
-    before = held_out_rewards(trainer, REWARD_KEYS) if eval_data else None
-    checkpoint = resume_checkpoint(run, resume)
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    after = held_out_rewards(trainer, REWARD_KEYS) if eval_data else None
 
-    artifact = save(trainer.model, tokenizer, run, config)
-    run.write_text(LABELS_FILE, json.dumps(LABELS) + "\n")
-    summary = {
-        **run_summary(config, resolved.ref, (trainable, total), output, checkpoint, started),
-        "data": train_data.stats,
-        "eval_data": eval_data.stats if eval_data else None,
-        "rewards": {"train": logged_rewards(trainer.state.log_history, REWARD_KEYS)}
-        | ({"held_out_before": before, "held_out_after": after} if eval_data else {}),
-        **trainer_monitor(trainer).summary(),
-    }
-    return finish(run, config, resolved.ref, artifact, summary, trainer_monitor(trainer))
+
+class _Labels(Probe):
+    def on_end(self, job: Job, trainer) -> dict:
+        job.run.write_text(LABELS_FILE, json.dumps(LABELS) + "\n")
+        return {}
 
 
 def whole_sequences(examples: list[dict]) -> list[dict]:
@@ -113,7 +97,7 @@ def whole_sequences(examples: list[dict]) -> list[dict]:
 def _trainer_class():
     from trl import RewardTrainer
 
-    class PretokenizedRewardTrainer(AtomicCheckpoints, RewardTrainer):
+    class PretokenizedRewardTrainer(AtomicCheckpoints, SequenceTokens, RewardTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset  # chosen_ids / rejected_ids rendered by data/preference.py
 
@@ -124,8 +108,11 @@ class RewardScorer:
     """Scores (conversation, answer) pairs with a trained rm run: higher is better."""
 
     def __init__(self, run_folder: str | Path):
-        self.model, self.tokenizer, config, _ = load_trained_classifier(run_folder)
-        self.cutoff_len = config.data.cutoff_len
+        run = open_run(run_folder)
+        if run.stage != "rm" or run.config is None:
+            raise ModelError(f"'{run_folder}' is not a reward-model run folder")
+        self.model, self.tokenizer = run.load()
+        self.cutoff_len = run.config.data.cutoff_len
 
     @torch.no_grad()
     def __call__(self, prompt: list[dict], answer: str) -> float:
@@ -134,3 +121,17 @@ class RewardScorer:
         prompt_ids, answer_ids, _ = split_ids(self.tokenizer, prompt, answer, self.cutoff_len)
         ids = torch.tensor([prompt_ids + answer_ids], device=self.model.device)
         return self.model(input_ids=ids).logits[0, 0].item()
+
+
+RM = Recipe(
+    name="rm",
+    task="seq_cls",
+    read=lambda job: preference_sources(job.config.data),
+    load=_load,
+    data=_data,
+    report=lambda data, run: report_data(data.stats, run),
+    trainer=_trainer,
+    probes=lambda job: [Rewards(job, REWARD_KEYS), _Labels()],
+    refuses=("early_stopping", "l2_to_pretrained"),
+    example="pairs.jsonl",
+)

@@ -17,12 +17,36 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from tunesmith.data.dataset import PackedCollator, SFTCollator, build_sft_data
 from tunesmith.data.render import IGNORE_INDEX
 from tunesmith.models.methods import lora, virtual_tokens
+from tunesmith.train.arguments import training_arguments
 from tunesmith.train.checkpoints import AtomicCheckpoints
-from tunesmith.train.forgetting import L2ToPretrained, layerwise_param_groups
+from tunesmith.train.forgetting import L2ToPretrained, add_replay, layerwise_param_groups
+from tunesmith.train.recipe import Data
 from tunesmith.train.speed import fused_loss_head, head_returns_hidden_states, linear_cross_entropy
 from tunesmith.utils.errors import ConfigError
+
+
+class SequenceTokens:
+    """Trainer mixin for batches of several sequences (TRL's chosen / rejected / KL columns).
+
+    transformers counts the tokens of `input_ids` only, which ORPO's and CPO's batches lack, so
+    their tokens/s was 0. Here every attention mask of a sequence the model reads counts; the
+    prompt-only columns are inside those sequences already.
+    """
+
+    def _track_num_input_tokens(self, inputs):
+        masks = [
+            v
+            for k, v in inputs.items()
+            if k.endswith("attention_mask") and not k.startswith("prompt_")
+        ]
+        if self.args.include_num_input_tokens_seen == "no" or not masks:
+            return super()._track_num_input_tokens(inputs)
+        tokens = sum(mask.sum() for mask in masks)
+        tokens = torch.as_tensor(tokens, device=self.args.device, dtype=torch.int64)
+        self.state.num_input_tokens_seen += self.accelerator.gather(tokens).sum().item()
 
 
 class CausalLMTrainer(AtomicCheckpoints, Trainer):
@@ -122,3 +146,34 @@ class CausalLMTrainer(AtomicCheckpoints, Trainer):
         )
         self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
+
+
+def causal_lm_trainer(job) -> CausalLMTrainer:
+    """The trainer of sft, pt and sequence-level distillation on a recipe's Job (train/recipe)."""
+    cfg, data, tokenizer = job.config.train, job.data, job.loaded.tokenizer
+    return CausalLMTrainer(
+        model=job.model,
+        args=training_arguments(cfg, job.run, has_eval=data.eval is not None),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=PackedCollator() if cfg.packing else SFTCollator(tokenizer.pad_token_id),
+        l2_to_pretrained=cfg.l2_to_pretrained,
+        layerwise_lr_decay=cfg.layerwise_lr_decay,
+        loraplus_lr_ratio=getattr(job.config.method, "loraplus_lr_ratio", None),
+        fused_loss=cfg.optimize,
+    )
+
+
+def chat_data(job) -> Data:
+    """Chat examples of job.sources = (sources, replay sources), with data.eval's (sft, and
+    distillation on the teacher's answers)."""
+    config, run, tokenizer = job.config, job.run, job.loaded.tokenizer
+    sources, replay = job.sources
+    train_data = build_sft_data(sources, config.data, tokenizer, run.reject)
+    train_data = add_replay(
+        train_data, replay, config.data, config.train.seed, tokenizer, run.reject
+    )
+    held_out = None
+    if config.data.eval:
+        held_out = build_sft_data(config.data.eval, config.data, tokenizer, run.reject)
+    return Data.of(train_data, held_out)

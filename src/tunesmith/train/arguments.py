@@ -1,0 +1,82 @@
+"""The TrainingArguments every stage shares (TRL's configs extend TrainingArguments too)."""
+
+from __future__ import annotations
+
+import torch
+
+from tunesmith.config.schema import TrainConfig
+from tunesmith.runs.folder import RunFolder
+from tunesmith.train.callbacks import schedule_arguments
+from tunesmith.train.distributed import distributed_arguments
+from tunesmith.utils.errors import ConfigError
+
+
+def training_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool):
+    """transformers' TrainingArguments for a causal-LM stage on CausalLMTrainer."""
+    from transformers import TrainingArguments
+
+    kwargs = trainer_kwargs(cfg, run, has_eval)
+    if cfg.packing:  # packed rows hold no padding: every token counts
+        kwargs["include_num_input_tokens_seen"] = "all"
+    return TrainingArguments(
+        **kwargs,
+        train_sampling_strategy=cfg.sampling,
+        prediction_loss_only=True,  # eval reports the loss; logits are kept for trained tokens only
+    )
+
+
+def trainer_kwargs(cfg: TrainConfig, run: RunFolder, has_eval: bool) -> dict:
+    """Keyword arguments of TrainingArguments and of every TRL config."""
+    bf16, fp16 = precision_flags(cfg.precision)
+    return dict(
+        output_dir=str(run.checkpoints),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        **schedule_arguments(cfg),  # lr schedule, early stopping, best checkpoint
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of total steps
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=bf16,
+        fp16=fp16,
+        seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.save_steps if has_eval else None,
+        use_cpu=not torch.cuda.is_available(),
+        **distributed_arguments(cfg.distributed),  # DDP backend, FSDP or DeepSpeed
+        report_to=[],
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+        # tokens/s in metrics.jsonl; the default "no" leaves it at 0
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def trl_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool, cutoff_len: int) -> dict:
+    """Keyword arguments of the TRL configs: the shared ones and the sequence length."""
+    return dict(
+        **trainer_kwargs(cfg, run, has_eval),
+        max_length=cutoff_len,
+        # TRL turns it on by default; train.gradient_checkpointing is set on the model by
+        # train/recipe.py, as for every stage
+        gradient_checkpointing=False,
+    )
+
+
+def precision_flags(name: str) -> tuple[bool, bool]:
+    """(bf16, fp16) flags for the trainer."""
+    cuda = torch.cuda.is_available()
+    if name == "auto":
+        return cuda and torch.cuda.is_bf16_supported(), False
+    if name == "fp16" and not cuda:
+        raise ConfigError(
+            "train.precision: fp16 mixed precision needs a CUDA GPU; use fp32 or bf16"
+        )
+    return name == "bf16", name == "fp16"
