@@ -470,7 +470,8 @@ def test_resume_equals_uninterrupted(tmp_path, bert_dir):
     assert losses(straight) == pytest.approx(losses(resumed), abs=1e-6)
 
 
-def test_decoder_classifier_on_tiny_llama(tmp_path, tiny_model_dir):
+def test_decoder_classifier_on_tiny_llama(tmp_path, tiny_model_dir, matrix_cell):
+    matrix_cell("full", "trains", "yes", stage="cls")  # the stage reloads and predicts
     rng = random.Random(5)
     records = [
         {"text": f"{rng.choice(['hello who', 'are you'])} {i}", "label": "ab"[i % 2]}
@@ -586,8 +587,9 @@ def test_multi_label_scores_are_hand_computed():
 
 
 def test_prefix_tuning_is_refused_by_name_where_the_classifier_takes_no_past_key_values(
-    tmp_path, bert_dir
+    tmp_path, bert_dir, matrix_cell
 ):
+    matrix_cell("prefix", "trains", "no: BERT takes no past_key_values", "cls", "BERT encoder")
     # transformers 5's BERT calls its cache argument `cache`; PEFT's classifier passes the prefix
     # as past_key_values and would raise a bare ValueError at the first forward
     train = _separable(tmp_path / "train.jsonl", 4, seed=7)
@@ -628,9 +630,11 @@ def test_the_prefix_check_accepts_a_classifier_that_takes_past_key_values():
     ids=lambda value: value["type"] if isinstance(value, dict) else value,
 )
 def test_every_method_trains_and_reloads_the_classifier(
-    tmp_path, bert_dir, method, head, monkeypatch
+    tmp_path, bert_dir, method, head, monkeypatch, matrix_cell
 ):
     import tunesmith.train.cls as stage
+
+    matrix_cell(method["type"], "trains", "yes", stage="cls", kind="BERT encoder")
 
     final_logits = {}
     report = stage._final_report

@@ -208,8 +208,9 @@ def _config(tmp_path, model_dir, data, stage, *overrides):
     [("dpo", "lora"), ("dpo", "full"), ("orpo", "lora"), ("simpo", "lora"), ("kto", "lora")],
 )
 def test_training_raises_the_chosen_vs_rejected_margin(
-    tmp_path, tiny_model_dir, pairs_file, stage, method
+    tmp_path, tiny_model_dir, pairs_file, stage, method, matrix_cell
 ):
+    matrix_cell(method, "trains", "yes", stage=stage)
     config = _config(tmp_path, tiny_model_dir, pairs_file, stage, f"method.type={method}")
     result = train_run(config)
     rewards = result.summary["rewards"]
@@ -248,7 +249,10 @@ def test_cli_trains_dpo_end_to_end(tmp_path, tiny_model_dir, pairs_file, monkeyp
     assert (run / "checkpoints" / "checkpoint-2").is_dir()
 
 
-def test_reward_model_learns_a_trivially_separable_preference(tmp_path, tiny_model_dir, pairs_file):
+def test_reward_model_learns_a_trivially_separable_preference(
+    tmp_path, tiny_model_dir, pairs_file, matrix_cell
+):
+    matrix_cell("lora", "trains", "yes", stage="rm")
     from tunesmith.train.reward import RewardScorer
 
     config = _config(
@@ -263,7 +267,11 @@ def test_reward_model_learns_a_trivially_separable_preference(tmp_path, tiny_mod
     assert score(prompt, "yes") > score(prompt, "no")
 
 
-def test_resumed_dpo_run_ends_where_an_uninterrupted_one_does(tmp_path, tiny_model_dir, pairs_file):
+def test_resumed_dpo_run_ends_where_an_uninterrupted_one_does(
+    tmp_path, tiny_model_dir, pairs_file, matrix_cell
+):
+    matrix_cell("lora", "resumes", "yes", stage="dpo")
+
     def config(steps, name):
         return _config(
             tmp_path, tiny_model_dir, pairs_file, "dpo", f"train.max_steps={steps}",
