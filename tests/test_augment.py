@@ -18,7 +18,7 @@ from tunesmith.data.augment import (
     synonym_replace,
 )
 from tunesmith.data.formats import load_conversations
-from tunesmith.models.client import make_client
+from tunesmith.runs.inference import make_client
 
 PROTECTED = "Mail [EMAIL] or call <PHONE> about order 20240517 for {name} at https://x.io/a?b=1"
 

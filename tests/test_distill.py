@@ -145,7 +145,7 @@ class FakeTeacher:
 def test_sequence_distillation_writes_an_sft_dataset_and_trains_on_it(
     tmp_path, tiny_model_dir, alpaca_file, monkeypatch
 ):
-    import tunesmith.models.client as client
+    import tunesmith.runs.inference as client
 
     monkeypatch.setattr(client, "make_client", lambda spec: FakeTeacher())
     config = _config(

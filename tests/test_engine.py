@@ -14,9 +14,9 @@ from tunesmith.models.engine import (
     TransformersEngine,
     VLLMEngine,
     _cut_at_stop,
-    create_engine,
 )
 from tunesmith.models.generate import generate_replies
+from tunesmith.runs.inference import create_engine
 from tunesmith.utils.errors import ConfigError, ModelError
 
 # Prompts of very different lengths, deliberately not sorted by length.

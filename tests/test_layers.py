@@ -1,6 +1,7 @@
-"""Layer rules (../shared/ARCHITECTURE.md): imports only point down.
+"""Layer rules (docs/architecture.md): imports only point down.
 
-data/ and models/ are siblings below the jobs. data/ imports neither models/ nor anything above;
+data/ and models/ are siblings below the run readers (runs/trained.py, runs/inference.py) and
+the jobs. data/ imports neither models/ nor anything above;
 models/ imports nothing above it, and from data/ only what sits below both (chat rendering).
 Every import is read from the source with ast, module-level and inside functions alike, so a
 lazy import cannot hide a cycle.
@@ -27,8 +28,11 @@ ABOVE_MODELS = (
     "cli",
     "ui",
 )
-FORBIDDEN_IN_DATA = tuple(f"tunesmith.{p}" for p in ("models", *ABOVE_MODELS))
-FORBIDDEN_IN_MODELS = tuple(f"tunesmith.{p}" for p in ABOVE_MODELS)
+# runs/trained.py and runs/inference.py open run folders and load models: above models/
+# (runs/folder.py, the writer, stays below everything)
+RUN_READERS = ("runs.trained", "runs.inference")
+FORBIDDEN_IN_DATA = tuple(f"tunesmith.{p}" for p in ("models", *RUN_READERS, *ABOVE_MODELS))
+FORBIDDEN_IN_MODELS = tuple(f"tunesmith.{p}" for p in (*RUN_READERS, *ABOVE_MODELS))
 # The only data/ modules models/ may use: they sit below both (prompt_ids, IGNORE_INDEX).
 MODELS_MAY_IMPORT_FROM_DATA = frozenset({"tunesmith.data.render"})
 

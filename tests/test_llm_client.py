@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tunesmith.models.client import LocalClient, OpenAIClient, make_client
+from tunesmith.models.client import LocalClient, OpenAIClient
+from tunesmith.runs.inference import local_client, make_client
 from tunesmith.utils.errors import ModelError
 from tunesmith.utils.llm import ChatClient, Reply, replies_of
 
@@ -252,7 +253,7 @@ def test_local_client_prompts_through_the_chat_template(tiny_model_dir):
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     assert rendered == [(c, True) for c in conversations]
 
-    replies = LocalClient(str(tiny_model_dir), batch_size=2).replies(conversations, 4, 0.0)
+    replies = local_client(str(tiny_model_dir), batch_size=2).replies(conversations, 4, 0.0)
     assert len(replies) == 3 and all(isinstance(r, Reply) for r in replies)
     # Greedy decoding is deterministic: the same prompts give the same texts.
     assert [r.text for r in replies] == texts
@@ -260,4 +261,4 @@ def test_local_client_prompts_through_the_chat_template(tiny_model_dir):
 
 def test_local_client_missing_model_says_so(tmp_path):
     with pytest.raises(ModelError):
-        LocalClient(str(tmp_path / "nowhere"))
+        local_client(str(tmp_path / "nowhere"))

@@ -10,7 +10,8 @@ import pytest
 from test_llm_client import completion, serve
 
 from tunesmith.data.synth import clean_instruction, rouge_l, self_instruct, teacher_answers
-from tunesmith.models.client import LocalClient, OpenAIClient
+from tunesmith.models.client import OpenAIClient
+from tunesmith.runs.inference import local_client
 
 SEEDS = [
     {"instruction": "Write a poem about spring.", "input": "", "output": "Buds open..."},
@@ -161,7 +162,7 @@ def test_self_instruct_needs_instructions():
 
 
 def test_self_instruct_accounting_with_a_local_model(tiny_model_dir):
-    client = LocalClient(str(tiny_model_dir))
+    client = local_client(str(tiny_model_dir))
     records, stats = self_instruct(SEEDS, client, n=1, batch=2, max_rounds=1, max_new_tokens=8)
     assert stats["generated"] == 2 and stats["rounds"] == 1
     assert stats["generated"] == stats["kept"] + sum(stats["rejected"].values()) + stats["surplus"]

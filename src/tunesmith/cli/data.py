@@ -313,7 +313,7 @@ def _tokenizer(ref: str):
 
 
 def _client(spec: str):
-    from tunesmith.models.client import make_client
+    from tunesmith.runs.inference import make_client
 
     return make_client(spec)
 

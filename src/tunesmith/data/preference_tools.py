@@ -1,7 +1,7 @@
 """Preference data builders: sampled pairs, red-team failures, constitutional revisions.
 
 Every builder talks to models through a ChatClient it is handed (tunesmith.utils.llm: a local
-model or an OpenAI-compatible endpoint, built by models.client.make_client) and writes records
+model or an OpenAI-compatible endpoint, built by runs.inference.make_client) and writes records
 that data/preference.py reads back:
 {"messages": [...prompt...], "chosen": text, "rejected": text, ...extra fields}.
 

@@ -241,7 +241,7 @@ def _text(value: object) -> str | None:
 
 def evaluate_target(target: Target, items: list[Item], config: RunConfig) -> Outcome:
     """Load the model once, run every per-model task, free it."""
-    from tunesmith.models.engine import create_engine
+    from tunesmith.runs.inference import create_engine
 
     ev = config.eval
     described = target.describe()
@@ -572,7 +572,7 @@ def _paired_scores(outcome: Outcome) -> dict[str, list[float | None]]:
 def run_judge(ev: EvalConfig, items: list[Item], outcomes: dict[str, Outcome]) -> dict:
     """Rubric scores of each model's replies, or pairwise preference of model over baseline."""
     from tunesmith.evaluation.judge import judge_pairwise, judge_rubric
-    from tunesmith.models.client import make_client
+    from tunesmith.runs.inference import make_client
 
     client = make_client(ev.judge.model)
     chosen = items[: ev.judge.max_items] if ev.judge.max_items else items

@@ -1,16 +1,13 @@
-"""The chat clients: a local model or any OpenAI-compatible endpoint, and `make_client`.
+"""The chat clients: a loaded local model, or any OpenAI-compatible endpoint.
 
 The interface they implement (`ChatClient`, `Reply`, `replies_of`) is tunesmith.utils.llm, so
-the data tools take a client without importing models/; the CLI and workflows build one here.
+the data tools take a client without importing models/; runs/inference.make_client builds one
+from a spec (it opens run folders, which sit above models/).
 
 The seeds call `llm.generate(prompt)` without ever defining it (module 5, vague point 1). Here a
 client takes whole conversations so the local model is prompted through its own chat template,
 exactly as an API model is prompted through the server's. `chat` returns texts; `replies` also
 says whether each reply finished or was cut by `max_new_tokens`, which teacher data needs.
-
-    make_client("local:smollm2-135m-instruct")          # a model ref, or a run / adapter folder
-    make_client("http://127.0.0.1:8000/v1#qwen2.5-7b")  # URL; '#model' optional if it serves one
-    make_client("openai#gpt-4o-mini")                   # URL from TUNESMITH_API_BASE or similar
 """
 
 from __future__ import annotations
@@ -20,15 +17,13 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 
-from tunesmith.config.schema import ModelConfig
 from tunesmith.utils.errors import ModelError
 from tunesmith.utils.llm import ChatClient, Reply, replies_of
 
-__all__ = ["ChatClient", "LocalClient", "OpenAIClient", "Reply", "make_client", "replies_of"]
+__all__ = ["ChatClient", "LocalClient", "OpenAIClient", "Reply", "replies_of"]
 
 KEY_ENV = ("TUNESMITH_API_KEY", "OPENAI_API_KEY")  # first one set wins
 BASE_URL_ENV = ("TUNESMITH_API_BASE", "OPENAI_BASE_URL")
@@ -37,19 +32,11 @@ _MAX_RETRY_AFTER_S = 60.0
 
 
 class LocalClient:
-    """A local causal LM (model ref, run folder or adapter folder) behind the chat interface."""
+    """A loaded causal LM behind the chat interface (runs/inference.local_client loads one by
+    reference: a model ref, a run or an adapter folder)."""
 
-    def __init__(
-        self,
-        model: str | ModelConfig | None,
-        adapter: str | Path | None = None,
-        batch_size: int = 8,
-    ):
-        from tunesmith.runs.trained import load_for_inference
-
-        cfg = ModelConfig(name_or_path=model) if isinstance(model, str) else model
-        self.model, self.tokenizer = load_for_inference(adapter, cfg)
-        self.batch_size = batch_size
+    def __init__(self, model, tokenizer, batch_size: int = 8):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
 
     def replies(
         self, conversations: list[list[dict]], max_new_tokens: int = 256, temperature: float = 0.7
@@ -87,7 +74,7 @@ class OpenAIClient:
     ):
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.api_key = api_key if api_key is not None else _env(KEY_ENV)
+        self.api_key = api_key if api_key is not None else first_env(KEY_ENV)
         self.max_retries = max_retries
         self.backoff = backoff
         self.concurrency = max(1, concurrency)
@@ -158,42 +145,8 @@ class OpenAIClient:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def make_client(spec: str | dict) -> ChatClient:
-    """A client from `local:<ref>`, an http(s) URL (`#model` optional), `openai[#model]`, or a
-    dict ({"base_url", "model", "api_key", ...} or {"local": ref, "adapter": path})."""
-    if isinstance(spec, dict):
-        spec = dict(spec)
-        if "local" in spec:
-            return _local(spec.pop("local"), **spec)
-        if "base_url" not in spec:
-            raise ModelError(f"model spec {spec} needs 'base_url' (an API) or 'local' (a model)")
-        return OpenAIClient(**spec)
-    if spec.startswith("local:"):
-        return _local(spec.removeprefix("local:"))
-    if spec.startswith(("http://", "https://")):
-        url, _, model = spec.partition("#")  # a fragment is never sent, so it can name the model
-        return OpenAIClient(url, model or None)
-    if spec == "openai" or spec.startswith("openai#"):
-        base = _env(BASE_URL_ENV)
-        if not base:
-            raise ModelError(f"'{spec}' needs the API's base URL in {' or '.join(BASE_URL_ENV)}")
-        return OpenAIClient(base, spec.partition("#")[2] or None)
-    raise ModelError(
-        f"unknown model spec '{spec}': use local:<model ref> or the URL of an OpenAI-compatible "
-        "API such as http://127.0.0.1:8000/v1#<model>"
-    )
-
-
-def _local(ref: str, adapter: str | None = None, **kwargs) -> LocalClient:
-    # A run or adapter folder carries its own base model, so it goes in as the adapter.
-    from tunesmith.runs.trained import is_trained_run
-
-    if adapter is None and Path(ref).is_dir() and is_trained_run(ref):
-        return LocalClient(None, adapter=Path(ref), **kwargs)
-    return LocalClient(ref, adapter=adapter, **kwargs)
-
-
-def _env(names: tuple[str, ...]) -> str | None:
+def first_env(names: tuple[str, ...]) -> str | None:
+    """The value of the first of these environment variables that is set."""
     return next((os.environ[n] for n in names if os.environ.get(n)), None)
 
 

@@ -4,7 +4,7 @@ Chat prompts are rendered by `data.render.prompt_ids`, the function training use
 is always prompted the way it was trained. `TransformersEngine` sorts prompts by length, runs
 them in left-padded batches with the KV cache, and puts the outputs back in input order; its
 greedy outputs equal one-by-one `model.generate`. Loading the model and switching PEFT
-adapters are the caller's business (`create_engine` loads through `models.tuned`).
+adapters are the caller's business (runs/inference.create_engine loads runs).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from tunesmith.config.schema import ModelConfig
 from tunesmith.data.render import prompt_ids
 from tunesmith.utils.errors import ConfigError, ModelError
 
@@ -249,24 +248,6 @@ class VLLMEngine:
         ]
 
 
-def create_engine(
-    model_cfg: ModelConfig | None,
-    adapter: str | Path | None = None,
-    kind: str = "transformers",
-    batch_size: int = 16,
-) -> Engine:
-    """An engine for a base model, a run folder, or an adapter / tuned-model folder."""
-    if kind == "transformers":
-        from tunesmith.runs.trained import load_for_inference
-
-        model, tokenizer = load_for_inference(adapter, model_cfg)
-        return TransformersEngine(model, tokenizer, batch_size)
-    if kind == "vllm":
-        require_vllm()  # before any loading: fail in one sentence, fast
-        return _create_vllm(model_cfg, adapter)
-    raise ConfigError(f"unknown engine '{kind}': expected one of {', '.join(ENGINE_KINDS)}")
-
-
 def require_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
         raise ModelError(
@@ -275,30 +256,6 @@ def require_vllm() -> None:
         )
     if not torch.cuda.is_available():
         raise ModelError("the vllm engine needs a CUDA GPU and none is visible; use 'transformers'")
-
-
-def _create_vllm(model_cfg: ModelConfig | None, adapter: str | Path | None) -> VLLMEngine:
-    from tunesmith.models.load import load_tokenizer
-    from tunesmith.models.resolve import resolve_model
-    from tunesmith.runs.trained import open_run
-
-    if adapter is None:
-        if model_cfg is None:
-            raise ModelError("no model: name a base model (--model) or a run folder")
-        base = resolve_model(model_cfg.name_or_path)
-        return VLLMEngine(base.path, load_tokenizer(base, model_cfg), None, dtype=model_cfg.dtype)
-    run = open_run(adapter, model_cfg)
-    if run.is_adapter and run.method.name not in ("lora", "qlora"):
-        raise ModelError(
-            f"vLLM serves LoRA adapters only, and '{run.artifact}' is {run.method.name}; "
-            "merge it first (tunesmith export) or use engine 'transformers'"
-        )
-    cfg = run.model_cfg or ModelConfig()
-    base = resolve_model(run.base_ref).path if run.is_adapter else str(run.artifact)
-    lora = run.artifact if run.is_adapter else None
-    tokenizer = run.load_tokenizer()  # the run's saved template wins
-    tokenizer_dir = str(run.artifact)
-    return VLLMEngine(base, tokenizer, lora, tokenizer_path=tokenizer_dir, dtype=cfg.dtype)
 
 
 def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

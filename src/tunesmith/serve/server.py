@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 from tunesmith.config.schema import RunConfig
-from tunesmith.models.engine import TransformersEngine, create_engine
+from tunesmith.models.engine import TransformersEngine
 from tunesmith.models.load import load_model_and_tokenizer
+from tunesmith.runs.inference import create_engine
 from tunesmith.runs.trained import open_run
 from tunesmith.serve.app import ServerState, create_app
 from tunesmith.serve.batcher import Batcher

@@ -215,7 +215,8 @@ def _run_sequence(config: RunConfig, run: RunFolder, resume: bool) -> TrainResul
 
 def teacher_answers(teacher: str, prompts: list[list[dict]], max_new_tokens: int) -> list:
     """The teacher's greedy replies (models/generate's Reply: text, finished)."""
-    from tunesmith.models.client import make_client, replies_of
+    from tunesmith.runs.inference import make_client
+    from tunesmith.utils.llm import replies_of
 
     spec = teacher if teacher.startswith(API_PREFIXES) else f"local:{teacher}"
     console.print(f"teacher {teacher}: answering {len(prompts)} prompts")

@@ -3,8 +3,8 @@
 A `ChatClient` takes whole conversations and returns one reply each. The data tools (augment,
 synth, preference building) and the evaluation judge take a client object and never build one:
 `tunesmith.models.client` holds the implementations (a local model, any OpenAI-compatible
-endpoint) and `make_client`, which the CLI and the workflows call. Keeping the contract here lets
-data/ stay free of models/ (which itself imports data/render).
+endpoint); `tunesmith.runs.inference.make_client` builds one from a spec for the CLI and the
+jobs. Keeping the contract here lets data/ stay free of models/ (which imports data/render).
 """
 
 from __future__ import annotations
