@@ -486,7 +486,7 @@ def test_decoder_classifier_on_tiny_llama(tmp_path, tiny_model_dir, matrix_cell)
 
 
 def test_config_errors(tmp_path, bert_dir):
-    with pytest.raises(ValueError, match="labels listed twice: a"):
+    with pytest.raises(ValueError, match="labels listed more than once: a"):
         ClsConfig(labels=["a", "b", "a"])
     with pytest.raises(ValueError, match="must be > 0"):
         ClsConfig(class_weights={"a": 0})

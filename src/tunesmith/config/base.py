@@ -10,6 +10,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def listed_twice(values: list[str]) -> list[str]:
-    """The values that occur more than once, sorted (for "listed twice" errors)."""
-    return sorted({value for value in values if values.count(value) > 1})
+def listed_once(values: list[str], what: str) -> list[str]:
+    """`values` unchanged, or a ValueError naming those listed more than once (a validator's)."""
+    twice = sorted({value for value in values if values.count(value) > 1})
+    if twice:
+        raise ValueError(f"{what} listed more than once: {', '.join(twice)}")
+    return values

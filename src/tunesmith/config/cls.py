@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from tunesmith.config.base import Section, listed_twice
+from tunesmith.config.base import Section, listed_once
 
 
 class ClsConfig(Section):
@@ -56,9 +56,7 @@ class ClsConfig(Section):
         if value is not None:
             if len(value) < 2:
                 raise ValueError("give at least two labels")
-            twice = listed_twice(value)
-            if twice:
-                raise ValueError(f"labels listed twice: {', '.join(twice)}")
+            listed_once(value, "labels")
         return value
 
     @field_validator("class_weights")

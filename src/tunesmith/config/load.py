@@ -170,12 +170,16 @@ def _describe(err: dict[str, Any], data: dict[str, Any]) -> str:
         return f"{path}.type: got '{tag}'{closest(tag, list(_METHOD_VARIANTS))}; allowed: " + (
             ", ".join(_METHOD_VARIANTS)
         )
-    message = f"{path}: got {err['input']!r}: {err['msg']}"
+    return f"{path}: got {err['input']!r}: {err['msg']}{literal_hint(err)}"
+
+
+def literal_hint(err: dict) -> str:
+    """ " (did you mean ...?)" for a pydantic literal error close to an allowed value; else ""."""
     expected = err.get("ctx", {}).get("expected")
-    if err["type"] == "literal_error" and isinstance(err["input"], str) and expected:
-        choices = [c.strip(" '") for c in expected.replace(" or ", ", ").split(",")]
-        message += closest(err["input"], choices)
-    return message
+    if err["type"] != "literal_error" or not isinstance(err["input"], str) or not expected:
+        return ""
+    choices = [c.strip(" '") for c in expected.replace(" or ", ", ").split(",")]
+    return closest(err["input"], choices)
 
 
 def _section(data: dict[str, Any], parts: list[str], create: bool = False) -> dict | None:

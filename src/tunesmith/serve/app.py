@@ -328,31 +328,26 @@ def _usage(completions) -> dict:
 
 
 def _chat_body(model: str, c) -> dict:
-    return {
-        "id": _id("chatcmpl"),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": c.text},
-                "finish_reason": c.finish_reason,
-            }
-        ],
-        "usage": _usage([c]),
-    }
+    message = {"role": "assistant", "content": c.text}
+    choice = {"index": 0, "message": message, "finish_reason": c.finish_reason}
+    return _response("chatcmpl", "chat.completion", model, [choice], [c])
 
 
 def _completion_body(model: str, results) -> dict:
+    choices = [
+        {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+        for i, c in enumerate(results)
+    ]
+    return _response("cmpl", "text_completion", model, choices, results)
+
+
+def _response(id_prefix: str, kind: str, model: str, choices: list[dict], completions) -> dict:
+    """The OpenAI response envelope around `choices`."""
     return {
-        "id": _id("cmpl"),
-        "object": "text_completion",
+        "id": _id(id_prefix),
+        "object": kind,
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
-            for i, c in enumerate(results)
-        ],
-        "usage": _usage(results),
+        "choices": choices,
+        "usage": _usage(completions),
     }

@@ -31,17 +31,8 @@ from tunesmith.runs.trained import is_trained_run, load_for_inference
 from tunesmith.train.arguments import training_arguments
 from tunesmith.train.checkpoints import AtomicCheckpoints
 from tunesmith.train.forgetting import replay_sources
-from tunesmith.train.recipe import (
-    Data,
-    Job,
-    Loaded,
-    Probe,
-    Recipe,
-    TrainResult,
-    report_data,
-    train,
-)
-from tunesmith.train.trainer import causal_lm_trainer, chat_data
+from tunesmith.train.recipe import Data, Job, Loaded, Probe, Recipe, TrainResult, train
+from tunesmith.train.trainer import NO_LOSS_HOOKS, causal_lm_trainer, chat_data
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
 
@@ -338,12 +329,11 @@ LOGITS = Recipe(
     has_eval=lambda job: False,
     load=_load_with_teacher,
     data=_logits_data,
-    report=lambda data, run: report_data(data.stats, run),
     trainer=_distill_trainer,
     probes=lambda job: [_LogitsAgreement(job)],
     packs=True,
     speed=True,
-    refuses=("early_stopping", "l2_to_pretrained"),
+    refuses=NO_LOSS_HOOKS,
 )
 
 # the sft run on the teacher's answers; `read` is set per run to the answers file
@@ -351,7 +341,6 @@ SEQUENCE = Recipe(
     name="distill",
     read=lambda job: ([], []),
     data=chat_data,
-    report=lambda data, run: report_data(data.stats, run),
     trainer=causal_lm_trainer,
     packs=True,
     speed=True,

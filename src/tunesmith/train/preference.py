@@ -26,11 +26,10 @@ from tunesmith.train.recipe import (
     Recipe,
     TrainResult,
     load_causal_lm,
-    report_data,
     train,
 )
 from tunesmith.train.rewards import Rewards
-from tunesmith.train.trainer import SequenceTokens
+from tunesmith.train.trainer import NO_LOSS_HOOKS, SequenceTokens
 from tunesmith.utils.errors import ConfigError
 
 PREFERENCE_STAGES = ("dpo", "orpo", "simpo", "kto")
@@ -206,11 +205,10 @@ def _recipe(stage: str, trainer, check=lambda config: None) -> Recipe:
         read=lambda job: preference_sources(job.config.data, kto=stage == "kto"),
         load=_load,
         data=_data,
-        report=lambda data, run: report_data(data.stats, run),
         trainer=trainer,
         probes=lambda job: [Rewards(job)],
         artifact_model=without_reference,
-        refuses=("early_stopping", "l2_to_pretrained"),
+        refuses=NO_LOSS_HOOKS,
         example="pairs.jsonl",
     )
 

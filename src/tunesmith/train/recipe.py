@@ -120,8 +120,8 @@ class Recipe:
     name: str  # the train.stage value
     read: Callable[[Job], Any]  # read before the model loads, so mistakes surface early
     data: Callable[[Job], Data]  # the examples, built with job.loaded.tokenizer
-    report: Callable[[Data, RunFolder], None]  # one console line about the data
     trainer: Callable[[Job], Any]  # a Trainer for job.model (AtomicCheckpoints first)
+    report: Callable[[Data, RunFolder], None] = lambda data, run: report_data(data, run)
     task: Task = "causal_lm"
     load: Callable[[Job, object], Loaded] | None = None  # (job, quantization); None: causal LM
     check: Callable[[RunConfig], None] = lambda config: None  # the stage's own settings
@@ -130,7 +130,7 @@ class Recipe:
     artifact_model: Callable[[Any], Any] = lambda trainer: trainer.model  # what method.save gets
     packs: bool = False  # reads train.packing
     speed: bool = False  # train.optimize / train.compile levers (train/speed.py) apply
-    refuses: tuple[str, ...] = ()  # train.<key> settings its trainer does not implement
+    refuses: tuple[str, ...] = ()  # train.<key> settings its trainer lacks (trainer.py)
     example: str = "my_data.jsonl"  # shown when data.train is missing
 
 
@@ -333,8 +333,9 @@ def finish(recipe: Recipe, job: Job, artifact: Path, summary: dict, monitor) -> 
     return TrainResult(run, artifact, summary)
 
 
-def report_data(stats: dict, run: RunFolder) -> None:
+def report_data(data: Data, run: RunFolder) -> None:
     """The data line of the stages that tokenize records into examples."""
+    stats = data.stats
     console.print(
         f"data: {stats['read']} records read, {stats['examples']} examples, "
         f"{stats['truncated']} truncated to cutoff_len, {stats['rejected']} rejected"

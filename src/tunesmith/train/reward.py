@@ -24,18 +24,9 @@ from tunesmith.runs.folder import RunFolder
 from tunesmith.runs.trained import open_run
 from tunesmith.train.arguments import trl_arguments
 from tunesmith.train.checkpoints import AtomicCheckpoints
-from tunesmith.train.recipe import (
-    Data,
-    Job,
-    Loaded,
-    Probe,
-    Recipe,
-    TrainResult,
-    report_data,
-    train,
-)
+from tunesmith.train.recipe import Data, Job, Loaded, Probe, Recipe, TrainResult, train
 from tunesmith.train.rewards import Rewards
-from tunesmith.train.trainer import SequenceTokens
+from tunesmith.train.trainer import NO_LOSS_HOOKS, SequenceTokens
 from tunesmith.utils.errors import ModelError
 
 REWARD_KEYS = ("accuracy", "margin")
@@ -129,9 +120,8 @@ RM = Recipe(
     read=lambda job: preference_sources(job.config.data),
     load=_load,
     data=_data,
-    report=lambda data, run: report_data(data.stats, run),
     trainer=_trainer,
     probes=lambda job: [Rewards(job, REWARD_KEYS), _Labels()],
-    refuses=("early_stopping", "l2_to_pretrained"),
+    refuses=NO_LOSS_HOOKS,
     example="pairs.jsonl",
 )

@@ -9,7 +9,7 @@ from tunesmith.config.schema import RunConfig
 from tunesmith.data.registry import sft_sources
 from tunesmith.runs.folder import RunFolder
 from tunesmith.train.forgetting import replay_sources
-from tunesmith.train.recipe import Job, Recipe, TrainResult, report_data, train
+from tunesmith.train.recipe import Job, Recipe, TrainResult, train
 from tunesmith.train.trainer import causal_lm_trainer, chat_data
 
 
@@ -26,7 +26,6 @@ SFT = Recipe(
     name="sft",
     read=_read,
     data=chat_data,
-    report=lambda data, run: report_data(data.stats, run),
     trainer=causal_lm_trainer,
     packs=True,
     speed=True,

@@ -49,6 +49,11 @@ class SequenceTokens:
         self.state.num_input_tokens_seen += self.accelerator.gather(tokens).sum().item()
 
 
+# What CausalLMTrainer's loss implements and the TRL trainers and the distillation loss lack:
+# the L2-to-pretrained term, and early stopping is checked against TRL's reference adapter.
+NO_LOSS_HOOKS = ("early_stopping", "l2_to_pretrained")
+
+
 class CausalLMTrainer(AtomicCheckpoints, Trainer):
     # compute_loss divides by the tokens of the whole accumulated batch
     loss_is_scaled_for_ga = True

@@ -27,8 +27,14 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tunesmith.config.base import listed_twice
-from tunesmith.config.load import closest, parse_override, read_yaml_mapping, set_dotted
+from tunesmith.config.base import listed_once
+from tunesmith.config.load import (
+    closest,
+    literal_hint,
+    parse_override,
+    read_yaml_mapping,
+    set_dotted,
+)
 from tunesmith.data.convert import to_record, write_records
 from tunesmith.data.formats import (
     FORMATS,
@@ -101,10 +107,7 @@ class CleanConfig(BaseModel):
     @field_validator("steps")
     @classmethod
     def _unique_steps(cls, steps: list[str]) -> list[str]:
-        twice = listed_twice(steps)
-        if twice:
-            raise ValueError(f"step(s) listed more than once: {', '.join(twice)}")
-        return steps
+        return listed_once(steps, "step(s)")
 
     @field_validator("pii_kinds")
     @classmethod
@@ -183,12 +186,7 @@ def _describe(err: dict) -> str:
     message = err["msg"].removeprefix("Value error, ")
     if not loc:
         return message
-    text = f"{key}: got {err['input']!r}: {message}"
-    expected = err.get("ctx", {}).get("expected")
-    if err["type"] == "literal_error" and isinstance(err["input"], str) and expected:
-        choices = [c.strip(" '") for c in expected.replace(" or ", ", ").split(",")]
-        text += closest(err["input"], choices)
-    return text
+    return f"{key}: got {err['input']!r}: {message}{literal_hint(err)}"
 
 
 def _model_at(parent: tuple) -> type[BaseModel]:
