@@ -124,18 +124,9 @@ def _reason(goal: str, method: str, scale: str) -> str:
 def _settings(plan: Plan, method: str, scale: str) -> dict:
     cfg = plan.config.train
     epochs = {"small": 3, "medium": 2, "large": 1}.get(scale, cfg.epochs)
-    settings: dict = {
-        "method.type": method,
-        "train.learning_rate": get_method(method).learning_rate,
-    }
-    if method in ("lora", "qlora"):
-        # more data can use more rank; alpha = 2 r keeps the update scale the same
-        r = {"small": 8, "medium": 16, "large": 64}.get(scale, 16)
-        settings |= {"method.r": r, "method.alpha": 2 * r}
-    if method == "freeze":
-        settings["method.trainable_layers"] = max(1, plan.facts.shapes.layers // 4)
-    if method == "full" and plan.facts.total > 10e9:
-        settings["train.learning_rate"] = 1e-5
+    form = get_method(method)
+    settings: dict = {"method.type": method, "train.learning_rate": form.learning_rate}
+    settings |= form.advised(scale, plan.facts.shapes.layers, plan.facts.total)
     settings["train.epochs"] = epochs
     return settings
 

@@ -67,10 +67,12 @@ def precision_for(config: RunConfig, device: str, method=None) -> Precision:
     else:
         param = 2 if dtype in ("bfloat16", "float16") else 4
         compute = 2 if precision == "bf16" or param == 2 else 4
+    from tunesmith.models.methods import get_method
+
     quant = None
-    if method.type == "qlora":
-        quant = method.bits
-        param = 4 if method.compute_dtype == "float32" else 2
+    quantized = get_method(method.type).quantized_base(method)
+    if quantized is not None:
+        quant, param = quantized
     deepspeed = config.train.distributed.strategy == "deepspeed" and device == "cuda"
     return Precision(param, compute, quant, getattr(method, "double_quant", True), deepspeed)
 

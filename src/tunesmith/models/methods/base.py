@@ -59,6 +59,10 @@ class Method:
         """What the base model must be loaded with (qlora: 4/8-bit); None: as it is."""
         return None
 
+    def quantized_base(self, cfg) -> tuple[int, int] | None:
+        """(bits per base weight, bytes per compute value) of a quantized base; None: none."""
+        return None
+
     def callbacks(self, model) -> list:
         """Trainer callbacks the applied method needs while training."""
         return []
@@ -121,6 +125,11 @@ class Method:
 
     def trains_embeddings(self, cfg) -> bool:
         return False
+
+    def advised(self, scale: str, layers: int, parameters: int) -> dict:
+        """Settings the planner's advice suggests beside the learning rate, as key=value
+        overrides, for data of this scale (small | medium | large) and model size."""
+        return {}
 
 
 METHODS: dict[str, Method] = {}

@@ -54,6 +54,9 @@ class Freeze(Full):
     def trained_blocks(self, cfg: FreezeMethod, layers: int) -> int:
         return min(cfg.trainable_layers, layers)
 
+    def advised(self, scale: str, layers: int, parameters: int) -> dict:
+        return {"method.trainable_layers": max(1, layers // 4)}
+
     def trains_embeddings(self, cfg: FreezeMethod) -> bool:
         return "embed_tokens" in cfg.trainable_modules
 

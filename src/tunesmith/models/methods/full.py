@@ -36,5 +36,8 @@ class Full(Method):
     def merge(self, model):
         return model  # already a whole model: nothing to fold in
 
+    def advised(self, scale: str, layers: int, parameters: int) -> dict:
+        return {"train.learning_rate": 1e-5} if parameters > 10e9 else {}  # gentler on giants
+
     def trained_blocks(self, cfg, layers: int) -> int:
         return layers

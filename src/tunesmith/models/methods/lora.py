@@ -47,6 +47,11 @@ class Lora(Method):
         # saved as a plain LoRA of rank 2r that applies to the unchanged base model
         model.save_pretrained(out_dir, path_initial_model_for_weight_conversion=initial)
 
+    def advised(self, scale: str, layers: int, parameters: int) -> dict:
+        # more data can use more rank; alpha = 2 r keeps the update scale the same
+        r = {"small": 8, "medium": 16, "large": 64}.get(scale, 16)
+        return {"method.r": r, "method.alpha": 2 * r}
+
     def countable(self, cfg: LoraMethod) -> LoraMethod:
         return cfg.model_copy(update={"init": "default"})  # PiSSA / OLoRA: same shapes, no SVD
 

@@ -52,6 +52,9 @@ class QLora(Lora):
         lora_fields = cfg.model_dump(include=set(LoraMethod.model_fields) - {"type"})
         return Lora().count(model, LoraMethod(**lora_fields), task)
 
+    def quantized_base(self, cfg: QLoraMethod) -> tuple[int, int]:
+        return cfg.bits, 4 if cfg.compute_dtype == "float32" else 2
+
     def quantization_config(self, cfg: QLoraMethod):
         """The BitsAndBytesConfig the base model is loaded with."""
         check_available()
