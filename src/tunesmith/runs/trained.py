@@ -16,7 +16,7 @@ on models/ (docs/architecture.md).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,6 @@ class TrainedRun:
     labels: list[str] | None = None  # seq_cls: label names in id order
 
     @property
-    def name(self) -> str:
-        return (self.root or self.artifact).name
-
-    @property
     def method(self) -> Method:
         return get_method(self.method_cfg.type)
 
@@ -64,10 +60,6 @@ class TrainedRun:
     @property
     def base_ref(self) -> str:
         return self._model_cfg().name_or_path
-
-    def with_base(self, model_cfg: ModelConfig | None) -> TrainedRun:
-        """The same run on another base model section (a bare adapter's, or a dtype change)."""
-        return replace(self, model_cfg=model_cfg) if model_cfg is not None else self
 
     # --- loading ---------------------------------------------------------------------------
 
