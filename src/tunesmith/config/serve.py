@@ -62,8 +62,43 @@ class ServeConfig(Section):
     )
     max_queue: int = Field(256, ge=1, description="Waiting requests beyond this get 429.")
     request_timeout_s: float = Field(300.0, gt=0, description="Per request, queueing included.")
-    shutdown_timeout_s: float = Field(30.0, ge=0, description="Grace for in-flight requests.")
+    shutdown_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM: stop accepting, let in-flight requests finish for this long, "
+        "then cancel them and exit 0.",
+    )
     max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask.")
     default_max_tokens: int = Field(256, ge=1)
     max_prompt_tokens: int = Field(4096, ge=1, description="Longer prompts get 400.")
-    max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="Larger request bodies get 413 (chunked ones too)."
+    )
+    max_stop: int = Field(4, ge=0, description="Most stop sequences in a request (OpenAI: 4).")
+    max_stop_chars: int = Field(
+        32,
+        ge=1,
+        description="Longest stop sequence, in characters (generation builds a vocab x length "
+        "table per distinct set of stop sequences).",
+    )
+    max_prompts: int = Field(
+        32, ge=1, description="Most prompts in one /v1/completions request (a list prompt)."
+    )
+    max_logit_bias: int = Field(300, ge=0, description="Most logit_bias entries (OpenAI: 300).")
+    max_request_tokens: int = Field(
+        16_384,
+        ge=1,
+        description="Most tokens one request may ask to generate: prompts x n x max_tokens.",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="An idle keep-alive connection is closed after this long."
+    )
+    read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to send a request's head (from connecting or from the "
+        "previous response) and, again, its body; slower connections are closed (408).",
+    )
+    max_header_bytes: int = Field(
+        16_384, ge=1024, description="Larger request heads are refused (h11's limit)."
+    )

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -21,9 +22,11 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tunesmith.data.render import prompt_ids
+from tunesmith.models.stop_cache import bound_stop_string_cache
 from tunesmith.utils.errors import ConfigError, ModelError
 
 ENGINE_KINDS = ("transformers", "vllm")
+bound_stop_string_cache()  # stop strings' vocab x length tables: at most 256 MB kept
 
 
 @dataclass
@@ -59,17 +62,37 @@ class Engine(Protocol):
     tokenizer: Any
 
     def generate(
-        self, conversations: list[list[dict]], params: GenerationParams
+        self,
+        conversations: list[list[dict]],
+        params: GenerationParams,
+        cancelled: list[threading.Event] | None = None,
     ) -> list[Completion]:
-        """One reply per conversation (chat template applied), in input order."""
+        """One reply per conversation (chat template applied), in input order; a conversation
+        whose `cancelled` event is set stops early (its reply is then of no use)."""
         ...
 
-    def complete(self, prompts: list[str], params: GenerationParams) -> list[Completion]:
+    def complete(
+        self,
+        prompts: list[str],
+        params: GenerationParams,
+        cancelled: list[threading.Event] | None = None,
+    ) -> list[Completion]:
         """Raw text continuation, no chat template."""
         ...
 
     def stream(self, conversation: list[dict], params: GenerationParams) -> Iterator[str]:
         """Text deltas of one reply as they are generated."""
+        ...
+
+    def stream_batch(
+        self,
+        conversations: list[list[dict]],
+        params: list[GenerationParams],
+        emit: Callable[[int, str | None], None],
+        cancelled: list[threading.Event] | None = None,
+    ) -> None:
+        """Several replies generated together: `emit(row, delta)` as text comes, then
+        `emit(row, None)` once when the row ends."""
         ...
 
 
@@ -88,37 +111,104 @@ class TransformersEngine:
         self.eos_ids = _eos_ids(model, tokenizer)
 
     def generate(
-        self, conversations: list[list[dict]], params: GenerationParams
+        self,
+        conversations: list[list[dict]],
+        params: GenerationParams,
+        cancelled: list[threading.Event] | None = None,
     ) -> list[Completion]:
-        return self.generate_ids([prompt_ids(self.tokenizer, c) for c in conversations], params)
+        ids = [prompt_ids(self.tokenizer, c) for c in conversations]
+        return self.generate_ids(ids, params, cancelled=cancelled)
 
-    def complete(self, prompts: list[str], params: GenerationParams) -> list[Completion]:
+    def complete(
+        self,
+        prompts: list[str],
+        params: GenerationParams,
+        cancelled: list[threading.Event] | None = None,
+    ) -> list[Completion]:
         # Special tokens as a plain tokenizer call adds them (a BOS for Llama-style tokenizers).
-        return self.generate_ids(self.tokenizer(list(prompts))["input_ids"], params)
+        ids = self.tokenizer(list(prompts))["input_ids"]
+        return self.generate_ids(ids, params, cancelled=cancelled)
 
     def stream(self, conversation: list[dict], params: GenerationParams) -> Iterator[str]:
-        from transformers import TextIteratorStreamer
-
-        ids = prompt_ids(self.tokenizer, conversation)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        """Text deltas of one reply, from `stream_batch` run in a thread (one code path)."""
+        deltas: queue.Queue = queue.Queue()
         cancel, errors = threading.Event(), []
 
         def work() -> None:
             try:
-                self.generate_ids([ids], params, streamer=streamer, cancel=cancel)
+                self.stream_batch([conversation], [params], lambda _, d: deltas.put(d), [cancel])
             except BaseException as exc:  # re-raised in the consumer's thread below
                 errors.append(exc)
-                streamer.end()  # unblock the consumer
+                deltas.put(None)  # unblock the consumer
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
         try:
-            yield from _cut_at_stop(streamer, params.stop)
+            while (delta := deltas.get()) is not None:
+                yield delta
         finally:
             cancel.set()  # a consumer that stops early (client gone) ends generation too
             thread.join()
         if errors:
             raise errors[0]
+
+    def stream_batch(
+        self,
+        conversations: list[list[dict]],
+        params: list[GenerationParams],
+        emit: Callable[[int, str | None], None],
+        cancelled: list[threading.Event] | None = None,
+    ) -> None:
+        """Generate replies to several conversations as one batch, streaming each.
+
+        `emit(row, text)` gets each row's text deltas as they are decoded, and `emit(row, None)`
+        once when the row ends (end token, stop string, its max_new_tokens, or its `cancelled`
+        event set). Rows may differ in max_new_tokens and stop strings; the sampling settings
+        (temperature, top_p, seed) are the first row's. The concatenated deltas of a row equal
+        `generate`'s text for it."""
+        prompts = [prompt_ids(self.tokenizer, c) for c in conversations]
+        self.stream_ids(prompts, params, emit, cancelled)
+
+    @torch.inference_mode()
+    def stream_ids(
+        self,
+        prompts: list[list[int]],
+        params: list[GenerationParams],
+        emit: Callable[[int, str | None], None],
+        cancelled: list[threading.Event] | None = None,
+    ) -> None:
+        """`stream_batch` on token-id prompts."""
+        for i, ids in enumerate(prompts):
+            if not ids:
+                raise ConfigError(f"prompt {i} is empty: there is nothing to continue from")
+        first = params[0]
+        if first.seed is not None:
+            torch.manual_seed(first.seed)
+        cancelled = cancelled or [threading.Event() for _ in prompts]
+        for start in range(0, len(prompts), self.batch_size):
+            rows = [
+                _StreamRow(self, start + k, params[start + k], cancelled[start + k], emit)
+                for k in range(min(self.batch_size, len(prompts) - start))
+            ]
+            live = [row for row in rows if not row.cancelled.is_set()]
+            for row in rows:
+                if row.cancelled.is_set():
+                    row.end()
+            if not live:
+                continue
+            input_ids, attention_mask = left_pad([prompts[r.index] for r in live], self.pad_id)
+            device = self.model.device
+            self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=max(r.params.max_new_tokens for r in live),
+                pad_token_id=self.pad_id,
+                eos_token_id=self.eos_ids,
+                stopping_criteria=StoppingCriteriaList([_RowsDone(live)]),
+                **_sampling(first),
+            )
+            for row in live:
+                row.end()  # a no-op for rows that ended inside the loop
 
     @torch.inference_mode()
     def generate_ids(
@@ -126,9 +216,13 @@ class TransformersEngine:
         prompts: list[list[int]],
         params: GenerationParams,
         streamer=None,
-        cancel: threading.Event | None = None,
+        cancelled: list[threading.Event] | None = None,
     ) -> list[Completion]:
-        """Completions of token-id prompts, in input order; `streamer` needs a single prompt."""
+        """Completions of token-id prompts, in input order; `streamer` needs a single prompt.
+
+        A prompt whose `cancelled` event is set stops at its next token (its completion is cut
+        short); a batch stops once all its prompts are finished or cancelled, and a batch whose
+        prompts are all cancelled before it starts is skipped."""
         for i, ids in enumerate(prompts):
             if not ids:
                 raise ConfigError(f"prompt {i} is empty: there is nothing to continue from")
@@ -140,12 +234,17 @@ class TransformersEngine:
         results: list[Completion | None] = [None] * len(prompts)
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            batch = self._generate_batch([prompts[i] for i in rows], params, streamer, cancel)
+            events = [cancelled[i] for i in rows] if cancelled else None
+            if events and all(e.is_set() for e in events):
+                for i in rows:
+                    results[i] = Completion("", "stop", len(prompts[i]), 0)
+                continue
+            batch = self._generate_batch([prompts[i] for i in rows], params, streamer, events)
             for i, completion in zip(rows, batch, strict=True):
                 results[i] = completion
         return results  # type: ignore[return-value]  # every slot is filled above
 
-    def _generate_batch(self, batch, params, streamer, cancel) -> list[Completion]:
+    def _generate_batch(self, batch, params, streamer, events) -> list[Completion]:
         input_ids, attention_mask = left_pad(batch, self.pad_id)
         device = self.model.device
         output = self.model.generate(
@@ -157,7 +256,7 @@ class TransformersEngine:
             stop_strings=params.stop or None,
             tokenizer=self.tokenizer if params.stop else None,
             streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)] if cancel else []),
+            stopping_criteria=StoppingCriteriaList([_Cancelled(events)] if events else []),
             **_sampling(params),
         )
         new_tokens = output[:, input_ids.shape[1] :].tolist()
@@ -213,18 +312,33 @@ class VLLMEngine:
         self.llm = LLM(model=model_path, tokenizer=tokenizer_path or model_path, **llm_kwargs)
         self.lora = LoRARequest("adapter", 1, str(lora_path)) if lora_path is not None else None
 
+    # vLLM's offline LLM can neither stop one prompt early nor stream tokens: `cancelled` is
+    # not looked at once generation runs, and a streamed reply comes in one piece.
     def generate(
-        self, conversations: list[list[dict]], params: GenerationParams
+        self,
+        conversations: list[list[dict]],
+        params: GenerationParams,
+        cancelled: list[threading.Event] | None = None,
     ) -> list[Completion]:
         prompts = [{"prompt_token_ids": prompt_ids(self.tokenizer, c)} for c in conversations]
         return self._run(prompts, params)
 
-    def complete(self, prompts: list[str], params: GenerationParams) -> list[Completion]:
+    def complete(
+        self,
+        prompts: list[str],
+        params: GenerationParams,
+        cancelled: list[threading.Event] | None = None,
+    ) -> list[Completion]:
         return self._run(list(prompts), params)
 
     def stream(self, conversation: list[dict], params: GenerationParams) -> Iterator[str]:
-        # vLLM's offline LLM has no token stream: the reply comes in one piece.
         yield self.generate([conversation], params)[0].text
+
+    def stream_batch(self, conversations, params, emit, cancelled=None) -> None:
+        for row, (conversation, row_params) in enumerate(zip(conversations, params, strict=True)):
+            if not (cancelled and cancelled[row].is_set()):
+                emit(row, self.generate([conversation], row_params)[0].text)
+            emit(row, None)
 
     def _run(self, prompts: list, params: GenerationParams) -> list[Completion]:
         from vllm import SamplingParams
@@ -323,10 +437,73 @@ def _lora_rank(lora_path: str | Path) -> int:
 
 
 class _Cancelled(StoppingCriteria):
-    """A stopping criterion that ends generation once `event` is set."""
+    """A stopping criterion that ends each row once its event is set."""
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+    def __init__(self, events: list[threading.Event]):
+        self.events = events
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
+        done = [event.is_set() for event in self.events]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class _StreamRow:
+    """One streamed reply: its tokens so far, the text sent, and why it ends."""
+
+    def __init__(self, engine: TransformersEngine, index: int, params, cancelled, emit):
+        self.engine, self.index, self.params = engine, index, params
+        self.cancelled, self.emit = cancelled, emit
+        self.tokens: list[int] = []
+        self.sent = 0  # characters of text already emitted
+        self.done = False
+
+    def add(self, token: int) -> None:
+        """Take the next generated token; emit what is safe to send; end the row if it is over."""
+        if self.cancelled.is_set():
+            self.end()
+            return
+        if token in self.engine.eos_ids:
+            self.end()
+            return
+        self.tokens.append(token)
+        text = self.engine._decode(self.tokens)
+        cut = first_stop(text, self.params.stop)
+        if cut is not None:
+            self._send(text[:cut])
+            self.end()
+            return
+        safe = len(text) - _stop_prefix_len(text, self.params.stop)
+        if text[:safe].endswith("\ufffd"):  # an unfinished character: wait for its bytes
+            safe = len(text[:safe].rstrip("\ufffd"))
+        self._send(text[:safe])
+        if len(self.tokens) >= self.params.max_new_tokens:
+            self.end()
+
+    def end(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if not self.cancelled.is_set():
+            text = self.engine._decode(self.tokens)
+            cut = first_stop(text, self.params.stop)
+            self._send(text if cut is None else text[:cut])
+        self.emit(self.index, None)
+
+    def _send(self, text: str) -> None:
+        if len(text) > self.sent:
+            self.emit(self.index, text[self.sent :])
+            self.sent = len(text)
+
+
+class _RowsDone(StoppingCriteria):
+    """Feeds each step's tokens to the streamed rows; a row is finished once it has ended."""
+
+    def __init__(self, rows: list[_StreamRow]):
+        self.rows = rows
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
+            if not row.done:
+                row.add(token)
+        done = [row.done for row in self.rows]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

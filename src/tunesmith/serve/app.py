@@ -2,19 +2,24 @@
 
 Bad input is a 4xx with an OpenAI-style error body, never a 500: bodies are parsed and checked
 here (size, JSON, schema, model name, max_tokens, prompt length) before anything is queued.
+Every size a request controls has a limit in the `serve` section (body bytes, stop sequences,
+prompts per request, logit_bias entries, prompts x n x max_tokens), and the body is counted
+while it is read, so a chunked body past the limit is refused without being held.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -42,6 +47,21 @@ class ServerState:
     batcher: Batcher
     api_key: str | None = None
     closing: bool = False
+    closing_since: float | None = None  # time.monotonic() of the SIGTERM, when one came
+    # requests are tokenized here, one at a time, so a long prompt list never stalls the event
+    # loop (/health included) nor takes the threads the batcher generates in
+    tokenize_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+    )
+
+    def shutdown_left(self) -> float:
+        """Seconds of the shutdown grace (serve.shutdown_timeout_s) not yet spent."""
+        since = self.closing_since if self.closing_since is not None else time.monotonic()
+        return max(0.0, since + self.cfg.shutdown_timeout_s - time.monotonic())
+
+    async def off_loop(self, fn, *args, **kwargs):
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self.tokenize_pool, call)
 
     @property
     def tokenizer(self):
@@ -63,7 +83,8 @@ def create_app(state: ServerState):
         state.batcher.start()
         yield
         state.closing = True  # uvicorn has stopped accepting and waited for open requests
-        await state.batcher.stop(state.cfg.shutdown_timeout_s)
+        await state.batcher.stop(state.shutdown_left())
+        state.tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="tunesmith", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tunesmith = state
@@ -118,7 +139,7 @@ def create_app(state: ServerState):
         _authorize(state, request)
         req = await _parse(state, request, ChatRequest)
         conversation = [m.as_dict() for m in req.messages]
-        params = _params(state, req, _chat_prompt_len(state, conversation))
+        params = _params(state, req, await _chat_prompt_len(state, conversation), prompts=1)
         if req.stream:
             job = _submit(state, "stream", req.model, [conversation], params)
             job.deltas = asyncio.Queue()
@@ -135,8 +156,9 @@ def create_app(state: ServerState):
         req = await _parse(state, request, CompletionRequest)
         if req.stream:
             raise APIError(400, "stream is supported on /v1/chat/completions only", param="stream")
-        lengths = [len(state.tokenizer(p)["input_ids"]) for p in req.prompt]
-        params = _params(state, req, max(lengths))
+        encoded = await state.off_loop(state.tokenizer, req.prompt)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        params = _params(state, req, max(lengths), prompts=len(req.prompt))
         job = _submit(state, "completion", req.model, req.prompt, params)
         results = await _wait(state, job, request)
         return _completion_body(req.model, results)
@@ -165,12 +187,7 @@ def _authorize(state: ServerState, request) -> None:
 async def _parse(state: ServerState, request, schema: type[_Request]) -> _Request:
     if state.closing:
         raise APIError(503, "the server is shutting down", "server_error")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > state.cfg.max_body_bytes:
-        raise _too_large(state)
-    body = await request.body()
-    if len(body) > state.cfg.max_body_bytes:
-        raise _too_large(state)
+    body = await _read_body(state, request)
     try:
         req = schema.model_validate_json(body)
     except ValidationError as exc:
@@ -183,33 +200,94 @@ async def _parse(state: ServerState, request, schema: type[_Request]) -> _Reques
             param="model",
             code="model_not_found",
         )
+    _check_sizes(state, req)
     return req
 
 
-def _too_large(state: ServerState) -> APIError:
-    return APIError(413, f"request body larger than {state.cfg.max_body_bytes} bytes")
-
-
-def _chat_prompt_len(state: ServerState, conversation: list[dict]) -> int:
+async def _read_body(state: ServerState, request) -> bytes:
+    """The body, counted as it arrives: past serve.max_body_bytes (declared or chunked) 413,
+    slower than serve.read_timeout_s 408; either closes the connection, the rest unread."""
+    limit = state.cfg.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(state)
+    chunks, size = [], 0
     try:
-        return len(prompt_ids(state.tokenizer, conversation))
+        async with asyncio.timeout(state.cfg.read_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(state)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise APIError(
+            408,
+            f"the request body did not arrive within {state.cfg.read_timeout_s} s",
+            code="timeout",
+            headers={"Connection": "close"},
+        ) from None
+    return b"".join(chunks)
+
+
+def _too_large(state: ServerState) -> APIError:
+    return APIError(
+        413,
+        f"request body larger than {state.cfg.max_body_bytes} bytes (serve.max_body_bytes)",
+        code="body_too_large",
+        headers={"Connection": "close"},  # the rest of the body is never read
+    )
+
+
+def _invalid(param: str, message: str) -> APIError:
+    return APIError(400, f"{param}: {message}", param=param, code="invalid_value")
+
+
+def _check_sizes(state: ServerState, req: _Request) -> None:
+    """Every size the request controls, against its serve.* limit."""
+    cfg = state.cfg
+    if len(req.stop) > cfg.max_stop:
+        raise _invalid("stop", f"at most {cfg.max_stop} stop sequences, got {len(req.stop)}")
+    longest = max((len(s) for s in req.stop), default=0)
+    if longest > cfg.max_stop_chars:
+        raise _invalid(
+            "stop", f"a stop sequence has at most {cfg.max_stop_chars} characters, got {longest}"
+        )
+    if req.logit_bias and len(req.logit_bias) > cfg.max_logit_bias:
+        raise _invalid(
+            "logit_bias", f"at most {cfg.max_logit_bias} entries, got {len(req.logit_bias)}"
+        )
+    prompts = getattr(req, "prompt", None)
+    if prompts is not None and len(prompts) > cfg.max_prompts:
+        raise _invalid("prompt", f"at most {cfg.max_prompts} prompts, got {len(prompts)}")
+
+
+async def _chat_prompt_len(state: ServerState, conversation: list[dict]) -> int:
+    try:
+        return len(await state.off_loop(prompt_ids, state.tokenizer, conversation))
     except Exception as exc:  # the template refuses this conversation (e.g. role order)
         raise APIError(
             400, f"messages: the chat template refused them: {exc}", param="messages"
         ) from None
 
 
-def _params(state: ServerState, req: _Request, prompt_len: int) -> GenerationParams:
+def _params(state: ServerState, req: _Request, prompt_len: int, prompts: int) -> GenerationParams:
     cfg = state.cfg
-    max_tokens = req.requested_tokens()
+    field_name, max_tokens = req.requested_tokens()
     if max_tokens is None:
         max_tokens = min(cfg.default_max_tokens, cfg.max_tokens_limit)
     if not 1 <= max_tokens <= cfg.max_tokens_limit:
         raise APIError(
             400,
-            f"max_tokens must be between 1 and {cfg.max_tokens_limit}, got {max_tokens}",
-            param="max_tokens",
+            f"{field_name} must be between 1 and {cfg.max_tokens_limit}, got {max_tokens}",
+            param=field_name,
             code="invalid_value",
+        )
+    budget = prompts * req.n * max_tokens
+    if budget > cfg.max_request_tokens:
+        raise _invalid(
+            field_name,
+            f"{prompts} prompt(s) x n={req.n} x {field_name}={max_tokens} = {budget} tokens; "
+            f"at most {cfg.max_request_tokens} per request (serve.max_request_tokens)",
         )
     limit = state.context_limit
     if prompt_len > cfg.max_prompt_tokens or (limit and prompt_len + max_tokens > limit):
@@ -251,7 +329,11 @@ async def _wait(state: ServerState, job: Job, request) -> list:
     deadline = time.monotonic() + state.cfg.request_timeout_s
     while True:
         left = deadline - time.monotonic()
-        done, _ = await asyncio.wait({job.future}, timeout=min(0.25, max(left, 0)))
+        try:
+            done, _ = await asyncio.wait({job.future}, timeout=min(0.25, max(left, 0)))
+        except asyncio.CancelledError:  # the shutdown grace is over: stop generating it
+            state.batcher.cancel(job)
+            raise
         if done:
             return job.future.result()
         if await request.is_disconnected():

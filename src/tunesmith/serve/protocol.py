@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ROLES = ("system", "user", "assistant")
+INT64 = 2**63  # OpenAI's seed is an int64
 
 
 class APIError(Exception):
@@ -42,39 +43,53 @@ class APIError(Exception):
 
 class _Request(BaseModel):
     # Unknown OpenAI fields (user, logprobs, ...) are accepted and ignored, as other servers do.
-    model_config = ConfigDict(extra="ignore")
+    # Strict: where OpenAI's schema says integer, "8" or 8.5 is an error, not 8.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(min_length=1)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    # count and length: serve.max_stop, serve.max_stop_chars; always a list once validated
+    stop: str | list[str] | None = Field(None, validate_default=True)
+    seed: int | None = Field(None, ge=-INT64, lt=INT64)
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="One choice per request.")
     presence_penalty: float = Field(0.0, ge=0, le=0, description="Not supported: 0 only.")
     frequency_penalty: float = Field(0.0, ge=0, le=0, description="Not supported: 0 only.")
+    # accepted for compatibility and not applied; its size is bounded (serve.max_logit_bias)
+    logit_bias: dict[str, float] | None = None
 
     @field_validator("stop")
     @classmethod
-    def _at_most_four(cls, value):
-        stops = [value] if isinstance(value, str) else value or []
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return stops
+    def _as_list(cls, value):
+        return [value] if isinstance(value, str) else value or []
 
-    def requested_tokens(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value):
+        for token, bias in (value or {}).items():
+            if not token.isdigit() or not -100 <= bias <= 100:
+                raise ValueError("maps token ids to biases between -100 and 100")
+        return value
+
+    def requested_tokens(self) -> tuple[str, int | None]:
+        """(the field that asked, how many tokens); max_completion_tokens wins when given."""
+        if self.max_completion_tokens is not None:
+            return "max_completion_tokens", self.max_completion_tokens
+        return "max_tokens", self.max_tokens
 
 
 class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     type: Literal["text"]
     text: str
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 from tunesmith.config.schema import RunConfig
@@ -71,8 +73,8 @@ def _transformers_engine(config: RunConfig, adapter: str | Path | None):
 
 
 def run_server(state: ServerState) -> None:
-    import uvicorn
-
+    """Serve until SIGTERM or Ctrl-C: then stop accepting, give in-flight requests
+    serve.shutdown_timeout_s to finish, cancel what is left, and return (exit status 0)."""
     cfg = state.cfg
     if cfg.host not in LOOPBACK and not state.api_key:
         console.print(
@@ -80,10 +82,108 @@ def run_server(state: ServerState) -> None:
         )
     console.print(f"models: {', '.join(state.registry.names())}")
     console.print(f"OpenAI-compatible API on http://{cfg.host}:{cfg.port}/v1")
-    uvicorn.run(
+    server = graceful_server(uvicorn_config(state, log_level="info"), state)
+    # uvicorn re-raises the signal it caught once it has shut down, which would kill the
+    # process with SIGTERM's status; a handler of ours makes the re-raise a no-op instead
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    console.print("server stopped")
+
+
+def _ignore(sig, frame) -> None:
+    pass
+
+
+def uvicorn_config(state: ServerState, **kwargs):
+    """uvicorn's settings from the serve section: the app, keep-alive, header and shutdown
+    timeouts and the request-head size limit (h11 only: its limits are the ones we set)."""
+    import uvicorn
+
+    cfg = state.cfg
+    return uvicorn.Config(
         create_app(state),
         host=cfg.host,
         port=cfg.port,
-        timeout_graceful_shutdown=int(cfg.shutdown_timeout_s) or None,
-        log_level="info",
+        http=guarded_h11(cfg.read_timeout_s),
+        timeout_keep_alive=cfg.keep_alive_timeout_s,
+        timeout_graceful_shutdown=cfg.shutdown_timeout_s,
+        h11_max_incomplete_event_size=cfg.max_header_bytes,
+        **kwargs,
     )
+
+
+def guarded_h11(read_timeout_s: float):
+    """uvicorn's h11 protocol that closes a connection whose request head has not arrived
+    `read_timeout_s` after it opened or after its previous response (idle and half-sent
+    connections would otherwise stay open for ever: uvicorn times out only keep-alive)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11(H11Protocol):
+        _head_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._await_head()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._check_head()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._await_head()
+            self._check_head()  # a pipelined request may have started already
+
+        def connection_lost(self, exc) -> None:
+            self._stop_timer()
+            super().connection_lost(exc)
+
+        def _in_request(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete
+
+        def _await_head(self) -> None:
+            self._stop_timer()
+            if not self.transport.is_closing():
+                self._head_timer = self.loop.call_later(read_timeout_s, self._head_late)
+
+        def _check_head(self) -> None:
+            if self._in_request():
+                self._stop_timer()
+
+        def _stop_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_late(self) -> None:
+            self._head_timer = None
+            if not self._in_request() and not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedH11
+
+
+def _server_class():
+    import uvicorn
+
+    class _GracefulServer(uvicorn.Server):
+        def __init__(self, config, state: ServerState):
+            super().__init__(config)
+            self.state = state
+
+        def handle_exit(self, sig, frame) -> None:
+            if self.state.closing_since is None:  # the grace starts at the first signal
+                self.state.closing_since = time.monotonic()
+            self.state.closing = True  # requests on open connections get 503 from now on
+            super().handle_exit(sig, frame)
+
+    return _GracefulServer
+
+
+def graceful_server(config, state: ServerState):
+    """uvicorn.Server that marks the state closing and starts the grace clock on SIGTERM."""
+    return _server_class()(config, state)
