@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.data.readers import RawRecord, read_records
+from tunesmith.data.readers import BadRecord, RawRecord, scan_records
 from tunesmith.utils.errors import ConfigError, DataError
 
 FORMATS = ("alpaca", "sharegpt", "openai")
@@ -115,8 +115,10 @@ def load_conversations(
     """Read every file into conversations.
 
     With on_error="skip", a malformed record goes to `reject(record, reason)` instead of
-    stopping the run. Unreadable files (bad JSON, missing file) always stop: the reader
-    cannot resume past them. Stats: read == kept + rejected.
+    stopping the run; so does a record the reader could not parse where it can go on past it
+    (a JSON line, a CSV row: `record.data` is then its text as read). A file the reader cannot
+    go on in (a syntax error in a JSON array, a missing file) always stops. Stats: read ==
+    kept + rejected.
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; allowed: auto, {', '.join(FORMATS)}")
@@ -128,7 +130,15 @@ def load_conversations(
     for path in paths:
         file_fmt = None if fmt == "auto" else fmt
         stats["formats"][str(path)] = file_fmt
-        for record in read_records(path):
+        for record in scan_records(path):
+            if isinstance(record, BadRecord):
+                if on_error == "stop" or record.fatal:
+                    raise record.error()
+                stats["read"] += 1
+                stats["rejected"] += 1
+                if reject is not None:
+                    reject(RawRecord(record.source, record.line, record.text), record.reason)
+                continue
             if file_fmt is None:
                 # Detected once per file: a mixed-format file is an error, not a guess per row.
                 # An undetectable first record stops even with "skip": skipping would

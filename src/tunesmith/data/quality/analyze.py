@@ -36,7 +36,7 @@ from tunesmith.data.quality.rules import (
     score_text,
 )
 from tunesmith.data.quality.text import detect_language
-from tunesmith.data.readers import RawRecord, read_records
+from tunesmith.data.readers import BadRecord, RawRecord, scan_records
 from tunesmith.data.render import TemplateError, assistant_spans, tokenize_conversation
 from tunesmith.runs.folder import atomic_write
 from tunesmith.utils.errors import DataError
@@ -161,52 +161,28 @@ def _scan_file(path: str | Path, fmt: str, columns: dict[str, str], scan: _Scan)
 
 
 def _records(path: str | Path, entry: dict) -> Iterator[RawRecord | dict]:
-    """Raw records, or {"where", "reason"} for one that cannot be parsed.
+    """Raw records, or {"where", "reason"} for one that cannot be read.
 
-    JSONL is read line by line here so that a bad line costs one record; the other readers
-    cannot resume after a syntax error, so the rest of such a file is reported as stopped.
+    The shared reader goes on past a bad JSON line or CSV row, so it costs one record; where it
+    cannot go on (a syntax error inside a JSON array), the rest of the file is reported as
+    stopped.
     """
-    records = read_records(path)  # raises at once for a missing or unsupported file
-    if str(path).lower().endswith(".jsonl"):
-        records.close()
-        yield from _lenient_jsonl(Path(path), str(path))
-        return
+    records = scan_records(path)  # raises at once for a missing, unreadable or unsupported file
     try:
-        yield from records
-    except DataError as e:
-        where, _, reason = _split_where(str(e), str(path))
-        entry["stopped"] = f"{where}: {reason}"
-        yield {"where": where, "reason": f"{reason} (the rest of the file was not read)"}
-
-
-def _split_where(message: str, source: str) -> tuple[str, str, str]:
-    # DataError messages are "source:line: reason"; the source may itself contain ': '.
-    rest = message.removeprefix(source)
-    location, sep, reason = rest.partition(": ")
-    return source + location, sep, reason
-
-
-def _lenient_jsonl(path: Path, source: str) -> Iterator[RawRecord | dict]:
-    with path.open("rb") as f:
-        for line, raw in enumerate(f, start=1):
-            where = f"{source}:{line}"
-            try:
-                text = raw.decode("utf-8-sig").strip()
-            except UnicodeDecodeError as e:
-                yield {"where": where, "reason": f"not valid UTF-8 text ({e.reason})"}
+        for record in records:
+            if not isinstance(record, BadRecord):
+                yield record
                 continue
-            if not text:
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield {"where": where, "reason": f"invalid JSON: {e.msg} (column {e.colno})"}
-                continue
-            if not isinstance(data, dict):
-                kind = type(data).__name__
-                yield {"where": where, "reason": f"expected a JSON object, got {kind}"}
-                continue
-            yield RawRecord(source, line, data)
+            if record.fatal:
+                entry["stopped"] = f"{record.where}: {record.reason}"
+                reason = f"{record.reason} (the rest of the file was not read)"
+                yield {"where": record.where, "reason": reason}
+                return
+            yield {"where": record.where, "reason": record.reason}
+    except DataError as e:  # a file-level problem found once reading began (parquet)
+        reason = str(e).removeprefix(f"{path}: ")
+        entry["stopped"] = str(e)
+        yield {"where": str(path), "reason": f"{reason} (the file was not read)"}
 
 
 def _item(record: RawRecord, fmt: str, columns: dict[str, str]) -> _Item:

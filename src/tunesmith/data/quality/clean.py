@@ -20,7 +20,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -54,7 +54,7 @@ from tunesmith.data.quality.pii import (
 from tunesmith.data.quality.rules import QualityRules, score_record
 from tunesmith.data.quality.text import detect_language, normalize_text
 from tunesmith.data.quality.version import write_version
-from tunesmith.data.readers import RawRecord, read_records
+from tunesmith.data.readers import BadRecord, scan_records
 from tunesmith.runs.folder import atomic_write
 from tunesmith.utils.errors import ConfigError, DataError
 
@@ -214,16 +214,6 @@ class _Item:
     score: float | None = None  # quality score, reused for the metrics when still valid
 
 
-@dataclass(frozen=True)
-class _Unparsed:
-    """A JSONL line that is not a JSON object: rejected at "parse", the run goes on."""
-
-    source: str
-    line: int
-    reason: str
-    text: str
-
-
 @dataclass
 class _Context:
     cfg: CleanConfig
@@ -272,11 +262,14 @@ def _parse_file(path: str | Path, fmt: str, columns: dict, ctx: _Context) -> tup
     """(items, format, records read) of one file; malformed records go to ctx's rejects."""
     source, file_fmt, items, read = str(path), None if fmt == "auto" else fmt, [], 0
     first_keys: list[str] | None = None
-    for record in _raw_records(path):
-        read += 1
-        if isinstance(record, _Unparsed):
+    for record in scan_records(path):
+        if isinstance(record, BadRecord):
+            if record.fatal:  # the rest of the file cannot be read: the file must be fixed
+                raise record.error()
+            read += 1
             ctx.reject(record.source, record.line, "parse", record.reason, record.text)
             continue
+        read += 1
         try:
             # Detected from the first record that has a known shape: one without any is
             # malformed whatever the format, so it is rejected rather than stopping the run.
@@ -294,34 +287,6 @@ def _parse_file(path: str | Path, fmt: str, columns: dict, ctx: _Context) -> tup
             "expected alpaca (instruction/output), sharegpt (conversations) or openai (messages)"
         )
     return items, file_fmt, read
-
-
-def _raw_records(path: str | Path) -> Iterator[RawRecord | _Unparsed]:
-    p = Path(path)
-    if p.suffix.lower() != ".jsonl" or not p.is_file():
-        yield from read_records(path)  # also raises the readers' clear file-level errors
-        return
-    # JSONL lines are independent, so a broken line is one reject, not a failed run (the shared
-    # reader stops there: it serves training, where a broken file must be fixed first).
-    with p.open("rb") as f:
-        for line, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8-sig").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                yield _Unparsed(str(path), line, f"not valid UTF-8 text ({e.reason})", repr(raw))
-                continue
-            if text.strip():
-                yield _jsonl_record(str(path), line, text)
-
-
-def _jsonl_record(source: str, line: int, text: str) -> RawRecord | _Unparsed:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        return _Unparsed(source, line, f"invalid JSON: {e.msg} (column {e.colno})", text)
-    if not isinstance(value, dict):
-        return _Unparsed(source, line, f"expected a JSON object, got {type(value).__name__}", text)
-    return RawRecord(source, line, value)
 
 
 # --- running steps ------------------------------------------------------------------------------
