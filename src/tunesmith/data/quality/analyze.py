@@ -370,12 +370,22 @@ def _text_stats(items: list[_Item], scores: list[RecordScore], rules: QualityRul
             "records": sum(st.control_chars > 0 for st in stats),
             "chars": sum(st.control_chars for st in stats),
         },
+        "nul_bytes": {  # NUL (\x00) usually means a binary or mis-encoded source
+            "records": len(nul := [item.where for item in items if _has_nul(item)]),
+            "examples": nul[:MALFORMED_EXAMPLES],
+        },
         "pii": {
             "records": sum(bool(st.pii) for st in stats),
             "by_kind": dict(pii_kinds.most_common()),
             "examples": pii_examples,
         },
     }
+
+
+def _has_nul(item: _Item) -> bool:
+    if item.messages is None:
+        return "\x00" in item.text
+    return any("\x00" in m["content"] for m in item.messages)
 
 
 def _turns(items: list[_Item]) -> dict:
@@ -558,6 +568,13 @@ def _privacy_advice(report: dict) -> list[str]:
             f"{pii['records']} record(s) contain personal information "
             f"({_counts_text(pii['by_kind'])}): {CLEAN} redacts it (pii=redact, the default) "
             "or drops those records (pii=drop)."
+        )
+    nul = report["nul_bytes"]
+    if nul["records"]:
+        advice.append(
+            f"{nul['records']} record(s) contain NUL bytes (\\x00), first at "
+            f"{nul['examples'][0]}: usually a binary or mis-encoded source; {CLEAN} strips the "
+            "bytes (nul=strip, the default) or drops those records (nul=drop)."
         )
     if control["records"]:
         advice.append(
@@ -783,6 +800,7 @@ def _checks_html(r: dict) -> str:
             "records over the run limit": rep["records_over_run"],
             "records dominated by one character": rep["records_over_char_share"],
             "records with control characters": f"{cc['records']} ({cc['chars']} characters)",
+            "records with NUL bytes": r["nul_bytes"]["records"],
             "records with PII": pii["records"],
         }
     )

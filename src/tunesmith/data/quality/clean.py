@@ -103,6 +103,9 @@ class CleanConfig(BaseModel):
     min_quality_score: float | None = Field(None, ge=0, le=100)  # None: no quality gate
     rules: QualityRules = Field(default_factory=QualityRules)
     output_format: Literal["same", "alpaca", "sharegpt", "openai"] = "same"
+    # NUL bytes (\x00), checked as records are read (a binary or mis-encoded source): strip
+    # the bytes (counted as modified at "parse"), or drop the records that hold any
+    nul: Literal["strip", "drop"] = "strip"
 
     @field_validator("steps")
     @classmethod
@@ -247,7 +250,8 @@ def clean_records(
         file_items, formats[str(path)], n = _parse_file(path, fmt, columns, ctx)
         items += file_items
         read += n
-    stats = [_stats("parse", read, len(items), read - len(items), 0, start)]
+    stripped = ctx.counts.get("parse", Counter())["nul stripped"]
+    stats = [_stats("parse", read, len(items), read - len(items), stripped, start)]
     for step in cfg.steps:
         if _active(step, ctx):
             items, step_stat = _run_step(step, items, ctx)
@@ -279,6 +283,10 @@ def _parse_file(path: str | Path, fmt: str, columns: dict, ctx: _Context) -> tup
             first_keys = first_keys if first_keys is not None else sorted(record.data)
             ctx.reject(record.source, record.line, "parse", str(e), record.data)
             continue
+        conv = _without_nul(conv, ctx)
+        if isinstance(conv, str):
+            ctx.reject(record.source, record.line, "parse", conv, record.data)
+            continue
         items.append(_Item(conv, record.data, record.where))
     if read and file_fmt is None and first_keys is not None:
         # Not one record of a known shape: the file, not its records, is wrong.
@@ -287,6 +295,21 @@ def _parse_file(path: str | Path, fmt: str, columns: dict, ctx: _Context) -> tup
             "expected alpaca (instruction/output), sharegpt (conversations) or openai (messages)"
         )
     return items, file_fmt, read
+
+
+def _without_nul(conv: Conversation, ctx: _Context) -> Conversation | str:
+    """The conversation (its NUL bytes stripped with nul=strip), or why it is dropped."""
+    turns = [n for n, m in enumerate(conv.messages, start=1) if "\x00" in m["content"]]
+    if not turns:
+        return conv
+    if ctx.cfg.nul == "drop":
+        return (
+            f"contains NUL bytes (\\x00) in message {turns[0]}: usually a binary or mis-encoded "
+            "source (nul=strip keeps the record without them)"
+        )
+    ctx.counts.setdefault("parse", Counter())["nul stripped"] += 1
+    messages = [{**m, "content": m["content"].replace("\x00", "")} for m in conv.messages]
+    return replace(conv, messages=messages)
 
 
 # --- running steps ------------------------------------------------------------------------------
