@@ -182,3 +182,49 @@ def test_smollm2_batched_greedy_equals_one_by_one():
         tokens = _one_by_one(model, tokenizer, prompt_ids(tokenizer, conv), 8)
         end = next((k for k, t in enumerate(tokens) if t in engine.eos_ids), len(tokens))
         assert completion.text == tokenizer.decode(tokens[:end], skip_special_tokens=True)
+
+
+def test_stream_batch_rows_equal_one_at_a_time_generate(model, tiny_tokenizer):
+    """Streams share a batch but keep their own max_tokens, stop strings and end."""
+    engine = TransformersEngine(model, tiny_tokenizer, batch_size=3)  # 2 batches
+    params = [
+        GenerationParams(max_new_tokens=n, stop=stop)
+        for n, stop in ((12, []), (5, []), (16, ["e"]), (9, ["zz-never"]), (14, [" "]))
+    ]
+    rows: dict[int, list] = {i: [] for i in range(len(CONVERSATIONS))}
+    engine.stream_batch(CONVERSATIONS, params, lambda row, delta: rows[row].append(delta))
+    for i, (conv, p) in enumerate(zip(CONVERSATIONS, params, strict=True)):
+        assert rows[i][-1] is None and None not in rows[i][:-1]  # one end, last
+        assert all(rows[i][:-1])  # no empty deltas
+        assert "".join(rows[i][:-1]) == engine.generate([conv], p)[0].text
+
+
+def test_cancelled_rows_stop_and_the_rest_go_on(model, tiny_tokenizer):
+    import threading
+
+    engine = TransformersEngine(model, tiny_tokenizer, batch_size=4)
+    params = GenerationParams(max_new_tokens=20)
+    events = [threading.Event() for _ in CONVERSATIONS[:3]]
+    rows: dict[int, list] = {i: [] for i in range(3)}
+
+    def emit(row, delta):
+        rows[row].append(delta)
+        if row == 1 and len(rows[row]) == 2:
+            events[1].set()  # the client of row 1 leaves after two deltas
+
+    engine.stream_batch(CONVERSATIONS[:3], [params] * 3, emit, events)
+    assert len(rows[1]) <= 3 and rows[1][-1] is None  # stopped at its next token
+    for i in (0, 2):
+        assert "".join(rows[i][:-1]) == engine.generate([CONVERSATIONS[i]], params)[0].text
+    # whole replies: a cancelled prompt is cut short, the others are unchanged; a batch whose
+    # prompts are all cancelled is not generated at all
+    events = [threading.Event(), threading.Event()]
+    events[0].set()
+    got = engine.generate(CONVERSATIONS[:2], params, events)
+    assert got[0].text == engine.generate(CONVERSATIONS[:1], GenerationParams(1))[0].text
+    assert got[1] == engine.generate(CONVERSATIONS[1:2], params)[0]
+    events[1].set()
+    assert [c.completion_tokens for c in engine.generate(CONVERSATIONS[:2], params, events)] == [
+        0,
+        0,
+    ]

@@ -1,10 +1,15 @@
 """Micro-batching: a bounded queue of requests and one worker that generates them in groups.
 
-The worker takes the oldest waiting request and every other waiting request with the same
-model and sampling parameters (up to the batch size), and answers them with one
-`engine.generate` call, run in a thread so the event loop keeps accepting requests. Only the
-worker touches the model, so switching adapters needs no further locking. A stream is
-generated alone and stops at the next token once its client is gone.
+The worker takes the oldest waiting request and every other waiting request of the same kind
+that can share its batch (`Job.key`: same model and sampling parameters, up to the batch size),
+and answers them with one engine call, run in a thread so the event loop keeps accepting
+requests: `engine.generate` / `complete` for whole replies, `engine.stream_batch` for streams
+(streams may differ in max_tokens and stop strings; each gets its own deltas). Only the worker
+touches the model, so switching adapters needs no further locking.
+
+A request whose client leaves or whose time is up is cancelled (`Batcher.cancel`): taken out
+of the queue if it waits, or, if its batch is generating, stopped at its next token; a batch
+stops as soon as every request in it is finished or cancelled.
 """
 
 from __future__ import annotations
@@ -38,9 +43,12 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def key(self) -> tuple:
-        if self.kind == "stream":
-            return ("stream", id(self))  # never grouped
+        """Jobs with equal keys can share a batch."""
         p = self.params
+        if self.kind == "stream":
+            if p.seed is not None:
+                return ("stream", id(self))  # a seeded stream alone: its samples repeat
+            return ("stream", self.model, p.temperature, p.top_p)
         return (self.kind, self.model, p.max_new_tokens, p.temperature, p.top_p, *p.stop, p.seed)
 
 
@@ -108,7 +116,7 @@ class Batcher:
             started = time.perf_counter()
             try:
                 if batch[0].kind == "stream":
-                    await asyncio.to_thread(self._stream, batch[0], asyncio.get_running_loop())
+                    await asyncio.to_thread(self._stream, batch, asyncio.get_running_loop())
                 else:
                     results = await asyncio.to_thread(self._generate, batch)
                     self._deliver(batch, results)
@@ -139,36 +147,44 @@ class Batcher:
 
     def _generate(self, batch: list[Job]) -> list[Completion]:
         inputs = [item for job in batch for item in job.inputs]
+        cancelled = [job.cancelled for job in batch for _ in job.inputs]
         first = batch[0]
         with self.lock, self.registry.use(first.model) as engine:
             if first.kind == "chat":
-                return engine.generate(inputs, first.params)
-            return engine.complete(inputs, first.params)
+                return engine.generate(inputs, first.params, cancelled)
+            return engine.complete(inputs, first.params, cancelled)
 
     def _deliver(self, batch: list[Job], results: list[Completion]) -> None:
         start = 0
         for job in batch:
             part = results[start : start + len(job.inputs)]
             start += len(job.inputs)
-            if not job.future.done():
+            if not job.future.done() and not job.cancelled.is_set():
                 job.future.set_result(part)
                 self.stats["served"] += 1
 
-    def _stream(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
-        def put(item: Any) -> None:
+    def _stream(self, batch: list[Job], loop: asyncio.AbstractEventLoop) -> None:
+        ended: set[int] = set()
+
+        def put(job: Job, item: Any) -> None:
             loop.call_soon_threadsafe(job.deltas.put_nowait, item)
 
+        def emit(row: int, delta: str | None) -> None:
+            if delta is None:
+                ended.add(row)
+            put(batch[row], END if delta is None else delta)
+
         try:
-            with self.lock, self.registry.use(job.model) as engine:
-                deltas = engine.stream(job.inputs[0], job.params)
-                try:
-                    for delta in deltas:
-                        if job.cancelled.is_set():
-                            break
-                        put(delta)
-                finally:
-                    deltas.close()  # the engine stops generating
-            self.stats["served"] += 1
-        except Exception as exc:
-            put(exc)
-        put(END)
+            with self.lock, self.registry.use(batch[0].model) as engine:
+                engine.stream_batch(
+                    [job.inputs[0] for job in batch],
+                    [job.params for job in batch],
+                    emit,
+                    [job.cancelled for job in batch],
+                )
+            self.stats["served"] += sum(not job.cancelled.is_set() for job in batch)
+        except Exception as exc:  # the streams still open get the error, then their end
+            for row, job in enumerate(batch):
+                if row not in ended:
+                    put(job, exc)
+                    put(job, END)
