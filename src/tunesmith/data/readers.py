@@ -300,12 +300,17 @@ def _read_txt(p: Path, source: str) -> Iterator[RawRecord | BadRecord]:
 def _read_csv(p: Path, source: str) -> Iterator[RawRecord | BadRecord]:
     # Long documents are normal data: the csv module's default cell limit (128 KiB) is not.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    with p.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
+    with p.open("rb") as f:
+        # Decoded line by line, invalid bytes kept as escapes: a row holding one is rejected at
+        # its own line and the rows after it are still read.
+        reader = csv.reader(_csv_lines(f))
         try:
             header = next(reader, None)
             if header is None:
                 yield BadRecord(source, 1, "empty CSV file; a header row is required", fatal=True)
+                return
+            if _UNDECODED.search("".join(header)):
+                yield BadRecord(source, 1, "not valid UTF-8 text (in the header)", fatal=True)
                 return
             while True:
                 start = reader.line_num + 1  # a quoted cell may span lines: keep the first
@@ -314,16 +319,28 @@ def _read_csv(p: Path, source: str) -> Iterator[RawRecord | BadRecord]:
                     return
                 if not row:
                     continue  # blank line
-                if len(row) != len(header):
+                if _UNDECODED.search(text := ",".join(row)):
+                    yield BadRecord(source, start, "not valid UTF-8 text", _clip(ascii(text)))
+                elif len(row) != len(header):
                     reason = f"row has {len(row)} cells, header has {len(header)}"
-                    yield BadRecord(source, start, reason, _clip(",".join(row)))
-                    continue
-                yield _csv_record(header, row, source, start)
+                    yield BadRecord(source, start, reason, _clip(text))
+                else:
+                    yield _csv_record(header, row, source, start)
         except csv.Error as e:
-            yield BadRecord(source, reader.line_num, f"invalid CSV: {e}", fatal=True)
-        except UnicodeDecodeError as e:
-            reason = f"not valid UTF-8 text ({e.reason})"
-            yield BadRecord(source, reader.line_num + 1, reason, fatal=True)
+            reason = f"invalid CSV: {e}"
+            if "new-line character" in str(e):
+                reason = "invalid CSV: lines end with a bare CR; save the file with LF line ends"
+            yield BadRecord(source, reader.line_num, reason, fatal=True)
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
+
+
+def _csv_lines(f) -> Iterator[str]:
+    for n, raw in enumerate(f):
+        if n == 0 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        yield raw.decode("utf-8", "surrogateescape")
 
 
 def _csv_record(header: list[str], row: list[str], source: str, line: int):
