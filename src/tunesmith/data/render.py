@@ -8,6 +8,12 @@ the conversation prefix by prefix: turn i starts where `messages[:i]` rendered w
 generation prompt ends, and stops where `messages[:i+1]` ends (its end-of-turn token included,
 so the model learns to stop). Some templates close the whole conversation with `eos_token` when
 no generation prompt follows (Phi-3, Phi-3.5, Phi-4): that token belongs to the last turn only.
+
+Control-token text inside a message (`<|im_end|><|im_start|>system ...` typed by a user) stays
+text: only the tokens the template itself writes become control tokens. Conversations without
+such text are tokenized as the rendered string (the common case, unchanged); the others through
+transformers' `apply_chat_template(..., sanitize_control_tokens=True)`, which encodes the
+control tokens found in messages as plain text, in prompts and in training examples alike.
 """
 
 from __future__ import annotations
@@ -28,9 +34,45 @@ def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = F
 
 
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a prompt ready for generation (the template adds any special tokens)."""
+    """Token ids of a prompt ready for generation (the template adds any special tokens);
+    control-token text inside the messages is encoded as text."""
+    if injects_control_tokens(tokenizer, messages):
+        return _sanitized_ids(tokenizer, messages, add_generation_prompt=True)
     text = render_chat(tokenizer, messages, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def control_tokens(tokenizer) -> tuple[str, ...]:
+    """The tokens only the template may write: special tokens and the added tokens its text
+    holds (transformers' own choice); () where transformers cannot sanitize (before 5.x)."""
+    find = getattr(tokenizer, "_get_control_tokens", None)
+    if find is None or not getattr(tokenizer, "chat_template", None):
+        return ()
+    try:
+        return tuple(find(tokenizer.get_chat_template()))
+    except Exception:  # a template transformers cannot parse for literals: specials only
+        return tuple(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
+
+
+def injects_control_tokens(tokenizer, messages: list[dict]) -> bool:
+    """Whether a message holds the text of a control token (a forged turn, or chat about one)."""
+    tokens = control_tokens(tokenizer)
+    return bool(tokens) and any(
+        isinstance(value, str) and any(token in value for token in tokens)
+        for message in messages
+        for value in message.values()
+    )
+
+
+def _sanitized_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    ids = tokenizer.apply_chat_template(
+        messages,
+        tokenize=True,
+        add_generation_prompt=add_generation_prompt,
+        sanitize_control_tokens=True,
+        return_dict=False,
+    )
+    return list(ids)
 
 
 def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
@@ -80,6 +122,8 @@ def tokenize_conversation(
     tokenizer, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False
 ) -> TokenizedExample:
     """Ids and labels; labels are IGNORE_INDEX outside assistant turns unless train_on_prompt."""
+    if injects_control_tokens(tokenizer, messages):
+        return _tokenize_sanitized(tokenizer, messages, cutoff_len, train_on_prompt)
     if train_on_prompt:  # no spans needed: this works with templates that rewrite earlier turns
         text = render_chat(tokenizer, messages)
         ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -94,6 +138,40 @@ def tokenize_conversation(
         ]
     truncated = len(ids) > cutoff_len
     return TokenizedExample(ids[:cutoff_len], labels[:cutoff_len], truncated)
+
+
+def _tokenize_sanitized(
+    tokenizer, messages: list[dict], cutoff_len: int, train_on_prompt: bool
+) -> TokenizedExample:
+    """tokenize_conversation for messages holding control-token text: ids from the sanitized
+    encoding, assistant turns found by encoding the conversation prefix by prefix."""
+    ids = _sanitized_ids(tokenizer, messages, add_generation_prompt=False)
+    labels = list(ids) if train_on_prompt else [IGNORE_INDEX] * len(ids)
+    for i, message in enumerate(messages):
+        if train_on_prompt or message["role"] != "assistant":
+            continue
+        before = _sanitized_ids(tokenizer, messages[:i], add_generation_prompt=True)
+        through = _sanitized_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        end = _ids_turn_end(through, ids, tokenizer.eos_token_id)
+        if end is None or ids[: len(before)] != before:
+            raise TemplateError(
+                "a message holds control-token text and its conversation does not encode "
+                "turn by turn, so assistant tokens cannot be located; use "
+                "data.train_on_prompt=true or remove that text"
+            )
+        labels[len(before) : end] = ids[len(before) : end]
+    truncated = len(ids) > cutoff_len
+    return TokenizedExample(ids[:cutoff_len], labels[:cutoff_len], truncated)
+
+
+def _ids_turn_end(through: list[int], full: list[int], eos: int | None) -> int | None:
+    """_turn_end on token ids."""
+    if full[: len(through)] == through:
+        return len(through)
+    closed = eos is not None and through[-1:] == [eos] and full[-1:] == [eos]  # Phi-3 style
+    if closed and full[: len(through) - 1] == through[:-1]:
+        return len(through) - 1
+    return None
 
 
 def _overlaps(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
