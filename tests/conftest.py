@@ -97,13 +97,9 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 @pytest.fixture
 def alpaca_file(tmp_path) -> Path:
     """Eight alpaca records a tiny model can memorise."""
-    path = tmp_path / "train.jsonl"
-    records = [
-        {"instruction": f"What is {i} plus {i}?", "input": "", "output": f"It is {2 * i}."}
-        for i in range(8)
-    ]
-    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
-    return path
+    from helpers import write_alpaca
+
+    return write_alpaca(tmp_path / "train.jsonl")
 
 
 # --- the support matrix: tests record the cell they prove (scripts/support_matrix.py) -------

@@ -62,6 +62,16 @@ def write_run_yaml(path: Path, model_dir, data, runs: Path, name: str, **section
     return path
 
 
+def write_alpaca(path: Path) -> Path:
+    """Eight alpaca records a tiny model can memorise (the alpaca_file fixture's)."""
+    records = [
+        {"instruction": f"What is {i} plus {i}?", "input": "", "output": f"It is {2 * i}."}
+        for i in range(8)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    return path
+
+
 def step_losses(run_dir: Path) -> list[tuple[int, float]]:
     """(step, loss) of each training log in a run folder's metrics.jsonl."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()

@@ -1,19 +1,29 @@
-"""A training process killed with SIGKILL resumes to the same losses as an uninterrupted run."""
+"""A training process killed with SIGKILL, or stopped with SIGTERM, resumes to the same losses as
+an uninterrupted run; a resumed run reports the whole run's loss and time."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-from helpers import TRAIN_CLI, run_config, step_losses, train_run, write_run_yaml
+from helpers import (
+    TRAIN_CLI,
+    run_config,
+    step_losses,
+    train_run,
+    write_alpaca,
+    write_run_yaml,
+)
 from transformers import Trainer
 
 from tunesmith.runs.folder import RunFolder
-from tunesmith.train.checkpoints import STAGING
+from tunesmith.train.checkpoints import STAGING, TOTALS
 
 
 def _config(tmp_path, model_dir, data, name: str):
@@ -35,21 +45,23 @@ def _config(tmp_path, model_dir, data, name: str):
     )
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, alpaca_file):
-    runs = tmp_path / "runs"
-    reference = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            TRAIN_CLI,
-            "train",
-            str(_config(tmp_path, tiny_model_dir, alpaca_file, "ref")),
-        ],
-        capture_output=True,
-        text=True,
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model_dir) -> Path:
+    """An uninterrupted run of _config (once for the tests of this module): its folder."""
+    tmp_path = tmp_path_factory.mktemp("reference")
+    data = write_alpaca(tmp_path / "train.jsonl")
+    config = _config(tmp_path, tiny_model_dir, data, "ref")
+    done = subprocess.run(
+        [sys.executable, "-c", TRAIN_CLI, "train", str(config)], capture_output=True, text=True
     )
-    assert reference.returncode == 0, reference.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+    return tmp_path / "runs" / "ref"
 
+
+def test_sigkill_then_resume_matches_uninterrupted(
+    tmp_path, tiny_model_dir, alpaca_file, reference
+):
+    runs = tmp_path / "runs"
     config = _config(tmp_path, tiny_model_dir, alpaca_file, "killed")
     process = subprocess.Popen(
         [sys.executable, "-c", TRAIN_CLI, "train", str(config)],
@@ -73,10 +85,79 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, alp
     summary = json.loads((runs / "killed" / "summary.json").read_text())
     assert summary["resumed_from"] is not None and summary["steps"] == 120
 
-    expected, got = step_losses(runs / "ref"), step_losses(runs / "killed")
+    expected, got = step_losses(reference), step_losses(runs / "killed")
     # metrics.jsonl is one clean sequence: what the killed run logged past its checkpoint is gone
     assert [step for step, _ in got] == list(range(1, 121))
     assert got == expected  # exact on CPU: model, optimizer, scheduler, RNG and data position
+    _assert_whole_run(summary, reference, resumed.stdout)
+
+
+def _assert_whole_run(summary: dict, reference: Path, stdout: str) -> None:
+    """A resumed run's summary and last line report every step of every segment."""
+    whole = json.loads((reference / "summary.json").read_text())
+    assert summary["segments"] == 2 and whole["segments"] == 1
+    mean = sum(loss for _, loss in step_losses(reference)) / 120
+    assert whole["train_loss"] == pytest.approx(mean, rel=1e-6)
+    assert summary["train_loss"] == pytest.approx(mean, rel=1e-6)
+    assert f"(loss {mean:.4f}, {summary['seconds']} s)" in stdout
+
+
+def _logged_steps(run_dir: Path) -> list[int]:
+    """The steps logged so far by a running training (a line being written is skipped)."""
+    path, steps = run_dir / "metrics.jsonl", []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(json.JSONDecodeError, KeyError):
+            steps.append(json.loads(line)["step"])
+    return steps
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_and_resume_matches_uninterrupted(
+    tmp_path, tiny_model_dir, alpaca_file, reference, signum
+):
+    """SIGTERM (docker stop, schedulers) or Ctrl-C: the step running ends, a checkpoint of it is
+    saved, the resume command printed, exit 128 + signal; resuming gives the same losses."""
+    runs, name = tmp_path / "runs", "stopped"
+    config = _config(tmp_path, tiny_model_dir, alpaca_file, name)
+    process = subprocess.Popen(
+        [sys.executable, "-c", TRAIN_CLI, "train", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run = runs / name
+    deadline = time.monotonic() + 300
+    while max(_logged_steps(run), default=0) < 27 and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        time.sleep(0.005)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, stderr[-2000:]
+
+    stopped_at = max(_logged_steps(run))
+    assert 27 <= stopped_at < 120
+    checkpoint = run / "checkpoints" / f"checkpoint-{stopped_at}"
+    assert (checkpoint / "trainer_state.json").is_file()
+    assert json.loads((checkpoint / TOTALS).read_text())["step"] == stopped_at
+    assert RunFolder(run).last_checkpoint() == checkpoint
+    assert f"{signal.Signals(signum).name}: stopping after this step" in stderr
+    assert f"Resume with: tunesmith train --resume {run}" in stdout
+    assert not (run / "summary.json").exists()
+    if signum == signal.SIGINT:  # the same stop; the resume is SIGTERM's
+        return
+    segment = json.loads((checkpoint / TOTALS).read_text())["seconds"]
+
+    resumed = subprocess.run(
+        [sys.executable, "-c", TRAIN_CLI, "train", "--resume", str(run)],
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_from"] == str(checkpoint) and summary["steps"] == 120
+    assert step_losses(run) == step_losses(reference)
+    _assert_whole_run(summary, reference, resumed.stdout)
+    assert summary["seconds"] > segment  # both segments' time
 
 
 def test_a_save_cut_short_leaves_no_checkpoint_and_resume_uses_the_last_one(
@@ -128,3 +209,32 @@ def test_a_save_cut_short_leaves_no_checkpoint_and_resume_uses_the_last_one(
     for folder in checkpoints.glob("checkpoint-*"):
         assert (folder / "trainer_state.json").is_file()
         assert (folder / "adapter_model.safetensors").is_file()
+
+
+def test_a_second_signal_ends_the_process_at_once(tmp_path, monkeypatch):
+    """The first signal asks for a checkpoint at the end of the step; the second does not wait."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from tunesmith.train import callbacks
+
+    ended = []
+    monkeypatch.setattr(callbacks, "_exit_now", ended.append)
+    previous = signal.getsignal(signal.SIGTERM)
+    stop = callbacks.StopOnSignal()
+    args = TrainingArguments(str(tmp_path), report_to=[])
+    state, control = TrainerState(), TrainerControl()
+    stop.on_train_begin(args, state, control)
+    try:
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        stop.on_step_end(args, state, control)
+        assert not control.should_save  # no signal yet
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM and ended == []
+        state.global_step = 7
+        stop.on_step_end(args, state, control)
+        assert control.should_save and control.should_training_stop and stop.stopped_at == 7
+        signal.raise_signal(signal.SIGINT)
+        assert ended == [signal.SIGINT]
+    finally:
+        stop.on_train_end(args, state, control)
+    assert signal.getsignal(signal.SIGTERM) == previous  # the handlers are put back

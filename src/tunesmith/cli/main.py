@@ -43,7 +43,6 @@ def train(
     """Train a model as described by a YAML config (overrides like train.learning_rate=1e-4)."""
     from tunesmith.config.load import load_config
     from tunesmith.runs.folder import RunFolder
-    from tunesmith.train import run_stage
     from tunesmith.train.distributed import Launch, launch
 
     config_path, overrides = _split_args(args or [])
@@ -63,7 +62,7 @@ def train(
         launch(config, config_path, overrides, run_dir, options)
     else:
         run = RunFolder(run_dir) if run_dir else None
-        result = run_stage(
+        result = _train_or_stop(
             config,
             run or RunFolder.create(config.output, f"{config.train.stage}-{config.method.type}"),
             resume=run is not None,
@@ -108,6 +107,25 @@ def quickstart(
     from tunesmith.workflows.quickstart import run_quickstart
 
     run_quickstart(name, author, overrides or [])
+
+
+def _train_or_stop(config, run, resume: bool):
+    """run_stage; stopped by SIGTERM or SIGINT (a checkpoint of the last step saved), the resume
+    command and exit code 128 + the signal's number: 143 for SIGTERM, 130 for SIGINT (Ctrl-C), as
+    a shell reports a process those signals end. A second signal ends the process at once."""
+    from rich.markup import escape
+
+    from tunesmith.runs.folder import is_main_process
+    from tunesmith.train import run_stage
+    from tunesmith.train.callbacks import TrainingInterrupted
+    from tunesmith.utils.console import console
+
+    try:
+        return run_stage(config, run, resume=resume)
+    except TrainingInterrupted as stop:
+        if is_main_process():
+            console.print(f"[yellow]{escape(str(stop))}", soft_wrap=True)  # ends with the command
+        raise typer.Exit(stop.exit_code) from None
 
 
 def _run_to_resume(path: Path | None, overrides: list[str]) -> Path:

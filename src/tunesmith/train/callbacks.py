@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -11,7 +14,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from tunesmith.config.schema import TrainConfig
-from tunesmith.runs.folder import RunFolder, read_jsonl
+from tunesmith.runs.folder import RunFolder, is_main_process, read_jsonl
 from tunesmith.runs.plots import plot_metrics
 from tunesmith.train.monitor import TREND_WINDOW, loss_trend, memory_record
 from tunesmith.utils.console import console
@@ -153,3 +156,89 @@ def resume_checkpoint(run: RunFolder, resume: bool) -> Path | None:
         console.print(f"[yellow]no checkpoint in {run.checkpoints}; training from the start")
     run.drop_metrics_after(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
     return checkpoint
+
+
+# --- stopping on a signal -------------------------------------------------------------------
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # docker stop / schedulers, Ctrl-C
+
+
+def exit_code(signum: int) -> int:
+    """The shell's code for a process ended by `signum`: 143 for SIGTERM, 130 for SIGINT."""
+    return 128 + signum
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped by SIGTERM or SIGINT after a checkpoint of its last step was written."""
+
+    def __init__(self, signum: int, step: int, run_root: Path, checkpoint: Path):
+        self.signum, self.step, self.run_root, self.checkpoint = signum, step, run_root, checkpoint
+        self.exit_code = exit_code(signum)
+        super().__init__(
+            f"training stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
+            f"saved to {checkpoint}. Resume with: tunesmith train --resume {run_root}"
+        )
+
+
+def _exit_now(signum: int) -> None:
+    """The second signal: the default action (the process ends by that signal, no cleanup)."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+class StopOnSignal(TrainerCallback):
+    """The first SIGTERM or SIGINT lets the current optimizer step finish, then asks the Trainer
+    to save a checkpoint (AtomicCheckpoints: complete or absent) and stop; `train` then raises
+    TrainingInterrupted. A second signal ends the process at once. The handlers are installed
+    while training runs (in the main thread; elsewhere signals keep their default action)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.stopped_at: int | None = None  # the step whose checkpoint the signal asked for
+        self._previous: dict[int, object] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            _exit_now(signum)
+            return
+        self.signum = signum
+        if is_main_process():
+            name = signal.Signals(signum).name
+            # one write to stderr, not print or the console: the handler may run in the middle
+            # of a write to them, and a buffered stream refuses to be entered twice
+            message = (
+                f"\n{name}: stopping after this step and saving a checkpoint "
+                "(send it again to stop at once, without saving)\n"
+            )
+            os.write(2, message.encode())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._stop_everywhere(args):
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _stop_everywhere(self, args) -> bool:
+        """Whether any process got a signal: under torchrun they stop and save at one step."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.signum is not None
+        import torch
+
+        flag = torch.tensor([self.signum or 0], device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if self.signum is None and flag.item():
+            self.signum = int(flag.item())
+        return bool(flag.item())
