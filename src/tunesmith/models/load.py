@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -52,6 +55,30 @@ def load_causal_lm(resolved: ResolvedModel, cfg: ModelConfig, quantization=None)
 def load_model_and_tokenizer(cfg: ModelConfig, quantization=None):
     resolved = resolve_model(cfg.name_or_path)
     return load_causal_lm(resolved, cfg, quantization), load_tokenizer(resolved, cfg), resolved
+
+
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing, through the name transformers 5 keeps
+    (`gradient_checkpointing_enable` is its deprecated alias: a FutureWarning on every run);
+    PEFT models hand the call to the model they wrap. Checkpointed blocks need a gradient
+    through frozen inputs, hence enable_input_require_grads."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    (enable or model.gradient_checkpointing_enable)()  # a model outside transformers
+    model.enable_input_require_grads()
+
+
+@contextlib.contextmanager
+def no_load_report() -> Iterator[None]:
+    """Loads without transformers' load report (a warning table of MISSING / UNEXPECTED keys):
+    for a base whose missing weights come right after (a classifier head from the adapter or
+    the run's saved head), where "newly initialized" would tell the user something untrue."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def pick_dtype(name: str) -> torch.dtype:

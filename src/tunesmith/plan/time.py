@@ -131,7 +131,7 @@ def probe_rate(plan) -> float:
     """Trained tokens per second over a few real steps of the model with its method."""
     import torch.nn.functional as F
 
-    from tunesmith.models.load import load_causal_lm
+    from tunesmith.models.load import enable_checkpointing, load_causal_lm
     from tunesmith.models.methods import get_method
     from tunesmith.models.resolve import resolve_model
     from tunesmith.plan.count import known_key
@@ -144,8 +144,7 @@ def probe_rate(plan) -> float:
     model = load_causal_lm(resolved, config.model)
     model = get_method(config.method.type).apply(model, config.method)
     if config.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
+        enable_checkpointing(model)
     device = _this_device()
     model.to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)

@@ -65,8 +65,9 @@ def trl_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool, cutoff_len: 
         **trainer_kwargs(cfg, run, has_eval),
         max_length=cutoff_len,
         # TRL turns it on by default; train.gradient_checkpointing is set on the model by
-        # train/recipe.py, as for every stage
-        gradient_checkpointing=False,
+        # train/recipe.py, as for every stage (activation_: transformers 5's name for it, which
+        # the deprecated gradient_checkpointing then mirrors)
+        activation_checkpointing=False,
     )
 
 

@@ -5,7 +5,8 @@ examples are built, which trainer runs them, and what it measures around trainin
 held-out rewards, agreement with a teacher, a classification report). `train` does what every
 stage shares, once and in one order: checks, run folder, seed, the method (its quantization,
 apply, callbacks, save), plan summary, gradient checkpointing, speed levers, monitor and
-metrics (tokens/s), early stopping, forgetting check, resume, summary.json and the run index.
+metrics (tokens/s), early stopping, forgetting check, the stop on SIGTERM/SIGINT (a checkpoint,
+then TrainingInterrupted), resume, summary.json (whole-run loss and time) and the run index.
 A stage module holds its recipe and its own code (losses, trainer subclasses, metrics) and
 imports no other stage.
 
@@ -23,15 +24,17 @@ How the stages of later issues fit, without changes here:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config.schema import RunConfig
-from tunesmith.models.load import load_model_and_tokenizer
+from tunesmith.models.load import enable_checkpointing, load_model_and_tokenizer
 from tunesmith.models.methods import Method, count_parameters, get_method
 from tunesmith.models.methods.base import Task
 from tunesmith.plan import plan_summary
@@ -39,11 +42,14 @@ from tunesmith.runs.folder import RunFolder, is_main_process
 from tunesmith.train.callbacks import (
     CompactProgressCallback,
     MetricsCallback,
+    StopOnSignal,
+    TrainingInterrupted,
     best_checkpoint,
     check_eval_needs,
     early_stopping_callbacks,
     resume_checkpoint,
 )
+from tunesmith.train.checkpoints import RunTotals
 from tunesmith.train.distributed import check_distributed
 from tunesmith.train.forgetting_check import ForgettingCheck
 from tunesmith.train.monitor import TrainingMonitor
@@ -161,16 +167,19 @@ def train(recipe: Recipe, config: RunConfig, run: RunFolder, resume: bool = Fals
     console.print(plan_summary(config))  # the planner's memory estimate for this run
     job.model = prepare(recipe, job)
     trainer = recipe.trainer(job)
-    monitor = wire_callbacks(trainer, job)
+    monitor, stop = wire_callbacks(trainer, job)
     for probe in probes:
         probe.on_start(trainer)
     checkpoint = resume_checkpoint(run, resume)
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    trainer.run_totals = totals = RunTotals.resumed_from(checkpoint, started)
+    with quiet_library_deprecations():
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    stopped_by_signal(stop, run)
 
     extras = {k: v for probe in probes for k, v in probe.on_end(job, trainer).items()}
     artifact = save(recipe, job, trainer)
     summary = {
-        **run_summary(config, job.loaded.model_ref, counts, output, checkpoint, started),
+        **run_summary(config, job.loaded.model_ref, counts, output, checkpoint, totals),
         **job.data.summary,
         "best": best_checkpoint(config.train, trainer.state),
         **extras,
@@ -258,8 +267,7 @@ def prepare(recipe: Recipe, job: Job):
     """Gradient checkpointing and the speed levers; returns the model to train."""
     cfg, model = job.config.train, job.model
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()  # checkpointed blocks need a grad through frozen inputs
+        enable_checkpointing(model)
     if not recipe.speed:
         return model
     if cfg.optimize:
@@ -277,8 +285,9 @@ def pin_matmul_kernel(run: RunFolder, resume: bool) -> str:
     return kernel
 
 
-def wire_callbacks(trainer, job: Job) -> TrainingMonitor:
-    """The shared callbacks, added to the built trainer; returns the monitor."""
+def wire_callbacks(trainer, job: Job) -> tuple[TrainingMonitor, StopOnSignal]:
+    """The shared callbacks, added to the built trainer; returns the monitor and the signal
+    handler (SIGTERM / SIGINT: save a checkpoint and stop)."""
     from transformers.trainer_callback import ProgressCallback
 
     cfg = job.config.train
@@ -286,11 +295,35 @@ def wire_callbacks(trainer, job: Job) -> TrainingMonitor:
     # the monitor first: it puts NaN losses back into the logs the metrics callback writes
     callbacks = [monitor, MetricsCallback(job.run, cfg.monitor.plot_every)]
     callbacks += early_stopping_callbacks(cfg) + job.method.callbacks(job.model)
-    for callback in callbacks:
+    stop = StopOnSignal()
+    for callback in [*callbacks, stop]:
         trainer.add_callback(callback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(CompactProgressCallback)
-    return monitor
+    return monitor, stop
+
+
+# transformers 5 renamed gradient to activation checkpointing; TRL's trainers (DPO, KTO: around
+# every reference pass) still call the old names. Their warnings are not the user's to act on.
+_LIBRARY_DEPRECATIONS = (
+    "`(is_gradient_checkpointing|gradient_checkpointing_(en|dis)able)` is deprecated"
+)
+
+
+@contextlib.contextmanager
+def quiet_library_deprecations() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _LIBRARY_DEPRECATIONS, FutureWarning)
+        yield
+
+
+def stopped_by_signal(stop: StopOnSignal, run: RunFolder) -> None:
+    """Raise TrainingInterrupted when a signal stopped training at a step and saved it (the CLI
+    prints the resume command and exits 128 + the signal's number). A signal that came after the
+    last step had ended lets the run finish: nothing is left to resume."""
+    if stop.signum is not None and stop.stopped_at is not None:
+        checkpoint = run.checkpoints / f"checkpoint-{stop.stopped_at}"
+        raise TrainingInterrupted(stop.signum, stop.stopped_at, run.root, checkpoint)
 
 
 def save(recipe: Recipe, job: Job, trainer) -> Path:
@@ -303,20 +336,24 @@ def save(recipe: Recipe, job: Job, trainer) -> Path:
 
 
 def run_summary(
-    config: RunConfig, model_ref: str, counts: tuple[int, int], output, checkpoint, started: float
+    config: RunConfig, model_ref: str, counts: tuple[int, int], output, checkpoint, totals
 ) -> dict:
-    """The summary.json fields every stage writes; each adds its own after them."""
+    """The summary.json fields every stage writes; each adds its own after them. A resumed run
+    reports the whole run: the mean loss of every step and the seconds of every segment (each
+    earlier one up to the checkpoint the next resumed from)."""
     trainable, total = counts
+    whole = totals.upto(output.global_step, 0.0)  # the seconds and segments up to now
     return {
         "model": model_ref,
         "stage": config.train.stage,
         "method": config.method.type,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "train_loss": output.training_loss,
+        "train_loss": totals.mean_loss(output.global_step, output.training_loss),
         "steps": output.global_step,
         "resumed_from": str(checkpoint) if checkpoint else None,
-        "seconds": round(time.perf_counter() - started, 1),
+        "segments": whole["segments"],
+        "seconds": round(whole["seconds"], 1),
     }
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
+
 from tunesmith.models.methods.base import Task
 
 # A classifier head is new and random: it must train and be saved with the adapter.
@@ -17,10 +21,23 @@ def task_type(task: Task):
     return types[task]
 
 
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """PEFT asks every model it wraps for `is_gradient_checkpointing`, which transformers 5
+    deprecated (a FutureWarning on each wrap and load): the question is PEFT's, not the user's,
+    and the answer is the same (`is_activation_checkpointing`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
 def wrap(model, peft_config):
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config)
+    with peft_quietly():
+        return get_peft_model(model, peft_config)
 
 
 def virtual_tokens(model) -> int:

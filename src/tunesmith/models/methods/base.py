@@ -86,7 +86,10 @@ class Method:
         """The tuned model: the base with the saved artifact attached."""
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(base_model, folder)  # PEFT reads the adapter type
+        from tunesmith.models.methods._peft import peft_quietly
+
+        with peft_quietly():
+            return PeftModel.from_pretrained(base_model, folder)  # PEFT reads the adapter type
 
     @property
     def mergeable(self) -> bool:
