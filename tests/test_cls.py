@@ -375,7 +375,7 @@ def test_tiny_bert_learns_separable_set(tmp_path, bert_dir):
     assert predicted == ["pos", "neg"]
 
 
-def test_seed_head_with_lora_and_class_weights_trains_and_predicts(tmp_path, bert_dir):
+def test_seed_head_with_lora_and_class_weights_trains_and_predicts(tmp_path, bert_dir, capfd):
     rng = random.Random(2)
     records = [{"text": _sentence(rng, "pos"), "label": "pos"} for _ in range(32)]
     records += [{"text": _sentence(rng, "neg"), "label": "neg"} for _ in range(16)]
@@ -402,7 +402,11 @@ def test_seed_head_with_lora_and_class_weights_trains_and_predicts(tmp_path, ber
     assert result.summary["data"]["eval_source"] == "split" and result.summary["data"]["eval"] == 12
     assert result.summary["eval"]["accuracy"] >= 0.85
     texts = ["good love the", "ugly poor so", "nice happy a", "hate bad it"]
+    capfd.readouterr()
     assert predict_labels(result.run.root, texts) == ["pos", "neg", "pos", "neg"]
+    # the head comes from the run: no load report calling it missing and newly initialized
+    printed = "".join(capfd.readouterr())
+    assert "LOAD REPORT" not in printed and "MISSING" not in printed
 
 
 def test_multi_label_training_and_prediction(tmp_path, bert_dir):

@@ -76,8 +76,12 @@ class TrainedRun:
         weights = resolve_model(cfg.name_or_path) if self.is_adapter else _local(self.artifact)
         if self.task == "seq_cls":
             from tunesmith.models.classifier import load_classifier
+            from tunesmith.models.load import no_load_report
 
-            model, _, _ = load_classifier(cfg, self._labels(), self._cls_cfg(), weights=weights)
+            # the head is not in these weights (a base under an adapter, or the seed head's
+            # layers under other names): attach loads it, so no "newly initialized" report
+            with no_load_report():
+                model, _, _ = load_classifier(cfg, self._labels(), self._cls_cfg(), weights=weights)
             return model
         from tunesmith.models.load import load_causal_lm
 
