@@ -277,7 +277,7 @@ class TransformersEngine:
         return Completion(text, reason, prompt_len, count)
 
     def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return whole_chars(lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), tokens)
 
     def _tokens_until_stop(self, tokens: list[int], stop: list[str]) -> int:
         """The fewest leading tokens whose text holds a stop string (binary search)."""
@@ -381,6 +381,22 @@ def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
         input_ids[row, width - len(ids) :] = torch.tensor(ids)
         attention_mask[row, width - len(ids) :] = 1
     return input_ids, attention_mask
+
+
+def whole_chars(decode: Callable[[list[int]], str], tokens: list[int]) -> str:
+    """The text of `tokens` up to its last complete character. A byte-level tokenizer spells a
+    character (a Chinese one: 3 bytes in UTF-8) in up to 4 tokens; cut between them (at
+    max_new_tokens, or mid-stream) the text would end in U+FFFD. Those last tokens are left out
+    (up to 4; a U+FFFD that leaving out 4 tokens does not clear is kept). The text alone cannot
+    tell a cut character from a U+FFFD the model wrote as its very last one: that one goes too."""
+    text = decode(tokens)
+    if not text.endswith("\ufffd"):
+        return text
+    for drop in range(1, min(4, len(tokens)) + 1):
+        shorter = decode(tokens[:-drop])
+        if not shorter.endswith("\ufffd"):
+            return shorter
+    return text
 
 
 def first_stop(text: str, stop: list[str]) -> int | None:
