@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -118,6 +120,13 @@ def test_non_mergeable_method_exports_base_and_adapter(tmp_path, tiny_model_dir,
     assert torch.allclose(got, expected, atol=1e-5)
     assert result.verification.passed
     assert "cannot be merged" in (out / "README.md").read_text()
+    # safetensors writes 0600 files; the export's files all get the umask's usual mode
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.relative_to(out): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*")}
+    assert modes[Path("base/model.safetensors")] == modes[Path("README.md")] == 0o666 & ~umask
+    assert modes[Path("adapter/adapter_model.safetensors")] == 0o666 & ~umask
+    assert {m for p, m in modes.items() if (out / p).is_file()} == {0o666 & ~umask}
 
 
 def test_model_card_states_base_method_data_and_eval(tmp_path, tiny_model_dir, tiny_tokenizer):

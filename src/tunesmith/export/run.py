@@ -7,6 +7,7 @@ export has passed verification, so a failed export never leaves a folder that lo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ def export_run(config: RunConfig, source: str | Path) -> ExportResult:
                 raise ModelError("export verification failed: " + "; ".join(verification.problems))
         gguf_diff = _gguf(staging, layout, trained.method, cfg) if cfg.gguf else None
         _write_card(trained, staging, layout, verification, gguf_diff)
+        _usual_modes(staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -154,6 +156,20 @@ def _write_card(trained: Trained, staging: Path, layout: str, verification, gguf
     (staging / "README.md").write_text(render_card(facts), encoding="utf-8")
     text = json.dumps(facts, indent=2, ensure_ascii=False, default=str) + "\n"
     (staging / "export.json").write_text(text, encoding="utf-8")
+
+
+def _usual_modes(folder: Path) -> None:
+    """Every file and folder of the export with the modes the umask gives new ones (0644 and
+    0755 under the usual 022). safetensors writes its files through a private temporary file
+    renamed into place, which leaves them 0600: readable by their owner alone, unlike the rest
+    (a server or colleague reading the export under another user could not load the weights);
+    and the adapter files copied from the run keep that mode too."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _default_out(source: Path) -> Path:
