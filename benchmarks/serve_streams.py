@@ -110,7 +110,9 @@ def phase(name: str, batch_size: int, plan: list, max_tokens: int, tokenizer) ->
     try:
         wait_ready(url, proc)
         asyncio.run(load(url, [[(-1, PROMPTS[0])]], 8))  # warm-up
+        load_before = os.getloadavg()[0]
         results, elapsed = asyncio.run(load(url, plan, max_tokens))
+        load_after = os.getloadavg()[0]
         rss = peak_rss_mb(proc.pid)
         health = httpx.get(f"{url}/health", timeout=5).json()
     finally:
@@ -139,6 +141,7 @@ def phase(name: str, batch_size: int, plan: list, max_tokens: int, tokenizer) ->
         "p95_stream_s": pct(latency, 0.95),
         "largest_batch": health.get("largest_batch"),
         "server_peak_rss_mb": round(rss, 1),
+        "load_avg_1m_before_after": [round(load_before, 2), round(load_after, 2)],  # other work
     }
     return row, {k: r["text"] for k, r in results.items()}
 
