@@ -234,3 +234,22 @@ def test_cancelled_rows_stop_and_the_rest_go_on(model, tiny_tokenizer):
         0,
         0,
     ]
+
+
+def test_prompt_learning_adapters_answer_as_they_do_alone(model, tiny_tokenizer):
+    """PEFT's prompt tuning ignores position ids: left padding would change its replies, so such
+    a model generates (and streams) one prompt at a time."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(
+        model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    )
+    engine = TransformersEngine(peft_model.eval(), tiny_tokenizer, batch_size=4)
+    assert engine.rows_per_batch() == 1
+    params = GenerationParams(max_new_tokens=8)
+    alone = [engine.generate([conv], params)[0].text for conv in CONVERSATIONS[:3]]
+    assert [c.text for c in engine.generate(CONVERSATIONS[:3], params)] == alone
+    rows: dict[int, list] = {i: [] for i in range(3)}
+    engine.stream_batch(CONVERSATIONS[:3], [params] * 3, lambda r, d: rows[r].append(d))
+    assert ["".join(rows[i][:-1]) for i in range(3)] == alone

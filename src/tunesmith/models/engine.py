@@ -185,10 +185,11 @@ class TransformersEngine:
         if first.seed is not None:
             torch.manual_seed(first.seed)
         cancelled = cancelled or [threading.Event() for _ in prompts]
-        for start in range(0, len(prompts), self.batch_size):
+        size = self.rows_per_batch()
+        for start in range(0, len(prompts), size):
             rows = [
                 _StreamRow(self, start + k, params[start + k], cancelled[start + k], emit)
-                for k in range(min(self.batch_size, len(prompts) - start))
+                for k in range(min(size, len(prompts) - start))
             ]
             live = [row for row in rows if not row.cancelled.is_set()]
             for row in rows:
@@ -232,8 +233,9 @@ class TransformersEngine:
         # for memory fails at once rather than at the end.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
         results: list[Completion | None] = [None] * len(prompts)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        size = self.rows_per_batch()
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
             events = [cancelled[i] for i in rows] if cancelled else None
             if events and all(e.is_set() for e in events):
                 for i in rows:
@@ -243,6 +245,12 @@ class TransformersEngine:
             for i, completion in zip(rows, batch, strict=True):
                 results[i] = completion
         return results  # type: ignore[return-value]  # every slot is filled above
+
+    def rows_per_batch(self) -> int:
+        """The batch size; 1 for PEFT prompt learning (prompt, prefix, p-tuning), which ignores
+        position ids, so that left padding would change its replies."""
+        config = getattr(self.model, "active_peft_config", None)
+        return 1 if getattr(config, "is_prompt_learning", False) else self.batch_size
 
     def _generate_batch(self, batch, params, streamer, events) -> list[Completion]:
         input_ids, attention_mask = left_pad(batch, self.pad_id)
