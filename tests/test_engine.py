@@ -13,7 +13,7 @@ from tunesmith.models.engine import (
     GenerationParams,
     TransformersEngine,
     VLLMEngine,
-    _cut_at_stop,
+    _sendable,
     whole_chars,
 )
 from tunesmith.models.generate import generate_replies
@@ -129,9 +129,11 @@ def test_stream_concatenation_equals_generate(model, tiny_tokenizer, stop):
 
 
 def test_stream_holds_back_a_possible_stop_prefix():
-    assert list(_cut_at_stop(["Hel", "lo wo", "rld"], ["o w"])) == ["Hel", "l"]
+    assert _sendable("Hel", ["o w"]) == ("Hel", False)
+    assert _sendable("Hello wo", ["o w"]) == ("Hell", True)
     # "b" may start "bx", so it waits; once "c" shows it is not, both go out.
-    assert list(_cut_at_stop(["ab", "c"], ["bx"])) == ["a", "bc"]
+    assert _sendable("ab", ["bx"]) == ("a", False)
+    assert _sendable("abc", ["bx"]) == ("abc", False)
 
 
 def test_seed_makes_sampling_repeatable(model, tiny_tokenizer):

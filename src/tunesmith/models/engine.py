@@ -3,8 +3,10 @@
 Chat prompts are rendered by `data.render.prompt_ids`, the function training uses, so a model
 is always prompted the way it was trained. `TransformersEngine` sorts prompts by length, runs
 them in left-padded batches with the KV cache, and puts the outputs back in input order; its
-greedy outputs equal one-by-one `model.generate`. Loading the model and switching PEFT
-adapters are the caller's business (runs/inference.create_engine loads runs).
+greedy outputs equal one-by-one `model.generate`. `stream_batch` streams several replies from
+one batch (a stopping criterion hands each step's tokens to per-row decoders), and a prompt
+whose `cancelled` event is set stops at its next token in either path. Loading the model and
+switching PEFT adapters are the caller's business (runs/inference.create_engine loads runs).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import importlib.util
 import json
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -413,22 +415,13 @@ def first_stop(text: str, stop: list[str]) -> int | None:
     return min(hits) if hits else None
 
 
-def _cut_at_stop(chunks: Iterable[str], stop: list[str]) -> Iterator[str]:
-    """Pass text deltas through, holding back any tail that may begin a stop string."""
-    text, sent = "", 0
-    for chunk in chunks:
-        text += chunk
-        cut = first_stop(text, stop)
-        if cut is not None:
-            if cut > sent:
-                yield text[sent:cut]
-            return
-        safe = len(text) - _stop_prefix_len(text, stop)
-        if safe > sent:
-            yield text[sent:safe]
-            sent = safe
-    if len(text) > sent:
-        yield text[sent:]
+def _sendable(text: str, stop: list[str]) -> tuple[str, bool]:
+    """(the part of a reply so far that can be streamed, whether a stop string ended it): the
+    text before the first stop string, else all but a tail that may begin one."""
+    cut = first_stop(text, stop)
+    if cut is not None:
+        return text[:cut], True
+    return text[: len(text) - _stop_prefix_len(text, stop)], False
 
 
 def _stop_prefix_len(text: str, stop: list[str]) -> int:
@@ -490,24 +483,17 @@ class _StreamRow:
             self.end()
             return
         self.tokens.append(token)
-        text = self.engine._decode(self.tokens)
-        cut = first_stop(text, self.params.stop)
-        if cut is not None:
-            self._send(text[:cut])
-            self.end()
-            return
-        safe = len(text) - _stop_prefix_len(text, self.params.stop)
-        if text[:safe].endswith("\ufffd"):  # an unfinished character: wait for its bytes
-            safe = len(text[:safe].rstrip("\ufffd"))
-        self._send(text[:safe])
-        if len(self.tokens) >= self.params.max_new_tokens:
+        # _decode leaves out a character whose bytes have not all come
+        text, stopped = _sendable(self.engine._decode(self.tokens), self.params.stop)
+        self._send(text)
+        if stopped or len(self.tokens) >= self.params.max_new_tokens:
             self.end()
 
     def end(self) -> None:
         if self.done:
             return
         self.done = True
-        if not self.cancelled.is_set():
+        if not self.cancelled.is_set():  # the held-back tail, if no stop string came
             text = self.engine._decode(self.tokens)
             cut = first_stop(text, self.params.stop)
             self._send(text if cut is None else text[:cut])
