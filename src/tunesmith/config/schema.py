@@ -40,6 +40,9 @@ def _split_names(value: object) -> object:
     return value
 
 
+# train.report_to's names: the Trainer's integrations that log offline into the run folder
+TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
+
 PathList = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
 NameList = Annotated[list[str], BeforeValidator(_split_names)]
 
@@ -226,6 +229,11 @@ class TrainConfig(Section):
     )
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
+    report_to: NameList = Field(
+        default_factory=list,
+        description="Experiment trackers the Trainer also logs to (" + ", ".join(TRACKERS) + "), "
+        "offline, under the run folder's tracking/; metrics.jsonl stays the record.",
+    )
     save_steps: int = Field(100, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
@@ -258,6 +266,18 @@ class TrainConfig(Section):
                 "cosine, linear or constant_with_warmup"
             )
         return value
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, value: list[str]) -> list[str]:
+        if value == ["none"]:  # transformers' spelling of no tracker
+            return []
+        for name in value:
+            if name not in TRACKERS:
+                raise ValueError(
+                    f"unknown tracker '{name}'; allowed: {', '.join(TRACKERS)} (or none)"
+                )
+        return list(dict.fromkeys(value))
 
 
 class OutputConfig(Section):

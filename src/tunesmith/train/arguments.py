@@ -8,6 +8,7 @@ from tunesmith.config.schema import TrainConfig
 from tunesmith.runs.folder import RunFolder
 from tunesmith.train.callbacks import schedule_arguments
 from tunesmith.train.distributed import distributed_arguments
+from tunesmith.train.tracking import tracking_arguments
 from tunesmith.utils.errors import ConfigError
 
 
@@ -51,7 +52,7 @@ def trainer_kwargs(cfg: TrainConfig, run: RunFolder, has_eval: bool) -> dict:
         eval_steps=cfg.save_steps if has_eval else None,
         use_cpu=not torch.cuda.is_available(),
         **distributed_arguments(cfg.distributed),  # DDP backend, FSDP or DeepSpeed
-        report_to=[],
+        **tracking_arguments(cfg, run),  # train.report_to, offline into RUN/tracking
         disable_tqdm=False,
         dataloader_num_workers=0,
         # tokens/s in metrics.jsonl; the default "no" leaves it at 0

@@ -54,6 +54,7 @@ from tunesmith.train.distributed import check_distributed
 from tunesmith.train.forgetting_check import ForgettingCheck
 from tunesmith.train.monitor import TrainingMonitor
 from tunesmith.train.speed import matmul_kernel, optimize_for_training
+from tunesmith.train.tracking import check_trackers, tracking
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError, DataError
 
@@ -166,14 +167,16 @@ def train(recipe: Recipe, config: RunConfig, run: RunFolder, resume: bool = Fals
     counts = report_trainable(config, job.model)
     console.print(plan_summary(config))  # the planner's memory estimate for this run
     job.model = prepare(recipe, job)
-    trainer = recipe.trainer(job)
-    monitor, stop = wire_callbacks(trainer, job)
-    for probe in probes:
-        probe.on_start(trainer)
-    checkpoint = resume_checkpoint(run, resume)
-    trainer.run_totals = totals = RunTotals.resumed_from(checkpoint, started)
-    with quiet_library_deprecations():
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with tracking(config.train, run):  # train.report_to's trackers, into RUN/tracking
+        trainer = recipe.trainer(job)
+        monitor, stop = wire_callbacks(trainer, job)
+        for probe in probes:
+            probe.on_start(trainer)
+        checkpoint = resume_checkpoint(run, resume)
+        trainer.run_totals = totals = RunTotals.resumed_from(checkpoint, started)
+        with quiet_library_deprecations():
+            resume_from = str(checkpoint) if checkpoint else None
+            output = trainer.train(resume_from_checkpoint=resume_from)
     stopped_by_signal(stop, run)
 
     extras = {k: v for probe in probes for k, v in probe.on_end(job, trainer).items()}
@@ -212,6 +215,7 @@ def check(recipe: Recipe, config: RunConfig) -> RunConfig:
             f"train.stage={recipe.name}, remove it"
         )
     check_distributed(config.train.distributed)
+    check_trackers(config.train)  # train.report_to's packages, before the model loads
     if recipe.packs and config.train.packing and not get_method(config.method.type).packing:
         console.print(
             f"[yellow]method {config.method.type}: its virtual tokens cannot be shared by the "
