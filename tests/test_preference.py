@@ -48,10 +48,8 @@ def test_completion_is_the_rendered_reply_after_the_generation_prompt(tiny_token
     )
     assert tiny_tokenizer.decode(completion_ids) == "hello<|im_end|>\n"
     assert not truncated
-    _, cut, truncated = split_ids(tiny_tokenizer, prompt, "hello", len(prompt_ids) + 2)
-    assert len(cut) == 2 and truncated
-    with pytest.raises(ValueError, match="prompt alone"):
-        split_ids(tiny_tokenizer, prompt, "hello", len(prompt_ids))
+    _, cut, truncated = split_ids(tiny_tokenizer, prompt, "hello " * 40, 64, "keep_prompt")
+    assert len(cut) == 64 - len(prompt_ids) and truncated
 
 
 def test_formats_normalise_to_the_same_pair(tmp_path):
@@ -113,9 +111,130 @@ def test_llamafactory_demo_files_load_through_the_registry(tiny_tokenizer):
         preference_sources(cfg, kto=True), cfg, tiny_tokenizer, False, lambda *a: rejects.append(a)
     )
     assert data.stats["read"] == len(raw) + len(kto_raw)
-    assert data.stats["examples"] + len(rejects) == 40
-    assert all("prompt alone" in reason for _, _, reason, _ in rejects)
+    assert data.stats["examples"] == 40 and rejects == []  # long ones truncated, not rejected
     assert data.stats["desirable"] + data.stats["undesirable"] == data.stats["examples"]
+
+
+# --- long inputs: the truncation policy ------------------------------------------------
+
+ZH_SYSTEM = "你是一位耐心的中文助教，回答要准确。"
+
+
+def _zh_turn(i: int, n: int) -> str:
+    return f"第{i}轮：" + "请详细解释机器学习中的过拟合问题以及如何避免它。" * n
+
+
+def _long_zh_pair(turns: int = 4, n: int = 1, answer: int = 2) -> dict:
+    """A sharegpt-style multi-turn Chinese preference record, over a 256-token cutoff."""
+    conversations = []
+    for i in range(turns):
+        conversations.append({"from": "human", "value": _zh_turn(i, n)})
+        if i < turns - 1:
+            conversations.append({"from": "gpt", "value": "好的，" + "我来解释。" * n})
+    return {
+        "system": ZH_SYSTEM,
+        "conversations": conversations,
+        "chosen": {"from": "gpt", "value": "选择的回答：" + "正则化可以减少过拟合。" * answer},
+        "rejected": {"from": "gpt", "value": "拒绝的回答：" + "多训练几轮就好。" * answer},
+    }
+
+
+def test_budget_follows_llamafactory_with_a_floor():
+    from tunesmith.data.preference import budget
+
+    assert budget(500, 50, 256, "split") == (206, 50)  # a short answer is kept whole
+    assert budget(60, 500, 256, "split") == (60, 196)  # a short prompt is kept whole
+    assert budget(300, 300, 256, "split") == (128, 128)  # both long: in proportion
+    assert budget(10_000, 200, 256, "split") == (192, 64)  # the answer's floor: 256 // 4
+    assert budget(300, 300, 256, "keep_prompt") == (192, 64)  # the floor again
+    assert budget(100, 300, 256, "keep_prompt") == (100, 156)
+
+
+@pytest.mark.parametrize("truncation", ["split", "keep_prompt"])
+def test_long_chinese_multi_turn_pairs_are_truncated_not_rejected(
+    tmp_path, tiny_tokenizer, truncation
+):
+    from tunesmith.config.schema import DataConfig
+
+    records = [_long_zh_pair(), _long_zh_pair(turns=1, n=8), _long_zh_pair(answer=10)]
+    records.append({"instruction": "短问题", "chosen": "是", "rejected": "否"})  # fits
+    path = write_jsonl(tmp_path / "zh.jsonl", records)
+    cfg = DataConfig(train=[str(path)], cutoff_len=256)
+    data = build_preference_data(cfg.train, cfg, tiny_tokenizer, True, None, truncation)
+    assert data.stats["examples"] == 4 and data.stats["rejected"] == 0
+    assert data.stats["truncated"] == 3
+    for example, record in zip(data.examples, records, strict=True):
+        prompt = tiny_tokenizer.decode(example["prompt_ids"])
+        for key in ("chosen", "rejected"):
+            assert 0 < len(example["prompt_ids"]) + len(example[f"{key}_ids"]) <= 256
+            answer = record[key] if isinstance(record[key], str) else record[key]["value"]
+            assert tiny_tokenizer.decode(example[f"{key}_ids"]).startswith(answer[:2])
+        assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")  # still a prompt
+        if "system" in record:
+            assert prompt.startswith(f"<|im_start|>system\n{ZH_SYSTEM}<|im_end|>")
+    first = tiny_tokenizer.decode(data.examples[0]["prompt_ids"])
+    assert "第0轮" not in first and _zh_turn(3, 1) in first  # earliest turns went first
+    alone = tiny_tokenizer.decode(data.examples[1]["prompt_ids"])
+    assert "第0轮" not in alone and "避免它。<|im_end|>" in alone  # the end of the user turn
+    assert tiny_tokenizer.decode(data.examples[3]["chosen_ids"]) == "是<|im_end|>\n"
+
+
+def test_long_kto_examples_are_truncated(tmp_path, tiny_tokenizer):
+    from tunesmith.config.schema import DataConfig
+
+    messages = [{"role": "system", "content": ZH_SYSTEM}]
+    for i in range(5):
+        messages += [
+            {"role": "user", "content": _zh_turn(i, 5)},
+            {"role": "assistant", "content": "回答" * 40},
+        ]
+    path = write_jsonl(tmp_path / "kto.jsonl", [{"messages": messages, "label": True}])
+    cfg = DataConfig(train=[str(path)], cutoff_len=96)
+    data = build_preference_data(cfg.train, cfg, tiny_tokenizer, False)
+    (example,) = data.examples
+    assert data.stats["truncated"] == 1 and example["label"] is True
+    assert len(example["prompt_ids"]) + len(example["completion_ids"]) <= 96
+
+
+def test_empty_answer_is_still_rejected(tmp_path, tiny_tokenizer):
+    from tunesmith.config.schema import DataConfig
+
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [_long_zh_pair(), {**_long_zh_pair(), "chosen": {"from": "gpt", "value": " "}}],
+    )
+    cfg = DataConfig(train=[str(path)], cutoff_len=128, on_error="skip")
+    rejects = []
+    data = build_preference_data(cfg.train, cfg, tiny_tokenizer, True, lambda *a: rejects.append(a))
+    assert data.stats["examples"] == 1 and [r[1] for r in rejects] == [2]
+
+
+def test_committed_lf_preference_fixtures_fit_a_tiny_cutoff(tiny_tokenizer):
+    from tunesmith.config.schema import DataConfig
+
+    folder = Path(__file__).parent / "fixtures" / "llamafactory"
+    cfg = DataConfig(
+        registry=str(folder / "dataset_info.json"), dataset=["dpo_mini"], cutoff_len=24
+    )
+    data = build_preference_data(preference_sources(cfg), cfg, tiny_tokenizer, True)
+    assert data.stats["rejected"] == 0 and data.stats["examples"] == data.stats["read"] > 0
+    assert data.stats["truncated"] > 0
+    for e in data.examples:
+        assert len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"])) <= 24
+
+
+@pytest.mark.parametrize("name", ["dpo_zh_demo", "dpo_en_demo"])
+def test_llamafactory_dpo_demos_train_every_record_at_cutoff_256(tiny_tokenizer, name):
+    from tunesmith.config.schema import DataConfig
+
+    info = shared_file("dataset_info.json")
+    shared_file(json.loads(info.read_text(encoding="utf-8"))[name]["file_name"])
+    cfg = DataConfig(registry=str(info), dataset=[name], cutoff_len=256)  # on_error: stop
+    data = build_preference_data(preference_sources(cfg), cfg, tiny_tokenizer, True)
+    assert data.stats["rejected"] == 0 and data.stats["examples"] == data.stats["read"]
+    assert data.stats["truncated"] > 0
+    for e in data.examples:
+        assert len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"])) <= 256
 
 
 # --- the DPO loss ----------------------------------------------------------------------

@@ -31,6 +31,17 @@ class PreferenceConfig(Section):
     simpo_gamma: float = Field(0.5, ge=0, description="simpo: target reward margin.")
     desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable examples.")
     undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of undesirable examples.")
+    truncation: Literal["split", "keep_prompt"] = Field(
+        "split",
+        description="All five stages: how a prompt + answer longer than data.cutoff_len is cut "
+        "(truncated records are trained and counted, never rejected). The prompt keeps its end: "
+        "its earliest turns go first (the system message stays), then the start of the latest "
+        "user turn; the answers (chosen and rejected alike) keep their start. split: "
+        "LLaMA-Factory's budget: a prompt or answer under half of cutoff_len is kept whole, "
+        "otherwise cutoff_len is divided in proportion to their lengths; keep_prompt: the "
+        "answers get what the prompt leaves. Either way each side keeps at least "
+        "cutoff_len // 4 tokens (or all of its own if fewer).",
+    )
 
     @model_validator(mode="after")
     def _smoothing_needs_robust(self) -> PreferenceConfig:

@@ -155,32 +155,128 @@ def _kto(raw: RawRecord, fmt: str, columns: dict, label: object, key: str) -> Pr
 # --- tokenizing ------------------------------------------------------------------------
 
 
+TRUNCATION_MODES = ("split", "keep_prompt")
+
+
 def split_ids(
-    tokenizer, prompt: list[dict], completion: str, cutoff_len: int
+    tokenizer, prompt: list[dict], completion: str, cutoff_len: int, truncation: str = "split"
 ) -> tuple[list[int], list[int], bool]:
-    """(prompt ids, completion ids, truncated) of prompt + one assistant reply.
+    """(prompt ids, completion ids, truncated) of prompt + one assistant reply, fit to
+    cutoff_len by the truncation policy (see `fit_pair`).
 
     The completion holds the reply and what the template closes the turn with (end-of-turn
-    token), so the model learns to stop. It is cut to fit cutoff_len; a prompt that fills
-    cutoff_len alone is a ValueError.
+    token), so the model learns to stop.
     """
+    prompt_ids, (completion_ids,), truncated = fit_pair(
+        tokenizer, prompt, [completion], cutoff_len, truncation
+    )
+    return prompt_ids, completion_ids, truncated
+
+
+def fit_pair(
+    tokenizer,
+    prompt: list[dict],
+    completions: Sequence[str],
+    cutoff_len: int,
+    truncation: str = "split",
+) -> tuple[list[int], list[list[int]], bool]:
+    """(prompt ids, the ids of each completion, truncated): prompt + each completion fits in
+    cutoff_len tokens.
+
+    The budget is shared as `budget` says (from the longest completion, so chosen and rejected
+    get the same share); the prompt keeps its end (`fit_prompt`: the system message and the
+    latest turns), each completion its start.
+    """
+    prompt_ids, answers = _encode(tokenizer, prompt, completions)
+    longest = max(len(a) for a in answers)
+    if len(prompt_ids) + longest <= cutoff_len:
+        return prompt_ids, answers, False
+    prompt_room, _ = budget(len(prompt_ids), longest, cutoff_len, truncation)
+    if len(prompt_ids) > prompt_room:
+        messages, prompt_ids = fit_prompt(tokenizer, prompt, prompt_room)
+        if messages is not None:  # rendered again: the answers as they follow the new prompt
+            prompt_ids, answers = _encode(tokenizer, messages, completions)
+    room = cutoff_len - len(prompt_ids)  # what the prompt leaves: at least its share
+    return prompt_ids, [a[:room] for a in answers], True
+
+
+def budget(prompt_len: int, answer_len: int, cutoff_len: int, truncation: str) -> tuple[int, int]:
+    """(prompt room, answer room) for a prompt and an answer that do not fit together.
+
+    split (LLaMA-Factory's `infer_seqlen`): an answer shorter than half of cutoff_len is kept
+    whole, so is such a prompt; when both are longer, cutoff_len is divided in proportion to
+    their lengths. keep_prompt: the answer gets what the prompt leaves. Either way each side
+    keeps at least min(its length, cutoff_len // 4) tokens (the floor), so neither vanishes.
+    """
+    floor = cutoff_len // 4
+    if truncation == "keep_prompt":
+        answer_room = cutoff_len - prompt_len
+    elif answer_len * 2 < cutoff_len:
+        answer_room = answer_len
+    elif prompt_len * 2 < cutoff_len:
+        answer_room = cutoff_len - prompt_len
+    else:
+        answer_room = int(cutoff_len * answer_len / (prompt_len + answer_len))
+    answer_room = max(answer_room, min(answer_len, floor))
+    answer_room = min(answer_room, answer_len, cutoff_len - min(prompt_len, floor))
+    return cutoff_len - answer_room, answer_room
+
+
+def fit_prompt(tokenizer, prompt: list[dict], room: int) -> tuple[list[dict] | None, list[int]]:
+    """(messages, ids) of the prompt cut to `room` tokens, keeping its end: the earliest turns
+    go first (a leading system message stays), then the start of the last user turn; a prompt
+    whose system message alone overflows keeps its last `room` ids (messages None)."""
+    system = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
+    turns = prompt[len(system) :]
+    starts = [i for i, m in enumerate(turns) if m["role"] == "user"] or [0]
+    for start in starts:  # fewest turns dropped first
+        messages = [*system, *turns[start:]]
+        ids = _prompt_ids(tokenizer, messages)
+        if len(ids) <= room:
+            return messages, ids
+    last = dict(turns[-1]) if turns else None
+    if last is not None and isinstance(last.get("content"), str):
+        text = last["content"]
+        fixed = len(_prompt_ids(tokenizer, [*system, {**last, "content": ""}]))
+        keep = room - fixed
+        content_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        while keep > 0:
+            tail = tokenizer.decode(content_ids[-keep:]).lstrip("\ufffd")
+            messages = [*system, {**last, "content": tail}]
+            ids = _prompt_ids(tokenizer, messages)
+            if len(ids) <= room and tail.strip():
+                return messages, ids
+            keep -= max(1, len(ids) - room)
+    return None, _prompt_ids(tokenizer, prompt)[-room:]
+
+
+def _prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    text = render_chat(tokenizer, messages, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _encode(
+    tokenizer, prompt: list[dict], completions: Sequence[str]
+) -> tuple[list[int], list[list[int]]]:
+    """The whole prompt's ids and each completion's, as rendered after it."""
     prompt_text = render_chat(tokenizer, prompt, add_generation_prompt=True)
-    full = render_chat(tokenizer, [*prompt, {"role": "assistant", "content": completion}])
-    if not full.startswith(prompt_text):
-        raise TemplateError(
-            "the chat template renders the prompt differently once the answer follows, so the "
-            "answer cannot be separated; use a template without that (model.chat_template)"
+    prompt_ids, answers = None, []
+    for completion in completions:
+        full = render_chat(tokenizer, [*prompt, {"role": "assistant", "content": completion}])
+        if not full.startswith(prompt_text):
+            raise TemplateError(
+                "the chat template renders the prompt differently once the answer follows, so "
+                "the answer cannot be separated; use a template without that "
+                "(model.chat_template)"
+            )
+        encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        cut = next(
+            (i for i, (start, _) in enumerate(offsets) if start >= len(prompt_text)), len(ids)
         )
-    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-    cut = next((i for i, (start, _) in enumerate(offsets) if start >= len(prompt_text)), len(ids))
-    prompt_ids, completion_ids = ids[:cut], ids[cut:]
-    if len(prompt_ids) >= cutoff_len:
-        raise ValueError(
-            f"the prompt alone has {len(prompt_ids)} tokens, data.cutoff_len={cutoff_len}"
-        )
-    room = cutoff_len - len(prompt_ids)
-    return prompt_ids, completion_ids[:room], len(completion_ids) > room
+        prompt_ids = prompt_ids or ids[:cut]
+        answers.append(ids[cut:])
+    return prompt_ids or [], answers
 
 
 def tokenize_records(
@@ -190,9 +286,11 @@ def tokenize_records(
     paired: bool,
     on_error: str = "stop",
     reject: RejectSink | None = None,
+    truncation: str = "split",
 ) -> PreferenceData:
     """TRL-ready examples. paired=False (KTO) also accepts pairs: chosen becomes a desirable
-    completion and rejected an undesirable one."""
+    completion and rejected an undesirable one. Records longer than cutoff_len are truncated
+    (`fit_pair`) and counted in stats["truncated"], never rejected."""
     examples: list[dict] = []
     stats = {"truncated": 0, "unusable": 0, "pairs": 0, "desirable": 0, "undesirable": 0}
     for record in records:
@@ -202,7 +300,7 @@ def tokenize_records(
                 "a pairwise stage; pairs need chosen and rejected (train.stage=kto reads both)"
             )
         try:
-            examples += _examples(record, tokenizer, cutoff_len, paired, stats)
+            examples += _examples(record, tokenizer, cutoff_len, paired, stats, truncation)
         except ValueError as e:
             if isinstance(e, TemplateError) or on_error == "stop" or reject is None:
                 raise DataError(f"{record.source}:{record.line}: {e}") from None
@@ -212,11 +310,12 @@ def tokenize_records(
     return PreferenceData(examples, stats)
 
 
-def _examples(record, tokenizer, cutoff_len, paired, stats) -> list[dict]:
-    if paired:
-        prompt_ids, chosen, cut_c = split_ids(tokenizer, record.prompt, record.chosen, cutoff_len)
-        _, rejected, cut_r = split_ids(tokenizer, record.prompt, record.rejected, cutoff_len)
-        stats["truncated"] += cut_c or cut_r
+def _examples(record, tokenizer, cutoff_len, paired, stats, truncation) -> list[dict]:
+    if paired:  # chosen and rejected share one prompt and one answer budget
+        prompt_ids, (chosen, rejected), cut = fit_pair(
+            tokenizer, record.prompt, [record.chosen, record.rejected], cutoff_len, truncation
+        )
+        stats["truncated"] += cut
         stats["pairs"] += 1
         return [{"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected}]
     items = (
@@ -226,7 +325,9 @@ def _examples(record, tokenizer, cutoff_len, paired, stats) -> list[dict]:
     )
     out = []
     for text, label in items:
-        prompt_ids, completion_ids, cut = split_ids(tokenizer, record.prompt, text, cutoff_len)
+        prompt_ids, completion_ids, cut = split_ids(
+            tokenizer, record.prompt, text, cutoff_len, truncation
+        )
         stats["truncated"] += cut
         stats["desirable" if label else "undesirable"] += 1
         out.append({"prompt_ids": prompt_ids, "completion_ids": completion_ids, "label": label})
@@ -239,12 +340,16 @@ def build_preference_data(
     tokenizer,
     paired: bool,
     reject: RejectSink | None = None,
+    truncation: str = "split",
 ) -> PreferenceData:
-    """Read and tokenize; every record read is kept or passed to `reject`."""
+    """Read and tokenize; every record read is kept (truncated to data.cutoff_len by
+    train.preference.truncation where longer) or passed to `reject`."""
     records, read = read_preference_records(sources, cfg.format, cfg.columns, cfg.on_error, reject)
     if cfg.max_samples:
         records = records[: cfg.max_samples]
-    data = tokenize_records(records, tokenizer, cfg.cutoff_len, paired, cfg.on_error, reject)
+    data = tokenize_records(
+        records, tokenizer, cfg.cutoff_len, paired, cfg.on_error, reject, truncation
+    )
     data.stats = {
         "read": read["read"],
         "rejected": read["rejected"] + data.stats["unusable"],

@@ -60,10 +60,13 @@ def frozen_copy(model):
 def _data(job: Job) -> Data:
     config, tokenizer, reject = job.config, job.loaded.tokenizer, job.run.reject
     paired = config.train.stage != "kto"
-    train_data = build_preference_data(job.sources, config.data, tokenizer, paired, reject)
+    cut = config.train.preference.truncation
+    train_data = build_preference_data(job.sources, config.data, tokenizer, paired, reject, cut)
     held_out = None
     if config.data.eval:
-        held_out = build_preference_data(config.data.eval, config.data, tokenizer, paired, reject)
+        held_out = build_preference_data(
+            config.data.eval, config.data, tokenizer, paired, reject, cut
+        )
     return Data.of(train_data, held_out)
 
 

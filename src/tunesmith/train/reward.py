@@ -46,10 +46,13 @@ def _load(job: Job, quantization) -> Loaded:
 
 def _data(job: Job) -> Data:
     config, tokenizer, reject = job.config, job.loaded.tokenizer, job.run.reject
-    train_data = build_preference_data(job.sources, config.data, tokenizer, True, reject)
+    cut = config.train.preference.truncation
+    train_data = build_preference_data(job.sources, config.data, tokenizer, True, reject, cut)
     held_out = None
     if config.data.eval:
-        held_out = build_preference_data(config.data.eval, config.data, tokenizer, True, reject)
+        held_out = build_preference_data(
+            config.data.eval, config.data, tokenizer, True, reject, cut
+        )
     return Data.of(train_data, held_out)
 
 
@@ -104,12 +107,15 @@ class RewardScorer:
             raise ModelError(f"'{run_folder}' is not a reward-model run folder")
         self.model, self.tokenizer = run.load()
         self.cutoff_len = run.config.data.cutoff_len
+        self.truncation = run.config.train.preference.truncation
 
     @torch.no_grad()
     def __call__(self, prompt: list[dict], answer: str) -> float:
         from tunesmith.data.preference import split_ids
 
-        prompt_ids, answer_ids, _ = split_ids(self.tokenizer, prompt, answer, self.cutoff_len)
+        prompt_ids, answer_ids, _ = split_ids(
+            self.tokenizer, prompt, answer, self.cutoff_len, self.truncation
+        )
         ids = torch.tensor([prompt_ids + answer_ids], device=self.model.device)
         return self.model(input_ids=ids).logits[0, 0].item()
 
