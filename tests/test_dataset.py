@@ -60,11 +60,52 @@ def test_every_record_is_kept_or_rejected_with_a_reason(tmp_path, tiny_tokenizer
     assert all(source == str(data) for source, *_ in rejected)
 
 
-def test_unanswerable_record_stops_the_run_by_default(tmp_path, tiny_tokenizer):
-    data = _write(tmp_path / "d.jsonl", [{"instruction": "word " * 60, "output": "late"}])
-    cfg = DataConfig(train=[str(data)], cutoff_len=32)
-    with pytest.raises(DataError, match=r"d\.jsonl:1: no assistant tokens left"):
-        build_sft_data(cfg.train, cfg, tiny_tokenizer)
+def test_too_long_record_is_rejected_without_stopping_the_run(tmp_path, tiny_tokenizer):
+    data = _write(
+        tmp_path / "d.jsonl",
+        [{"instruction": "word " * 60, "output": "late"}, {"instruction": "hi", "output": "ok"}],
+    )
+    cfg = DataConfig(train=[str(data)], cutoff_len=32)  # on_error: stop
+    rejected = []
+    built = build_sft_data(cfg.train, cfg, tiny_tokenizer, lambda *r: rejected.append(r))
+    assert built.stats["examples"] == 1
+    assert built.stats["rejected"] == built.stats["too_long"] == 1
+    assert [(line, "too long" in reason) for _, line, reason, _ in rejected] == [(1, True)]
+    assert build_sft_data(cfg.train, cfg, tiny_tokenizer).stats["too_long"] == 1  # no sink
+
+
+ZH_SYSTEM = "你是一位耐心的中文助教。"
+
+
+def _zh_dialog(turns: int, question: int = 1) -> dict:
+    messages = [{"role": "system", "content": ZH_SYSTEM}]
+    for i in range(turns):
+        messages += [
+            {"role": "user", "content": f"第{i}轮问题：" + "请解释什么是过拟合。" * question},
+            {"role": "assistant", "content": f"第{i}轮回答：" + "过拟合是模型记住了噪声。" * 3},
+        ]
+    return {"messages": messages}
+
+
+def test_long_chinese_dialog_drops_its_earliest_turns(tmp_path, tiny_tokenizer):
+    """The first assistant turn starts past cutoff_len: the earliest exchanges go, the system
+    message and the latest exchange stay, and the record trains (counted as truncated)."""
+    long_first = _zh_dialog(5)
+    long_first["messages"][1]["content"] = "很长的开场白。" * 60  # pushes answer 0 past the cutoff
+    data = _write(tmp_path / "zh.jsonl", [long_first, _zh_dialog(1), _zh_dialog(1, question=40)])
+    cfg = DataConfig(train=[str(data)], cutoff_len=256)  # on_error: stop
+    rejected = []
+    built = build_sft_data(cfg.train, cfg, tiny_tokenizer, lambda *r: rejected.append(r))
+    assert built.stats["read"] == 3 and built.stats["examples"] == 2
+    assert built.stats["truncated"] == 1 and built.stats["too_long"] == 1
+    assert rejected[0][1] == 3 and "data.cutoff_len=256" in rejected[0][2]
+    first = built.examples[0]
+    text = tiny_tokenizer.decode(first["input_ids"])
+    assert len(first["input_ids"]) <= 256
+    assert text.startswith(f"<|im_start|>system\n{ZH_SYSTEM}<|im_end|>")
+    assert "很长的开场白" not in text and "第1轮问题" in text
+    trained = tiny_tokenizer.decode([t for t in first["labels"] if t != IGNORE_INDEX])
+    assert trained.startswith("第1轮回答")
 
 
 def test_template_refusal_is_a_record_reason(tmp_path):

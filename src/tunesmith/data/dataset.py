@@ -44,9 +44,14 @@ def build_sft_data(
     conversations, read_stats = _read(sources, cfg, reject_raw if reject else None)
     if cfg.max_samples:
         conversations = conversations[: cfg.max_samples]
-    examples, truncated, unusable = [], 0, 0
+    examples, truncated, unusable, too_long = [], 0, 0, 0
     for conv in conversations:
         example = _tokenize(conv, cfg, tokenizer)
+        if isinstance(example, TooLong):  # the length policy's casualty: never stops the run
+            if reject:
+                reject(conv.source, conv.line, str(example), {"messages": conv.messages})
+            too_long += 1
+            continue
         if isinstance(example, str):  # a reason: nothing left to learn from
             if cfg.on_error == "stop" or reject is None:
                 raise DataError(f"{conv.source}:{conv.line}: {example}")
@@ -57,7 +62,8 @@ def build_sft_data(
         examples.append({"input_ids": example.input_ids, "labels": example.labels})
     stats = {
         "read": read_stats["read"],
-        "rejected": read_stats["rejected"] + unusable,
+        "rejected": read_stats["rejected"] + unusable + too_long,
+        "too_long": too_long,  # of the rejected: nothing trainable within data.cutoff_len
         "beyond_max_samples": read_stats["kept"] - len(conversations),
         "examples": len(examples),
         "truncated": truncated,
@@ -83,18 +89,43 @@ def _read(sources: Sequence[str | Source], cfg: DataConfig, reject_raw) -> tuple
     return conversations, stats
 
 
+class TooLong(str):
+    """A reason: the record holds nothing trainable within data.cutoff_len, even with its
+    earliest turns dropped. Counted and written to rejects.jsonl; it never stops the run."""
+
+
 def _tokenize(conv: Conversation, cfg: DataConfig, tokenizer):
+    """The example, or a reason. A conversation whose assistant turns all start past
+    data.cutoff_len loses its earliest exchanges (a leading system message stays) until one
+    does not; the first fit is kept (counted as truncated)."""
+    messages = conv.messages
     try:
-        example = tokenize_conversation(
-            tokenizer, conv.messages, cfg.cutoff_len, cfg.train_on_prompt
-        )
+        example = tokenize_conversation(tokenizer, messages, cfg.cutoff_len, cfg.train_on_prompt)
+        for shorter in _without_earliest_turns(messages):
+            if example.trainable_tokens:
+                break
+            example = tokenize_conversation(tokenizer, shorter, cfg.cutoff_len, cfg.train_on_prompt)
+            example.truncated = True
     except TemplateError as exc:  # the template itself is unusable: every record would fail
         raise DataError(f"{conv.source}:{conv.line}: {exc}") from None
     except jinja2.TemplateError as exc:  # the template refused this conversation (raise_exception)
         return f"the chat template refused this conversation: {exc}"
     if example.trainable_tokens == 0:
-        return f"no assistant tokens left after truncation to data.cutoff_len={cfg.cutoff_len}"
+        return TooLong(
+            f"too long: no assistant tokens within data.cutoff_len={cfg.cutoff_len}, even "
+            "with only the system message and the latest exchange kept"
+        )
     return example
+
+
+def _without_earliest_turns(messages: list[dict]):
+    """The conversation with 1, 2, ... of its earliest exchanges dropped (each cut falls before
+    a user turn; a leading system message stays), down to the latest exchange."""
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    turns = messages[len(system) :]
+    for i, message in enumerate(turns):
+        if i and message["role"] == "user" and any(m["role"] == "assistant" for m in turns[i:]):
+            yield [*system, *turns[i:]]
 
 
 class SFTCollator:
