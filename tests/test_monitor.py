@@ -290,3 +290,47 @@ def test_reduce_on_plateau_halves_the_rate_when_eval_stalls(tmp_path, tiny_model
     assert rates[0] == pytest.approx(0.5)
     assert rates[-1] < 0.5 and all(r in (0.5, 0.25, 0.125, 0.0625) for r in rates)
     assert rates == sorted(rates, reverse=True)
+
+
+def _spikes(tmp_path, losses, **cfg) -> list[int]:
+    """Steps of the spike alerts the monitor raises on a series of logged losses."""
+    from types import SimpleNamespace
+
+    from tunesmith.train.monitor import TrainingMonitor
+
+    run = RunFolder(tmp_path / "spikes")
+    run.root.mkdir(parents=True, exist_ok=True)
+    monitor = TrainingMonitor(MonitorConfig(**cfg), run)
+    control = SimpleNamespace(should_training_stop=False, should_save=False)
+    for step, loss in enumerate(losses, 1):
+        monitor.on_log(None, SimpleNamespace(global_step=step), control, logs={"loss": loss})
+    return [a["step"] for a in run.read_alerts() if a["kind"] == "spike"]
+
+
+def _noisy_falling(n=400, seed=0) -> list[float]:
+    # small batches: each logged loss is the falling curve times heavy batch-to-batch noise
+    rng = np.random.default_rng(seed)
+    curve = 0.02 + 1.6 * np.exp(-np.arange(n) / 60)
+    return [float(x) for x in curve * rng.lognormal(0.0, 0.6, n)]
+
+
+def test_noisy_but_falling_loss_raises_no_spike(tmp_path):
+    from tunesmith.train.monitor import TREND_WINDOW
+
+    losses = _noisy_falling()
+    # the old rule (3 x the mean of the last 20) alerted on this healthy series
+    old = [
+        i
+        for i in range(5, len(losses))
+        if losses[i] > 3 * np.mean(losses[max(0, i - TREND_WINDOW) : i])
+    ]
+    assert len(old) > 3
+    assert _spikes(tmp_path, losses) == []
+
+
+def test_a_real_spike_still_raises_one_alert(tmp_path):
+    losses = _noisy_falling()[:100]
+    steady = [2.0 + 0.05 * math.sin(i) for i in range(30)]
+    assert _spikes(tmp_path / "a", [*steady, 8.0, *steady]) == [31]
+    noisy = [*losses[:80], 40 * float(np.median(losses[60:80])), *losses[80:]]
+    assert _spikes(tmp_path / "b", noisy) == [81]

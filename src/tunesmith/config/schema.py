@@ -127,7 +127,10 @@ class MonitorConfig(Section):
 
     max_loss: float | None = Field(100.0, gt=0, description="Loss above this is an alert.")
     spike_factor: float | None = Field(
-        3.0, gt=1, description="Loss above factor x mean of the last 20 logged losses."
+        3.0,
+        gt=1,
+        description="Loss above factor x the median of the last 20 logged losses and 5 robust "
+        "standard deviations (MAD of log losses) above it: beyond batch-to-batch noise.",
     )
     min_grad_norm: float | None = Field(1e-7, ge=0, description="Vanishing gradient below this.")
     max_grad_norm_alert: float | None = Field(

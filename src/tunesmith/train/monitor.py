@@ -3,7 +3,7 @@
 Checks (thresholds in `train.monitor`, each can be turned off with null):
     nan        non-finite gradients, i.e. a NaN/Inf loss or overflow  (every step)
     loss_high  logged loss above max_loss                              (every log)
-    spike      logged loss above spike_factor x mean of the last 20    (every log)
+    spike      logged loss above spike_threshold of the last 20       (every log)
     vanishing  grad norm below min_grad_norm                           (every log)
     exploding  grad norm (before clipping) above max_grad_norm_alert   (every log)
     memory     process RSS above max_rss_mb                            (every log)
@@ -39,13 +39,20 @@ from tunesmith.utils.console import console
 
 TREND_WINDOW = 20  # logged losses in the trend and spike window (seed: TrainingMetrics)
 MIN_POINTS = 5  # fewer logged losses than this: no trend, no spike check
+# A spike is beyond the batch-to-batch noise of the recent losses, not just above their mean:
+# small batches make a healthy loss jump around (a cls run of batch 8 had 59 alerts under the
+# old 3 x mean rule), by a factor rather than by an amount, so the noise is measured on log
+# losses. Robust z-score: (log loss - median) / (1.4826 x MAD), the MAD scaled to a normal's
+# standard deviation, so a few earlier outliers move neither the centre nor the spread.
+SPIKE_Z = 5.0
 FLAT = 0.05  # a relative change below 5% over the trend window is a plateau
 UNHEALTHY_SHARE = 0.1  # gradient trouble on more than 10% of logged steps names the verdict
 
 MESSAGES = {
     "nan": "non-finite gradients (NaN/Inf loss or overflow)",
     "loss_high": "loss {value:.4g} above {threshold:g}",
-    "spike": "loss {value:.4g} above {threshold:.4g} (spike_factor x the mean of recent losses)",
+    "spike": "loss {value:.4g} above {threshold:.4g} (spike_factor x the median of recent "
+    "losses and beyond their batch-to-batch noise)",
     "vanishing": "gradient norm {value:.3g} below {threshold:g} (vanishing)",
     "exploding": "gradient norm {value:.3g} above {threshold:g} (exploding)",
     "memory": "process memory {value:.0f} MB above {threshold:g} MB",
@@ -119,6 +126,21 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
+def spike_threshold(window: Sequence[float], factor: float) -> float:
+    """The loss above which a logged loss is a spike: at least `factor` x the median of the
+    recent losses (a minimum relative jump) and SPIKE_Z robust standard deviations of their log
+    above it (beyond the batch-to-batch noise)."""
+    logs = sorted(math.log(max(x, 1e-12)) for x in window)
+    centre = _median(logs)
+    mad = _median(sorted(abs(x - centre) for x in logs))
+    return math.exp(centre + max(math.log(factor), SPIKE_Z * 1.4826 * mad))
+
+
+def _median(ordered: Sequence[float]) -> float:
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def _grads_finite(params) -> bool:
     grads = [p.grad for p in params if p.grad is not None]
     # One fused norm over all gradients: NaN/Inf anywhere makes it non-finite.
@@ -182,7 +204,7 @@ class TrainingMonitor(TrainerCallback):
         cfg, step, loss, window = self.cfg, state.global_step, logs["loss"], self._losses
         self._check(control, "loss_high", step, loss, cfg.max_loss)
         if cfg.spike_factor is not None and len(window) >= MIN_POINTS:
-            self._check(control, "spike", step, loss, cfg.spike_factor * sum(window) / len(window))
+            self._check(control, "spike", step, loss, spike_threshold(window, cfg.spike_factor))
         if _finite(loss):
             window.append(loss)
         norm = logs.get("grad_norm")
