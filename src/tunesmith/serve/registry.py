@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tunesmith.config.schema import ModelConfig
 from tunesmith.models.engine import Engine, TransformersEngine
+from tunesmith.models.methods._peft import peft_quietly
 from tunesmith.models.resolve import resolve_model
 from tunesmith.runs.trained import TrainedRun, is_trained_run, open_run
 from tunesmith.utils.errors import ModelError
@@ -116,13 +117,14 @@ class ModelRegistry:
     def _attach(self, name: str, run: TrainedRun) -> None:
         engine, internal = self._engine_for(run.method.peft_type), f"adapter_{len(self.loaded)}"
         model = engine.model
-        if hasattr(model, "peft_config"):
-            model.load_adapter(str(run.artifact), adapter_name=internal)
-        else:
-            from peft import PeftModel
+        with peft_quietly():
+            if hasattr(model, "peft_config"):
+                model.load_adapter(str(run.artifact), adapter_name=internal)
+            else:
+                from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(run.artifact), adapter_name=internal)
-            engine.model = model
+                model = PeftModel.from_pretrained(model, str(run.artifact), adapter_name=internal)
+                engine.model = model
         model.eval()
         self.loaded[name] = (engine, internal)
 
