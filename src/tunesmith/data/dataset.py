@@ -118,13 +118,15 @@ def _tokenize(conv: Conversation, cfg: DataConfig, tokenizer):
     return example
 
 
-def _without_earliest_turns(messages: list[dict]):
+def _without_earliest_turns(messages: list[dict], answered: bool = True):
     """The conversation with 1, 2, ... of its earliest exchanges dropped (each cut falls before
-    a user turn; a leading system message stays), down to the latest exchange."""
+    a user turn; a leading system message stays), down to the latest exchange. `answered`:
+    every cut keeps an assistant turn (training); False for a prompt awaiting its reply."""
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     turns = messages[len(system) :]
     for i, message in enumerate(turns):
-        if i and message["role"] == "user" and any(m["role"] == "assistant" for m in turns[i:]):
+        answer_kept = not answered or any(m["role"] == "assistant" for m in turns[i:])
+        if i and message["role"] == "user" and answer_kept:
             yield [*system, *turns[i:]]
 
 

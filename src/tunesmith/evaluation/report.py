@@ -73,6 +73,10 @@ def _facts(report: dict) -> str:
         "tasks": ", ".join(report["eval"]["tasks"]),
         "seconds": report.get("seconds"),
     }
+    for role, result in report["results"].items():
+        replies = result["tasks"].get("replies", {})
+        if "prompts_cut_to_context" in replies:
+            facts[f"prompts cut to context ({role})"] = replies["prompts_cut_to_context"]
     return facts_list(facts)
 
 

@@ -270,8 +270,13 @@ def _params(ev: EvalConfig):
 
 
 def _reply(engine, items: list[Item], ev: EvalConfig, outcome: Outcome) -> None:
+    """Replies to every item; a prompt longer than the context minus max_new_tokens keeps its
+    end (evaluation/context.py) and is counted in prompts_cut_to_context."""
+    from tunesmith.evaluation.context import generate_fitted, model_context
+
     started = time.perf_counter()
-    completions = engine.generate([item.messages for item in items], _params(ev))
+    conversations = [item.messages for item in items]
+    completions, cut = generate_fitted(engine, conversations, _params(ev), "replies")
     seconds = time.perf_counter() - started
     outcome.predictions = [c.text.strip() for c in completions]
     outcome.finish_reasons = [c.finish_reason for c in completions]
@@ -282,6 +287,8 @@ def _reply(engine, items: list[Item], ev: EvalConfig, outcome: Outcome) -> None:
         "generated_tokens": tokens,
         "batched_tokens_per_s": tokens / seconds if seconds > 0 else None,
         "cut_by_max_new_tokens": outcome.finish_reasons.count("length"),
+        "prompts_cut_to_context": cut,
+        "context_tokens": model_context(engine),
     }
 
 
@@ -388,12 +395,16 @@ def _instructions(engine, items, config, outcome: Outcome, target) -> None:
 
 
 def _speed(engine, items, config, outcome: Outcome, target: Target) -> None:
+    from tunesmith.evaluation.context import fit_prompt, prompt_budget
     from tunesmith.evaluation.speed import measure_speed, size_on_disk
 
     n = config.eval.speed.requests
-    prompts = [item.messages for item in items[:n]] or [[{"role": "user", "content": "Hello!"}]]
+    params = _params(config.eval)
+    budget = prompt_budget(engine, params.max_new_tokens)
+    prompts = [fit_prompt(engine.tokenizer, item.messages, budget).messages for item in items[:n]]
+    prompts = prompts or [[{"role": "user", "content": "Hello!"}]]
     outcome.tasks["speed"] = {
-        **measure_speed(engine, prompts, _params(config.eval)),
+        **measure_speed(engine, prompts, params, label="speed"),
         "size_on_disk_mb": size_on_disk(*weight_paths(target)) / 1024**2,
     }
 
@@ -418,6 +429,7 @@ def weight_paths(target: Target) -> list[Path]:
 
 
 def _robustness(engine, items, config, outcome: Outcome, target) -> None:
+    from tunesmith.evaluation.context import generate_fitted
     from tunesmith.evaluation.robustness import consistency, robustness_summary
 
     settings = config.eval.robustness
@@ -426,8 +438,10 @@ def _robustness(engine, items, config, outcome: Outcome, target) -> None:
     per_kind = {}
     for kind in settings.perturbations:
         conversations = [_perturbed(items[i].messages, kind, settings.seed + i) for i in chosen]
-        replies = [c.text.strip() for c in engine.generate(conversations, _params(config.eval))]
-        per_kind[kind] = consistency(original, replies, "text")
+        completions, _ = generate_fitted(
+            engine, conversations, _params(config.eval), f"robustness {kind}"
+        )
+        per_kind[kind] = consistency(original, [c.text.strip() for c in completions], "text")
     outcome.tasks["robustness"] = robustness_summary(per_kind)
 
 
@@ -439,12 +453,14 @@ def _perturbed(messages: list[dict], kind: str, seed: int) -> list[dict]:
 
 
 def _safety(engine, items, config, outcome: Outcome, target) -> None:
+    from tunesmith.evaluation.context import generate_fitted
     from tunesmith.evaluation.safety import load_probes, safety_summary, scan_sensitive
 
     settings = config.eval.safety
     probes = load_probes(Path(settings.probes) if settings.probes else None)
     conversations = [[{"role": "user", "content": p["prompt"]}] for p in probes]
-    replies = [c.text.strip() for c in engine.generate(conversations, _params(config.eval))]
+    completions, _ = generate_fitted(engine, conversations, _params(config.eval), "safety")
+    replies = [c.text.strip() for c in completions]
     words = settings.sensitive_words or None
     summary = safety_summary(probes, replies, words)
     flagged = [
@@ -492,13 +508,16 @@ def response_nll(
 
     exp(sum of sums / sum of tokens) is the response-only perplexity: the exp of the mean
     masked loss the trainer would report on these conversations' final answers."""
+    from tunesmith.evaluation.context import tracked
+
     rows = [_response_labels(tokenizer, conv, cutoff_len) for conv in conversations]
     was_training = model.training
     model.eval()
+    starts = range(0, len(rows), batch_size)
     try:
         return [
             pair
-            for start in range(0, len(rows), batch_size)
+            for start in tracked("perplexity", starts, len(starts))
             for pair in padded_nll(model, rows[start : start + batch_size], tokenizer.pad_token_id)
         ]
     finally:

@@ -24,6 +24,7 @@ def measure_speed(
     params,
     warmup: int = 1,
     clock: Callable[[], float] = time.perf_counter,
+    label: str | None = None,
 ) -> dict:
     """Latency p50 / p95 / mean (seconds per request) and generated tokens per second."""
     if not conversations:
@@ -32,7 +33,12 @@ def measure_speed(
         engine.generate([conversation], params)
     _reset_cuda_peak()
     latencies, tokens = [], 0
-    for conversation in conversations:
+    timed = conversations
+    if label:  # a progress bar on stderr
+        from tunesmith.evaluation.context import tracked
+
+        timed = tracked(label, conversations, len(conversations))
+    for conversation in timed:
         start = clock()
         completion = engine.generate([conversation], params)[0]
         latencies.append(clock() - start)
