@@ -101,7 +101,7 @@ def _tokenize(conv: Conversation, cfg: DataConfig, tokenizer):
     messages = conv.messages
     try:
         example = tokenize_conversation(tokenizer, messages, cfg.cutoff_len, cfg.train_on_prompt)
-        for shorter in _without_earliest_turns(messages):
+        for shorter in without_earliest_turns(messages):
             if example.trainable_tokens:
                 break
             example = tokenize_conversation(tokenizer, shorter, cfg.cutoff_len, cfg.train_on_prompt)
@@ -118,7 +118,7 @@ def _tokenize(conv: Conversation, cfg: DataConfig, tokenizer):
     return example
 
 
-def _without_earliest_turns(messages: list[dict], answered: bool = True):
+def without_earliest_turns(messages: list[dict], answered: bool = True):
     """The conversation with 1, 2, ... of its earliest exchanges dropped (each cut falls before
     a user turn; a leading system message stays), down to the latest exchange. `answered`:
     every cut keeps an assistant turn (training); False for a prompt awaiting its reply."""

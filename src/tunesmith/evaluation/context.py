@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tunesmith.data.dataset import _without_earliest_turns
+from tunesmith.data.dataset import without_earliest_turns
 from tunesmith.data.render import prompt_ids
 from tunesmith.utils.errors import ConfigError
 
@@ -68,7 +68,7 @@ def fit_prompt(tokenizer, messages: list[dict], budget: int | None) -> Fitted:
     if budget is None or n <= budget:
         return Fitted(messages, n, False)
     latest = messages
-    for shorter in _without_earliest_turns(messages, answered=False):
+    for shorter in without_earliest_turns(messages, answered=False):
         n = len(prompt_ids(tokenizer, shorter))
         if n <= budget:
             return Fitted(shorter, n, True)
