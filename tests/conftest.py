@@ -77,6 +77,21 @@ def build_tiny_llama(vocab_size: int, seed: int = 0):
     return LlamaForCausalLM(config)
 
 
+def tiny_bert_config(**overrides):
+    """A 2-layer BERT classifier's config (hidden 32, 4 heads, FFN 64, vocab 100, 3 labels)."""
+    from transformers import BertConfig
+
+    fields = dict(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=3,
+    )
+    return BertConfig(**(fields | overrides))
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()

@@ -72,6 +72,13 @@ def write_alpaca(path: Path) -> Path:
     return path
 
 
+def run_yaml(tmp_path: Path, model_dir, data, name: str, **sections) -> Path:
+    """write_run_yaml to tmp_path/<name>.yaml for a run tmp_path/runs/<name>."""
+    return write_run_yaml(
+        tmp_path / f"{name}.yaml", model_dir, data, tmp_path / "runs", name, **sections
+    )
+
+
 def step_losses(run_dir: Path) -> list[tuple[int, float]]:
     """(step, loss) of each training log in a run folder's metrics.jsonl."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()

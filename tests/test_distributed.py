@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import TRAIN_CLI, step_losses, write_run_yaml
+from helpers import TRAIN_CLI, run_yaml, step_losses
 
 from tunesmith.config.schema import DistributedConfig
 from tunesmith.train.distributed import Launch, check_distributed
@@ -16,11 +16,10 @@ from tunesmith.utils.errors import ConfigError
 
 
 def _config(tmp_path, model_dir, data, name: str, batch_size: int):
-    return write_run_yaml(
-        tmp_path / f"{name}.yaml",
+    return run_yaml(
+        tmp_path,
         model_dir,
         data,
-        tmp_path / "runs",
         name,
         method={"type": "full"},  # no dropout: both runs see the same arithmetic
         train={

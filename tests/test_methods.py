@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_llama
+from conftest import build_tiny_llama, tiny_bert_config
 from transformers import TrainingArguments
 
 from tunesmith.config import methods as cfgs
@@ -229,18 +229,10 @@ def test_allocate_parameters_splits_the_budget():
 
 
 def _bert():
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=3,
-    )
-    return BertForSequenceClassification(config)
+    return BertForSequenceClassification(tiny_bert_config())
 
 
 HEAD = 32 * 3 + 3

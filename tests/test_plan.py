@@ -350,19 +350,13 @@ def test_unknown_data_is_worst_case():
 
 
 def test_encoder_classifier_counts_include_the_head():
-    from transformers import AutoModelForSequenceClassification, BertConfig
+    from conftest import tiny_bert_config
+    from transformers import AutoModelForSequenceClassification
 
     from tunesmith.models.methods import count_parameters, get_method
     from tunesmith.plan.estimate import ModelFacts
 
-    cfg = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=3,
-    )
+    cfg = tiny_bert_config()
     lora = _method({"type": "lora", "r": 4})
     real = get_method("lora").apply(
         AutoModelForSequenceClassification.from_config(cfg), lora, task="seq_cls"

@@ -15,10 +15,10 @@ import pytest
 from helpers import (
     TRAIN_CLI,
     run_config,
+    run_yaml,
     step_losses,
     train_run,
     write_alpaca,
-    write_run_yaml,
 )
 from transformers import Trainer
 
@@ -27,11 +27,10 @@ from tunesmith.train.checkpoints import STAGING, TOTALS
 
 
 def _config(tmp_path, model_dir, data, name: str):
-    return write_run_yaml(
-        tmp_path / f"{name}.yaml",
+    return run_yaml(
+        tmp_path,
         model_dir,
         data,
-        tmp_path / "runs",
         name,
         method={"type": "lora", "r": 4, "dropout": 0.1},  # dropout: RNG state matters too
         train={

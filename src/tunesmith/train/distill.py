@@ -32,7 +32,7 @@ from tunesmith.train.arguments import training_arguments
 from tunesmith.train.checkpoints import AtomicCheckpoints
 from tunesmith.train.forgetting import replay_sources
 from tunesmith.train.recipe import Data, Job, Loaded, Probe, Recipe, TrainResult, train
-from tunesmith.train.trainer import NO_LOSS_HOOKS, causal_lm_trainer, chat_data
+from tunesmith.train.trainer import NO_LOSS_HOOKS, causal_lm_recipe, chat_data
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
 
@@ -337,11 +337,4 @@ LOGITS = Recipe(
 )
 
 # the sft run on the teacher's answers; `read` is set per run to the answers file
-SEQUENCE = Recipe(
-    name="distill",
-    read=lambda job: ([], []),
-    data=chat_data,
-    trainer=causal_lm_trainer,
-    packs=True,
-    speed=True,
-)
+SEQUENCE = causal_lm_recipe("distill", lambda job: ([], []), chat_data)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 
 from tunesmith.config.schema import RunConfig
-from tunesmith.data.preference import build_preference_data
 from tunesmith.data.registry import preference_sources
 from tunesmith.runs.folder import RunFolder
 from tunesmith.train.arguments import trl_arguments
@@ -28,7 +27,7 @@ from tunesmith.train.recipe import (
     load_causal_lm,
     train,
 )
-from tunesmith.train.rewards import Rewards
+from tunesmith.train.rewards import Rewards, preference_examples
 from tunesmith.train.trainer import NO_LOSS_HOOKS, SequenceTokens
 from tunesmith.utils.errors import ConfigError
 
@@ -58,16 +57,7 @@ def frozen_copy(model):
 
 
 def _data(job: Job) -> Data:
-    config, tokenizer, reject = job.config, job.loaded.tokenizer, job.run.reject
-    paired = config.train.stage != "kto"
-    cut = config.train.preference.truncation
-    train_data = build_preference_data(job.sources, config.data, tokenizer, paired, reject, cut)
-    held_out = None
-    if config.data.eval:
-        held_out = build_preference_data(
-            config.data.eval, config.data, tokenizer, paired, reject, cut
-        )
-    return Data.of(train_data, held_out)
+    return preference_examples(job, paired=job.config.train.stage != "kto")
 
 
 def without_reference(trainer):

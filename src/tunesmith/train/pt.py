@@ -10,8 +10,8 @@ from tunesmith.data.pretrain import build_pretrain_data, sources
 from tunesmith.data.registry import TEXT, Source
 from tunesmith.runs.folder import RunFolder
 from tunesmith.train.forgetting import add_replay, replay_sources
-from tunesmith.train.recipe import Data, Job, Recipe, TrainResult, train
-from tunesmith.train.trainer import causal_lm_trainer
+from tunesmith.train.recipe import Data, Job, TrainResult, train
+from tunesmith.train.trainer import causal_lm_recipe
 from tunesmith.utils.console import console
 
 
@@ -55,13 +55,4 @@ def _report(data: Data, run: RunFolder) -> None:
     )
 
 
-PT = Recipe(
-    name="pt",
-    read=_read,
-    data=_data,
-    report=_report,
-    trainer=causal_lm_trainer,
-    packs=True,
-    speed=True,
-    example="my_text.txt",
-)
+PT = causal_lm_recipe("pt", _read, _data, report=_report, example="my_text.txt")

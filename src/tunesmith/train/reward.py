@@ -15,7 +15,6 @@ import torch
 
 from tunesmith.config.cls import ClsConfig
 from tunesmith.config.schema import RunConfig
-from tunesmith.data.preference import build_preference_data
 from tunesmith.data.registry import preference_sources
 from tunesmith.models.classifier import load_classifier
 from tunesmith.models.load import load_tokenizer
@@ -24,8 +23,8 @@ from tunesmith.runs.folder import RunFolder
 from tunesmith.runs.trained import open_run
 from tunesmith.train.arguments import trl_arguments
 from tunesmith.train.checkpoints import AtomicCheckpoints
-from tunesmith.train.recipe import Data, Job, Loaded, Probe, Recipe, TrainResult, train
-from tunesmith.train.rewards import Rewards
+from tunesmith.train.recipe import Job, Loaded, Probe, Recipe, TrainResult, train
+from tunesmith.train.rewards import Rewards, preference_examples
 from tunesmith.train.trainer import NO_LOSS_HOOKS, SequenceTokens
 from tunesmith.utils.errors import ModelError
 
@@ -42,18 +41,6 @@ def _load(job: Job, quantization) -> Loaded:
     tokenizer = load_tokenizer(resolved, job.config.model)  # with model.chat_template, if set
     model.config.pad_token_id = tokenizer.pad_token_id  # the reward is read at the last real token
     return Loaded(model, tokenizer, resolved.ref)
-
-
-def _data(job: Job) -> Data:
-    config, tokenizer, reject = job.config, job.loaded.tokenizer, job.run.reject
-    cut = config.train.preference.truncation
-    train_data = build_preference_data(job.sources, config.data, tokenizer, True, reject, cut)
-    held_out = None
-    if config.data.eval:
-        held_out = build_preference_data(
-            config.data.eval, config.data, tokenizer, True, reject, cut
-        )
-    return Data.of(train_data, held_out)
 
 
 def _trainer(job: Job):
@@ -125,7 +112,7 @@ RM = Recipe(
     task="seq_cls",
     read=lambda job: preference_sources(job.config.data),
     load=_load,
-    data=_data,
+    data=preference_examples,
     trainer=_trainer,
     probes=lambda job: [Rewards(job, REWARD_KEYS), _Labels()],
     refuses=NO_LOSS_HOOKS,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tunesmith.train.recipe import Job, Probe
+from tunesmith.data.preference import build_preference_data
+from tunesmith.train.recipe import Data, Job, Probe
 
 # logged by the preference trainers; "eval_" + key on held-out data
 PREFERENCE_KEYS = ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected")
@@ -41,3 +42,15 @@ def held_out_rewards(trainer, keys: tuple[str, ...] = PREFERENCE_KEYS) -> dict:
     metrics = trainer.evaluate()
     wanted = ("eval_loss", *(f"eval_{k}" for k in keys))
     return {k.removeprefix("eval_"): round(v, 4) for k, v in metrics.items() if k in wanted}
+
+
+def preference_examples(job: Job, paired: bool = True) -> Data:
+    """The pairs (or kto's single answers) of data.train and data.eval, truncated as
+    train.preference.truncation says: the data of every preference stage and of rm."""
+    config, tokenizer, reject = job.config, job.loaded.tokenizer, job.run.reject
+    cut = config.train.preference.truncation
+
+    def build(sources):
+        return build_preference_data(sources, config.data, tokenizer, paired, reject, cut)
+
+    return Data.of(build(job.sources), build(config.data.eval) if config.data.eval else None)

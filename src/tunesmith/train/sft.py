@@ -9,8 +9,8 @@ from tunesmith.config.schema import RunConfig
 from tunesmith.data.registry import sft_sources
 from tunesmith.runs.folder import RunFolder
 from tunesmith.train.forgetting import replay_sources
-from tunesmith.train.recipe import Job, Recipe, TrainResult, train
-from tunesmith.train.trainer import causal_lm_trainer, chat_data
+from tunesmith.train.recipe import Job, TrainResult, train
+from tunesmith.train.trainer import causal_lm_recipe, chat_data
 
 
 def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainResult:
@@ -22,11 +22,4 @@ def _read(job: Job) -> tuple[list, list]:
     return sft_sources(job.config.data), replay_sources(job.config.data)
 
 
-SFT = Recipe(
-    name="sft",
-    read=_read,
-    data=chat_data,
-    trainer=causal_lm_trainer,
-    packs=True,
-    speed=True,
-)
+SFT = causal_lm_recipe("sft", _read, chat_data)

@@ -23,7 +23,7 @@ from tunesmith.models.methods import lora, virtual_tokens
 from tunesmith.train.arguments import training_arguments
 from tunesmith.train.checkpoints import AtomicCheckpoints
 from tunesmith.train.forgetting import L2ToPretrained, add_replay, layerwise_param_groups
-from tunesmith.train.recipe import Data
+from tunesmith.train.recipe import Data, Recipe
 from tunesmith.train.speed import fused_loss_head, head_returns_hidden_states, linear_cross_entropy
 from tunesmith.utils.errors import ConfigError
 
@@ -151,6 +151,14 @@ class CausalLMTrainer(AtomicCheckpoints, Trainer):
         )
         self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
+
+
+def causal_lm_recipe(name: str, read, data, **more) -> Recipe:
+    """A stage trained by CausalLMTrainer on tokenized chat or text: it reads train.packing
+    and the speed levers apply (sft, pt, sequence-level distillation)."""
+    return Recipe(
+        name=name, read=read, data=data, trainer=causal_lm_trainer, packs=True, speed=True, **more
+    )
 
 
 def causal_lm_trainer(job) -> CausalLMTrainer:
