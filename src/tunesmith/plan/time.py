@@ -112,7 +112,7 @@ def estimate_time(plan, probe: bool = True) -> TimeEstimate:
     per_token = flops_per_token(
         plan.facts.total,
         plan.trainable,
-        plan.config.method.type != "full",  # the base stays frozen: no weight gradients for it
+        _base_frozen(plan),
         plan.config.train.gradient_checkpointing,
         s.layers,
         s.q_dim,
@@ -164,3 +164,13 @@ def probe_rate(plan) -> float:
             torch.cuda.synchronize()
         elapsed += time.perf_counter() - start if step else 0.0
     return (PROBE_STEPS - 1) * rows * width / elapsed
+
+
+def _base_frozen(plan) -> bool:
+    """True when some base weights stay frozen (no weight gradients for them): every method
+    but one that trains every block (full, or freeze over all layers)."""
+    from tunesmith.models.methods import get_method
+
+    method = plan.config.method
+    layers = plan.facts.shapes.layers
+    return get_method(method.type).trained_blocks(method, layers) < layers
