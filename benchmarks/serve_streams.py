@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,18 +26,12 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_load import TUNESMITH, free_port, peak_rss_mb, wait_ready
+import serve_load
+from serve_load import free_port, peak_rss_mb, wait_ready
 
-MODEL = "smollm2-135m-instruct"
+# serve_load's prompts and eight more, so 32 clients send 16 distinct prompts
 PROMPTS = [
-    "What is the capital of France?",
-    "Give me one tip for learning Python.",
-    "Name a primary color.",
-    "Say hello in Spanish.",
-    "What is 2 + 2?",
-    "Describe the sea in five words.",
-    "Who wrote Hamlet?",
-    "What do bees make?",
+    *serve_load.PROMPTS,
     "Why is the sky blue?",
     "Name three fruits.",
     "What is a prime number?",
@@ -48,15 +41,6 @@ PROMPTS = [
     "Suggest a name for a cat.",
     "What does a CPU do?",
 ]
-
-
-def start_server(port: int, batch_size: int, clients: int) -> subprocess.Popen:
-    args = [
-        str(TUNESMITH), "serve", f"model.name_or_path={MODEL}", f"serve.port={port}",
-        f"serve.batch_size={batch_size}", f"serve.max_queue={max(256, 2 * clients)}",
-        "serve.model_name=smollm2", "serve.batch_wait_ms=10", "serve.request_timeout_s=1800",
-    ]  # fmt: skip
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 async def stream_one(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> dict:
@@ -106,7 +90,7 @@ async def load(url: str, plan: list[list[tuple[int, str]]], max_tokens: int) -> 
 def phase(name: str, batch_size: int, plan: list, max_tokens: int, tokenizer) -> tuple[dict, dict]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_server(port, batch_size, len(plan))
+    proc = serve_load.start_server(port, batch_size, max_queue=max(256, 2 * len(plan)))
     try:
         wait_ready(url, proc)
         asyncio.run(load(url, [[(-1, PROMPTS[0])]], 8))  # warm-up
@@ -158,7 +142,7 @@ def main() -> None:
 
     from tunesmith.models.resolve import resolve_model
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(MODEL).path)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct").path)
     requests = [
         (k * args.rounds + r, PROMPTS[(k * args.rounds + r) % len(PROMPTS)])
         for k in range(args.clients)
