@@ -59,24 +59,21 @@ class ModelRegistry:
     def available(self) -> dict[str, Path]:
         """Run name -> run or artifact folder, from the configured folder and explicit runs."""
         found = dict(self.explicit)
-        if self.root is not None and self.root.is_dir():
-            for child in self.root.iterdir():
-                if child.name in found or not _NAME.fullmatch(child.name):
-                    continue
-                if not child.resolve().is_relative_to(self.root):
-                    continue  # a symlink out of the folder
-                if is_trained_run(child):
-                    found[child.name] = child
+        for child in self._listed():
+            if child.name not in found and is_trained_run(child):
+                found[child.name] = child
         return found
 
     def knows(self, name: str) -> bool:
-        return name == self.base_name or name in self.loaded or name in self.available()
+        if name == self.base_name or name in self.loaded or name in self.own_engines:
+            return True  # asked on every request: loaded names cost no folder reads
+        return self._folder(name) is not None
 
     def load(self, name: str) -> None:
         """Make run `name` ready to answer; a no-op when loaded or the base."""
         if name == self.base_name or name in self.loaded or name in self.own_engines:
             return
-        folder = self.available().get(name)
+        folder = self._folder(name)
         if folder is None:
             raise ModelError(f"no adapter named '{name}'")
         if not isinstance(self.engine, TransformersEngine):
@@ -87,6 +84,21 @@ class ModelRegistry:
         else:
             model, tokenizer = run.load()
             self.own_engines[name] = TransformersEngine(model, tokenizer, self.engine.batch_size)
+
+    def _listed(self) -> Iterator[Path]:
+        """Entries of the adapters folder with a servable name that stay inside it."""
+        if self.root is None or not self.root.is_dir():
+            return
+        for child in self.root.iterdir():
+            if _NAME.fullmatch(child.name) and child.resolve().is_relative_to(self.root):
+                yield child  # (a symlink out of the folder is left out)
+
+    def _folder(self, name: str) -> Path | None:
+        """The folder answering as `name`: only that listed entry is opened, not every run."""
+        if name in self.explicit:
+            return self.explicit[name]
+        child = next((c for c in self._listed() if c.name == name), None)
+        return child if child is not None and is_trained_run(child) else None
 
     @contextlib.contextmanager
     def use(self, name: str) -> Iterator[Engine]:
