@@ -46,9 +46,11 @@ def test_preference_stages_log_tokens_per_second_and_print_the_plan(
     assert "plan: lora trains" in capsys.readouterr().out
 
 
-def test_gradient_checkpointing_is_on_in_a_preference_stage(
-    tmp_path, tiny_model_dir, pairs_file, monkeypatch, recwarn
+@pytest.mark.parametrize("setting", [True, False])
+def test_gradient_checkpointing_follows_the_setting_in_a_preference_stage(
+    setting, tmp_path, tiny_model_dir, pairs_file, monkeypatch, recwarn
 ):
+    """TRL's configs turn checkpointing on by default; the run follows train.* either way."""
     from tunesmith.models.methods import get_method
 
     lora = get_method("lora")
@@ -61,10 +63,10 @@ def test_gradient_checkpointing_is_on_in_a_preference_stage(
 
     monkeypatch.setattr(lora, "save", spy)
     config = _preference(
-        tmp_path, tiny_model_dir, pairs_file, "dpo", "train.gradient_checkpointing=true"
+        tmp_path, tiny_model_dir, pairs_file, "dpo", f"train.gradient_checkpointing={setting}"
     )
     train_run(config)
-    assert seen["checkpointing"] is True
+    assert seen["checkpointing"] is setting
     # transformers 5's deprecated checkpointing names, called by TRL around each reference pass
     assert [str(w.message) for w in recwarn if issubclass(w.category, FutureWarning)] == []
 
