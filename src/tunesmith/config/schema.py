@@ -225,10 +225,11 @@ class TrainConfig(Section):
     packing: bool = Field(
         True, description="Concatenate each batch into one row without padding (same loss)."
     )
-    sampling: Literal["random", "group_by_length", "sequential"] = Field(
-        "random",
+    sampling: Literal["auto", "random", "group_by_length", "sequential"] = Field(
+        "auto",
         description="group_by_length: batches of similar lengths (less padding); "
-        "sequential: file order, no shuffling.",
+        "sequential: file order, no shuffling; auto: group_by_length for stage cls (padded "
+        "batches), random for the others.",
     )
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
@@ -281,6 +282,13 @@ class TrainConfig(Section):
                     f"unknown tracker '{name}'; allowed: {', '.join(TRACKERS)} (or none)"
                 )
         return list(dict.fromkeys(value))
+
+    @property
+    def sampler(self) -> str:
+        """train.sampling resolved: `auto` groups lengths where batches are padded (cls)."""
+        if self.sampling != "auto":
+            return self.sampling
+        return "group_by_length" if self.stage == "cls" else "random"
 
 
 class OutputConfig(Section):

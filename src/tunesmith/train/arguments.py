@@ -21,7 +21,7 @@ def training_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool):
         kwargs["include_num_input_tokens_seen"] = "all"
     return TrainingArguments(
         **kwargs,
-        train_sampling_strategy=cfg.sampling,
+        train_sampling_strategy=cfg.sampler,
         prediction_loss_only=True,  # eval reports the loss; logits are kept for trained tokens only
     )
 
