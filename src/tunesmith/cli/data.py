@@ -1,4 +1,5 @@
-"""`tunesmith data ...`: inspect, clean, convert, split, balance, augment, synth, log, watch."""
+"""`tunesmith data ...`: inspect, clean, convert, split, balance, augment, synth, review, log,
+watch."""
 
 from __future__ import annotations
 
@@ -234,6 +235,57 @@ def synth(
     write_records(dst, records)
     _version(dst, "synth", {"teacher": teacher, "n": n, "seed": seed, "model": model}, [src])
     console.print(f"wrote {dst}: {stats}")
+
+
+@data_app.command()
+@user_errors
+def review(
+    src: Annotated[Path, typer.Argument(help="The dataset to review.")],
+    out: Annotated[
+        Path, typer.Option(help="The review file (--sample) or the reviewed dataset (--apply).")
+    ],
+    sample: Annotated[
+        float | None, typer.Option(help="Share of records to review (default 0.1).")
+    ] = None,
+    apply: Annotated[
+        Path | None, typer.Option(help="A filled-in review file: write the reviewed dataset.")
+    ] = None,
+    strata: Annotated[
+        str, typer.Option(help="Comma-separated: record fields and/or length.")
+    ] = "category,source,length",
+    seed: int = 42,
+):
+    """Sample records for human review (accept / edit / reject), or apply the decisions."""
+    from tunesmith.data.review import apply_review, write_review_file
+
+    if apply is not None:
+        if sample is not None:
+            raise TunesmithError("give --sample (write a review file) or --apply, not both")
+        _print_review(apply_review(src, apply, out))
+        return
+    names = [s.strip() for s in strata.split(",") if s.strip()]
+    made = write_review_file(src, out, 0.1 if sample is None else sample, names, seed)
+    console.print(
+        f"wrote {out}: {made['sampled']} records from {made['strata']} strata to review; set "
+        "each line's decision to accept, edit (with 'edited') or reject (with a 'reason'), "
+        f"then: tunesmith data review {src} --apply {out} --out reviewed{src.suffix}",
+        markup=False,
+    )
+
+
+def _print_review(summary: dict) -> None:
+    rate = summary["acceptance_rate"]
+    console.print(
+        f"{summary['reviewed']} reviewed: {summary['accepted']} accepted, "
+        f"{summary['modified']} modified, {summary['rejected']} rejected, "
+        f"{summary['undecided']} undecided; acceptance rate "
+        + (f"{rate:.0%}" if rate is not None else "n/a (nothing decided)")
+    )
+    console.print(
+        f"{summary['read']} read = {summary['kept']} kept + {summary['rejected']} rejected"
+    )
+    paths = (summary[k] for k in ("output", "rejects_path", "version_path"))
+    console.print("wrote " + ", ".join(paths), markup=False)
 
 
 @data_app.command()
