@@ -6,6 +6,7 @@ Layout:
     alerts.jsonl      training alerts
     rejects.jsonl     records left out, each with its reason
     summary.json      data and training statistics at the end
+    process.json      who trains it (pid, host, boot, start, data hashes) and how that ended
     checkpoints/      trainer checkpoints (resumable)
     speed.json        the matmul kernel chosen, which a resumed run keeps
     adapter/ | model/ trained adapter, or full model, with tokenizer and chat template
@@ -22,6 +23,7 @@ import contextlib
 import functools
 import json
 import os
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,10 +32,11 @@ from typing import Any
 
 from tunesmith.config.load import save_config
 from tunesmith.config.schema import OutputConfig, RunConfig
-from tunesmith.utils.errors import ConfigError
+from tunesmith.utils.errors import ConfigError, TunesmithError
 
 CONFIG = "config.yaml"
 LABELS = "labels.json"  # cls and rm runs: the label names in id order
+PROCESS = "process.json"
 
 
 def is_main_process() -> bool:
@@ -75,6 +78,7 @@ class RunFolder:
     model_dir = property(lambda self: self.root / "model")
     plots = property(lambda self: self.root / "plots")
     reports = property(lambda self: self.root / "reports")
+    process_path = property(lambda self: self.root / PROCESS)
 
     @_main_only
     def save_config(self, config: RunConfig) -> None:
@@ -140,6 +144,47 @@ class RunFolder:
         )
         return found[-1] if found else None
 
+    # process.json: the run's status lives in its folder, so any reader (the workshop's runs
+    # table, after a restart too) knows it without a database that could drift
+
+    def read_process(self) -> dict[str, Any] | None:
+        if not self.process_path.is_file():
+            return None
+        with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+            record = json.loads(self.process_path.read_text(encoding="utf-8"))
+            return record if isinstance(record, dict) else None
+        return None
+
+    @_main_only
+    def start_process(self, pid: int | None = None, **facts: Any) -> None:
+        """Record that process `pid` (default: this one) trains the run now: `running`. A reader
+        that finds `running` while no such process lives on this host and boot knows the run was
+        killed. The first start and the launcher's log are kept across resumes."""
+        previous = self.read_process() or {}
+        now = time.time()
+        record = {
+            "status": "running",
+            "pid": pid or os.getpid(),
+            "host": socket.gethostname(),
+            "boot": boot_id(),
+            "started": now,
+            "first_started": previous.get("first_started", now),
+            **{k: previous[k] for k in ("log", "data") if k in previous},
+            **facts,
+        }
+        self.write_json(PROCESS, record)
+
+    @_main_only
+    def end_process(self, error: BaseException | None = None, stopped_by: str | None = None):
+        """How training ended: finished, stopped (a signal or the monitor's stop, with why) or
+        failed with its error sentence (never a traceback)."""
+        record = self.read_process() or {}
+        status, message = _outcome(error) if error is not None else ("finished", None)
+        if error is None and stopped_by:
+            status, message = "stopped", f"stopped by the training monitor: {stopped_by}"
+        ended = {"status": status, "error": message, "ended": time.time()}
+        self.write_json(PROCESS, {**record, **ended})
+
     @_main_only
     def add_to_index(self, **fields: Any) -> None:
         _append_jsonl(self.root.parent / "index.jsonl", {"run": self.root.name, **fields})
@@ -157,6 +202,24 @@ def latest_run(output: OutputConfig, default_name: str) -> Path:
             "give the run folder instead (tunesmith train --resume RUN)"
         )
     return max(runs, key=lambda p: RunFolder(p).last_checkpoint().stat().st_mtime)
+
+
+def boot_id() -> str | None:
+    """This machine's boot (Linux): a pid recorded before a reboot names no process of ours."""
+    path = Path("/proc/sys/kernel/random/boot_id")
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _outcome(error: BaseException) -> tuple[str, str]:
+    """(status, sentence) of an exception that ended training."""
+    if getattr(error, "signum", None) is not None:  # train.callbacks.TrainingInterrupted
+        return "stopped", str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return "stopped", "stopped by Ctrl-C"
+    if isinstance(error, TunesmithError):
+        return "failed", str(error)
+    lines = str(error).strip().splitlines()
+    return "failed", f"{type(error).__name__}: {lines[-1] if lines else 'no message'}"
 
 
 @contextlib.contextmanager

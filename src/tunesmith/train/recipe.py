@@ -142,6 +142,28 @@ class Recipe:
 
 
 def train(recipe: Recipe, config: RunConfig, run: RunFolder, resume: bool = False) -> TrainResult:
+    """The run, recorded in its process.json: running, then finished, stopped or failed with its
+    error sentence (the workshop's runs table reads it)."""
+    run.start_process(data=data_hashes(config))
+    try:
+        result = train_steps(recipe, config, run, resume)
+    except BaseException as error:
+        run.end_process(error)
+        raise
+    run.end_process(stopped_by=result.summary.get("stopped_by"))
+    return result
+
+
+def data_hashes(config: RunConfig) -> dict[str, str]:
+    """The content hash of each training file (the data-version hash, as the model card's)."""
+    from tunesmith.data.quality.version import file_hash
+
+    return {f: file_hash(f) for f in config.data.train if Path(f).is_file()}
+
+
+def train_steps(
+    recipe: Recipe, config: RunConfig, run: RunFolder, resume: bool = False
+) -> TrainResult:
     from transformers import set_seed
 
     config = check(recipe, config)
