@@ -25,6 +25,7 @@ ABOVE_MODELS = (
     "plan",
     "vision",
     "workflows",
+    "workshop",
     "cli",
     "ui",
 )
@@ -104,3 +105,21 @@ def test_the_reader_sees_lazy_and_relative_imports(tmp_path, monkeypatch):
         "tunesmith.models.client.make_client",
         "tunesmith.train.sft",
     ]
+
+
+# The workshop's action layer sits beside workflows/: above the jobs, below the doors (cli/,
+# and the UI later), which all call it; nothing below it may call it back.
+BELOW_WORKSHOP = ("train", "evaluation", "plan", "export", "runs", "data", "models", "config")
+
+
+@pytest.mark.parametrize("module_name", _modules("tunesmith.workshop"))
+def test_the_workshop_imports_no_door(module_name):
+    doors = tuple(f"tunesmith.{p}" for p in ("cli", "serve", "ui"))
+    assert _hits(_imports(module_name), doors) == [], module_name
+
+
+@pytest.mark.parametrize(
+    "module_name", [m for p in BELOW_WORKSHOP for m in _modules(f"tunesmith.{p}")]
+)
+def test_nothing_below_the_workshop_imports_it(module_name):
+    assert _hits(_imports(module_name), ("tunesmith.workshop",)) == [], module_name

@@ -9,6 +9,7 @@ import typer
 
 from tunesmith.cli.data import data_app
 from tunesmith.cli.errors import user_errors
+from tunesmith.cli.runs import runs_app
 from tunesmith.utils.errors import TunesmithError
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(runs_app, name="runs")
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -210,6 +212,20 @@ def plan(
     from tunesmith.cli.plan import plan_command
 
     plan_command(*_split_args(args or []), goal, not no_probe, json_out, hardware)
+
+
+@app.command()
+@user_errors
+def mcp(
+    workspace: Annotated[
+        Path, typer.Option(help="Workspace folder: every path the agent gives stays inside it.")
+    ] = Path("."),
+    runs_dir: Annotated[str, typer.Option(help="Runs folder inside the workspace.")] = "runs",
+):
+    """Serve the workshop's actions to a coding agent over MCP (stdio)."""
+    from tunesmith.cli.agent import serve_mcp
+
+    serve_mcp(workspace, runs_dir)
 
 
 def _split_args(args: list[str]) -> tuple[Path | None, list[str]]:
