@@ -90,6 +90,7 @@ def _config(tmp_path: Path, model: Path | str, train: Path, name: str, **overrid
         "batch_size": 8,
         "learning_rate": 1e-2,
         "lr_scheduler": "constant",
+        "sampling": "random",  # the tiny sets learn in few steps from this seed's order
         "save_steps": 1000,
         "logging_steps": 5,
         "cls": {},
@@ -245,12 +246,13 @@ def test_csv_with_text_pairs(tmp_path, bert_dir):
     cfg = ClsConfig(text_column="premise", text_pair_column="hypothesis", val_fraction=0)
     data = load_cls_data([str(path)], [], cfg)
     assert data.train[0].pair == "great" and data.labels == ["0", "1"]
-    examples, truncated = tokenize_cls(
+    encoding = tokenize_cls(
         data.train, data.labels, AutoTokenizer.from_pretrained(bert_dir), cfg, cutoff_len=256
     )
+    examples = encoding.examples
     # [CLS] good fine [SEP] great [SEP]: the pair is segment 1
     assert examples[0]["token_type_ids"] == [0, 0, 0, 0, 1, 1]
-    assert [e["labels"] for e in examples] == [1, 0] and truncated == 0
+    assert [e["labels"] for e in examples] == [1, 0] and encoding.truncated == 0
 
 
 def test_texts_are_cut_to_cutoff_len_capped_at_the_models_limit(bert_dir):
@@ -264,11 +266,124 @@ def test_texts_are_cut_to_cutoff_len_capped_at_the_models_limit(bert_dir):
         ClsRecord("good " * 30, None, ("1",), "t.csv", 2),
         ClsRecord("bad", None, ("0",), "t.csv", 3),
     ]
-    examples, truncated = tokenize_cls(records, ["0", "1"], tokenizer, ClsConfig(), cutoff_len=8)
-    assert len(examples[0]["input_ids"]) == 8 and truncated == 1
+    head = ClsConfig(long_text="head")
+    encoding = tokenize_cls(records, ["0", "1"], tokenizer, head, cutoff_len=8)
+    assert len(encoding.examples[0]["input_ids"]) == 8 and encoding.truncated == 1
     assert cls_max_length(tokenizer, 1024) == 12
-    examples, _ = tokenize_cls(records, ["0", "1"], tokenizer, ClsConfig(), cutoff_len=1024)
-    assert len(examples[0]["input_ids"]) == 12
+    encoding = tokenize_cls(records, ["0", "1"], tokenizer, head, cutoff_len=1024)
+    assert len(encoding.examples[0]["input_ids"]) == 12
+
+
+# long texts -----------------------------------------------------------------------------------
+
+
+def _tokenizer(bert_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(bert_dir)
+
+
+def _ids(tokenizer, words: str) -> list[int]:
+    return tokenizer(words, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize(
+    ("lengths", "expected"),
+    [
+        ([10] * 95 + [40] * 5, "head"),  # 5% too long: their ends are lost, little else
+        ([10] * 70 + [40] * 30, "head_tail"),  # 30% too long, 24% of the tokens cut
+        ([10] * 20 + [200] * 80, "chunk"),  # most of every long text would be cut
+    ],
+)
+def test_auto_long_text_follows_the_length_distribution(lengths, expected):
+    from tunesmith.data.classification import choose_long_text
+
+    strategy, why = choose_long_text(lengths, 14, ClsConfig())
+    assert strategy == expected and "longer than 14 tokens" in why
+    assert choose_long_text(lengths, 14, ClsConfig(long_text="head"))[0] == "head"
+    pairs = ClsConfig(text_pair_column="hypothesis")
+    assert choose_long_text(lengths, 14, pairs)[0] == "head"
+
+
+def test_head_tail_keeps_the_start_and_the_end(bert_dir):
+    from tunesmith.data.classification import ClsRecord, tokenize_cls
+
+    tokenizer = _tokenizer(bert_dir)
+    text = "good great " + "the a " * 30 + "bad awful poor sad"
+    cfg = ClsConfig(long_text="head_tail", head_share=0.25)
+    record = ClsRecord(text, None, ("1",), "t.jsonl", 1)
+    encoding = tokenize_cls([record], ["0", "1"], tokenizer, cfg, cutoff_len=10)
+    ids = encoding.examples[0]["input_ids"]
+    # 8 tokens of budget between [CLS] and [SEP]: the first 2, the last 6
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert ids[1:3] == _ids(tokenizer, "good great")
+    assert ids[3:-1] == _ids(tokenizer, "the a bad awful poor sad")
+    assert encoding.truncated == 1 and encoding.strategy == "head_tail"
+
+
+def test_chunks_overlap_spread_and_pool_per_text(bert_dir):
+    from tunesmith.data.classification import ClsRecord, tokenize_cls
+
+    tokenizer = _tokenizer(bert_dir)
+    words = [FILLER[i % len(FILLER)] for i in range(40)]
+    records = [
+        ClsRecord(" ".join(words), None, ("1",), "t.jsonl", 1),
+        ClsRecord("good", None, ("0",), "t.jsonl", 2),
+    ]
+    cfg = ClsConfig(long_text="chunk", chunk_overlap=2, max_chunks=3)
+    encoding = tokenize_cls(records, ["0", "1"], tokenizer, cfg, cutoff_len=10)
+    # 40 tokens in windows of 8 that step by 6: 7 windows, of which 3 are kept (first, middle,
+    # last); the short text is one window
+    assert encoding.docs == [0, 0, 0, 1]
+    first, middle, last = (e["input_ids"][1:-1] for e in encoding.examples[:3])
+    everything = _ids(tokenizer, " ".join(words))
+    assert first == everything[:8] and last[-1] == everything[-1]
+    assert middle == everything[18:26]
+    assert [e["labels"] for e in encoding.examples] == [1, 1, 1, 0]
+    logits = torch.tensor([[1.0, 0.0], [3.0, 0.0], [5.0, 0.0], [0.0, 2.0]]).numpy()
+    assert encoding.pool(logits).tolist() == [[3.0, 0.0], [0.0, 2.0]]
+
+
+def _signal_at_the_end(path: Path, n_per_class: int, seed: int) -> Path:
+    """Three label words after 20 filler words: only a strategy that reads the end of a text
+    can learn the label."""
+    rng = random.Random(seed)
+    records = []
+    for _ in range(n_per_class):
+        for label in ("pos", "neg"):
+            filler = " ".join(rng.choice(FILLER) for _ in range(20))
+            words = " ".join(rng.sample(WORDS[label], 3))
+            records.append({"text": f"{filler} {words}", "label": label})
+    return _write_jsonl(path, records)
+
+
+@pytest.mark.parametrize(("long_text", "learns"), [("head", False), ("auto", True)])
+def test_a_label_at_the_end_is_learnt_only_when_the_end_is_read(
+    tmp_path, bert_dir, long_text, learns
+):
+    train = _signal_at_the_end(tmp_path / "train.jsonl", 24, seed=0)
+    evals = _signal_at_the_end(tmp_path / "eval.jsonl", 10, seed=1)
+    config = _config(
+        tmp_path,
+        bert_dir,
+        train,
+        f"end-{long_text}",
+        **{"data.eval": [str(evals)], "train.cls.long_text": long_text, "train.epochs": 8},
+    )
+    result = train_run(config)
+    long = result.summary["data"]["long_text"]
+    assert long["truncated"] == 48
+    # auto: every text is too long but loses under half its tokens, so head_tail; the
+    # choice is written into the run's config, and prediction cuts texts the same way
+    assert long["strategy"] == ("head" if long_text == "head" else "head_tail")
+    saved = RunConfig.model_validate(
+        __import__("yaml").safe_load(result.run.config_path.read_text())
+    )
+    assert saved.train.cls.long_text == long["strategy"]
+    assert (result.summary["eval"]["accuracy"] >= 0.9) is learns
+    texts = [json.loads(line)["text"] for line in evals.read_text().splitlines()[:6]]
+    predicted = predict_labels(result.run.root, texts)
+    assert (predicted == ["pos", "neg"] * 3) is learns
 
 
 # loss and head --------------------------------------------------------------------------------
@@ -643,9 +758,11 @@ def test_every_method_trains_and_reloads_the_classifier(
     final_logits = {}
     report = stage._final_report
 
-    def spy(trainer, eval_examples, *args):  # the trained model's logits on the held-out set
-        final_logits["eval"] = torch.tensor(trainer.predict(eval_examples).predictions)
-        return report(trainer, eval_examples, *args)
+    def spy(trainer, sources, *args):  # the trained model's logits on the held-out records
+        held_out = sources.held_out
+        logits = held_out.pool(trainer.predict(held_out.examples).predictions)
+        final_logits["eval"] = torch.tensor(logits, dtype=torch.float32)
+        return report(trainer, sources, *args)
 
     monkeypatch.setattr(stage, "_final_report", spy)
     train = _separable(tmp_path / "train.jsonl", 8, seed=7)
@@ -663,3 +780,33 @@ def test_every_method_trains_and_reloads_the_classifier(
         reloaded = model(**batch).logits
     # the saved artifact (method weights and the trained head) reproduces the trained model
     assert torch.allclose(reloaded, final_logits["eval"], atol=1e-5)
+
+
+def test_auto_chunks_long_texts_trains_on_windows_and_predicts_per_text(tmp_path, bert_dir):
+    rng = random.Random(3)
+
+    def long_text(label: str) -> str:  # a label word in every stretch of six words
+        stretches = [[*rng.sample(FILLER, 5), rng.choice(WORDS[label])] for _ in range(8)]
+        return " ".join(word for stretch in stretches for word in stretch)
+
+    train = _write_jsonl(
+        tmp_path / "train.jsonl",
+        [{"text": long_text(lab), "label": lab} for _ in range(16) for lab in ("pos", "neg")],
+    )
+    evals = _write_jsonl(
+        tmp_path / "eval.jsonl",
+        [{"text": long_text(lab), "label": lab} for _ in range(5) for lab in ("pos", "neg")],
+    )
+    # the stage's default sampling: batches grouped by length, evaluation in record order
+    overrides = {"data.eval": [str(evals)], "train.learning_rate": 1e-3, "train.sampling": "auto"}
+    config = _config(tmp_path, bert_dir, train, "chunk", **overrides)
+    result = train_run(config)
+    data = result.summary["data"]
+    # 48 tokens against a budget of 14: 71% of every text would be cut, so each is read in
+    # overlapping windows, and evaluation scores texts (10), not windows
+    assert data["long_text"]["strategy"] == "chunk"
+    assert data["examples"] > data["train"] == 32
+    report = json.loads((result.run.reports / "classification.json").read_text())
+    assert report["n"] == 10 and result.summary["eval"]["accuracy"] >= 0.9
+    texts = [json.loads(line)["text"] for line in evals.read_text().splitlines()]
+    assert predict_labels(result.run.root, texts) == ["pos", "neg"] * 5

@@ -42,6 +42,24 @@ class ClsConfig(Section):
         description="Loss weights: balanced (n / (classes x count)), or {label: weight} "
         "(others 1.0); multi-label: BCE pos_weight (balanced: negatives / positives).",
     )
+    long_text: Literal["auto", "head", "head_tail", "chunk"] = Field(
+        "auto",
+        description="Texts longer than the model takes: head keeps the start; head_tail keeps "
+        "head_share of the tokens from the start and the rest from the end; chunk splits the "
+        "text into overlapping windows, trains on each with the text's label and averages "
+        "their logits to predict. auto picks from the training texts' lengths: head when at "
+        "most 10% are too long, chunk when over half of all tokens would be cut, else "
+        "head_tail. Text pairs always keep their heads.",
+    )
+    head_share: float = Field(
+        0.25, gt=0, lt=1, description="head_tail: the share of the token budget from the start."
+    )
+    chunk_overlap: int = Field(
+        64, ge=0, description="chunk: tokens a window repeats from the one before."
+    )
+    max_chunks: int = Field(
+        8, ge=1, description="chunk: windows per text at most, evenly spread over it."
+    )
     val_fraction: float = Field(
         0.1,
         ge=0,

@@ -7,14 +7,17 @@ sorted labels of the training data. Every record read is kept or rejected with i
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from tunesmith.config.cls import ClsConfig
 from tunesmith.data.readers import RawRecord, read_records
-from tunesmith.utils.errors import DataError
+from tunesmith.utils.errors import ConfigError, DataError
 
 RejectSink = Callable[[str, int, str, object], None]  # (source, line, reason, record)
 
@@ -130,30 +133,145 @@ def cls_max_length(tokenizer, cutoff_len: int) -> int:
     return min(cutoff_len, tokenizer.model_max_length)
 
 
+# the auto long-text rule (train.cls.long_text): cutting the ends of at most this share of the
+# texts loses little; past this share of all tokens cut, one window per text would miss most
+AUTO_HEAD_SHARE = 0.10
+AUTO_CHUNK_LOSS = 0.5
+
+
+@dataclass
+class ClsEncoding:
+    examples: list[dict]  # model inputs and labels, one per window of a text
+    docs: list[int]  # the record each example came from (chunk: several examples per record)
+    truncated: int  # records longer than the model takes
+    strategy: str  # the long-text strategy used: head, head_tail or chunk
+    why: str = ""  # the auto rule's reason, for the run's data line
+
+    def pool(self, values) -> np.ndarray:
+        """Per-record values (logits, labels) in record order, from per-example ones in this
+        encoding's order: the mean over each record's windows."""
+        values, docs = np.asarray(values, dtype=float), np.asarray(self.docs)
+        records = int(docs.max()) + 1 if len(docs) else 0
+        sums = np.zeros((records, *values.shape[1:]))
+        np.add.at(sums, docs, values)
+        counts = np.bincount(docs, minlength=records).reshape(-1, *[1] * (values.ndim - 1))
+        return sums / counts
+
+    def by_length(self) -> ClsEncoding:
+        """The examples sorted by length (less padding in batches); pool still returns record
+        order."""
+        order = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i]["input_ids"]))
+        return dataclasses.replace(
+            self, examples=[self.examples[i] for i in order], docs=[self.docs[i] for i in order]
+        )
+
+
+def choose_long_text(lengths: Sequence[int], budget: int, cfg: ClsConfig) -> tuple[str, str]:
+    """(strategy, why): train.cls.long_text, or for auto the rule its description states,
+    applied to the texts' token lengths against the model's budget."""
+    if cfg.long_text != "auto":
+        return cfg.long_text, "set by train.cls.long_text"
+    if cfg.text_pair_column:
+        return "head", "text pairs keep their heads"
+    long = sum(n > budget for n in lengths)
+    cut = sum(max(0, n - budget) for n in lengths) / max(sum(lengths), 1)
+    share = long / max(len(lengths), 1)
+    facts = f"{share:.0%} of the texts are longer than {budget} tokens, {cut:.0%} of all tokens"
+    if share <= AUTO_HEAD_SHARE:
+        return "head", facts
+    return ("chunk" if cut > AUTO_CHUNK_LOSS else "head_tail"), facts
+
+
 def tokenize_cls(
     records: Sequence[ClsRecord],
     labels: Sequence[str],
     tokenizer,
     cfg: ClsConfig,
     cutoff_len: int,
-) -> tuple[list[dict], int]:
-    """(examples with input_ids, attention_mask, [token_type_ids,] labels; truncated count).
-    Each text (pair) is cut to `cls_max_length(tokenizer, cutoff_len)` tokens."""
-    if not records:
-        return [], 0
-    max_length = cls_max_length(tokenizer, cutoff_len)
-    label_ids = {name: i for i, name in enumerate(labels)}
+    strategy: str | None = None,
+) -> ClsEncoding:
+    """Examples with input_ids, attention_mask, [token_type_ids,] labels: each text (pair) in
+    at most `cls_max_length(tokenizer, cutoff_len)` tokens by the long-text `strategy` (None:
+    chosen from these records by train.cls.long_text). Labels may be empty (prediction)."""
     texts = [r.text for r in records]
     pairs = [r.pair or "" for r in records] if cfg.text_pair_column else None
-    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    max_length = cls_max_length(tokenizer, cutoff_len)
+    if not records:
+        return ClsEncoding([], [], 0, strategy or "head")
     full = tokenizer(texts, pairs, truncation=False)["input_ids"]
-    truncated = sum(len(ids) > max_length for ids in full)
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=bool(pairs))
+    why = ""
+    if strategy is None:
+        content = [len(ids) - (max_length - budget) for ids in full]
+        strategy, why = choose_long_text(content, budget, cfg)
+    inputs, docs = encode_texts(texts, pairs, tokenizer, max_length, strategy, cfg)
+    label_ids = {name: i for i, name in enumerate(labels)}
     examples = [
-        {key: values[i] for key, values in encoded.items()}
-        | {"labels": encode_labels(record, label_ids, cfg.multi_label)}
-        for i, record in enumerate(records)
+        features
+        | ({"labels": encode_labels(records[d], label_ids, cfg.multi_label)} if labels else {})
+        for features, d in zip(inputs, docs, strict=True)
     ]
-    return examples, truncated
+    truncated = sum(len(ids) > max_length for ids in full)
+    return ClsEncoding(examples, docs, truncated, strategy, why)
+
+
+def encode_texts(
+    texts: list[str], pairs: list[str] | None, tokenizer, max_length: int, strategy: str, cfg
+) -> tuple[list[dict], list[int]]:
+    """(model inputs, the text each came from) for one long-text strategy."""
+    if pairs is not None or strategy == "head":
+        encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        return _rows(encoded), list(range(len(texts)))
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    if strategy == "head_tail":
+        cut = [_head_and_tail(text, tokenizer, budget, cfg.head_share) for text in texts]
+        encoded = tokenizer(cut, truncation=True, max_length=max_length)
+        return _rows(encoded), list(range(len(texts)))
+    if strategy == "chunk":
+        return _chunks(texts, tokenizer, max_length, budget, cfg)
+    raise ConfigError(f"train.cls.long_text: unknown strategy '{strategy}'")
+
+
+def _rows(encoded) -> list[dict]:
+    keys = [k for k in encoded if k not in ("offset_mapping", "overflow_to_sample_mapping")]
+    return [{k: encoded[k][i] for k in keys} for i in range(len(encoded["input_ids"]))]
+
+
+def _head_and_tail(text: str, tokenizer, budget: int, head_share: float) -> str:
+    """The text's first head_share x budget tokens and its last ones, joined: cut at token
+    boundaries (the tokenizer's character offsets), so the result tokenizes back to the budget."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
+        "offset_mapping"
+    ]
+    if len(offsets) <= budget:
+        return text
+    head = max(1, int(budget * head_share))
+    tail = budget - head
+    return text[: offsets[head - 1][1]] + " " + text[offsets[len(offsets) - tail][0] :]
+
+
+def _chunks(texts, tokenizer, max_length: int, budget: int, cfg) -> tuple[list[dict], list[int]]:
+    """Overlapping windows of each text (the tokenizer's overflow), at most max_chunks of them
+    evenly spread over the text."""
+    encoded = tokenizer(
+        texts,
+        truncation=True,
+        max_length=max_length,
+        stride=min(cfg.chunk_overlap, budget // 2),
+        return_overflowing_tokens=True,
+    )
+    rows, owners = _rows(encoded), list(encoded["overflow_to_sample_mapping"])
+    windows: dict[int, list[int]] = defaultdict(list)
+    for index, owner in enumerate(owners):
+        windows[owner].append(index)
+    keep = []
+    for owner in range(len(texts)):
+        indexes = windows[owner]
+        if len(indexes) > cfg.max_chunks:
+            step = (len(indexes) - 1) / (cfg.max_chunks - 1) if cfg.max_chunks > 1 else 0
+            indexes = [indexes[round(i * step)] for i in range(cfg.max_chunks)]
+        keep += indexes
+    return [rows[i] for i in keep], [owners[i] for i in keep]
 
 
 # reading ------------------------------------------------------------------------------------

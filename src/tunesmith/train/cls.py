@@ -19,7 +19,14 @@ import torch.nn.functional as F
 
 from tunesmith.config.cls import ClsConfig
 from tunesmith.config.schema import RunConfig
-from tunesmith.data.classification import ClsData, label_counts, load_cls_data, tokenize_cls
+from tunesmith.data.classification import (
+    ClsData,
+    ClsEncoding,
+    ClsRecord,
+    label_counts,
+    load_cls_data,
+    tokenize_cls,
+)
 from tunesmith.evaluation.classification import classification_metrics, plot_confusion
 from tunesmith.models.classifier import load_classifier
 from tunesmith.runs.folder import LABELS, RunFolder, is_main_process
@@ -46,7 +53,17 @@ def _check(config: RunConfig) -> None:
             raise ConfigError(f"{key}: not used by train.stage=cls; remove it")
 
 
-def _read(job: Job) -> tuple[ClsData, torch.Tensor | None]:
+@dataclasses.dataclass
+class _Sources:
+    """What the stage reads before the model loads, and the held-out encoding once tokenized
+    (with chunking, several of its examples make one record's prediction)."""
+
+    data: ClsData
+    weights: torch.Tensor | None
+    held_out: ClsEncoding | None = None
+
+
+def _read(job: Job) -> _Sources:
     """The records, split, and the loss weights: label mistakes stop before the model loads."""
     config, cfg = job.config, job.config.train.cls
     data = load_cls_data(
@@ -58,43 +75,57 @@ def _read(job: Job) -> tuple[ClsData, torch.Tensor | None]:
         seed=config.train.seed,
         reject=job.run.reject,
     )
-    return data, class_weights(data, cfg)
+    return _Sources(data, class_weights(data, cfg))
 
 
 def _load(job: Job, quantization) -> Loaded:
-    data, _ = job.sources
     model, tokenizer, resolved = load_classifier(
-        job.config.model, data.labels, job.config.train.cls, quantization
+        job.config.model, job.sources.data.labels, job.config.train.cls, quantization
     )
     return Loaded(model, tokenizer, resolved.ref)
 
 
 def _data(job: Job) -> Data:
-    (data, weights), tokenizer = job.sources, job.loaded.tokenizer
-    cfg, cutoff = job.config.train.cls, job.config.data.cutoff_len
-    train_examples, truncated = tokenize_cls(data.train, data.labels, tokenizer, cfg, cutoff)
-    eval_examples, _ = tokenize_cls(data.eval, data.labels, tokenizer, cfg, cutoff)
-    stats = data.stats | {"truncated": truncated}
+    """Tokenized by the long-text strategy the training texts call for (train.cls.long_text);
+    the strategy chosen is written into the run's config, so prediction uses it too."""
+    sources, tokenizer = job.sources, job.loaded.tokenizer
+    data, cfg, cutoff = sources.data, job.config.train.cls, job.config.data.cutoff_len
+    train = tokenize_cls(data.train, data.labels, tokenizer, cfg, cutoff)
+    held_out = tokenize_cls(data.eval, data.labels, tokenizer, cfg, cutoff, train.strategy)
+    sources.held_out = held_out.by_length()  # evaluated in this order (ClsTrainer)
+    if train.strategy != cfg.long_text:
+        job.config = _with_long_text(job.config, train.strategy)
+        job.run.save_config(job.config)
+    long_text = {"strategy": train.strategy, "why": train.why, "truncated": train.truncated}
+    stats = data.stats | {"truncated": train.truncated, "examples": len(train.examples)}
     summary = {
         "labels": data.labels,
-        "class_weights": weights.tolist() if weights is not None else None,
-        "data": stats,
+        "class_weights": sources.weights.tolist() if sources.weights is not None else None,
+        "data": stats | {"long_text": long_text},
     }
-    return Data(train_examples, eval_examples or None, stats, summary)
+    return Data(train.examples, sources.held_out.examples or None, stats, summary)
+
+
+def _with_long_text(config: RunConfig, strategy: str) -> RunConfig:
+    cls = config.train.cls.model_copy(update={"long_text": strategy})
+    return config.model_copy(update={"train": config.train.model_copy(update={"cls": cls})})
 
 
 def _trainer(job: Job) -> ClsTrainer:
     from transformers import DataCollatorWithPadding
 
-    (data, weights), cfg = job.sources, job.config.train.cls
+    sources, cfg = job.sources, job.config.train.cls
+    held_out = sources.held_out
     return ClsTrainer(
         model=job.model,
         args=_arguments(job.config, job.run, has_eval=job.data.eval is not None),
         train_dataset=job.data.train,
         eval_dataset=job.data.eval,
         data_collator=DataCollatorWithPadding(job.loaded.tokenizer, pad_to_multiple_of=8),
-        compute_metrics=lambda p: scores(evaluation_report(*_decode(p, cfg), data.labels)),
-        class_weights=weights,
+        compute_metrics=lambda p: scores(
+            evaluation_report(*_decode(p, cfg, held_out), sources.data.labels)
+        ),
+        class_weights=sources.weights,
         multi_label=cfg.multi_label,
         l2_to_pretrained=job.config.train.l2_to_pretrained,
         layerwise_lr_decay=job.config.train.layerwise_lr_decay,
@@ -117,9 +148,9 @@ class _Report(Probe):
     """The labels file, and the per-class report of the trained model on the held-out set."""
 
     def on_end(self, job: Job, trainer) -> dict:
-        data, _ = job.sources
-        job.run.write_json(LABELS, data.labels)
-        evaluation = _final_report(trainer, job.data.eval, data, job.config.train.cls, job.run)
+        sources = job.sources
+        job.run.write_json(LABELS, sources.data.labels)
+        evaluation = _final_report(trainer, sources, job.config.train.cls, job.run)
         if evaluation and is_main_process():
             console.print(f"eval f1_macro {evaluation['f1_macro']:.4f}")
         return {"eval": evaluation}
@@ -135,6 +166,13 @@ def report_data(data: Data, run: RunFolder) -> None:
         + (f" (see {run.rejects_path})" if stats["rejected"] else "")
         + f"; labels: {counts}"
     )
+    long_text = data.summary["data"]["long_text"]
+    if stats["truncated"]:
+        windows = f", {stats['examples']} windows" if long_text["strategy"] == "chunk" else ""
+        console.print(
+            f"long texts: {long_text['strategy']}{windows} ({long_text['why']}; "
+            "train.cls.long_text)"
+        )
 
 
 # loss and trainer -----------------------------------------------------------------------------
@@ -187,6 +225,14 @@ class ClsTrainer(CausalLMTrainer):
         super().__init__(*args, **kw)
         self.class_weights, self.multi_label = class_weights, multi_label
 
+    def _get_eval_sampler(self, eval_dataset):
+        # in order: predictions are matched to records by position (the held-out examples
+        # come sorted by length already); transformers groups eval batches by length too when
+        # training does, which would shuffle them
+        from torch.utils.data import SequentialSampler
+
+        return SequentialSampler(eval_dataset) if eval_dataset is not None else None
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)  # the labels stay in the caller's batch for evaluation
         labels = inputs.pop("labels")
@@ -200,10 +246,15 @@ class ClsTrainer(CausalLMTrainer):
 # metrics and report ---------------------------------------------------------------------------
 
 
-def _decode(prediction, cfg: ClsConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(y_true, y_pred) from an EvalPrediction or (logits, labels)."""
-    logits, labels = prediction[0], prediction[1]
-    return np.asarray(labels).astype(int), predict_ids(np.asarray(logits), cfg)
+def _decode(
+    prediction, cfg: ClsConfig, encoding: ClsEncoding | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(y_true, y_pred) per record from an EvalPrediction or (logits, labels) per example: a
+    record cut into windows is predicted from the mean of their logits."""
+    logits, labels = np.asarray(prediction[0]), np.asarray(prediction[1])
+    if encoding is not None:
+        logits, labels = encoding.pool(logits), encoding.pool(labels)
+    return labels.astype(int), predict_ids(logits, cfg)
 
 
 def predict_ids(logits: np.ndarray, cfg: ClsConfig) -> np.ndarray:
@@ -266,12 +317,13 @@ def _multi_label_report(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence
     return report | {"multi_label": True}
 
 
-def _final_report(trainer, eval_examples, data: ClsData, cfg: ClsConfig, run: RunFolder):
+def _final_report(trainer, sources: _Sources, cfg: ClsConfig, run: RunFolder):
     """Per-class report, confusion matrix and misclassified examples into reports/; the scores."""
-    if not eval_examples:
+    held_out, data = sources.held_out, sources.data
+    if not held_out or not held_out.examples:
         return None
-    output = trainer.predict(eval_examples)
-    y_true, y_pred = _decode((output.predictions, output.label_ids), cfg)
+    output = trainer.predict(held_out.examples)
+    y_true, y_pred = _decode((output.predictions, output.label_ids), cfg, held_out)
     report = evaluation_report(y_true, y_pred, data.labels)
     report["errors"] = [
         {
@@ -324,26 +376,43 @@ def load_trained_classifier(run_folder: str | Path):
     return model, tokenizer, run.config, run.labels
 
 
-@torch.no_grad()
 def predict_labels(
     run_folder: str | Path, texts: Sequence[str], batch_size: int = 32
 ) -> list[str | list[str]]:
     """The predicted label of each text (multi-label: the list of labels above the threshold)."""
     model, tokenizer, config, labels = load_trained_classifier(run_folder)
+    logits = predict_logits(model, tokenizer, config, texts, batch_size=batch_size)
+    return [_names(row, labels) for row in predict_ids(logits, config.train.cls)]
+
+
+@torch.no_grad()
+def predict_logits(
+    model,
+    tokenizer,
+    config: RunConfig,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Logits per text, each tokenized as the run trained (its cutoff and long-text strategy;
+    a text cut into windows gets the mean of theirs), in batches sorted by length."""
     cfg = config.train.cls
+    strategy = "head" if cfg.long_text == "auto" else cfg.long_text  # runs from before the key
+    records = [
+        ClsRecord(text, pairs[i] if pairs else None, (), "input", i + 1)
+        for i, text in enumerate(texts)
+    ]
+    encoding = tokenize_cls(records, [], tokenizer, cfg, config.data.cutoff_len, strategy)
+    examples = encoding.examples
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     device = next(model.parameters()).device
-    predictions: list[str | list[str]] = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(
-            list(texts[start : start + batch_size]),
-            truncation=True,
-            max_length=min(config.data.cutoff_len, tokenizer.model_max_length),  # as training
-            padding=True,
-            return_tensors="pt",
-        ).to(device)
-        logits = model(**batch).logits.float().cpu().numpy()
-        predictions += [_names(row, labels) for row in predict_ids(logits, cfg)]
-    return predictions
+    rows: list[np.ndarray | None] = [None] * len(examples)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = tokenizer.pad([examples[i] for i in chunk], return_tensors="pt").to(device)
+        for i, row in zip(chunk, model(**batch).logits.float().cpu().numpy(), strict=True):
+            rows[i] = row
+    return encoding.pool(np.stack(rows))
 
 
 def _names(prediction, labels: Sequence[str]) -> str | list[str]:
@@ -357,7 +426,7 @@ CLS = Recipe(
     task="seq_cls",
     check=_check,
     read=_read,
-    has_eval=lambda job: bool(job.sources[0].eval),
+    has_eval=lambda job: bool(job.sources.data.eval),
     load=_load,
     data=_data,
     report=report_data,
