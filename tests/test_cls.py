@@ -810,3 +810,56 @@ def test_auto_chunks_long_texts_trains_on_windows_and_predicts_per_text(tmp_path
     assert report["n"] == 10 and result.summary["eval"]["accuracy"] >= 0.9
     texts = [json.loads(line)["text"] for line in evals.read_text().splitlines()]
     assert predict_labels(result.run.root, texts) == ["pos", "neg"] * 5
+
+
+# tunesmith eval of a classification run --------------------------------------------------------
+
+
+def test_tunesmith_eval_scores_a_classification_run_on_a_test_file(tmp_path, bert_dir):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.main import app
+
+    train = _separable(tmp_path / "train.jsonl", 16, seed=0)
+    test = _separable(tmp_path / "test.jsonl", 6, seed=5)
+    good = train_run(_config(tmp_path, bert_dir, train, "good")).run.root
+    weak = train_run(_config(tmp_path, bert_dir, train, "weak", **{"train.max_steps": 1})).run.root
+
+    args = ["eval", str(good), f"eval.data=[{test}]", f"eval.baseline={weak}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((good / "eval.json").read_text())
+    assert report["eval"]["tasks"] == ["classification"]  # the default tasks, read for a classifier
+    texts = [json.loads(line) for line in test.read_text().splitlines()]
+    for role, run in (("model", good), ("baseline", weak)):
+        expected = predict_labels(run, [t["text"] for t in texts])
+        outcome = report["results"][role]
+        assert outcome["predictions"] == expected
+        correct = [float(p == t["label"]) for p, t in zip(expected, texts, strict=True)]
+        assert outcome["scores"]["label_correct"] == correct
+        scores = outcome["tasks"]["classification"]
+        assert scores["accuracy"] == pytest.approx(sum(correct) / len(correct))
+        assert sum(map(sum, scores["confusion_matrix"])) == 18
+    assert report["results"]["model"]["tasks"]["classification"]["accuracy"] >= 0.9
+    assert report["compare"]["label_correct"]["n"] == 18
+    assert (good / "reports/eval.html").is_file()
+
+
+def test_tunesmith_eval_of_a_classifier_refuses_what_does_not_apply(tmp_path, bert_dir):
+    from tunesmith.config.load import load_config
+    from tunesmith.evaluation.runner import run_eval
+
+    train = _separable(tmp_path / "train.jsonl", 8, seed=0)
+    run = train_run(_config(tmp_path, bert_dir, train, "c", **{"train.max_steps": 1})).run.root
+    saved = run / "config.yaml"
+    test = _write_jsonl(
+        tmp_path / "t.jsonl", [{"text": "good", "label": "pos"}, {"text": "x", "label": "maybe"}]
+    )
+    with pytest.raises(DataError, match=r"t\.jsonl:2.*maybe"):
+        run_eval(load_config(saved, [f"eval.data=[{test}]"], saved=True), run)
+    with pytest.raises(ConfigError, match="eval.tasks: .*only 'classification' applies"):
+        overrides = [f"eval.data=[{train}]", "eval.tasks=[generation]"]
+        run_eval(load_config(saved, overrides, saved=True), run)
+    with pytest.raises(ConfigError, match="eval.baseline: .* is not a classification run"):
+        overrides = [f"eval.data=[{train}]", f"eval.baseline={bert_dir}"]
+        run_eval(load_config(saved, overrides, saved=True), run)

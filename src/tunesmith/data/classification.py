@@ -89,6 +89,20 @@ def load_cls_data(
     return ClsData(train, evals, list(labels), stats)
 
 
+def load_cls_test(
+    files: Sequence[str], cfg: ClsConfig, labels: Sequence[str]
+) -> list[ClsRecord]:
+    """Test records for a trained classifier, read with its columns and label set: a bad record
+    or a label outside the set stops with its file and line (a score over part of a test set
+    would mislead)."""
+    cfg = cfg.model_copy(update={"labels": list(labels)})
+    records, _, _ = _read_all(files, cfg, skip=False, reject=None)
+    records, _ = _resolve(records, labels, cfg, skip=False, reject=None)
+    if not records:
+        raise DataError(f"{', '.join(files)}: no test records")
+    return records
+
+
 def label_counts(records: Sequence[ClsRecord], labels: Sequence[str]) -> dict[str, int]:
     """Records per label, in label order (multi-label: a record counts for each of its labels)."""
     counts = Counter(name for record in records for name in record.labels)

@@ -44,6 +44,7 @@ class Item:
     category: str | None = None
     label: str | None = None
     constraints: list[dict] | None = None
+    text_pair: str | None = None  # a classification test record's second text
 
     @property
     def prompt(self) -> str:
@@ -87,23 +88,33 @@ class Outcome:
 def run_eval(config: RunConfig, run_or_out_dir: str | Path | None = None) -> dict:
     """Evaluate as `config.eval` says; results go to `run_or_out_dir` when it is a run folder,
     else to a new `eval-<time>` folder under it (or under output.dir). Returns eval.json's data."""
-    ev = config.eval
+    from tunesmith.evaluation import classifier as cls
+
     given = Path(run_or_out_dir) if run_or_out_dir else None
     run_dir = given if given and RunFolder(given).config_path.is_file() else None
     target = evaluated_target(config, run_dir)
+    classifier = cls.classifier_run(target.adapter) if not config.eval.model else None
+    if classifier:  # labelled test files scored by the classifier (evaluation/classifier.py)
+        config = cls.for_classifier(config, classifier)
+    ev = config.eval
     baseline = baseline_target(ev, target)
     files = ev.data or config.data.eval
     check_tasks(ev, files)
-    items = load_items(files, ev.format, ev.columns, ev.max_items) if _needs_items(ev) else []
+    if classifier:
+        cls.check_same_labels(classifier, baseline and cls.classifier_run(baseline.adapter))
+        items = cls.load_classifier_items(ev, files, classifier)
+    else:
+        items = load_items(files, ev.format, ev.columns, ev.max_items) if _needs_items(ev) else []
+    evaluate = cls.evaluate_classifier if classifier else evaluate_target
     out_dir = given if given and not run_dir else Path(config.output.dir)
     run = (
         RunFolder(run_dir) if run_dir else RunFolder.create(OutputConfig(dir=str(out_dir)), "eval")
     )
 
     started = time.perf_counter()
-    outcomes = {"model": evaluate_target(target, items, config)}
+    outcomes = {"model": evaluate(target, items, config)}
     if baseline is not None:
-        outcomes["baseline"] = evaluate_target(baseline, items, config)
+        outcomes["baseline"] = evaluate(baseline, items, config)
     report = _assemble(config, run, items, {"model": target, "baseline": baseline}, outcomes)
     report["seconds"] = round(time.perf_counter() - started, 2)
     run.write_json("eval.json", report)
