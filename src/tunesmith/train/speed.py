@@ -112,7 +112,9 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     # compiled layers keep sdpa's mask: the boundaries are a host-side list, a graph break
     compiling = torch.compiler.is_compiling()
     lengths = None if compiling else _cached_lengths(kwargs.get("position_ids"))
-    if lengths is None or query.shape[2] != key.shape[2] or kwargs.get("dropout", 0.0):
+    # an encoder's attention (is_causal False) looks both ways: never the causal split
+    causal = getattr(module, "is_causal", True)
+    if lengths is None or not causal or query.shape[2] != key.shape[2] or kwargs.get("dropout"):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     outputs = [
