@@ -69,6 +69,8 @@ class Shapes:
     vocab: int
     tied: bool
     model_type: str
+    positions: int | None = None  # the position table (an encoder's 512): the longest input
+    bidirectional: bool = False  # an encoder: every token attends to every other
 
     @property
     def q_dim(self) -> int:
@@ -131,6 +133,8 @@ def meta_model(config, classifier: bool = False) -> nn.Module:
 
 
 def shapes_of(config) -> Shapes:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
     config = getattr(config, "text_config", None) or config
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -144,6 +148,9 @@ def shapes_of(config) -> Shapes:
         vocab=config.vocab_size,
         tied=bool(getattr(config, "tie_word_embeddings", False)),
         model_type=config.model_type,
+        positions=getattr(config, "max_position_embeddings", None),
+        # masked-LM families (BERT, RoBERTa, DeBERTa, ...) are encoders; decoders are causal
+        bidirectional=config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
 
@@ -152,6 +159,11 @@ def total_parameters(model: nn.Module) -> int:
     from tunesmith.models.methods import count_parameters
 
     return count_parameters(model)[1]
+
+
+def embedding_parameters(model: nn.Module) -> int:
+    """Parameters of embedding tables: looked up, not multiplied, for each token."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
 
 
 def trainable_parameters(model: nn.Module, method, task: str = "causal_lm") -> int:

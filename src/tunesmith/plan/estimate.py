@@ -11,6 +11,7 @@ from torch import nn
 from tunesmith.config.schema import RunConfig
 from tunesmith.plan.count import (
     Shapes,
+    embedding_parameters,
     load_model_config,
     meta_model,
     shapes_of,
@@ -36,6 +37,7 @@ class ModelFacts:
     quantizable: int  # block linear weights: what a 4/8-bit base stores quantized
     meta: nn.Module = field(repr=False)
     task: str = "causal_lm"  # seq_cls: the model has a new classifier head, which trains too
+    embeddings: int = 0  # embedding-table parameters (lookups: no FLOPs per token)
     _counts: dict = field(default_factory=dict, repr=False)
 
     def trainable(self, method) -> int:
@@ -54,7 +56,8 @@ def model_facts(ref: str, classifier: bool = False) -> ModelFacts:
         if isinstance(m, nn.Linear) and ".layers." in f".{n}."
     )
     task = "seq_cls" if classifier else "causal_lm"
-    return ModelFacts(ref, shapes_of(config), total_parameters(meta), linears, meta, task)
+    total, embeddings = total_parameters(meta), embedding_parameters(meta)
+    return ModelFacts(ref, shapes_of(config), total, linears, meta, task, embeddings)
 
 
 def precision_for(config: RunConfig, device: str, method=None) -> Precision:
@@ -77,18 +80,25 @@ def precision_for(config: RunConfig, device: str, method=None) -> Precision:
     return Precision(param, compute, quant, getattr(method, "double_quant", True), deepspeed)
 
 
-def workload_for(config: RunConfig, data: DataStats, method=None) -> Workload:
+def workload_for(
+    config: RunConfig, data: DataStats, method=None, positions: int | None = None
+) -> Workload:
+    """positions: the model's position table; a classifier's inputs are cut to it."""
     from tunesmith.models.methods import get_method
 
     method = method or config.method
-    longest = min(data.longest or config.data.cutoff_len, config.data.cutoff_len)
+    cls = config.train.stage == "cls"
+    limit = config.data.cutoff_len
+    if cls and positions:
+        limit = min(limit, positions)
     return Workload(
         batch=config.train.batch_size,
-        seq=longest,
-        packed=config.train.packing and get_method(method.type).packing,
+        seq=min(data.longest or limit, limit),
+        # cls pads each batch to its longest example (train/cls.py never packs)
+        packed=not cls and config.train.packing and get_method(method.type).packing,
         gradient_checkpointing=config.train.gradient_checkpointing,
         # a classifier's head has a few outputs, not a vocabulary: no LM logits
-        trained_fraction=0.0 if config.train.stage == "cls" else data.trained_fraction,
+        trained_fraction=0.0 if cls else data.trained_fraction,
     )
 
 
@@ -102,7 +112,7 @@ def estimate(
         facts.total,
         facts.trainable(method),
         method,
-        workload_for(config, data, method),
+        workload_for(config, data, method, facts.shapes.positions),
         device,
         precision_for(config, device, method),
         facts.quantizable,
@@ -139,7 +149,7 @@ class Plan:
             "method": self.config.method.model_dump(),
             "parameters": {"total": self.facts.total, "trainable": self.trainable},
             "hardware": self.hardware.__dict__,
-            "data": {**self.data.__dict__, "tokens": self.data.tokens},
+            "data": self.data.as_dict(),
             "memory": {k: v.as_dict() for k, v in self.memory.items()},
             "fits": self.fits,
             "time": self.time.as_dict() if self.time else None,

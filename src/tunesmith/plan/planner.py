@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tunesmith.config.schema import RunConfig
 from tunesmith.plan.advice import advise
+from tunesmith.plan.cls_time import estimate_cls_time
 from tunesmith.plan.data import UNKNOWN, data_stats
 from tunesmith.plan.estimate import GOALS, Goal, Plan, estimate, model_facts
 from tunesmith.plan.hardware import Hardware, detect_hardware
@@ -20,19 +21,22 @@ def make_plan(
     hardware: Hardware | None = None,
     read_data: bool = True,
 ) -> Plan:
-    facts = model_facts(config.model.name_or_path, config.train.stage == "cls")
+    classifier = config.train.stage == "cls"
+    facts = model_facts(config.model.name_or_path, classifier)
     hardware = hardware or detect_hardware()
     tokenizer = _tokenizer(config) if read_data else None
-    data = data_stats(config, tokenizer) if read_data else UNKNOWN
+    data = data_stats(config, tokenizer, facts.shapes.positions) if read_data else UNKNOWN
     memory = {d: estimate(facts, config, d, data) for d in ("cpu", "cuda")}
     plan = Plan(config, facts, hardware, data, memory)
-    plan.time = estimate_time(plan, probe=probe)
+    plan.time = (estimate_cls_time if classifier else estimate_time)(plan, probe=probe)
     plan.advice = advise(plan, goal)
     return plan
 
 
 def _tokenizer(config: RunConfig):
-    """The model's tokenizer when it is on this machine (no download for planning)."""
+    """The model's tokenizer when it is on this machine (no download for planning): a
+    classifier's needs no chat template."""
+    from tunesmith.models.classifier import classifier_tokenizer
     from tunesmith.models.load import load_tokenizer
     from tunesmith.models.resolve import resolve_model
     from tunesmith.plan.count import known_key
@@ -42,7 +46,10 @@ def _tokenizer(config: RunConfig):
         return None
     try:
         resolved = resolve_model(config.model.name_or_path)
-        return None if resolved.source == "hub" else load_tokenizer(resolved, config.model)
+        if resolved.source == "hub":
+            return None
+        load = classifier_tokenizer if config.train.stage == "cls" else load_tokenizer
+        return load(resolved, config.model)
     except TunesmithError:
         return None
 
@@ -56,7 +63,7 @@ def plan_summary(config: RunConfig) -> str:
 
 
 def _summary(config: RunConfig) -> str:
-    facts = model_facts(config.model.name_or_path)
+    facts = model_facts(config.model.name_or_path, config.train.stage == "cls")
     hardware = detect_hardware()
     mem = estimate(facts, config, hardware.device)
     trainable = facts.trainable(config.method)

@@ -46,16 +46,25 @@ class TimeEstimate:
     steps: int
     seconds: float
     note: str
+    parts: dict[str, float] | None = None  # cls: seconds of training steps, evaluation, setup
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def flops_per_token(
-    total: int, trainable: int, peft: bool, gc: bool, layers: int, q_dim: int, seq: int
+    total: int,
+    trainable: int,
+    peft: bool,
+    gc: bool,
+    layers: int,
+    q_dim: int,
+    seq: int,
+    causal: bool = True,
 ) -> float:
-    """Training FLOPs per token: weights (N, trainable) plus attention over `seq` positions."""
-    attention = 2 * layers * seq * q_dim  # causal QK^T and AV, forward
+    """Training FLOPs per token: weights (N, trainable) plus attention over `seq` positions
+    (causal: a token attends to those before it, half of them on average; an encoder: all)."""
+    attention = (2 if causal else 4) * layers * seq * q_dim  # QK^T and AV, forward
     forward = 2 * total + attention
     backward = 2 * total + 2 * attention + (2 * trainable if peft else 2 * total)
     return forward * (2 if gc else 1) + backward
