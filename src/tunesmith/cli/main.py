@@ -228,6 +228,27 @@ def mcp(
     serve_mcp(workspace, runs_dir)
 
 
+@app.command()
+@user_errors
+def ui(
+    workspace: Annotated[
+        Path, typer.Option(help="Workspace folder: every path the page accepts stays inside it.")
+    ] = Path("."),
+    host: Annotated[str, typer.Option(help="Address to bind; beyond localhost needs --auth.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port of the page.")] = 7860,
+    lang: Annotated[str, typer.Option(help="en | zh (the page links to the other).")] = "en",
+    auth: Annotated[str | None, typer.Option(help="user:pass the page asks for.")] = None,
+    runs_dir: Annotated[str, typer.Option(help="Runs folder inside the workspace.")] = "runs",
+    max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest upload in MB.")] = 200,
+):
+    """The web workshop: runs, data, train, evaluate, chat, export/serve and arena tabs."""
+    from tunesmith.cli.ui import serve_ui
+
+    serve_ui(workspace, host, port, lang, auth, runs_dir, max_upload_mb)
+
+
 def _split_args(args: list[str]) -> tuple[Path | None, list[str]]:
     configs = [a for a in args if "=" not in a]
     if len(configs) > 1:

@@ -10,6 +10,8 @@ door finds every run as it left it. The library does the work; nothing here re-i
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -46,6 +48,7 @@ PATH_KEYS = (
 REF_KEYS = ("model.name_or_path", "eval.model", "eval.baseline", "train.distill.teacher")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SERVE_RECORD = ".tunesmith/serve.json"
+QUEUE = ".tunesmith/queue.json"  # training runs waiting for their turn
 
 # processes this door started: polled so that a finished one is reaped, not left a zombie
 _children: dict[int, subprocess.Popen] = {}
@@ -183,6 +186,47 @@ def clean(
     }
 
 
+def convert(ws: Workspace, file: str, out: str, to: str, fmt: str = "auto") -> dict[str, Any]:
+    """A data file rewritten in another format (alpaca, sharegpt, openai) inside the workspace."""
+    from tunesmith.data.convert import convert_file
+
+    (src,) = _data_files(ws, [file])
+    target = ws.resolve(out, "out")
+    try:
+        stats = convert_file(src, target, to, fmt)
+    except ValueError as exc:  # an unknown format: convert_file says which are allowed
+        raise TunesmithError(str(exc)) from None
+    return {**stats, "output": ws.relative(target)}
+
+
+def review_decide(
+    ws: Workspace,
+    review_file: str,
+    index: int,
+    decision: str,
+    reason: str = "",
+    edited: dict | None = None,
+) -> dict[str, Any]:
+    """Fill in one line of a review file (data/review.py): accept, edit (with the whole new
+    record) or reject (with a reason); "" makes it undecided again. Returns the counts."""
+    from tunesmith.data.review import check_entry, read_review_file
+
+    path = ws.resolve(review_file, "review file")
+    entries = [entry for _, entry in read_review_file(path)]
+    if not 0 <= index < len(entries):
+        raise TunesmithError(f"review line {index + 1} does not exist ({len(entries)} lines)")
+    entry = {**entries[index], "decision": decision, "reason": reason.strip()}
+    entry["edited"] = edited if decision == "edit" else None
+    entries[index] = check_entry(entry, f"{path.name}:{index + 1}")
+    atomic_write(path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
+    return review_counts(entries)
+
+
+def review_counts(entries: Sequence[dict]) -> dict[str, int]:
+    decided = [e.get("decision") or "undecided" for e in entries]
+    return {k: decided.count(k) for k in ("accept", "edit", "reject", "undecided")}
+
+
 # --- long actions: their own process ----------------------------------------------------------
 
 
@@ -234,6 +278,52 @@ def stop(ws: Workspace, run: str) -> dict[str, Any]:
         "message": "SIGTERM sent: training stops after its current step and saves a checkpoint "
         f"(resume with: tunesmith train --resume {ws.relative(root)})",
     }
+
+
+def enqueue(
+    ws: Workspace, config: str | None = None, overrides: Sequence[str] = (), name: str | None = None
+) -> dict[str, Any]:
+    """Queue a training run (checked now, not when its turn comes); it starts at once when no
+    run of the workspace trains, else when start_queued finds none training."""
+    checked_config(ws, config, overrides)
+    if name is not None and not NAME.match(name):
+        raise TunesmithError(f"name: '{name}' must be letters, digits, '.', '_' or '-'")
+    entry = {"config": config, "overrides": list(overrides), "name": name, "queued": time.time()}
+    with _queue_lock(ws):
+        _write_queue(ws, [*_read_queue(ws), entry])
+    return {"started": start_queued(ws), "queue": _read_queue(ws)}
+
+
+def queued(ws: Workspace) -> dict[str, Any]:
+    """The queue (a file in the workspace, so a restarted door finds it) and what trains."""
+    running = [r["name"] for r in runs.list_runs(ws, status="running")]
+    return {"queue": _read_queue(ws), "running": running}
+
+
+def start_queued(ws: Workspace) -> dict[str, Any] | None:
+    """Start the first queued run when no run trains (one at a time); a door calls this now and
+    then. A queued run that can no longer start is dropped with its sentence as the result."""
+    _reap()
+    with _queue_lock(ws):
+        queue = _read_queue(ws)
+        if not queue or runs.list_runs(ws, status="running"):
+            return None
+        entry, rest = queue[0], queue[1:]
+        _write_queue(ws, rest)
+        try:
+            return train(ws, entry["config"], entry["overrides"], entry["name"])
+        except TunesmithError as exc:
+            return {"run": entry["name"], "status": "failed", "error": str(exc)}
+
+
+def unqueue(ws: Workspace, position: int) -> dict[str, Any]:
+    with _queue_lock(ws):
+        queue = _read_queue(ws)
+        if not 0 <= position < len(queue):
+            raise TunesmithError(f"queue position {position + 1} does not exist")
+        del queue[position]
+        _write_queue(ws, queue)
+    return {"queue": queue}
 
 
 def evaluate(
@@ -347,6 +437,27 @@ def _reap() -> None:
 
 def _process_facts(pid: int) -> dict[str, Any]:
     return {"pid": pid, "host": socket.gethostname(), "boot": boot_id(), "started": time.time()}
+
+
+def _read_queue(ws: Workspace) -> list[dict]:
+    return (runs.read_json(ws.root / QUEUE) or {}).get("queue", [])
+
+
+def _write_queue(ws: Workspace, queue: list[dict]) -> None:
+    atomic_write(ws.root / QUEUE, json.dumps({"queue": queue}, indent=1) + "\n")
+
+
+@contextlib.contextmanager
+def _queue_lock(ws: Workspace):
+    """Two doors (or two pages) starting the next queued run at once must not start two."""
+    lock = ws.root / ".tunesmith" / "queue.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _job(root: Path, kind: str) -> dict | None:

@@ -1,0 +1,1 @@
+"""The web workshop (`tunesmith ui`): a door over tunesmith.workshop, like cli/."""
