@@ -20,8 +20,8 @@ from tunesmith.plan.batches import RowCost, epoch_batches, epoch_lengths, padded
 from tunesmith.plan.time import TimeEstimate, device_flops, flops_per_token
 from tunesmith.utils.errors import TunesmithError
 
-PROBE_TOKENS = 2048  # padded tokens per probe step (fewer rows at long lengths): seconds
-PROBE_REPEATS = 2  # timed steps per length, after one untimed warm-up step
+PROBE_TOKENS = 1024  # padded tokens per probe step (fewer rows at long lengths): seconds
+PROBE_REPEATS = 2  # timed steps per length, after an untimed one
 # setup beyond loading and tokenizing: the Trainer and its callbacks, the first checkpoint-free
 # save of the adapter, the classification report and its plot (measured on CPU, tiny models)
 SETUP_SECONDS = 3.0
@@ -139,11 +139,14 @@ def probe_costs(plan, batches: Counter) -> tuple[RowCost, RowCost, float]:
     model.to(device)
     loaded = time.perf_counter() - start
     step = _Stepper(model, len(labels), config.train.cls.multi_label, device)
-    lengths = _probe_lengths(batches)
-    step.train(min(config.train.batch_size, 2), lengths[0])  # warm-up, not timed
-    rows = [(n, min(config.train.batch_size, max(1, PROBE_TOKENS // n))) for n in lengths]
-    train = [(n, _mean(step.train(r, n) for _ in range(PROBE_REPEATS)) / r) for n, r in rows]
-    forward = [(n, _mean(step.forward(r, n) for _ in range(PROBE_REPEATS)) / r) for n, r in rows]
+    train, forward = [], []
+    for length in _probe_lengths(batches):
+        rows = min(config.train.batch_size, max(1, PROBE_TOKENS // length))
+        # the first step at a shape maps fresh memory and builds kernels (2-3x slower on a
+        # CPU); the trainer repeats its shapes, so that step is not timed
+        step.train(rows, length)
+        train.append((length, _mean(step.train(rows, length) for _ in range(PROBE_REPEATS)) / rows))
+        forward.append((length, step.forward(rows, length) / rows))
     return RowCost.fit(train, step.optimizer_seconds), RowCost.fit(forward), loaded
 
 
