@@ -1,4 +1,4 @@
-"""README.zh-CN.md follows README.md: same sections, same command blocks, links both ways.
+"""README.zh-CN.md follows README.md: same sections, command blocks and `keys`, links both ways.
 
 The Chinese README is a section-by-section translation; commands, config keys and paths stay
 as in English. These checks compare structure only, so a section or command added to one
@@ -85,6 +85,32 @@ def test_code_blocks_sit_in_matching_sections():
         return counts
 
     assert per_section(_read(ZH)) == per_section(_read(EN))
+
+
+def _inline_code_per_section(text: str) -> list[set[str]]:
+    """The `inline code` spans (whitespace collapsed) of each section, fenced blocks left out."""
+    parts, fence = [[]], None
+    for line in text.splitlines():
+        m = _FENCE.match(line)
+        if fence is None and m:
+            fence = m.group(1)
+        elif fence is not None and line.strip() == fence:
+            fence = None
+        elif fence is None and line.startswith("## "):
+            parts.append([])
+        elif fence is None:
+            parts[-1].append(line)
+    return [set(re.findall(r"`([^`]+)`", re.sub(r"\s+", " ", "\n".join(p)))) for p in parts]
+
+
+def test_keys_commands_and_paths_kept_per_section():
+    """Every `key`, `command` and `path` of an English section is in its Chinese one, as is."""
+    en, zh = _inline_code_per_section(_read(EN)), _inline_code_per_section(_read(ZH))
+    assert len(zh) == len(en)
+    heads = ["(top)", *_sections(_read(EN))]
+    for head, e, z in zip(heads, en, zh, strict=True):
+        assert not e - z, f"section {head!r}: missing in README.zh-CN.md: {sorted(e - z)}"
+        assert not z - e, f"section {head!r}: not in README.md: {sorted(z - e)}"
 
 
 def test_readmes_link_to_each_other_at_the_top():
