@@ -10,6 +10,7 @@ import typer
 from tunesmith.cli.data import data_app
 from tunesmith.cli.errors import user_errors
 from tunesmith.cli.runs import runs_app
+from tunesmith.cli.vision import vision_app
 from tunesmith.utils.errors import TunesmithError
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
+app.add_typer(vision_app, name="vision")
 
 
 @app.command(context_settings={"allow_extra_args": False})
