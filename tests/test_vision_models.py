@@ -35,7 +35,7 @@ from tunesmith.vision.detect import (  # noqa: E402
 from tunesmith.vision.inspector import QualityInspector, yolo_detector  # noqa: E402
 from tunesmith.vision.metrics import mean_average_precision  # noqa: E402
 from tunesmith.vision.synth import make_dataset  # noqa: E402
-from tunesmith.workshop.runs import list_runs  # noqa: E402
+from tunesmith.workshop.runs import list_runs, show_run  # noqa: E402
 from tunesmith.workshop.workspace import Workspace  # noqa: E402
 
 runner = CliRunner()
@@ -117,6 +117,8 @@ def test_the_runs_table_lists_the_vision_run(trained):
     assert row["stage"] == "detect" and row["status"] == "finished"
     assert row["model"] == "yolov8t-defect.yaml" and row["steps"] == 2
     assert row["best"]["name"] == "mAP50-95" and row["wall_seconds"] > 0
+    shown = show_run(Workspace(trained["root"]), "detect-tiny")
+    assert shown["artifacts"] == ["weights"] and shown["last_metrics"]["step"] == 2
 
 
 def test_val_reports_per_class_metrics(trained):

@@ -185,7 +185,8 @@ def show_run(ws: Workspace, name: str) -> dict[str, Any]:
         "last_metrics": metrics[-1] if metrics else None,
         "alerts": _safe_jsonl(run.alerts_path)[-20:],
         "checkpoints": sorted(p.name for p in run.checkpoints.glob("checkpoint-*")),
-        "artifacts": [d for d in ("adapter", "model", "export") if (path / d).is_dir()],
+        # weights/: a vision run's detector (best.pt, last.pt)
+        "artifacts": [d for d in ("adapter", "model", "export", "weights") if (path / d).is_dir()],
         "eval": eval_means(path),
     }
 
