@@ -51,7 +51,12 @@ def build(ctx: Ctx) -> dict:
     with gr.Row():
         run = gr.Dropdown(names, value=names[0] if names else None, label=ctx.t("run"), scale=3)
         refresh = gr.Button(ctx.t("refresh"), scale=0)
-    overrides = gr.Textbox(label=ctx.t("overrides"), placeholder="eval.max_samples=20", max_lines=1)
+    overrides = gr.Textbox(
+        label=ctx.t("overrides"),
+        placeholder="eval.max_samples=20",
+        max_lines=1,
+        elem_id="eval-overrides",
+    )
     start = gr.Button(ctx.t("evaluate"), variant="primary", elem_id="eval-start")
     message = gr.Markdown(elem_id="eval-message")
     state = gr.Markdown(elem_id="eval-status")

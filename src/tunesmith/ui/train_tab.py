@@ -18,11 +18,15 @@ CONFIGS = ".tunesmith/ui/configs"  # the YAML each Start ran with, inside the wo
 
 def component(field: form.FormField, value=None):
     label, info = field.key, field.help or None
+    # a stable id per field (tests and scripts find a box by its config key)
+    elem = {"elem_id": "f-" + "-".join(filter(None, [field.method, *field.key.split(".")]))}
     shown = form.shown_value(field, value)
     if field.kind == "choice":
-        return gr.Dropdown(list(field.choices), value=shown, label=label, info=info, min_width=220)
+        return gr.Dropdown(
+            list(field.choices), value=shown, label=label, info=info, min_width=220, **elem
+        )
     if field.kind == "bool":
-        return gr.Checkbox(value=shown, label=label, info=info, min_width=220)
+        return gr.Checkbox(value=shown, label=label, info=info, min_width=220, **elem)
     if field.kind in ("int", "float"):
         return gr.Number(
             value=shown,
@@ -30,8 +34,9 @@ def component(field: form.FormField, value=None):
             info=info,
             precision=0 if field.kind == "int" else None,
             min_width=220,
+            **elem,
         )
-    return gr.Textbox(value=shown, label=label, info=info, max_lines=1, min_width=220)
+    return gr.Textbox(value=shown, label=label, info=info, max_lines=1, min_width=220, **elem)
 
 
 def save_yaml(ctx: Ctx, text: str) -> str:
@@ -106,7 +111,7 @@ def build(ctx: Ctx, default_model: str) -> dict:
                     for field in [f for f in fields if f.method == name]:
                         method_comps.append(component(field))
             for section in form.SECTIONS:
-                with gr.Accordion(section, open=section != "output"), gr.Row():
+                with gr.Accordion(section, open=True), gr.Row():
                     for field in [f for f in fields if f.key.startswith(f"{section}.")]:
                         comps.append(component(field, defaults.get(field.key)))
         with gr.Column(scale=2):

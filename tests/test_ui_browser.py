@@ -1,0 +1,277 @@
+"""The web workshop in a real browser: Playwright drives Debian's chromium (Playwright's own
+browser download is not reachable here; `make test` installs chromium where apt-get can).
+
+One workspace for the module, the UI served in this process on a free port, the tests in order:
+train from the Train tab and watch the curve, stop and resume, a queued second run, its report,
+chat, a refused path in the Data tab, arena votes. Screenshots of each tab go to tmp_path, or to
+docs/screenshots/ with TUNESMITH_SCREENSHOTS=1 (how the README's pictures are made).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import write_alpaca
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",  # without these the closed network refuses chromium
+    "--disable-component-update",
+    "--disable-sync",
+]
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not CHROMIUM.exists():
+        pytest.skip("no browser: /usr/bin/chromium is missing (make test installs it via apt-get)")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory, tiny_model_dir):
+    """`tunesmith ui` as a user starts it, on a free port over a fresh workspace."""
+    import httpx
+
+    from tunesmith.workshop import actions
+    from tunesmith.workshop.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("workspace")
+    shutil.copytree(tiny_model_dir, root / "model")
+    write_alpaca(root / "train.jsonl")
+    ws = Workspace(root)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "tunesmith.cli.main", "ui", "--workspace", str(root)]
+    log = (root.parent / "ui.log").open("wb")
+    server = subprocess.Popen([*command, "--port", str(port)], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/en/config", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return server.poll() is not None  # exited: fail below with its log
+
+    _until(up, "the UI server", 120)
+    assert server.poll() is None, (root.parent / "ui.log").read_text()[-2000:]
+    yield url, ws
+    for name in actions.queued(ws)["running"]:  # leave no training process behind
+        actions.stop(ws, name)
+    server.terminate()
+    server.wait(30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, ui):
+    url, _ = ui
+    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+    tab.goto(f"{url}/en/")
+    tab.wait_for_selector("#runs-table", timeout=60_000)
+    yield tab
+    tab.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    if os.environ.get("TUNESMITH_SCREENSHOTS"):
+        DOCS.mkdir(parents=True, exist_ok=True)
+        return DOCS
+    return tmp_path_factory.mktemp("screenshots")
+
+
+def _until(predicate, what: str, seconds: float = 120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _text(page, selector: str) -> str:
+    return page.inner_text(selector)
+
+
+def _wait_text(page, selector: str, pattern: str, seconds: float = 120) -> str:
+    return _until(
+        lambda: re.search(pattern, _text(page, selector)) and _text(page, selector),
+        f"{selector} to show {pattern!r} (shows {_text(page, selector)[:200]!r})",
+        seconds,
+    )
+
+
+def _tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_timeout(300)
+
+
+def _fill(page, key: str, value: str) -> None:
+    """A form field by its config key (train_tab gives each the id f-<key with dashes>)."""
+    box = page.locator(f"#f-{key.replace('.', '-')} input")
+    box.fill(value)
+    box.press("Tab")  # change events fire on blur
+
+
+def _points(page) -> int:
+    found = re.search(r"(\d+) points", _text(page, "#run-points"))
+    return int(found.group(1)) if found else 0
+
+
+def test_train_from_the_form_watch_the_curve_stop_and_resume(page, ui, shots):
+    _, ws = ui
+    _tab(page, "Train")
+    for label, value in (
+        ("model.name_or_path", "model"),
+        ("data.train", "train.jsonl"),
+        ("train.max_steps", "3000"),
+        ("train.batch_size", "2"),
+        ("train.save_steps", "1000"),
+        ("output.name", "live"),
+    ):
+        _fill(page, label, value)
+    _until(lambda: "name: live" in _text(page, "#train-yaml"), "the YAML to follow the form")
+    page.click("#train-plan")
+    _wait_text(page, "#train-plan-out", "Memory", 60)
+    page.click("#train-start")
+    _wait_text(page, "#train-message", "Started run live")
+    _wait_text(page, "#train-status", r"step \d+")
+    page.screenshot(path=shots / "train.png", full_page=True)
+
+    _tab(page, "Runs")
+    page.get_by_role("button", name="Refresh").first.click()
+    _until(lambda: _points(page) >= 2, "the curve's first points")
+    first = _points(page)
+    _until(lambda: _points(page) > first, "the curve to get more points while it trains")
+    page.screenshot(path=shots / "runs.png", full_page=True)
+
+    _tab(page, "Train")
+    page.click("#train-stop")
+    _wait_text(page, "#train-status", r"live\*\*: `stopped`|live: stopped", 120)
+    assert (ws.runs_dir / "live" / "checkpoints").is_dir()
+
+    _tab(page, "Runs")
+    page.click("#runs-resume")
+    _wait_text(page, "#runs-message", "✓")
+    _wait_text(page, "#run-facts", "running", 60)
+
+
+def test_a_second_run_waits_in_the_queue_until_the_first_stops(page, ui):
+    _, ws = ui
+    _tab(page, "Train")
+    _fill(page, "output.name", "short")
+    _fill(page, "train.max_steps", "6")
+    _until(lambda: "name: short" in _text(page, "#train-yaml"), "the YAML to follow the form")
+    page.click("#train-start")
+    _wait_text(page, "#train-message", "queued")
+    _wait_text(page, "#train-queue", "short", 20)
+    # the resumed run takes its steps before Stop (a signal during its start-up is not the
+    # case under test here)
+    _until(
+        lambda: re.search(r"\d+/3000 \[", page.input_value("#train-log textarea")),
+        "the resumed run's progress bar",
+    )
+    page.click("#train-stop")  # stops live; the queue then starts short
+    _wait_text(page, "#train-message", "SIGTERM sent", 30)
+    _wait_text(page, "#train-status", r"short\*?\*?: `finished`", 180)
+    from tunesmith.workshop import actions
+
+    assert actions.status(ws, "live")["status"] == "stopped"
+    assert (ws.runs_dir / "short" / "adapter").is_dir()
+
+
+def test_evaluate_and_open_the_report(page, shots):
+    page.reload()
+    page.wait_for_selector("#runs-table", timeout=60_000)
+    _wait_text(page, "#run-facts", "short")
+    page.click("#runs-evaluate")  # opens the Evaluate tab with the run chosen
+    page.fill("#eval-overrides input", "eval.data=[train.jsonl] eval.max_new_tokens=8")
+    page.click("#eval-start")
+    _wait_text(page, "#eval-message", "eval started")
+    _wait_text(page, "#eval-status", "finished", 180)
+    page.wait_for_selector("#eval-report iframe", timeout=20_000)
+    page.screenshot(path=shots / "evaluate.png", full_page=True)
+    _tab(page, "Runs")
+    page.get_by_role("button", name="Refresh").first.click()
+    page.wait_for_selector("#run-report iframe", timeout=30_000)
+
+
+def test_chat_with_the_tuned_run_beside_its_base(page, shots):
+    _tab(page, "Runs")
+    page.click("#runs-chat")  # opens the Chat tab with the run chosen
+    page.fill("#chat-input textarea", "hello who are you?")
+    page.click("#chat-send")
+    for side in ("#chat-base", "#chat-tuned"):
+        _until(lambda side=side: len(_text(page, side)) > len("hello who are you?") + 2, side, 90)
+    page.screenshot(path=shots / "chat.png", full_page=True)
+
+
+def test_data_tab_refuses_a_path_outside_and_inspects_a_file(page, shots):
+    _tab(page, "Data")
+    box = page.locator("#data-file input")
+    box.fill("../../etc/passwd")
+    box.press("Enter")
+    _wait_text(page, "#data-message", r"'\.\.' is not allowed", 30)
+    box.fill("train.jsonl")
+    box.press("Enter")
+    page.click("#data-inspect")
+    _wait_text(page, "#data-headline", "8 records read", 60)
+    page.screenshot(path=shots / "data.png", full_page=True)
+
+
+def test_arena_votes_are_counted_and_read_back(page, ui, shots):
+    _, ws = ui
+    page.reload()
+    page.wait_for_selector("#runs-table", timeout=60_000)
+    _tab(page, "Arena")
+    page.fill("#arena-own textarea", "What is 2 plus 2?")
+    for vote in ("#arena-vote-1", "#arena-vote-tie", "#arena-vote-2"):
+        before = _text(page, "#arena-prompt")
+        page.click("#arena-next")
+        _until(lambda b=before: _text(page, "#arena-prompt") != b or "2 plus 2" in b, "a pair")
+        _until(lambda: page.input_value("#arena-left textarea") != "", "the answers", 60)
+        page.click(vote)
+        _wait_text(page, "#arena-message", "Vote stored")
+        page.fill("#arena-reason textarea", "")
+    stats = _wait_text(page, "#arena-stats", "1 wins, 1 losses, 1 ties")
+    assert "win rate 50%" in stats and "more decisive votes" in stats
+    votes = (ws.runs_dir / "short" / "arena" / "votes.jsonl").read_text().splitlines()
+    assert len(votes) == 3
+    page.click("#arena-export")
+    _wait_text(page, "#arena-message", "2 preference pairs")
+    page.screenshot(path=shots / "arena.png", full_page=True)
+
+
+def test_export_tab_and_the_chinese_page(page, ui, shots):
+    url, _ = ui
+    _tab(page, "Export / Serve")
+    page.click("#export-start")
+    _wait_text(page, "#export-status", "finished|failed", 180)
+    assert "finished" in _text(page, "#export-status")
+    _wait_text(page, "#export-facts", "verification", 30)
+    page.screenshot(path=shots / "export.png", full_page=True)
+    page.goto(f"{url}/zh/")
+    page.wait_for_selector("#runs-table", timeout=60_000)
+    assert "训练" in _text(page, "#tab-train-button") or "训练" in page.content()
+    page.screenshot(path=shots / "runs-zh.png", full_page=True)
