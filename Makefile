@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quickstart test lint format clean
+.PHONY: setup browser quickstart test lint format clean
 
 # torch first: a pinned CPU build that this project's machines hold locally; a bare `torch`
 # requirement resolved by pip would otherwise pull a multi-GB CUDA build.
@@ -23,7 +23,15 @@ setup: $(STAMP)
 quickstart: setup
 	$(BIN)/tunesmith quickstart
 
-test: setup
+# tests/test_ui_browser.py drives Debian's chromium (Playwright's own download is unreachable
+# here); installed where apt-get can, else those tests skip with a sentence
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q chromium >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) || \
+		echo "chromium could not be installed: the browser tests will skip"; fi
+
+test: setup browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/pytest
