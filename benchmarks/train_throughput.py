@@ -6,7 +6,7 @@ lr 1e-4 with a linear schedule and no warmup, one epoch, fp32 on the CPU with 2 
 gradient checkpointing, loss on responses only. Each run in its own subprocess (so the peak RSS
 is that run's): tunesmith packed and padded, TRL packed and padded
 (benchmarks/trl_sft_baseline.py), and tunesmith packed with the speed levers of
-train/speed.py: `tunesmith-fast` (per-example attention on packed rows, fused LoRA; same maths)
+models/speed.py: `tunesmith-fast` (per-example attention on packed rows, fused LoRA; same maths)
 and `tunesmith-compiled` (the same plus torch.compile of the decoder layers; compile time counts,
 as it falls inside `train()`). `tunesmith-packed` is the path without those levers.
 
@@ -99,7 +99,7 @@ def tunesmith_overrides(records: int, packing: bool, out_dir: str) -> list[str]:
 
 
 def speed_overrides(levers: bool, compiled: bool) -> list[str]:
-    """train.optimize / train.compile where the config has them (train/speed.py wired into
+    """train.optimize / train.compile where the config has them (models/speed.py wired into
     train/sft.py); empty otherwise, and the child applies the levers itself."""
     from tunesmith.config.schema import TrainConfig
 
@@ -118,8 +118,8 @@ def run_tunesmith_child(records: int, mode: str) -> dict:
 
     import tunesmith.train.sft as sft
     from tunesmith.config.load import load_config
+    from tunesmith.models.speed import optimize_for_training
     from tunesmith.runs.folder import RunFolder
-    from tunesmith.train.speed import optimize_for_training
 
     packing, levers, compiled = TUNESMITH_MODES[mode]
     wired = speed_overrides(levers, compiled)

@@ -857,9 +857,22 @@ def test_tunesmith_eval_of_a_classifier_refuses_what_does_not_apply(tmp_path, be
     )
     with pytest.raises(DataError, match=r"t\.jsonl:2.*maybe"):
         run_eval(load_config(saved, [f"eval.data=[{test}]"], saved=True), run)
-    with pytest.raises(ConfigError, match="eval.tasks: .*only 'classification' applies"):
+    with pytest.raises(ConfigError, match=r"eval\.tasks: .*only 'classification' applies"):
         overrides = [f"eval.data=[{train}]", "eval.tasks=[generation]"]
         run_eval(load_config(saved, overrides, saved=True), run)
-    with pytest.raises(ConfigError, match="eval.baseline: .* is not a classification run"):
+    with pytest.raises(ConfigError, match=r"eval\.baseline: .* is not a classification run"):
         overrides = [f"eval.data=[{train}]", f"eval.baseline={bert_dir}"]
         run_eval(load_config(saved, overrides, saved=True), run)
+
+
+def test_a_tokenizer_without_a_limit_is_cut_to_the_encoders_position_table(tmp_path, bert_dir):
+    from tunesmith.models.classifier import load_classifier
+
+    config = _config(tmp_path, bert_dir, tmp_path / "unused.jsonl", "x")
+    _, tokenizer, _ = load_classifier(config.model, ["a", "b"], ClsConfig())
+    assert tokenizer.model_max_length == 64  # the tiny BERT's table; its tokenizer sets none
+    long_texts = [{"text": " ".join(FILLER * 20), "label": lab} for lab in ("pos", "neg") * 4]
+    train = _write_jsonl(tmp_path / "long.jsonl", long_texts)
+    overrides = {"data.cutoff_len": 4096, "train.max_steps": 1, "train.cls.long_text": "head"}
+    result = train_run(_config(tmp_path, bert_dir, train, "long", **overrides))
+    assert result.summary["data"]["long_text"]["truncated"] == 8

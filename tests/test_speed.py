@@ -1,4 +1,4 @@
-"""train/speed.py: the optimized paths compute the same losses and gradients as the plain ones."""
+"""models/speed.py: the optimized paths compute the same losses and gradients as the plain ones."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from tunesmith.config.methods import LoraMethod
 from tunesmith.data.dataset import PackedCollator, SFTCollator
 from tunesmith.data.render import IGNORE_INDEX
+from tunesmith.models import speed
 from tunesmith.models.methods import get_method
-from tunesmith.train import speed
 from tunesmith.utils.errors import ConfigError
 
 lora = get_method("lora")  # the registered method form
@@ -317,7 +317,7 @@ def test_times_transposed_equals_mm_for_transposed_views(kernel_choice):
 
 _REUSE_PROBE = """
 import resource, sys, torch
-from tunesmith.train.speed import keep_freed_memory
+from tunesmith.models.speed import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 faults = []

@@ -83,3 +83,18 @@ def test_stages_are_siblings_not_layers():
             and (node.module or "").startswith("tunesmith.train.")
         }
         assert not imported & (STAGE_MODULES - {name}), f"train/{name}.py imports {imported}"
+
+
+def test_the_planner_probes_with_the_levers_of_exactly_the_stages_that_train_with_them():
+    from importlib import import_module
+
+    from tunesmith.plan.time import SPEED_STAGES
+    from tunesmith.train.recipe import Recipe
+
+    recipes = [
+        value
+        for module in {m for m, _ in train_package.STAGES.values()}
+        for value in vars(import_module(module)).values()
+        if isinstance(value, Recipe)
+    ]
+    assert {r.name for r in recipes if r.speed} == SPEED_STAGES

@@ -106,10 +106,13 @@ def _data_line(plan: Plan) -> str:
     d = plan.data
     if d.records is None:
         return d.note
-    return (
-        f"{d.records:,} records, ~{d.tokens:,} tokens, longest {d.longest}, "
-        f"{100 * d.trained_fraction:.0f}% of positions trained ({d.note})"
+    # a classifier's loss is one label per text: no share of positions to report
+    trained = (
+        ""
+        if plan.config.train.stage == "cls"
+        else f"{100 * d.trained_fraction:.0f}% of positions trained "
     )
+    return f"{d.records:,} records, ~{d.tokens:,} tokens, longest {d.longest}, {trained}({d.note})"
 
 
 def _duration(seconds: float) -> str:

@@ -216,7 +216,7 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = False
     optimize: bool = Field(
         True,
-        description="Same maths, less work (train/speed.py): per-example attention on packed "
+        description="Same maths, less work (models/speed.py): per-example attention on packed "
         "rows, LoRA updates added inside the matmul.",
     )
     compile: bool = Field(

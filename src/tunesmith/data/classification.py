@@ -89,9 +89,7 @@ def load_cls_data(
     return ClsData(train, evals, list(labels), stats)
 
 
-def load_cls_test(
-    files: Sequence[str], cfg: ClsConfig, labels: Sequence[str]
-) -> list[ClsRecord]:
+def load_cls_test(files: Sequence[str], cfg: ClsConfig, labels: Sequence[str]) -> list[ClsRecord]:
     """Test records for a trained classifier, read with its columns and label set: a bad record
     or a label outside the set stops with its file and line (a score over part of a test set
     would mislead)."""

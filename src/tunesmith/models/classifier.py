@@ -102,9 +102,23 @@ def load_classifier(
     )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    cap_to_positions(tokenizer, model)
     if cfg.head == "seed":
         use_seed_head(model, cfg.dropout)
     return model, tokenizer, resolved
+
+
+def cap_to_positions(tokenizer, model) -> None:
+    """An encoder's learned position table is its hard limit; a tokenizer saved without a
+    model_max_length (transformers reports ~1e30) would let longer inputs through to an index
+    error, so texts are cut to the table (data.classification.cls_max_length reads this).
+    RoBERTa-style tables reserve the padding index and the one before it."""
+    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if not isinstance(table, nn.Embedding):
+        return  # rotary or relative positions: no table to run past
+    reserved = table.padding_idx + 1 if table.padding_idx is not None else 0
+    tokenizer.model_max_length = min(tokenizer.model_max_length, table.num_embeddings - reserved)
 
 
 def load_head(model, folder: Path) -> None:

@@ -122,6 +122,7 @@ def probe_costs(plan, batches: Counter) -> tuple[RowCost, RowCost, float]:
     from tunesmith.models.load import enable_checkpointing, no_load_report
     from tunesmith.models.methods import get_method
     from tunesmith.models.resolve import resolve_model
+    from tunesmith.models.speed import optimize_for_training
     from tunesmith.plan.count import known_key
 
     config = plan.config
@@ -135,6 +136,7 @@ def probe_costs(plan, batches: Counter) -> tuple[RowCost, RowCost, float]:
     model = get_method(config.method.type).apply(model, config.method, task="seq_cls")
     if config.train.gradient_checkpointing:
         enable_checkpointing(model)
+    model = optimize_for_training(model, config.train.optimize)  # as training runs it
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     loaded = time.perf_counter() - start

@@ -36,6 +36,7 @@ GPU_TFLOPS = {
 GPU_MFU = 0.35  # eager PyTorch training without fused kernels reaches about a third of peak
 CPU_MFU = 0.5  # share of a large fp32 matmul's rate that training reaches on CPU
 PROBE_STEPS = 3  # the first warms up and is not timed
+SPEED_STAGES = {"sft", "pt", "distill", "cls"}  # recipes with speed=True (models/speed.py)
 
 
 @dataclass
@@ -143,6 +144,7 @@ def probe_rate(plan) -> float:
     from tunesmith.models.load import enable_checkpointing, load_causal_lm
     from tunesmith.models.methods import get_method
     from tunesmith.models.resolve import resolve_model
+    from tunesmith.models.speed import optimize_for_training
     from tunesmith.plan.count import known_key
     from tunesmith.plan.estimate import workload_for
 
@@ -154,6 +156,8 @@ def probe_rate(plan) -> float:
     model = get_method(config.method.type).apply(model, config.method)
     if config.train.gradient_checkpointing:
         enable_checkpointing(model)
+    if config.train.stage in SPEED_STAGES:  # the levers the stage's training applies
+        model = optimize_for_training(model, config.train.optimize)
     device = _this_device()
     model.to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)

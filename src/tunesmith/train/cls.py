@@ -432,6 +432,6 @@ CLS = Recipe(
     report=report_data,
     trainer=_trainer,
     probes=lambda job: [_Report()],
-    speed=True,  # fused LoRA, the faster matmul kernel, kept freed memory (train/speed.py)
+    speed=True,  # fused LoRA, the faster matmul kernel, kept freed memory (models/speed.py)
     example="reviews.csv",
 )

@@ -37,6 +37,7 @@ from tunesmith.config.schema import RunConfig
 from tunesmith.models.load import enable_checkpointing, load_model_and_tokenizer
 from tunesmith.models.methods import Method, count_parameters, get_method
 from tunesmith.models.methods.base import Task
+from tunesmith.models.speed import matmul_kernel, optimize_for_training
 from tunesmith.plan import plan_summary
 from tunesmith.runs.folder import RunFolder, is_main_process
 from tunesmith.train.callbacks import (
@@ -53,7 +54,6 @@ from tunesmith.train.checkpoints import RunTotals
 from tunesmith.train.distributed import check_distributed
 from tunesmith.train.forgetting_check import ForgettingCheck
 from tunesmith.train.monitor import TrainingMonitor
-from tunesmith.train.speed import matmul_kernel, optimize_for_training
 from tunesmith.train.tracking import check_trackers, tracking
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError, DataError
@@ -136,7 +136,7 @@ class Recipe:
     probes: Callable[[Job], list[Probe]] = lambda job: []
     artifact_model: Callable[[Any], Any] = lambda trainer: trainer.model  # what method.save gets
     packs: bool = False  # reads train.packing
-    speed: bool = False  # train.optimize / train.compile levers (train/speed.py) apply
+    speed: bool = False  # train.optimize / train.compile levers (models/speed.py) apply
     refuses: tuple[str, ...] = ()  # train.<key> settings its trainer lacks (trainer.py)
     example: str = "my_data.jsonl"  # shown when data.train is missing
 
@@ -302,7 +302,7 @@ def prepare(recipe: Recipe, job: Job):
 
 
 def pin_matmul_kernel(run: RunFolder, resume: bool) -> str:
-    """The matmul kernel is timed per process (train/speed.py): a resumed run takes the one the
+    """The matmul kernel is timed per process (models/speed.py): a resumed run takes the one the
     interrupted run chose, recorded in speed.json, so that its losses stay bit for bit the same."""
     path = run.root / "speed.json"
     recorded = json.loads(path.read_text()) if resume and path.is_file() else {}

@@ -5,7 +5,7 @@ SmolLM2); on chat data most positions are prompt tokens whose logits are thrown 
 loss mask. Asking the model for the logits of the positions whose next token is trained
 (`logits_to_keep` with explicit indices) skips that work and its memory, with the same loss.
 With `fused_loss` (train.optimize) the output layer and the loss run together in cache-sized
-chunks of the vocabulary (train/speed.py), so even those logits are never held in memory.
+chunks of the vocabulary (models/speed.py), so even those logits are never held in memory.
 
 Forgetting control (train/forgetting.py) hooks in here: the L2-SP penalty is added to the
 training loss and logged as `l2_penalty`; layer-wise lr decay shapes the optimizer's groups.
@@ -20,11 +20,11 @@ from transformers import Trainer
 from tunesmith.data.dataset import PackedCollator, SFTCollator, build_sft_data
 from tunesmith.data.render import IGNORE_INDEX
 from tunesmith.models.methods import lora, virtual_tokens
+from tunesmith.models.speed import fused_loss_head, head_returns_hidden_states, linear_cross_entropy
 from tunesmith.train.arguments import training_arguments
 from tunesmith.train.checkpoints import AtomicCheckpoints
 from tunesmith.train.forgetting import L2ToPretrained, add_replay, layerwise_param_groups
 from tunesmith.train.recipe import Data, Recipe
-from tunesmith.train.speed import fused_loss_head, head_returns_hidden_states, linear_cross_entropy
 from tunesmith.utils.errors import ConfigError
 
 
