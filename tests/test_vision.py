@@ -421,3 +421,29 @@ def test_synthetic_boxes_are_the_drawn_pixels(tmp_path):
     assert report["rejects"] == [] and report["images"] == 16
     again = make_dataset(tmp_path / "syn2", {"train": 12, "val": 4}, size=96, seed=2)
     assert (again.parent / "truth.json").read_text() == (dataset.parent / "truth.json").read_text()
+
+
+def test_cli_convert_and_inspect(tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.main import app
+
+    src = tmp_path / "voc"
+    src.mkdir()
+    for i in range(5):
+        _voc(src, f"img{i}", [("defect_scratch", 100, 50, 300, 250)])
+    _voc(src, "bad", [("defect_scratch", 100, 50, 900, 250)])
+    runner = CliRunner()
+    out = runner.invoke(
+        app, ["vision", "convert", str(src), str(tmp_path / "yolo"), "--split", "0.6,0.2,0.2"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "converted 5 of 6 annotations (1 rejected" in out.output
+    out = runner.invoke(app, ["vision", "inspect", str(tmp_path / "yolo"), "--out", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert "5 images: 5 kept, 0 rejected" in out.output
+    assert json.loads((tmp_path / "inspect.json").read_text())["images"] == 5
+    out = runner.invoke(
+        app, ["vision", "convert", str(src), str(tmp_path / "y2"), "--split", "1,2"]
+    )
+    assert out.exit_code == 2 and "--split: expected three ratios" in out.output

@@ -13,6 +13,7 @@ closed for the last five epochs; the seed's defaults stay the defaults of `visio
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -78,7 +79,8 @@ def run_demo(
     report = inspector.inspect_folder(
         run.root / "data" / "images" / "test", run.root / "inspection"
     )
-    overview(report, run.root / "inspection")
+    truth = json.loads((run.root / "data" / "truth.json").read_text(encoding="utf-8"))
+    overview(report, run.root / "inspection", truth)
     return {
         "run": str(run.root),
         "seconds": round(time.time() - started, 1),
@@ -94,13 +96,16 @@ def run_demo(
     }
 
 
-def overview(report: dict, out: Path, scale: int = 2) -> Path | None:
-    """One annotated image per verdict (the one with most defects), side by side."""
+def overview(report: dict, out: Path, truth: dict | None = None, scale: int = 2) -> Path | None:
+    """One annotated image per verdict side by side: the one with most defects whose
+    detections name the classes drawn (`truth`: image name -> classes), else the one with
+    most defects."""
     picked = []
     for verdict in VERDICTS:
         rows = [r for r in report["images"] if r["verdict"] == verdict]
+        right = [r for r in rows if _found_all(r, truth)]
         if rows:
-            picked.append(max(rows, key=lambda r: r["defect_count"]))
+            picked.append(max(right or rows, key=lambda r: r["defect_count"]))
     if not picked:
         return None
     pictures = [Image.open(out / r["annotated"]).convert("RGB") for r in picked]
@@ -114,3 +119,10 @@ def overview(report: dict, out: Path, scale: int = 2) -> Path | None:
     path = out / "overview.jpg"
     sheet.save(path, quality=90)
     return path
+
+
+def _found_all(row: dict, truth: dict | None) -> bool:
+    if truth is None:
+        return False
+    drawn = truth.get(f"test/{Path(row['image']).name}")
+    return drawn is not None and sorted(drawn) == sorted(d["class"] for d in row["defects"])

@@ -146,13 +146,24 @@ class QualityInspector:
         return report
 
     def _row(self, image: Path, out: Path, conf: float | None) -> dict:
-        try:
-            result = self.inspect(image, conf)
-        except OSError as exc:  # unreadable or not an image
-            return {"image": str(image), "verdict": "ERROR", "error": f"{image}: {exc}"}
+        if not readable(image):
+            error = f"{image}: not an image Pillow can read (corrupt, truncated or another format)"
+            return {"image": str(image), "verdict": "ERROR", "error": error}
+        result = self.inspect(image, conf)
         saved = out / "annotated" / f"{image.stem}.jpg"
         result.pop("annotated_image").convert("RGB").save(saved, quality=90)
         return {**result, "annotated": str(saved.relative_to(out))}
+
+
+def readable(image: Path) -> bool:
+    """Whether Pillow reads the file. Broad on purpose: once Ultralytics is imported it patches
+    Image.open, and an unknown format raises its ImportError (no HEIF plugin), not OSError."""
+    try:
+        with Image.open(image) as opened:
+            opened.verify()
+    except Exception:
+        return False
+    return True
 
 
 def list_images(source: Path) -> list[Path]:
@@ -185,10 +196,12 @@ def annotate(image: Path, defects: list[dict], verdict: str) -> Image.Image:
         x1, y1, x2, y2 = d["bbox"]
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=scale)
         label = f"{d['class']} {d['confidence']:.2f} {d['severity']}"
-        left, top, right, bottom = draw.textbbox((x1, y1), label, font=font)
-        top_y = y1 - (bottom - top) - 2 if y1 - (bottom - top) - 2 >= 0 else y2 + 1
-        draw.rectangle([x1, top_y, x1 + right - left + 4, top_y + bottom - top + 2], fill=colour)
-        draw.text((x1 + 2, top_y - (top - y1)), label, fill=(255, 255, 255), font=font)
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        # above the box, or below it at the top edge; moved left where it would leave the image
+        x = max(0, min(x1, width - (right - left) - 4))
+        y = y1 - (bottom - top) - 2 if y1 - (bottom - top) - 2 >= 0 else y2 + 1
+        draw.rectangle([x, y, x + right - left + 4, y + bottom - top + 2], fill=colour)
+        draw.text((x + 2, y - top), label, fill=(255, 255, 255), font=font)
     banner = Image.new("RGB", (width, 14 * scale + 4), VERDICT_COLOURS[verdict])
     text = f"{verdict}  {len(defects)} defect{'s' if len(defects) != 1 else ''}"
     ImageDraw.Draw(banner).text((4, 2), text, fill=(255, 255, 255), font=_font(12 * scale))
