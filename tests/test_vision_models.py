@@ -117,6 +117,7 @@ def test_the_runs_table_lists_the_vision_run(trained):
     assert row["stage"] == "detect" and row["status"] == "finished"
     assert row["model"] == "yolov8t-defect.yaml" and row["steps"] == 2
     assert row["best"]["name"] == "mAP50-95" and row["wall_seconds"] > 0
+    assert len(row["data_hash"]) == 12  # dataset.yaml and the label files
     shown = show_run(Workspace(trained["root"]), "detect-tiny")
     assert shown["artifacts"] == ["weights"] and shown["last_metrics"]["step"] == 2
 
@@ -162,6 +163,10 @@ def test_cli_errors_are_one_sentence(trained, tmp_path):
         load_detect_config(None, ["data.dataset=d.yaml", "train.epochs=0"])
     with pytest.raises(ConfigError, match=r"train.lr: Extra inputs are not permitted"):
         load_detect_config(None, ["data.dataset=d.yaml", "train.lr=0.1"])
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "dataset.yaml").write_text("train: images/train\nnames: [a]\n")
+    out = runner.invoke(app, ["vision", "train", "--data", str(tmp_path / "dataset.yaml")])
+    assert out.exit_code == 2 and "which holds no images" in out.output
     out = runner.invoke(app, ["vision", "val", str(tmp_path)])
     assert out.exit_code == 2 and "no weights/best.pt" in out.output
 

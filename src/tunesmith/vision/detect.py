@@ -16,6 +16,8 @@ in `DetectTrain`; anything else Ultralytics accepts goes through `train.extra`.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 import time
 from pathlib import Path
@@ -179,10 +181,12 @@ def train_detector(config: DetectConfig, run: RunFolder | None = None) -> dict:
     if not dataset.is_file():
         raise ConfigError(f"data.dataset: '{dataset}' does not exist (a YOLO dataset.yaml)")
     model_file = resolve_model(config.model.name_or_path)
+    _check_images(dataset)  # a dataset.yaml's mistakes stop us before a run folder exists
+    data_hash = dataset_hash(dataset)
     run = run or RunFolder.create(config.output, f"detect-{Path(model_file).stem}")
     run.write_text("config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
     run.drop_metrics_after(0)
-    run.start_process()
+    run.start_process(data={"dataset": data_hash})
     started = time.time()
     try:
         model = ultralytics.YOLO(model_file)
@@ -192,17 +196,49 @@ def train_detector(config: DetectConfig, run: RunFolder | None = None) -> dict:
         model.train(**ultralytics_train_args(config, run))
         summary = _summary(config, run, model, time.time() - started)
     except BaseException as exc:
-        run.end_process(_as_user_error(exc))
+        error = _as_user_error(exc)
+        run.end_process(error)
+        if error is not exc:  # one sentence on the console too, not Ultralytics' traceback
+            raise error from None
         raise
     run.end_process()
     run.add_to_index(stage="detect", model=config.model.name_or_path, seconds=summary["seconds"])
     return summary
 
 
+def dataset_hash(dataset: Path) -> str:
+    """One hash of dataset.yaml and every label file (names and contents): the runs table's
+    data column tells runs on the same labels apart from the rest; images are not read."""
+    from tunesmith.vision.checks import label_path, read_dataset_yaml
+
+    digest = hashlib.sha256(Path(dataset).read_bytes())
+    _, splits, _ = read_dataset_yaml(dataset)
+    for split, folder in sorted(splits.items()):
+        labels = label_path(folder / "x.jpg").parent
+        for path in sorted(labels.rglob("*.txt")) if labels.is_dir() else []:
+            digest.update(f"{split}/{path.relative_to(labels)}".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _check_images(dataset: Path) -> None:
+    from tunesmith.vision.checks import read_dataset_yaml
+    from tunesmith.vision.convert import IMAGE_SUFFIXES
+
+    _, splits, _ = read_dataset_yaml(dataset)
+    for split, folder in splits.items():
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*")):
+            raise ConfigError(
+                f"data.dataset: {dataset} names '{split}: {folder}', which holds no images"
+            )
+
+
 def _as_user_error(exc: BaseException) -> BaseException:
-    """Ultralytics reports a bad dataset as FileNotFoundError / RuntimeError with its own words."""
-    if isinstance(exc, FileNotFoundError | RuntimeError) and "dataset" in str(exc).lower():
-        return TunesmithError(str(exc).strip().splitlines()[0])
+    """Ultralytics reports a bad dataset as FileNotFoundError / RuntimeError with its own words
+    (coloured for a terminal): its first line, plain."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    if isinstance(exc, FileNotFoundError | RuntimeError) and "data" in text.lower():
+        return TunesmithError(text.splitlines()[0])
     return exc
 
 
