@@ -150,7 +150,7 @@ def test_predict_and_the_inspector_with_the_trained_detector(trained):
          "--out", str(trained["root"] / "one"), "--conf", "0.001", "--severity", "dent=low"],
     )  # fmt: skip
     assert out.exit_code == 0, out.output
-    assert "判定结果 (verdict)" in out.output and "1 images" in out.output
+    assert "判定结果 (verdict)" in out.output and "1 image: " in out.output
 
 
 def test_cli_errors_are_one_sentence(trained, tmp_path):

@@ -184,8 +184,9 @@ def inspect_images(
     if len(report["images"]) == 1 and report["images"][0]["verdict"] != "ERROR":
         print_result(report["images"][0])
     counts = report["summary"]
+    plural = "s" if counts["images"] != 1 else ""
     console.print(
-        f"{counts['images']} images: PASS {counts['PASS']}, WARNING {counts['WARNING']}, "
+        f"{counts['images']} image{plural}: PASS {counts['PASS']}, WARNING {counts['WARNING']}, "
         f"FAIL {counts['FAIL']}" + (f", ERROR {counts['ERROR']}" if counts["ERROR"] else "")
     )
     console.print(f"report: {out / 'report.html'} and {out / 'report.json'}")
@@ -217,12 +218,14 @@ def demo(
     model: Annotated[str, typer.Option(help="Model YAML (from scratch) or local .pt.")] = (
         "yolov8t-defect.yaml"
     ),
+    seed: Annotated[int, typer.Option(help="Seed of the generated images and of training.")] = 0,
 ):
     """Offline end to end: synthetic defects, a YOLO trained from scratch on CPU, the inspector."""
     from tunesmith.vision.demo import run_demo
     from tunesmith.vision.detect import DetectOutput, print_metrics
 
-    result = run_demo(DetectOutput(dir=output_dir, name=name), images, size, epochs, minutes, model)
+    output = DetectOutput(dir=output_dir, name=name)
+    result = run_demo(output, images, size, epochs, minutes, model, seed)
     if result["per_class"]:
         print_metrics(result)
     console.print(

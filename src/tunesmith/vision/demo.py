@@ -45,9 +45,16 @@ DEMO_TRAIN = {
 
 
 def demo_config(
-    dataset: Path, output: DetectOutput, model: str, epochs: int, minutes: float | None, size: int
+    dataset: Path,
+    output: DetectOutput,
+    model: str,
+    epochs: int,
+    minutes: float | None,
+    size: int,
+    seed: int = 0,
 ) -> DetectConfig:
-    train = DetectTrain(**{**DEMO_TRAIN, "epochs": epochs, "imgsz": size, "minutes": minutes})
+    given = {"epochs": epochs, "imgsz": size, "minutes": minutes, "seed": seed}
+    train = DetectTrain(**{**DEMO_TRAIN, **given})
     return DetectConfig(
         model=DetectModel(name_or_path=model),
         data=DetectData(dataset=str(dataset)),
@@ -74,7 +81,7 @@ def run_demo(
     )
     dataset = make_dataset(run.root / "data", counts, size=size, seed=seed)
     console.print(f"training {model} from scratch on {counts['train']} images ...")
-    summary = train_detector(demo_config(dataset, output, model, epochs, minutes, size), run)
+    summary = train_detector(demo_config(dataset, output, model, epochs, minutes, size, seed), run)
     inspector = QualityInspector(yolo_detector(run.root, imgsz=size))
     report = inspector.inspect_folder(
         run.root / "data" / "images" / "test", run.root / "inspection"

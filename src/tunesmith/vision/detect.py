@@ -263,6 +263,10 @@ class EpochLogger:
         for key, value in {**losses, **(trainer.metrics or {}), **trainer.lr}.items():
             record[_metric_name(key)] = round(float(value), 6)
         self.run.append_metrics(record)
+        console.print(
+            f"epoch {record['epoch']}/{trainer.epochs}  loss {record['loss']:.3f}  "
+            f"mAP50 {record.get('mAP50', 0):.3f}  mAP50-95 {record.get('mAP50-95', 0):.3f}"
+        )
 
 
 def _metric_name(key: str) -> str:
