@@ -211,7 +211,7 @@ def demo(
     name: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
     images: Annotated[int, typer.Option(min=16, help="Training images to generate.")] = 400,
     size: Annotated[int, typer.Option(min=64, help="Image size in pixels.")] = 160,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 40,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 50,
     minutes: Annotated[
         float | None, typer.Option(help="Time budget: Ultralytics fits the epochs into it.")
     ] = None,

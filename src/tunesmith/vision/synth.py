@@ -40,7 +40,8 @@ def _scratch(draw: ImageDraw.ImageDraw, rng, size: int) -> None:
     x1, y1 = x0 + length * math.cos(angle), y0 + length * math.sin(angle)
     bend = rng.normal(0, size * 0.03, 2)
     middle = ((x0 + x1) / 2 + bend[0], (y0 + y1) / 2 + bend[1])
-    draw.line([(x0, y0), middle, (x1, y1)], fill=255, width=int(rng.integers(1, 3)))
+    # 2-3 px: a 1-px line at 160 px is below what a stride-8 detector sees once augmented
+    draw.line([(x0, y0), middle, (x1, y1)], fill=255, width=int(rng.integers(2, 4)))
 
 
 def _crack(draw: ImageDraw.ImageDraw, rng, size: int) -> None:
