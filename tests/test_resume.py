@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,8 +223,7 @@ def test_a_second_signal_ends_the_process_at_once(tmp_path, monkeypatch):
     stop = callbacks.StopOnSignal()
     args = TrainingArguments(str(tmp_path), report_to=[])
     state, control = TrainerState(), TrainerControl()
-    stop.on_train_begin(args, state, control)
-    try:
+    with stop.installed():
         assert signal.getsignal(signal.SIGTERM) == stop._handle
         stop.on_step_end(args, state, control)
         assert not control.should_save  # no signal yet
@@ -234,6 +234,39 @@ def test_a_second_signal_ends_the_process_at_once(tmp_path, monkeypatch):
         assert control.should_save and control.should_training_stop and stop.stopped_at == 7
         signal.raise_signal(signal.SIGINT)
         assert ended == [signal.SIGINT]
-    finally:
-        stop.on_train_end(args, state, control)
     assert signal.getsignal(signal.SIGTERM) == previous  # the handlers are put back
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_signal_while_the_model_loads_stops_before_the_first_step(
+    tmp_path, tiny_model_dir, alpaca_file, monkeypatch, resumed
+):
+    """A stop sent while data and model load (a UI's Stop right after Start or Resume) ends the
+    run cleanly before any step: nothing new is saved, the run reads `stopped`, and a resume
+    starts from the checkpoint it had."""
+    import tunesmith.train.recipe as recipe
+    from tunesmith.train.callbacks import TrainingInterrupted
+
+    config = run_config(
+        tmp_path, tiny_model_dir, alpaca_file, "early", "train.max_steps=4", "train.save_steps=2"
+    )
+    run = tmp_path / "runs" / "early"
+    if resumed:
+        train_run(config)
+        shutil.rmtree(run / "checkpoints" / "checkpoint-4")  # as if stopped at step 2
+    loaded = recipe.report_trainable
+
+    def signal_while_loading(*args):
+        signal.raise_signal(signal.SIGTERM)  # the handler is in place before the model loads
+        return loaded(*args)
+
+    monkeypatch.setattr(recipe, "report_trainable", signal_while_loading)
+    with pytest.raises(TrainingInterrupted, match="before its first step") as stopped:
+        train_run(config, resume=resumed)
+    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints == (["checkpoint-2"] if resumed else [])
+    assert stopped.value.step == (2 if resumed else 0)
+    process = RunFolder(run).read_process()
+    assert process["status"] == "stopped" and "before its first step" in process["error"]
+    monkeypatch.setattr(recipe, "report_trainable", loaded)
+    assert train_run(config, resume=resumed).summary["steps"] == 4

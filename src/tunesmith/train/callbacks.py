@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 from transformers import EarlyStoppingCallback, TrainerCallback
@@ -169,15 +171,29 @@ def exit_code(signum: int) -> int:
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped by SIGTERM or SIGINT after a checkpoint of its last step was written."""
+    """Training stopped by SIGTERM or SIGINT: after a checkpoint of its last step was written,
+    or before its first step (checkpoint: the one it would have resumed from, or None)."""
 
-    def __init__(self, signum: int, step: int, run_root: Path, checkpoint: Path):
+    def __init__(
+        self, signum: int, step: int, run_root: Path, checkpoint: Path | None, before=False
+    ):
         self.signum, self.step, self.run_root, self.checkpoint = signum, step, run_root, checkpoint
         self.exit_code = exit_code(signum)
-        super().__init__(
-            f"training stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
-            f"saved to {checkpoint}. Resume with: tunesmith train --resume {run_root}"
+        name = signal.Signals(signum).name
+        if not before:
+            message = (
+                f"training stopped by {name} after step {step}; checkpoint saved to {checkpoint}"
+            )
+        elif checkpoint is not None:
+            message = f"training stopped by {name} before its first step; {checkpoint} is unchanged"
+        else:
+            message = f"training stopped by {name} before its first step; nothing was trained"
+        again = (
+            f"Resume with: tunesmith train --resume {run_root}"
+            if checkpoint is not None
+            else "Start it again with the same command"
         )
+        super().__init__(f"{message}. {again}")
 
 
 def _exit_now(signum: int) -> None:
@@ -190,18 +206,26 @@ class StopOnSignal(TrainerCallback):
     """The first SIGTERM or SIGINT lets the current optimizer step finish, then asks the Trainer
     to save a checkpoint (AtomicCheckpoints: complete or absent) and stop; `train` then raises
     TrainingInterrupted. A second signal ends the process at once. The handlers are installed
-    while training runs (in the main thread; elsewhere signals keep their default action)."""
+    for the whole run (`installed`, in the main thread; elsewhere signals keep their default
+    action): a signal while the model loads stops the run before its first step, cleanly, and
+    one while the artifact is saved waits for the save."""
 
     def __init__(self):
         self.signum: int | None = None
         self.stopped_at: int | None = None  # the step whose checkpoint the signal asked for
         self._previous: dict[int, object] = {}
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopOnSignal]:
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        try:
+            yield self
+        finally:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
@@ -223,11 +247,6 @@ class StopOnSignal(TrainerCallback):
             self.stopped_at = state.global_step
             control.should_save = True
             control.should_training_stop = True
-
-    def on_train_end(self, args, state, control, **kwargs):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
 
     def _stop_everywhere(self, args) -> bool:
         """Whether any process got a signal: under torchrun they stop and save at one step."""

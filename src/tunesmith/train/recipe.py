@@ -146,7 +146,8 @@ def train(recipe: Recipe, config: RunConfig, run: RunFolder, resume: bool = Fals
     error sentence (the workshop's runs table reads it)."""
     run.start_process(data=data_hashes(config))
     try:
-        result = train_steps(recipe, config, run, resume)
+        with StopOnSignal().installed() as stop:  # from the start: a stop while loading is clean
+            result = train_steps(recipe, config, run, stop, resume)
     except BaseException as error:
         run.end_process(error)
         raise
@@ -162,7 +163,7 @@ def data_hashes(config: RunConfig) -> dict[str, str]:
 
 
 def train_steps(
-    recipe: Recipe, config: RunConfig, run: RunFolder, resume: bool = False
+    recipe: Recipe, config: RunConfig, run: RunFolder, stop: StopOnSignal, resume: bool = False
 ) -> TrainResult:
     from transformers import set_seed
 
@@ -191,10 +192,11 @@ def train_steps(
     job.model = prepare(recipe, job)
     with tracking(config.train, run):  # train.report_to's trackers, into RUN/tracking
         trainer = recipe.trainer(job)
-        monitor, stop = wire_callbacks(trainer, job)
+        monitor = wire_callbacks(trainer, job, stop)
         for probe in probes:
             probe.on_start(trainer)
         checkpoint = resume_checkpoint(run, resume)
+        stopped_before_training(stop, run, checkpoint)
         trainer.run_totals = totals = RunTotals.resumed_from(checkpoint, started)
         with quiet_library_deprecations():
             resume_from = str(checkpoint) if checkpoint else None
@@ -311,9 +313,9 @@ def pin_matmul_kernel(run: RunFolder, resume: bool) -> str:
     return kernel
 
 
-def wire_callbacks(trainer, job: Job) -> tuple[TrainingMonitor, StopOnSignal]:
-    """The shared callbacks, added to the built trainer; returns the monitor and the signal
-    handler (SIGTERM / SIGINT: save a checkpoint and stop)."""
+def wire_callbacks(trainer, job: Job, stop: StopOnSignal) -> TrainingMonitor:
+    """The shared callbacks and `stop` (SIGTERM / SIGINT: save a checkpoint and stop), added to
+    the built trainer; returns the monitor."""
     from transformers.trainer_callback import ProgressCallback
 
     cfg = job.config.train
@@ -321,12 +323,11 @@ def wire_callbacks(trainer, job: Job) -> tuple[TrainingMonitor, StopOnSignal]:
     # the monitor first: it puts NaN losses back into the logs the metrics callback writes
     callbacks = [monitor, MetricsCallback(job.run, cfg.monitor.plot_every)]
     callbacks += early_stopping_callbacks(cfg) + job.method.callbacks(job.model)
-    stop = StopOnSignal()
     for callback in [*callbacks, stop]:
         trainer.add_callback(callback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(CompactProgressCallback)
-    return monitor, stop
+    return monitor
 
 
 # transformers 5 renamed gradient to activation checkpointing; TRL's trainers (DPO, KTO: around
@@ -341,6 +342,14 @@ def quiet_library_deprecations() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", _LIBRARY_DEPRECATIONS, FutureWarning)
         yield
+
+
+def stopped_before_training(stop: StopOnSignal, run: RunFolder, checkpoint: Path | None) -> None:
+    """A signal while the data and model loaded: stop before the first step; the checkpoint a
+    resume would start from (if any) stays as it was."""
+    if stop.signum is not None:
+        step = int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
+        raise TrainingInterrupted(stop.signum, step, run.root, checkpoint, before=True)
 
 
 def stopped_by_signal(stop: StopOnSignal, run: RunFolder) -> None:
