@@ -32,10 +32,6 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# after Stop, Resume and a second Stop from the page, the resumed run kept training (its status
-# froze at one step) in this test's quick sequence; a resume minutes after the stop stops fine.
-# Until that is understood the tests that build on the second stop stay off.
-AFTER_SECOND_STOP = pytest.mark.skip(reason="the resumed run does not stop on a second Stop yet")
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 
 
@@ -119,11 +115,14 @@ def _text(page, selector: str) -> str:
 
 
 def _wait_text(page, selector: str, pattern: str, seconds: float = 120) -> str:
-    return _until(
-        lambda: re.search(pattern, _text(page, selector)) and _text(page, selector),
-        f"{selector} to show {pattern!r} (shows {_text(page, selector)[:200]!r})",
-        seconds,
-    )
+    try:
+        return _until(
+            lambda: re.search(pattern, _text(page, selector)) and _text(page, selector),
+            f"{selector} to show {pattern!r}",
+            seconds,
+        )
+    except AssertionError as timed_out:  # what the page shows when the wait ends
+        raise AssertionError(f"{timed_out} (shows {_text(page, selector)[:200]!r})") from None
 
 
 def _tab(page, name: str) -> None:
@@ -172,7 +171,7 @@ def test_train_from_the_form_watch_the_curve_stop_and_resume(page, ui, shots):
 
     _tab(page, "Train")
     page.click("#train-stop")
-    _wait_text(page, "#train-status", r"live\*\*: `stopped`|live: stopped", 120)
+    _wait_text(page, "#train-status", r"live: stopped", 120)
     assert (ws.runs_dir / "live" / "checkpoints").is_dir()
 
     _tab(page, "Runs")
@@ -181,7 +180,6 @@ def test_train_from_the_form_watch_the_curve_stop_and_resume(page, ui, shots):
     _wait_text(page, "#run-facts", "running", 60)
 
 
-@AFTER_SECOND_STOP
 def test_a_second_run_waits_in_the_queue_until_the_first_stops(page, ui):
     _, ws = ui
     _tab(page, "Train")
@@ -199,14 +197,13 @@ def test_a_second_run_waits_in_the_queue_until_the_first_stops(page, ui):
     )
     page.click("#train-stop")  # stops live; the queue then starts short
     _wait_text(page, "#train-message", "SIGTERM sent", 30)
-    _wait_text(page, "#train-status", r"short\*?\*?: `finished`", 180)
+    _wait_text(page, "#train-status", r"short: finished", 180)
     from tunesmith.workshop import actions
 
     assert actions.status(ws, "live")["status"] == "stopped"
     assert (ws.runs_dir / "short" / "adapter").is_dir()
 
 
-@AFTER_SECOND_STOP
 def test_evaluate_and_open_the_report(page, shots):
     page.reload()
     page.wait_for_selector("#runs-table", timeout=60_000)
@@ -223,7 +220,6 @@ def test_evaluate_and_open_the_report(page, shots):
     page.wait_for_selector("#run-report iframe", timeout=30_000)
 
 
-@AFTER_SECOND_STOP
 def test_chat_with_the_tuned_run_beside_its_base(page, shots):
     _tab(page, "Runs")
     page.click("#runs-chat")  # opens the Chat tab with the run chosen
@@ -247,7 +243,6 @@ def test_data_tab_refuses_a_path_outside_and_inspects_a_file(page, shots):
     page.screenshot(path=shots / "data.png", full_page=True)
 
 
-@AFTER_SECOND_STOP
 def test_arena_votes_are_counted_and_read_back(page, ui, shots):
     _, ws = ui
     page.reload()
@@ -271,7 +266,6 @@ def test_arena_votes_are_counted_and_read_back(page, ui, shots):
     page.screenshot(path=shots / "arena.png", full_page=True)
 
 
-@AFTER_SECOND_STOP
 def test_export_tab_and_the_chinese_page(page, ui, shots):
     url, _ = ui
     _tab(page, "Export / Serve")

@@ -3,6 +3,7 @@ starts), the planner's answer, Start (queued while another run trains), progress
 
 from __future__ import annotations
 
+import sys
 import time
 
 import gradio as gr
@@ -214,7 +215,8 @@ def _quiet(tick, n: int):
     def run(*args):
         try:
             return tick(*args)
-        except Exception:  # a folder mid-write: the next tick catches up
+        except Exception as exc:  # a folder mid-write: the next tick catches up
+            print(f"tick skipped: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             return tuple([gr.skip()] * n)
 
     return run
