@@ -182,13 +182,16 @@ def choose_long_text(lengths: Sequence[int], budget: int, cfg: ClsConfig) -> tup
     """(strategy, why): train.cls.long_text, or for auto the rule its description states,
     applied to the texts' token lengths against the model's budget."""
     if cfg.long_text != "auto":
-        return cfg.long_text, "set by train.cls.long_text"
+        return cfg.long_text, "as train.cls.long_text says"
     if cfg.text_pair_column:
-        return "head", "text pairs keep their heads"
+        return "head", "train.cls.long_text auto: text pairs keep their heads"
     long = sum(n > budget for n in lengths)
     cut = sum(max(0, n - budget) for n in lengths) / max(sum(lengths), 1)
     share = long / max(len(lengths), 1)
-    facts = f"{share:.0%} of the texts are longer than {budget} tokens, {cut:.0%} of all tokens"
+    facts = (
+        f"train.cls.long_text auto: {share:.0%} of the texts are longer than {budget} tokens, "
+        f"{cut:.0%} of all tokens would be cut"
+    )
     if share <= AUTO_HEAD_SHARE:
         return "head", facts
     return ("chunk" if cut > AUTO_CHUNK_LOSS else "head_tail"), facts

@@ -169,10 +169,7 @@ def report_data(data: Data, run: RunFolder) -> None:
     long_text = data.summary["data"]["long_text"]
     if stats["truncated"]:
         windows = f", {stats['examples']} windows" if long_text["strategy"] == "chunk" else ""
-        console.print(
-            f"long texts: {long_text['strategy']}{windows} ({long_text['why']}; "
-            "train.cls.long_text)"
-        )
+        console.print(f"long texts: {long_text['strategy']}{windows} ({long_text['why']})")
 
 
 # loss and trainer -----------------------------------------------------------------------------
