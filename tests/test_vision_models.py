@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -169,6 +170,61 @@ def test_cli_errors_are_one_sentence(trained, tmp_path):
     assert out.exit_code == 2 and "which holds no images" in out.output
     out = runner.invoke(app, ["vision", "val", str(tmp_path)])
     assert out.exit_code == 2 and "no weights/best.pt" in out.output
+
+
+def _terminate_during_first_epoch(trainer):
+    """An Ultralytics callback: SIGTERM to this process in the first batch of epoch 1."""
+    if trainer.epoch == 0 and not getattr(trainer, "_sent", False):
+        trainer._sent = True
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_stops_after_the_epoch_and_resume_finishes_the_run(tmp_path):
+    """SIGTERM during epoch 1: the epoch ends, last.pt holds it, exit 143 with the resume
+    command, process.json stopped; --resume runs epochs 2 and 3 into the same history."""
+    import torch
+    from ultralytics.utils.callbacks.base import default_callbacks
+
+    dataset = make_dataset(tmp_path / "data", {"train": 8, "val": 4}, size=SIZE, seed=2)
+    run = tmp_path / "runs" / "detect-stop"
+    args = ["vision", "train", f"data.dataset={dataset}", "model.name_or_path=yolov8t-defect.yaml",
+            "train.epochs=3", f"train.imgsz={SIZE}", "train.batch=8", "train.workers=0",
+            "train.plots=false", f"output.dir={run.parent}", f"output.name={run.name}"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        batch_end = [*default_callbacks["on_train_batch_end"], _terminate_during_first_epoch]
+        mp.setitem(default_callbacks, "on_train_batch_end", batch_end)
+        out = runner.invoke(app, args)
+    assert out.exit_code == 143, out.output
+    assert f"Resume with: tunesmith vision train --resume {run}" in out.output
+    process = json.loads((run / "process.json").read_text())
+    assert process["status"] == "stopped" and "SIGTERM after epoch 1" in process["error"]
+    assert [m["epoch"] for m in _metrics(run)] == [1]
+    last = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 0 and last["optimizer"] is not None  # epoch 1, resumable
+    first_seconds = _metrics(run)[0]["seconds"]
+
+    out = runner.invoke(app, ["vision", "train", "--resume", str(run)])
+    assert out.exit_code == 0, out.output
+    assert [m["epoch"] for m in _metrics(run)] == [1, 2, 3]
+    assert _metrics(run)[0]["seconds"] == first_seconds < _metrics(run)[2]["seconds"]
+    process = json.loads((run / "process.json").read_text())
+    assert process["status"] == "finished" and process["first_started"] < process["started"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["seconds"] >= _metrics(run)[2]["seconds"]
+    assert summary["best"]["step"] in (1, 2, 3)
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 3
+
+    out = runner.invoke(app, ["vision", "train", "--resume", str(run)])
+    assert out.exit_code == 2 and "finished its 3 epochs; nothing to resume" in out.output
+    out = runner.invoke(app, ["vision", "train", "--resume", str(run), "train.epochs=5"])
+    assert out.exit_code == 2 and "train.epochs cannot change" in out.output
+    (run / "weights" / "last.pt").unlink()
+    out = runner.invoke(app, ["vision", "train", "--resume", str(run)])
+    assert out.exit_code == 2 and "has no weights/last.pt" in out.output
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_our_map_equals_ultralytics_on_a_hand_made_case():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -98,21 +99,52 @@ def train(
         list[str] | None, typer.Argument(help="CONFIG.yaml and/or key=value overrides.")
     ] = None,
     data: Annotated[Path | None, typer.Option(help="dataset.yaml (data.dataset).")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue the run folder given (--resume RUN) from weights/last.pt."),
+    ] = False,
 ):
-    """Train a YOLO detector (seed defaults: 100 epochs, 640 px, AdamW lr0 0.01) in a run folder."""
-    from tunesmith.vision.detect import load_detect_config, print_metrics, train_detector
+    """Train a YOLO detector (seed defaults: 100 epochs, 640 px, AdamW lr0 0.01) in a run folder.
+    SIGTERM or Ctrl-C stops it after the current epoch; --resume RUN continues it."""
+    from tunesmith.vision.detect import (
+        load_detect_config,
+        print_metrics,
+        resume_detector,
+        train_detector,
+    )
 
     configs = [a for a in args or [] if "=" not in a]
     overrides = [a for a in args or [] if "=" in a]
     if len(configs) > 1:
         raise TunesmithError(f"expected one config file, got {configs}; overrides need key=value")
-    if data is not None:
-        overrides.append(f"data.dataset={data}")
-    config = load_detect_config(Path(configs[0]) if configs else None, overrides)
-    summary = train_detector(config)
+    if resume:
+        if not configs or data is not None:
+            raise TunesmithError(
+                "--resume: give the run folder (tunesmith vision train --resume RUN)"
+            )
+        summary = _train_or_stop(lambda: resume_detector(configs[0], overrides))
+    else:
+        if data is not None:
+            overrides.append(f"data.dataset={data}")
+        config = load_detect_config(Path(configs[0]) if configs else None, overrides)
+        summary = _train_or_stop(lambda: train_detector(config))
     if summary.get("per_class"):
         print_metrics(summary)
     console.print(f"{summary['epochs']} epochs in {summary['seconds']} s; weights/best.pt saved")
+
+
+def _train_or_stop(start: Callable[[], dict]) -> dict:
+    """Training stopped by SIGTERM or SIGINT: the resume command and exit code 128 + the
+    signal's number (143, 130), as for language-model runs."""
+    from rich.markup import escape
+
+    from tunesmith.vision.stopping import DetectionInterrupted
+
+    try:
+        return start()
+    except DetectionInterrupted as stop:
+        console.print(f"[yellow]{escape(str(stop))}", soft_wrap=True)  # ends with the command
+        raise typer.Exit(stop.exit_code) from None
 
 
 @vision_app.command()
@@ -225,7 +257,7 @@ def demo(
     from tunesmith.vision.detect import DetectOutput, print_metrics
 
     output = DetectOutput(dir=output_dir, name=name)
-    result = run_demo(output, images, size, epochs, minutes, model, seed)
+    result = _train_or_stop(lambda: run_demo(output, images, size, epochs, minutes, model, seed))
     if result["per_class"]:
         print_metrics(result)
     console.print(

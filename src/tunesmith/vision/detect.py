@@ -2,8 +2,8 @@
 folder (the runs table lists it beside the language-model runs):
 
     config.yaml     the resolved vision config (train.stage: detect)
-    process.json    running / finished / failed, as RunFolder records it for every run
-    metrics.jsonl   one line per epoch: losses, precision, recall, mAP50, mAP50-95, lr
+    process.json    running / finished / stopped / failed, as RunFolder records it for every run
+    metrics.jsonl   one line per epoch: losses, precision, recall, mAP50, mAP50-95, lr, seconds
     summary.json    final metrics, per class, the best epoch, seconds
     val.json        `tunesmith vision val`: P, R, mAP50, mAP50-95 overall and per class
     weights/        Ultralytics' best.pt and last.pt (best by mAP50-95, Ultralytics' fitness)
@@ -12,6 +12,9 @@ folder (the runs table lists it beside the language-model runs):
 
 The defaults are the seed's hyper-parameters (module 5, `model.train(...)`), documented per field
 in `DetectTrain`; anything else Ultralytics accepts goes through `train.extra`.
+
+SIGTERM / SIGINT stops training after the current epoch (vision/stopping.py) and
+`resume_detector` continues it from weights/last.pt with Ultralytics' own resume.
 """
 
 from __future__ import annotations
@@ -174,8 +177,14 @@ def ultralytics_train_args(config: DetectConfig, run: RunFolder) -> dict[str, An
     return {**args, **t.extra}
 
 
-def train_detector(config: DetectConfig, run: RunFolder | None = None) -> dict:
-    """Train; returns summary.json's content. The run's process.json says how it ended."""
+def train_detector(
+    config: DetectConfig, run: RunFolder | None = None, resume: bool = False
+) -> dict:
+    """Train, or with `resume` continue `run` from its weights/last.pt; returns summary.json's
+    content. The run's process.json says how it ended; a signal stops it after the current epoch
+    (DetectionInterrupted, process.json `stopped`)."""
+    from tunesmith.vision.stopping import StopAfterEpoch  # imports transformers: training only
+
     ultralytics = require_ultralytics()
     dataset = Path(config.data.dataset)
     if not dataset.is_file():
@@ -183,18 +192,27 @@ def train_detector(config: DetectConfig, run: RunFolder | None = None) -> dict:
     model_file = resolve_model(config.model.name_or_path)
     _check_images(dataset)  # a dataset.yaml's mistakes stop us before a run folder exists
     data_hash = dataset_hash(dataset)
-    run = run or RunFolder.create(config.output, f"detect-{Path(model_file).stem}")
+    if resume:
+        if run is None:
+            raise ConfigError("resume: give the run folder to continue")
+        done = epochs_done(run, config)
+    else:
+        run, done = run or RunFolder.create(config.output, f"detect-{Path(model_file).stem}"), 0
     run.write_text("config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
-    run.drop_metrics_after(0)
+    run.drop_metrics_after(done)  # what a killed run logged after last.pt's epoch is forgotten
+    earlier = _seconds_logged(run)
     run.start_process(data={"dataset": data_hash})
     started = time.time()
     try:
-        model = ultralytics.YOLO(model_file)
-        logger = EpochLogger(run)
-        model.add_callback("on_train_epoch_start", logger.start)
-        model.add_callback("on_fit_epoch_end", logger.end)
-        model.train(**ultralytics_train_args(config, run))
-        summary = _summary(config, run, model, time.time() - started)
+        with StopAfterEpoch(run.root).installed() as stop:  # from the start, as language models
+            model = ultralytics.YOLO(str(_last(run)) if resume else model_file)
+            logger = EpochLogger(run, started - earlier)
+            model.add_callback("on_train_epoch_start", logger.start)
+            model.add_callback("on_fit_epoch_end", logger.end)
+            stop.attach(model)
+            args = resume_args(config, run) if resume else ultralytics_train_args(config, run)
+            model.train(**args)
+            summary = _summary(config, run, model, earlier + time.time() - started)
     except BaseException as exc:
         error = _as_user_error(exc)
         run.end_process(error)
@@ -204,6 +222,75 @@ def train_detector(config: DetectConfig, run: RunFolder | None = None) -> dict:
     run.end_process()
     run.add_to_index(stage="detect", model=config.model.name_or_path, seconds=summary["seconds"])
     return summary
+
+
+# settings a resumed run may change (Ultralytics' check_resume keeps the others from last.pt)
+RESUME_OVERRIDES = {"train.device", "train.batch", "train.workers"}
+
+
+def resume_detector(run: str | Path, overrides: list[str] | None = None) -> dict:
+    """`tunesmith vision train --resume RUN`: the run's own config.yaml, from weights/last.pt."""
+    folder = RunFolder(run)
+    saved = _run_config(folder.root)
+    if not saved:
+        raise TunesmithError(f"--resume: '{run}' is not a run folder (no config.yaml)")
+    if (saved.get("train") or {}).get("stage") != "detect":
+        raise TunesmithError(
+            f"--resume: '{run}' is not a vision run; resume it with tunesmith train --resume"
+        )
+    refused = sorted({o.partition("=")[0].strip() for o in overrides or []} - RESUME_OVERRIDES)
+    if refused:
+        raise ConfigError(
+            f"--resume keeps the run's config: {', '.join(refused)} cannot change "
+            f"(only {', '.join(sorted(RESUME_OVERRIDES))} can)"
+        )
+    config = load_detect_config(folder.config_path, overrides or [])
+    return train_detector(config, folder, resume=True)
+
+
+def _last(run: RunFolder) -> Path:
+    return run.root / "weights" / "last.pt"
+
+
+def epochs_done(run: RunFolder, config: DetectConfig) -> int:
+    """The epochs weights/last.pt holds; one sentence when there is nothing to resume from."""
+    import torch
+
+    last = _last(run)
+    if not last.is_file():
+        raise TunesmithError(
+            f"--resume: {run.root} has no weights/last.pt (it stopped before its first epoch "
+            "ended); start it again with the same command"
+        )
+    # Ultralytics' own checkpoint (a pickled model): read as it reads it
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    done = checkpoint.get("epoch", -1) + 1
+    # a finished run's last.pt is marked epoch -1 without its optimizer (strip_optimizer)
+    if done <= 0 or checkpoint.get("optimizer") is None or done >= config.train.epochs:
+        raise TunesmithError(
+            f"--resume: {run.root} finished its {config.train.epochs} epochs; nothing to resume"
+        )
+    return done
+
+
+def resume_args(config: DetectConfig, run: RunFolder) -> dict[str, Any]:
+    """YOLO(last.pt).train(resume=True): Ultralytics restores the model, optimizer, EMA,
+    epoch and its arguments from last.pt; these are the ones it lets a resume change."""
+    t = config.train
+    return {
+        "resume": True,
+        "data": str(Path(config.data.dataset).resolve()),
+        "device": device_of(t.device),
+        "batch": t.batch,
+        "workers": t.workers,
+        "save_dir": str(run.root.resolve()),  # the run folder wherever it is now
+    }
+
+
+def _seconds_logged(run: RunFolder) -> float:
+    """Training seconds of the earlier starts (a resumed run's summary counts the whole run)."""
+    logged = [m["seconds"] for m in _read_metrics(run) if m.get("seconds") is not None]
+    return logged[-1] if logged else 0.0
 
 
 def dataset_hash(dataset: Path) -> str:
@@ -247,8 +334,10 @@ class EpochLogger:
     Ultralytics also fires on_fit_epoch_end once after training, for its validation of
     best.pt, as an extra epoch: that one is not an epoch (summary.json holds its numbers)."""
 
-    def __init__(self, run: RunFolder):
+    def __init__(self, run: RunFolder, origin: float | None = None):
+        # origin: when the run started, earlier starts' training seconds included
         self.run, self.training = run, False
+        self.origin = time.time() if origin is None else origin
 
     def start(self, trainer) -> None:
         self.training = True
@@ -262,6 +351,7 @@ class EpochLogger:
         record["loss"] = round(float(sum(losses.values())), 5)
         for key, value in {**losses, **(trainer.metrics or {}), **trainer.lr}.items():
             record[_metric_name(key)] = round(float(value), 6)
+        record["seconds"] = round(time.time() - self.origin, 1)
         self.run.append_metrics(record)
         console.print(
             f"epoch {record['epoch']}/{trainer.epochs}  loss {record['loss']:.3f}  "
