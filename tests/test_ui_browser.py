@@ -2,13 +2,15 @@
 browser download is not reachable here; `make test` installs chromium where apt-get can).
 
 One workspace for the module, the UI served in this process on a free port, the tests in order:
-train from the Train tab and watch the curve, stop and resume, a queued second run, its report,
-chat, a refused path in the Data tab, arena votes. Screenshots of each tab go to tmp_path, or to
-docs/screenshots/ with TUNESMITH_SCREENSHOTS=1 (how the README's pictures are made).
+train from the Train tab and watch the curve, stop and resume, a queued second run, its report
+after a reload, chat, a refused path in the Data tab, arena votes, export and the Chinese page.
+Screenshots of each tab go to tmp_path, or to docs/screenshots/ with TUNESMITH_SCREENSHOTS=1
+(how the README's pictures are made).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -204,29 +206,43 @@ def test_a_second_run_waits_in_the_queue_until_the_first_stops(page, ui):
     assert (ws.runs_dir / "short" / "adapter").is_dir()
 
 
-def test_evaluate_and_open_the_report(page, shots):
+def test_evaluate_and_open_the_report(page, ui, shots):
+    _, ws = ui
+    # a reload reads the workspace again: both runs listed, the newest one's page shown
     page.reload()
     page.wait_for_selector("#runs-table", timeout=60_000)
-    _wait_text(page, "#run-facts", "short")
+    _wait_text(page, "#run-facts", r"short\s+Status: finished", 30)
+    assert "live" in _text(page, "#runs-table") and "short" in _text(page, "#runs-table")
     page.click("#runs-evaluate")  # opens the Evaluate tab with the run chosen
+    _until(lambda: page.input_value("#eval-run input") == "short", "Evaluate to open short", 20)
     page.fill("#eval-overrides input", "eval.data=[train.jsonl] eval.max_new_tokens=8")
     page.click("#eval-start")
     _wait_text(page, "#eval-message", "eval started")
-    _wait_text(page, "#eval-status", "finished", 180)
+    state = _wait_text(page, "#eval-status", "finished|failed", 180)
+    assert "finished" in state, state
+    assert (ws.runs_dir / "short" / "reports" / "eval.html").is_file()
     page.wait_for_selector("#eval-report iframe", timeout=20_000)
     page.screenshot(path=shots / "evaluate.png", full_page=True)
-    _tab(page, "Runs")
-    page.get_by_role("button", name="Refresh").first.click()
+    _tab(page, "Runs")  # the finished run's page takes the new report without a Refresh
     page.wait_for_selector("#run-report iframe", timeout=30_000)
+
+
+def _answer(page, side: str) -> str:
+    """The model's reply in one chat column (the bubbles after the user's)."""
+    rows = page.locator(f"{side} .bot-row")
+    return rows.first.inner_text().strip() if rows.count() else ""
 
 
 def test_chat_with_the_tuned_run_beside_its_base(page, shots):
     _tab(page, "Runs")
     page.click("#runs-chat")  # opens the Chat tab with the run chosen
+    _until(lambda: page.input_value("#chat-run input") == "short", "Chat to open short", 20)
     page.fill("#chat-input textarea", "hello who are you?")
     page.click("#chat-send")
     for side in ("#chat-base", "#chat-tuned"):
-        _until(lambda side=side: len(_text(page, side)) > len("hello who are you?") + 2, side, 90)
+        _wait_text(page, f"{side} .user-row", "hello who are you", 30)
+        _until(lambda side=side: _answer(page, side), f"{side} to answer", 90)
+    assert "⚠" not in _text(page, "#chat-message")
     page.screenshot(path=shots / "chat.png", full_page=True)
 
 
@@ -245,36 +261,53 @@ def test_data_tab_refuses_a_path_outside_and_inspects_a_file(page, shots):
 
 def test_arena_votes_are_counted_and_read_back(page, ui, shots):
     _, ws = ui
-    page.reload()
+    page.reload()  # the arena's run list is read on load: short, trained since the server began
     page.wait_for_selector("#runs-table", timeout=60_000)
     _tab(page, "Arena")
+    _until(lambda: page.input_value("#arena-run input") == "short", "the arena to offer short", 20)
     page.fill("#arena-own textarea", "What is 2 plus 2?")
-    for vote in ("#arena-vote-1", "#arena-vote-tie", "#arena-vote-2"):
-        before = _text(page, "#arena-prompt")
+    votes = ws.runs_dir / "short" / "arena" / "votes.jsonl"
+    wins = losses = 0
+    for button, shown_as, reason in (("1", 0, "clearer"), ("tie", None, ""), ("2", 1, "")):
         page.click("#arena-next")
-        _until(lambda b=before: _text(page, "#arena-prompt") != b or "2 plus 2" in b, "a pair")
-        _until(lambda: page.input_value("#arena-left textarea") != "", "the answers", 60)
-        page.click(vote)
+        _wait_text(page, "#arena-prompt", "2 plus 2", 60)  # a vote clears the pair it used
+        _until(lambda: page.input_value("#arena-left textarea"), "the answers", 60)
+        answers = [page.input_value(f"#arena-{s} textarea") for s in ("left", "right")]
+        page.fill("#arena-reason textarea", reason)
+        page.click(f"#arena-vote-{button}")
         _wait_text(page, "#arena-message", "Vote stored")
-        page.fill("#arena-reason textarea", "")
-    stats = _wait_text(page, "#arena-stats", "1 wins, 1 losses, 1 ties")
-    assert "win rate 50%" in stats and "more decisive votes" in stats
-    votes = (ws.runs_dir / "short" / "arena" / "votes.jsonl").read_text().splitlines()
-    assert len(votes) == 3
+        assert page.input_value("#arena-left textarea") == ""
+        stored = json.loads(votes.read_text().splitlines()[-1])
+        assert stored["prompt"] == "What is 2 plus 2?" and stored["reason"] == reason
+        if shown_as is None:
+            assert stored["winner"] == "tie"
+        else:  # the side clicked is the answer stored as the winner (which model: blind)
+            assert stored["answers"][stored["winner"]] == answers[shown_as]
+        wins += stored["winner"] == "run:short"
+        losses += stored["winner"] == "base"
+    assert len(votes.read_text().splitlines()) == 3 and wins + losses == 2
+    stats = _wait_text(page, "#arena-stats", f"{wins} wins, {losses} losses, 1 ties")
+    assert f"win rate {wins / 2:.0%}" in stats and "more decisive votes" in stats
     page.click("#arena-export")
     _wait_text(page, "#arena-message", "2 preference pairs")
+    pairs = (ws.runs_dir / "short" / "arena" / "pairs.jsonl").read_text().splitlines()
+    assert len(pairs) == 2
     page.screenshot(path=shots / "arena.png", full_page=True)
 
 
 def test_export_tab_and_the_chinese_page(page, ui, shots):
-    url, _ = ui
+    url, ws = ui
     _tab(page, "Export / Serve")
+    assert page.input_value("#export-run input") == "short"
     page.click("#export-start")
-    _wait_text(page, "#export-status", "finished|failed", 180)
-    assert "finished" in _text(page, "#export-status")
+    state = _wait_text(page, "#export-status", "finished|failed", 180)
+    assert "finished" in state, state
     _wait_text(page, "#export-facts", "verification", 30)
+    assert (ws.runs_dir / "short" / "export" / "export.json").is_file()
     page.screenshot(path=shots / "export.png", full_page=True)
     page.goto(f"{url}/zh/")
     page.wait_for_selector("#runs-table", timeout=60_000)
-    assert "训练" in _text(page, "#tab-train-button") or "训练" in page.content()
+    assert page.get_by_role("tab", name="训练").count() == 1
+    assert page.get_by_role("tab", name="Train").count() == 0
+    _wait_text(page, "#run-facts", r"short\s+状态", 30)
     page.screenshot(path=shots / "runs-zh.png", full_page=True)

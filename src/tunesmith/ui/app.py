@@ -11,7 +11,7 @@ from __future__ import annotations
 import gradio as gr
 
 from tunesmith.ui import strings
-from tunesmith.ui.common import Ctx, Engines
+from tunesmith.ui.common import Ctx, Engines, chosen
 from tunesmith.workshop.workspace import Workspace
 
 TABS = ("runs", "data", "train", "evaluate", "chat", "export", "arena")
@@ -32,7 +32,7 @@ def build_page(
     )
 
     ctx = Ctx(ws, strings.table(lang), lang)
-    engines = engines or Engines()
+    engines = engines or Engines(ws.root)
     other = "zh" if lang == "en" else "en"
     with gr.Blocks(title="tunesmith", analytics_enabled=False) as page:
         gr.Markdown(
@@ -44,7 +44,7 @@ def build_page(
             with gr.Tab(ctx.t("tab_runs"), id="runs", elem_id="tab-runs"):
                 runs = runs_tab.build(ctx)
             with gr.Tab(ctx.t("tab_data"), id="data", elem_id="tab-data"):
-                data_tab.build(ctx)
+                data = data_tab.build(ctx)
             with gr.Tab(ctx.t("tab_train"), id="train", elem_id="tab-train"):
                 train_tab.build(ctx, model or "smollm2-135m-instruct")
             with gr.Tab(ctx.t("tab_evaluate"), id="evaluate", elem_id="tab-evaluate"):
@@ -54,23 +54,30 @@ def build_page(
             with gr.Tab(ctx.t("tab_export"), id="export", elem_id="tab-export"):
                 export = export_tab.build(ctx)
             with gr.Tab(ctx.t("tab_arena"), id="arena", elem_id="tab-arena"):
-                arena_tab.build(ctx, engines)
+                arena = arena_tab.build(ctx, engines)
         _wire_run_buttons(runs, tabs, evaluate, chat, export)
-        page.load(*runs["load"])  # the chosen run's page on open (a reload shows it again)
+        # every open or reload reads the workspace again: the lists the components were made
+        # with are the workspace as it was when the server started
+        for tab in (runs, data, evaluate, chat, export, arena):
+            page.load(*tab["load"], show_progress="hidden")
     return page
 
 
 def _wire_run_buttons(runs: dict, tabs, evaluate: dict, chat: dict, export: dict) -> None:
-    """A run page's evaluate / export / chat buttons open that tab with the run chosen."""
+    """A run page's evaluate / export / chat buttons open that tab with the run chosen (its
+    list read again: the run may be newer than the list)."""
     for button, tab, target in (
-        (runs["evaluate"], "evaluate", evaluate["run"]),
-        (runs["export"], "export", export["run"]),
-        (runs["chat"], "chat", chat["run"]),
+        (runs["evaluate"], "evaluate", evaluate),
+        (runs["export"], "export", export),
+        (runs["chat"], "chat", chat),
     ):
         button.click(
-            lambda r, tab=tab: (gr.Tabs(selected=tab), gr.update(value=r)),
+            lambda r, tab=tab, names=target["names"]: (
+                gr.Tabs(selected=tab),
+                chosen(names(), r),
+            ),
             runs["run"],
-            [tabs, target],
+            [tabs, target["run"]],
         )
 
 
@@ -86,7 +93,7 @@ def create_app(
     from fastapi.responses import RedirectResponse
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    engines = Engines()  # one set of loaded models for both languages' pages
+    engines = Engines(ws.root)  # one set of loaded models for both languages' pages
 
     @app.get("/")
     def home():

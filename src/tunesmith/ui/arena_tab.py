@@ -129,13 +129,15 @@ def build(ctx: Ctx, engines: Engines) -> dict:
         return message_, shown_prompt, a, b, state[0], state[1]
 
     def vote(side):
-        @guarded(4)
+        @guarded(7)
         def run_vote(r, o, shown, why, m):
             if not shown:
                 raise ValueError(ctx.t("no_pair"))
             winner = arena.TIE if side is None else shown["order"][side]
             arena.record_vote(ctx.ws.run_dir(r), shown["prompt"], shown["answers"], winner, why)
-            return ctx.t("voted"), None, "", stats_text(ctx, r, o, m)
+            # the pair is used up: cleared, so the next one (often the same prompt, and greedy
+            # answers) is seen to arrive and a pair is never voted on twice
+            return ctx.t("voted"), None, "", stats_text(ctx, r, o, m), "", "", ""
 
         return run_vote
 
@@ -152,7 +154,9 @@ def build(ctx: Ctx, engines: Engines) -> dict:
     )
     for button, side in ((one, 0), (two, 1), (tie, None)):
         button.click(
-            vote(side), [run, opponent, pending, reason, margin], [message, pending, reason, stats]
+            vote(side),
+            [run, opponent, pending, reason, margin],
+            [message, pending, reason, stats, prompt_shown, left, right],
         )
     for control in (run, opponent, margin):
         control.change(
@@ -164,5 +168,14 @@ def build(ctx: Ctx, engines: Engines) -> dict:
         names_ = trained_runs(ctx)
         return refresh_choices(names_, r), refresh_choices([BASE, *names_], o)
 
+    def opened(o, file):  # a page load: the newest trained run; files may have come since
+        names_ = trained_runs(ctx)
+        files_ = data_files(ctx)
+        return (
+            refresh_choices(names_),
+            refresh_choices([BASE, *names_], o),
+            gr.update(choices=files_, value=file),
+        )
+
     refresh.click(reload, [run, opponent], [run, opponent])
-    return {"run": run}
+    return {"run": run, "load": (opened, [opponent, prompts], [run, opponent, prompts])}

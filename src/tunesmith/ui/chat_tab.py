@@ -40,7 +40,13 @@ def stream_both(engines: dict, conversations: dict, params: GenerationParams):
 def build(ctx: Ctx, engines: Engines) -> dict:
     names = trained_runs(ctx)
     with gr.Row():
-        run = gr.Dropdown(names, value=names[0] if names else None, label=ctx.t("run"), scale=3)
+        run = gr.Dropdown(
+            names,
+            value=names[0] if names else None,
+            label=ctx.t("run"),
+            scale=3,
+            elem_id="chat-run",
+        )
         refresh = gr.Button(ctx.t("refresh"), scale=0)
     with gr.Row():
         max_tokens = gr.Slider(1, 1024, value=64, step=1, label="max_new_tokens")
@@ -94,7 +100,8 @@ def build(ctx: Ctx, engines: Engines) -> dict:
     prompt.submit(respond, inputs, [base, tuned, message, prompt])
     clear.click(lambda: ([], []), None, [base, tuned])
     refresh.click(lambda r: refresh_choices(trained_runs(ctx), r), run, run)
-    return {"run": run}
+    load = (lambda: refresh_choices(trained_runs(ctx)), None, run)  # the newest trained run
+    return {"run": run, "names": lambda: trained_runs(ctx), "load": load}
 
 
 def _plain(history: list) -> list[dict]:

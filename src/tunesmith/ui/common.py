@@ -3,6 +3,7 @@ traceback, workspace file lists, run choices, report embedding and loaded chat e
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import html
 import logging
@@ -98,15 +99,30 @@ def embedded(path: Path, height: int = 600) -> str:
 
 
 def refresh_choices(choices: list[str], value: str | None = None):
+    """The list read again: `value` kept while it is still listed, else the first (newest)."""
     keep = value if value in choices else (choices[0] if choices else None)
     return gr.update(choices=choices, value=keep)
 
 
+def kept_or_none(choices: list[str], value: str | None = None):
+    """The list read again: `value` kept while it is still listed, else nothing chosen."""
+    return gr.update(choices=choices, value=value if value in choices else None)
+
+
+def chosen(choices: list[str], value: str | None):
+    """`value` chosen even where the list lacks it (an untrained run opened in Chat): the tab
+    then says why it cannot use it, rather than quietly choosing another run."""
+    listed = choices if not value or value in choices else [value, *choices]
+    return gr.update(choices=listed, value=value)
+
+
 class Engines:
     """Loaded models for chat and the arena, by run folder (and "base" of a run); the two most
-    recently used runs stay loaded, so switching back and forth does not reload."""
+    recently used runs stay loaded, so switching back and forth does not reload. `root` is the
+    workspace, where a run's relative model path points (its training ran there)."""
 
-    def __init__(self, keep: int = 4):
+    def __init__(self, root: Path | None = None, keep: int = 4):
+        self.root = root
         self.keep = keep
         self._loaded: OrderedDict[tuple, object] = OrderedDict()
         self._lock = threading.Lock()
@@ -115,7 +131,7 @@ class Engines:
         key = (str(run_dir), base, _stamp(run_dir))
         with self._lock:
             if key not in self._loaded:
-                self._loaded[key] = _load(run_dir, base)
+                self._loaded[key] = _load(run_dir, base, self.root)
                 while len(self._loaded) > self.keep:
                     self._loaded.popitem(last=False)
             self._loaded.move_to_end(key)
@@ -130,13 +146,25 @@ def _stamp(run_dir: Path) -> float:
     raise TunesmithError(f"run '{run_dir.name}' has no trained adapter or model yet")
 
 
-def _load(run_dir: Path, base: bool):
+def _load(run_dir: Path, base: bool, root: Path | None):
     from tunesmith.models.engine import TransformersEngine
-    from tunesmith.runs.inference import create_engine
     from tunesmith.runs.trained import open_run
 
+    run = _based_in(open_run(run_dir), root)
     if not base:
-        return create_engine(None, run_dir)
-    run = open_run(run_dir)
+        return TransformersEngine(*run.load())
     # the run's tokenizer for both: the same template, so only the weights differ
     return TransformersEngine(run.load_untrained(), run.load_tokenizer())
+
+
+def _based_in(run, root: Path | None):
+    """The run with its base model where its training found it: training ran in the workspace
+    folder, so a relative `model.name_or_path` is the workspace's folder, wherever the server
+    was started (a hub id or an embedded alias is no folder there and stays as it is)."""
+    cfg = run.model_cfg
+    if root is None or cfg is None or Path(cfg.name_or_path).is_absolute():
+        return run
+    local = root / cfg.name_or_path
+    if not local.exists():
+        return run
+    return dataclasses.replace(run, model_cfg=cfg.model_copy(update={"name_or_path": str(local)}))

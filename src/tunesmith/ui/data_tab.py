@@ -69,7 +69,7 @@ def review_view(ctx: Ctx, review: str, index: int):
     )
 
 
-def build(ctx: Ctx) -> None:
+def build(ctx: Ctx) -> dict:
     files = data_files(ctx)
     with gr.Row():
         chosen = gr.Dropdown(
@@ -234,6 +234,8 @@ def build(ctx: Ctx) -> None:
     back.click(move(-1), [review_file, position], [message, *view])
     forward.click(move(1), [review_file, position], [message, *view])
     apply.click(do_apply, [chosen, review_file, reviewed_out], [message, downloads])
+    # a page load reads the workspace's files again (uploads since the server started)
+    return {"load": (lambda f: refresh_choices(data_files(ctx), f), chosen, chosen)}
 
 
 def _checked(ctx: Ctx):

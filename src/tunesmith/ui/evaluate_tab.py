@@ -9,7 +9,14 @@ import json
 import gradio as gr
 
 from tunesmith.evaluation.compare import compare_scores
-from tunesmith.ui.common import Ctx, embedded, guarded, refresh_choices, run_names
+from tunesmith.ui.common import (
+    Ctx,
+    embedded,
+    guarded,
+    kept_or_none,
+    refresh_choices,
+    run_names,
+)
 from tunesmith.workshop import actions, runs
 
 
@@ -49,7 +56,13 @@ def _scores(ctx: Ctx, run: str) -> dict | None:
 def build(ctx: Ctx) -> dict:
     names = run_names(ctx)
     with gr.Row():
-        run = gr.Dropdown(names, value=names[0] if names else None, label=ctx.t("run"), scale=3)
+        run = gr.Dropdown(
+            names,
+            value=names[0] if names else None,
+            label=ctx.t("run"),
+            scale=3,
+            elem_id="eval-run",
+        )
         refresh = gr.Button(ctx.t("refresh"), scale=0)
     overrides = gr.Textbox(
         label=ctx.t("overrides"),
@@ -101,8 +114,13 @@ def build(ctx: Ctx) -> dict:
         names_ = run_names(ctx)
         return [refresh_choices(names_, v) for v in (current, a, b)]
 
+    def opened(a, b):  # a page load: the newest run, as the first open
+        names_ = run_names(ctx)
+        return refresh_choices(names_), *(kept_or_none(names_, v) for v in (a, b))
+
     refresh.click(reload, [run, first, second], [run, first, second])
-    return {"run": run}
+    load = (opened, [first, second], [run, first, second])
+    return {"run": run, "names": lambda: run_names(ctx), "load": load}
 
 
 def _text(value) -> str:

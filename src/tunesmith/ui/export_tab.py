@@ -41,7 +41,13 @@ def server_text(ctx: Ctx) -> str:
 def build(ctx: Ctx) -> dict:
     names = trained_runs(ctx)
     with gr.Row():
-        run = gr.Dropdown(names, value=names[0] if names else None, label=ctx.t("run"), scale=3)
+        run = gr.Dropdown(
+            names,
+            value=names[0] if names else None,
+            label=ctx.t("run"),
+            scale=3,
+            elem_id="export-run",
+        )
         refresh = gr.Button(ctx.t("refresh"), scale=0)
     overrides = gr.Textbox(label=ctx.t("overrides"), placeholder="export.gguf=true", max_lines=1)
     export = gr.Button(ctx.t("export"), variant="primary", elem_id="export-start")
@@ -82,4 +88,5 @@ def build(ctx: Ctx) -> dict:
     run.change(tick, run, [state, facts, server])
     timer.tick(tick, run, [state, facts, server], show_progress="hidden")
     refresh.click(lambda r: refresh_choices(trained_runs(ctx), r), run, run)
-    return {"run": run}
+    load = (lambda: refresh_choices(trained_runs(ctx)), None, run)  # the newest trained run
+    return {"run": run, "names": lambda: trained_runs(ctx), "load": load}

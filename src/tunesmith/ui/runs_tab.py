@@ -60,7 +60,10 @@ def page(ctx: Ctx, run: str | None):
     """Everything of a run's page, in the order of `page_outputs`."""
     if not run:
         return ("", ctx.t("no_points"), *[None] * 3, [], "", "", "", None)
-    shown = actions.show_run(ctx.ws, run)
+    return _page_of(ctx, actions.show_run(ctx.ws, run))
+
+
+def _page_of(ctx: Ctx, shown: dict):
     root = ctx.ws.root / shown["path"]
     frames = progress.curves(root)
     alerts = [[a.get("step"), a.get("kind"), a.get("message")] for a in shown["alerts"]]
@@ -76,6 +79,14 @@ def page(ctx: Ctx, run: str | None):
         embedded(report) if report.is_file() else ctx.t("no_report"),
         str(plot) if plot.is_file() else None,
     )
+
+
+def stamp(ctx: Ctx, shown: dict) -> list:
+    """What a run's page shows that changes after its training ends: its status, artifacts and
+    report (a tick redraws a finished run's page only when one of these moved)."""
+    report = ctx.ws.root / shown["path"] / "reports" / "eval.html"
+    when = report.stat().st_mtime if report.is_file() else None
+    return [shown["name"], shown["status"], shown["artifacts"], when]
 
 
 def build(ctx: Ctx) -> dict:
@@ -111,6 +122,7 @@ def build(ctx: Ctx) -> dict:
         report = gr.HTML(elem_id="run-report")
         image = gr.Image(label=ctx.t("training_plot"), interactive=False, height=300)
     timer = gr.Timer(2.0)
+    seen = gr.State(None)  # the stamp of the page last drawn
 
     page_outputs = [about, points, *plots, alerts, config, plan, report, image]
     filters = [stage, status, sort]
@@ -119,27 +131,45 @@ def build(ctx: Ctx) -> dict:
     def reload(stage_, status_, sort_, current):
         return table(ctx, stage_, status_, sort_), refresh_choices(run_names(ctx), current)
 
-    def tick(stage_, status_, sort_, current):
+    def reopen(stage_, status_, sort_, current):
+        """Refresh: the table, the run list and the chosen run's page, all read again."""
+        rows, listed = reload(stage_, status_, sort_, current)
+        return rows, listed, *_safe_page(ctx, listed["value"], show_page)
+
+    def opened(stage_, status_, sort_):
+        # a page load (a reload too) starts from the newest run, as the first open does: the
+        # lists made when the server started are stale by now
+        return reopen(stage_, status_, sort_, None)
+
+    def tick(stage_, status_, sort_, current, seen_):
         rows = table(ctx, stage_, status_, sort_)
-        live = current and actions.show_run(ctx.ws, current)["status"] == "running"
-        return (rows, *(page(ctx, current) if live else [gr.skip()] * len(page_outputs)))
+        shown = current and actions.show_run(ctx.ws, current)
+        now = shown and stamp(ctx, shown)
+        if not shown or (shown["status"] != "running" and now == seen_):
+            return (rows, gr.skip(), *[gr.skip()] * len(page_outputs))
+        return (rows, now, *_page_of(ctx, shown))  # live, or it just ended or got a report
 
     def picked(evt: gr.SelectData, rows):
         return rows.iloc[evt.index[0]]["name"] if evt.index else gr.skip()
 
-    for control in [*filters, refresh]:
-        event = control.change if control is not refresh else control.click
-        event(reload, [*filters, run], [grid, run])
+    for control in filters:
+        control.change(reload, [*filters, run], [grid, run])
+    refresh.click(reopen, [*filters, run], [grid, run, *page_outputs])
     grid.select(picked, grid, run)
     run.change(lambda r: _safe_page(ctx, r, show_page), run, page_outputs)
-    timer.tick(_guard_tick(tick, len(page_outputs) + 1), [*filters, run], [grid, *page_outputs])
+    timer.tick(
+        _guard_tick(tick, len(page_outputs) + 2),
+        [*filters, run, seen],
+        [grid, seen, *page_outputs],
+        show_progress="hidden",
+    )
 
     @guarded(1)
     def do_resume(r):
         return _said(actions.resume(ctx.ws, r))
 
     resume.click(do_resume, run, message)
-    load = (lambda r: _safe_page(ctx, r, show_page), run, page_outputs)
+    load = (opened, filters, [grid, run, *page_outputs])
     return {"run": run, "evaluate": evaluate, "export": export, "chat": chat, "load": load}
 
 
