@@ -127,6 +127,18 @@ def _wait_text(page, selector: str, pattern: str, seconds: float = 120) -> str:
         raise AssertionError(f"{timed_out} (shows {_text(page, selector)[:200]!r})") from None
 
 
+def _shot(page, path: Path) -> None:
+    """The whole page, with the viewport as tall as the page while it is taken: chromium
+    paints a report's sandboxed frame (a frame of its own process) only inside the viewport."""
+    size = page.viewport_size
+    page.set_viewport_size(
+        {**size, "height": page.evaluate("document.documentElement.scrollHeight")}
+    )
+    page.wait_for_timeout(300)
+    page.screenshot(path=path, full_page=True)
+    page.set_viewport_size(size)
+
+
 def _tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
     page.wait_for_timeout(300)
@@ -162,14 +174,14 @@ def test_train_from_the_form_watch_the_curve_stop_and_resume(page, ui, shots):
     page.click("#train-start")
     _wait_text(page, "#train-message", "Started run live")
     _wait_text(page, "#train-status", r"step \d+")
-    page.screenshot(path=shots / "train.png", full_page=True)
+    _shot(page, shots / "train.png")
 
     _tab(page, "Runs")
     page.get_by_role("button", name="Refresh").first.click()
     _until(lambda: _points(page) >= 2, "the curve's first points")
     first = _points(page)
     _until(lambda: _points(page) > first, "the curve to get more points while it trains")
-    page.screenshot(path=shots / "runs.png", full_page=True)
+    _shot(page, shots / "runs.png")
 
     _tab(page, "Train")
     page.click("#train-stop")
@@ -222,9 +234,15 @@ def test_evaluate_and_open_the_report(page, ui, shots):
     assert "finished" in state, state
     assert (ws.runs_dir / "short" / "reports" / "eval.html").is_file()
     page.wait_for_selector("#eval-report iframe", timeout=20_000)
-    page.screenshot(path=shots / "evaluate.png", full_page=True)
+    _shot(page, shots / "evaluate.png")
     _tab(page, "Runs")  # the finished run's page takes the new report without a Refresh
-    page.wait_for_selector("#run-report iframe", timeout=30_000)
+    _report_shown(page, "#run-report", 30)
+
+
+def _report_shown(page, where: str, seconds: float) -> None:
+    """The run's eval report, rendered inside its frame."""
+    heading = page.frame_locator(f"{where} iframe").get_by_text("tunesmith eval: short")
+    heading.wait_for(timeout=seconds * 1000)
 
 
 def _answer(page, side: str) -> str:
@@ -243,7 +261,7 @@ def test_chat_with_the_tuned_run_beside_its_base(page, shots):
         _wait_text(page, f"{side} .user-row", "hello who are you", 30)
         _until(lambda side=side: _answer(page, side), f"{side} to answer", 90)
     assert "⚠" not in _text(page, "#chat-message")
-    page.screenshot(path=shots / "chat.png", full_page=True)
+    _shot(page, shots / "chat.png")
 
 
 def test_data_tab_refuses_a_path_outside_and_inspects_a_file(page, shots):
@@ -256,7 +274,7 @@ def test_data_tab_refuses_a_path_outside_and_inspects_a_file(page, shots):
     box.press("Enter")
     page.click("#data-inspect")
     _wait_text(page, "#data-headline", "8 records read", 60)
-    page.screenshot(path=shots / "data.png", full_page=True)
+    _shot(page, shots / "data.png")
 
 
 def test_arena_votes_are_counted_and_read_back(page, ui, shots):
@@ -292,7 +310,7 @@ def test_arena_votes_are_counted_and_read_back(page, ui, shots):
     _wait_text(page, "#arena-message", "2 preference pairs")
     pairs = (ws.runs_dir / "short" / "arena" / "pairs.jsonl").read_text().splitlines()
     assert len(pairs) == 2
-    page.screenshot(path=shots / "arena.png", full_page=True)
+    _shot(page, shots / "arena.png")
 
 
 def test_export_tab_and_the_chinese_page(page, ui, shots):
@@ -304,10 +322,11 @@ def test_export_tab_and_the_chinese_page(page, ui, shots):
     assert "finished" in state, state
     _wait_text(page, "#export-facts", "verification", 30)
     assert (ws.runs_dir / "short" / "export" / "export.json").is_file()
-    page.screenshot(path=shots / "export.png", full_page=True)
+    _shot(page, shots / "export.png")
     page.goto(f"{url}/zh/")
     page.wait_for_selector("#runs-table", timeout=60_000)
     assert page.get_by_role("tab", name="训练").count() == 1
     assert page.get_by_role("tab", name="Train").count() == 0
     _wait_text(page, "#run-facts", r"short\s+状态", 30)
-    page.screenshot(path=shots / "runs-zh.png", full_page=True)
+    _report_shown(page, "#run-report", 30)
+    _shot(page, shots / "runs-zh.png")
