@@ -9,7 +9,7 @@ import threading
 import gradio as gr
 
 from tunesmith.models.engine import GenerationParams
-from tunesmith.ui.common import Ctx, Engines, refresh_choices, sentence, trained_runs
+from tunesmith.ui.common import Ctx, Engines, refresh_choices, run_picker, sentence, trained_runs
 
 
 def stream_both(engines: dict, conversations: dict, params: GenerationParams):
@@ -38,16 +38,7 @@ def stream_both(engines: dict, conversations: dict, params: GenerationParams):
 
 
 def build(ctx: Ctx, engines: Engines) -> dict:
-    names = trained_runs(ctx)
-    with gr.Row():
-        run = gr.Dropdown(
-            names,
-            value=names[0] if names else None,
-            label=ctx.t("run"),
-            scale=3,
-            elem_id="chat-run",
-        )
-        refresh = gr.Button(ctx.t("refresh"), scale=0)
+    run, refresh = run_picker(ctx, trained_runs(ctx), "chat-run")
     with gr.Row():
         max_tokens = gr.Slider(1, 1024, value=64, step=1, label="max_new_tokens")
         temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature")

@@ -75,6 +75,20 @@ def trained_runs(ctx: Ctx) -> list[str]:
     ]
 
 
+def run_picker(ctx: Ctx, names: list[str], elem_id: str):
+    """(dropdown of `names`, its Refresh button) in one row: the head of the run tabs."""
+    with gr.Row():
+        run = gr.Dropdown(
+            names,
+            value=names[0] if names else None,
+            label=ctx.t("run"),
+            scale=3,
+            elem_id=elem_id,
+        )
+        refresh = gr.Button(ctx.t("refresh"), scale=0)
+    return run, refresh
+
+
 def data_files(ctx: Ctx, limit: int = 200) -> list[str]:
     """Data files of the workspace (relative paths), outside runs and tunesmith's own folders."""
     found = []

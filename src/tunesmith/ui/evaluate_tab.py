@@ -16,6 +16,7 @@ from tunesmith.ui.common import (
     kept_or_none,
     refresh_choices,
     run_names,
+    run_picker,
 )
 from tunesmith.workshop import actions, runs
 
@@ -55,15 +56,7 @@ def _scores(ctx: Ctx, run: str) -> dict | None:
 
 def build(ctx: Ctx) -> dict:
     names = run_names(ctx)
-    with gr.Row():
-        run = gr.Dropdown(
-            names,
-            value=names[0] if names else None,
-            label=ctx.t("run"),
-            scale=3,
-            elem_id="eval-run",
-        )
-        refresh = gr.Button(ctx.t("refresh"), scale=0)
+    run, refresh = run_picker(ctx, names, "eval-run")
     overrides = gr.Textbox(
         label=ctx.t("overrides"),
         placeholder="eval.max_samples=20",

@@ -8,7 +8,7 @@ import json
 
 import gradio as gr
 
-from tunesmith.ui.common import Ctx, guarded, refresh_choices, trained_runs
+from tunesmith.ui.common import Ctx, guarded, refresh_choices, run_picker, trained_runs
 from tunesmith.ui.evaluate_tab import job_line
 from tunesmith.workshop import actions, runs
 
@@ -39,16 +39,7 @@ def server_text(ctx: Ctx) -> str:
 
 
 def build(ctx: Ctx) -> dict:
-    names = trained_runs(ctx)
-    with gr.Row():
-        run = gr.Dropdown(
-            names,
-            value=names[0] if names else None,
-            label=ctx.t("run"),
-            scale=3,
-            elem_id="export-run",
-        )
-        refresh = gr.Button(ctx.t("refresh"), scale=0)
+    run, refresh = run_picker(ctx, trained_runs(ctx), "export-run")
     overrides = gr.Textbox(label=ctx.t("overrides"), placeholder="export.gguf=true", max_lines=1)
     export = gr.Button(ctx.t("export"), variant="primary", elem_id="export-start")
     message = gr.Markdown(elem_id="export-message")
