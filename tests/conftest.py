@@ -77,6 +77,17 @@ def build_tiny_llama(vocab_size: int, seed: int = 0):
     return LlamaForCausalLM(config)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train fastest on one thread, above all on a machine shared with others."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_bert_config(**overrides):
     """A 2-layer BERT classifier's config (hidden 32, 4 heads, FFN 64, vocab 100, 3 labels)."""
     from transformers import BertConfig

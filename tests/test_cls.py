@@ -27,16 +27,9 @@ FILLER = ["the", "a", "is", "was", "it", "this", "very", "so"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread, above all on a machine shared with others."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,7 @@ from tunesmith.plan.planner import make_plan, plan_summary
 
 POSITIONS = 64  # the tiny encoder's position table, and its tokenizer's model_max_length
 WORDS = [f"w{i}" for i in range(40)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from tunesmith.config.schema import RunConfig
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
 
-DEFAULT_TASKS = ["generation", "perplexity"]  # config/eval.py's default, read as "not chosen"
+# config/eval.py's default task list, read as "not chosen"
+DEFAULT_TASKS = EvalConfig.model_fields["tasks"].default_factory()
 
 
 def classifier_run(path):
