@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ if _MISSING:
 from typer.testing import CliRunner  # noqa: E402
 
 from tunesmith.cli.main import app  # noqa: E402
-from tunesmith.utils.errors import ConfigError  # noqa: E402
+from tunesmith.utils.errors import ConfigError, TunesmithError  # noqa: E402
 from tunesmith.vision.detect import (  # noqa: E402
     load_detect_config,
     predict,
@@ -36,6 +37,7 @@ from tunesmith.vision.detect import (  # noqa: E402
 from tunesmith.vision.inspector import QualityInspector, yolo_detector  # noqa: E402
 from tunesmith.vision.metrics import mean_average_precision  # noqa: E402
 from tunesmith.vision.synth import make_dataset  # noqa: E402
+from tunesmith.workshop import actions  # noqa: E402
 from tunesmith.workshop.runs import list_runs, show_run  # noqa: E402
 from tunesmith.workshop.workspace import Workspace  # noqa: E402
 
@@ -181,7 +183,8 @@ def _terminate_during_first_epoch(trainer):
 
 def test_a_signal_stops_after_the_epoch_and_resume_finishes_the_run(tmp_path):
     """SIGTERM during epoch 1: the epoch ends, last.pt holds it, exit 143 with the resume
-    command, process.json stopped; --resume runs epochs 2 and 3 into the same history."""
+    command, process.json stopped; the workshop's resume runs epochs 2 and 3 into the same
+    history."""
     import torch
     from ultralytics.utils.callbacks.base import default_callbacks
 
@@ -203,8 +206,13 @@ def test_a_signal_stops_after_the_epoch_and_resume_finishes_the_run(tmp_path):
     assert last["epoch"] == 0 and last["optimizer"] is not None  # epoch 1, resumable
     first_seconds = _metrics(run)[0]["seconds"]
 
-    out = runner.invoke(app, ["vision", "train", "--resume", str(run)])
-    assert out.exit_code == 0, out.output
+    # the workshop's resume (the UI's and MCP's button) starts `tunesmith vision train --resume`
+    ws = Workspace(tmp_path)
+    assert actions.resume(ws, run.name)["status"] == "running"
+    deadline = time.monotonic() + 240
+    while actions.status(ws, run.name)["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert actions.status(ws, run.name)["status"] == "finished", actions.status(ws, run.name)
     assert [m["epoch"] for m in _metrics(run)] == [1, 2, 3]
     assert _metrics(run)[0]["seconds"] == first_seconds < _metrics(run)[2]["seconds"]
     process = json.loads((run / "process.json").read_text())
@@ -221,6 +229,8 @@ def test_a_signal_stops_after_the_epoch_and_resume_finishes_the_run(tmp_path):
     (run / "weights" / "last.pt").unlink()
     out = runner.invoke(app, ["vision", "train", "--resume", str(run)])
     assert out.exit_code == 2 and "has no weights/last.pt" in out.output
+    with pytest.raises(TunesmithError, match=r"has no weights/last\.pt to resume from"):
+        actions.resume(ws, run.name)
 
 
 def _metrics(run: Path) -> list[dict]:

@@ -252,10 +252,15 @@ def resume(ws: Workspace, run: str, overrides: Sequence[str] = ()) -> dict[str, 
     """Continue a stopped or interrupted run from its last checkpoint; returns at once."""
     root = ws.run_dir(run)
     folder = RunFolder(root)
+    row = runs.run_row(ws, root)
+    if row["status"] == "running":
+        raise TunesmithError(f"run '{root.name}' is running; stop it before resuming")
+    if row["stage"] == "detect":  # a vision run: Ultralytics' own resume from weights/last.pt
+        if not (root / "weights" / "last.pt").is_file():
+            raise TunesmithError(f"run '{root.name}' has no weights/last.pt to resume from")
+        return _start_training(ws, root, ["vision", "train", "--resume", str(root), *overrides])
     if folder.last_checkpoint() is None:
         raise TunesmithError(f"run '{root.name}' has no checkpoint to resume from")
-    if runs.run_row(ws, root)["status"] == "running":
-        raise TunesmithError(f"run '{root.name}' is running; stop it before resuming")
     checked_config(ws, str(folder.config_path), overrides, saved=True)
     return _start_training(ws, root, ["train", "--resume", str(root), *overrides])
 
