@@ -7,14 +7,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import write_alpaca
 
 from tunesmith.cli.ui import parse_auth
 from tunesmith.config.load import load_config
-from tunesmith.config.schema import RunConfig
+from tunesmith.config.schema import STAGE_SETTINGS, RunConfig, TrainConfig
 from tunesmith.ui import form, strings
 from tunesmith.utils.errors import TunesmithError
 from tunesmith.workshop import actions
@@ -72,6 +74,45 @@ def test_form_yaml_loads_into_the_same_config_as_the_form(tmp_path, method):
     assert loaded.method.type == method and loaded.train.max_steps == 7
     assert loaded.data.train == ["train.jsonl", "more.jsonl"] and loaded.data.max_samples is None
     assert "cutoff_len" not in text  # defaults stay out of the YAML
+
+
+def test_stage_sections_are_written_for_their_stages_only(tmp_path):
+    fields = form.form_fields()
+    changed = {
+        "model.name_or_path": "model",
+        "data.train": "train.csv",
+        "train.cls.long_text": "chunk",
+        "train.cls.max_chunks": 4,
+        "train.preference.beta": 0.3,
+        "train.distill.teacher": "teacher-model",
+    }
+    for stage, kept in [
+        ("cls", {"cls": {"long_text": "chunk", "max_chunks": 4}}),
+        ("orpo", {"preference": {"beta": 0.3}}),
+        ("distill", {"distill": {"teacher": "teacher-model"}}),
+        ("sft", {}),
+    ]:
+        values = _values(fields, **changed, **{"train.stage": stage})
+        text = form.form_yaml(fields, values, "lora")
+        written = yaml.safe_load(text).get("train", {})
+        assert {k: v for k, v in written.items() if k != "stage"} == kept, stage
+        (tmp_path / "run.yaml").write_text(text, encoding="utf-8")
+        assert load_config(tmp_path / "run.yaml").train.stage == stage
+
+
+def test_every_stage_settings_section_is_in_the_form():
+    """A stage with settings of its own (its section's description says so) is listed in
+    STAGE_SETTINGS, so the Train tab shows its fields when that stage is chosen."""
+    stages = typing.get_args(TrainConfig.model_fields["stage"].annotation)
+    assert set(STAGE_SETTINGS) <= set(stages)
+    described = {
+        name
+        for name, info in TrainConfig.model_fields.items()
+        if (info.description or "").startswith("Settings of stage")
+    }
+    assert described == set(STAGE_SETTINGS.values())
+    keys = {f.key for f in form.form_fields() if f.stages}
+    assert {"train.cls.long_text", "train.preference.beta", "train.distill.teacher"} <= keys
 
 
 def test_lists_and_text_or_list_fields_parse_as_the_schema_types():

@@ -218,6 +218,29 @@ def test_a_second_run_waits_in_the_queue_until_the_first_stops(page, ui):
     assert (ws.runs_dir / "short" / "adapter").is_dir()
 
 
+def _choose(page, key: str, option: str) -> None:
+    """A dropdown of the form by its config key."""
+    page.locator(f"#f-{key.replace('.', '-')} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_timeout(300)
+
+
+def test_a_stage_shows_its_own_settings_in_the_form(page):
+    _tab(page, "Train")
+    assert not page.locator("#stage-cls").is_visible()
+    _choose(page, "train.stage", "cls")
+    _until(lambda: page.locator("#stage-cls").is_visible(), "the cls section to show")
+    assert not page.locator("#stage-preference").is_visible()
+    _fill(page, "train.cls.max_chunks", "4")
+    _until(lambda: "max_chunks: 4" in _text(page, "#train-yaml"), "the YAML to hold cls")
+    _choose(page, "train.stage", "dpo")
+    _until(lambda: page.locator("#stage-preference").is_visible(), "the preference section")
+    assert not page.locator("#stage-cls").is_visible()
+    _until(lambda: "max_chunks" not in _text(page, "#train-yaml"), "cls to leave the YAML")
+    _choose(page, "train.stage", "sft")  # as the later tests expect the form
+    _until(lambda: "stage:" not in _text(page, "#train-yaml"), "the YAML back to sft")
+
+
 def test_evaluate_and_open_the_report(page, ui, shots):
     _, ws = ui
     # a reload reads the workspace again: both runs listed, the newest one's page shown

@@ -17,6 +17,7 @@ from tunesmith.config.base import Section
 from tunesmith.config.cls import ClsConfig
 from tunesmith.config.eval import EvalConfig
 from tunesmith.config.methods import LoraMethod, MethodConfig
+from tunesmith.config.rl import GrpoConfig, PpoConfig
 from tunesmith.config.serve import ExportConfig, ServeConfig
 
 
@@ -195,11 +196,23 @@ class DistributedConfig(Section):
     )
 
 
+# stage -> the train.<section> holding its own settings (the web workshop shows a section's
+# fields for its stages only); a stage with settings of its own adds its entry here
+STAGE_SETTINGS: dict[str, str] = {
+    "cls": "cls",
+    **{stage: "preference" for stage in ("dpo", "orpo", "simpo", "kto", "rm")},
+    "distill": "distill",
+}
+
+
 class TrainConfig(Section):
-    stage: Literal["sft", "pt", "cls", "dpo", "orpo", "simpo", "kto", "rm", "distill"] = Field(
+    stage: Literal[
+        "sft", "pt", "cls", "dpo", "orpo", "simpo", "kto", "rm", "distill", "grpo", "ppo"
+    ] = Field(
         "sft",
         description="sft: chat data; pt: continued pre-training on plain text; cls: text "
-        "classification; dpo/orpo/simpo/kto/rm: preference alignment; distill: from a teacher.",
+        "classification; dpo/orpo/simpo/kto/rm: preference alignment; distill: from a teacher; "
+        "grpo/ppo: online RL on prompts with reward functions.",
     )
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="Overrides epochs when > 0.")
@@ -259,6 +272,8 @@ class TrainConfig(Section):
         default_factory=PreferenceConfig, description="Settings of stages dpo/orpo/simpo/kto/rm."
     )
     distill: DistillConfig | None = Field(None, description="Settings of stage distill.")
+    grpo: GrpoConfig | None = Field(None, description="Settings of stage grpo.")
+    ppo: PpoConfig | None = Field(None, description="Settings of stage ppo.")
 
     @field_validator("warmup_ratio")
     @classmethod

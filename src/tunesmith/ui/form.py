@@ -1,7 +1,8 @@
 """The Train tab's form, generated from the config schema (config/schema.py, config/methods.py).
 
-Every plain field of the model, data, train and output sections, and of each method, becomes
-one form field; nested sections (monitor, preference, distill, ...) and mappings stay in the
+Every plain field of the model, data, train and output sections, of each method and of each
+stage's own settings (train.cls, train.preference, ... : config/schema.py STAGE_SETTINGS) becomes
+one form field; other nested sections (monitor, early stopping, ...) and mappings stay in the
 YAML, which the page shows beside the form and lets a person edit. `form_yaml` writes only the
 values that differ from the schema's defaults, so the YAML reads like one a person would write
 and loads (config/load.py) into the same RunConfig as the form's values.
@@ -19,7 +20,13 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from tunesmith.config.methods import MethodConfig
-from tunesmith.config.schema import DataConfig, ModelConfig, OutputConfig, TrainConfig
+from tunesmith.config.schema import (
+    STAGE_SETTINGS,
+    DataConfig,
+    ModelConfig,
+    OutputConfig,
+    TrainConfig,
+)
 
 SECTIONS: dict[str, type[BaseModel]] = {
     "model": ModelConfig,
@@ -44,9 +51,13 @@ class FormField:
     optional: bool = False  # None is allowed (an empty box)
     help: str = ""
     method: str | None = None  # the method type this field belongs to
+    stages: tuple[str, ...] = ()  # a stage section's field: the stages that read it
+    required: bool = False  # no default (distill.teacher): written whenever its stage is chosen
 
 
-def section_fields(section: str, model: type[BaseModel], method: str | None = None):
+def section_fields(
+    section: str, model: type[BaseModel], method: str | None = None, stages: tuple = ()
+):
     """The plain fields of a config section, in schema order."""
     out = []
     for name, info in model.model_fields.items():
@@ -56,20 +67,49 @@ def section_fields(section: str, model: type[BaseModel], method: str | None = No
         if kind is None or f"{section}.{name}" in LEFT_OUT:
             continue
         default = info.get_default(call_default_factory=True)
-        if default is PydanticUndefined:
+        required = default is PydanticUndefined
+        if required and not stages:
             continue
-        field = FormField(
-            f"{section}.{name}", kind, default, choices, optional, info.description or "", method
+        out.append(
+            FormField(
+                f"{section}.{name}",
+                kind,
+                None if required else default,
+                choices,
+                optional,
+                info.description or "",
+                method,
+                stages,
+                required,
+            )
         )
-        out.append(field)
     return out
+
+
+def stage_sections() -> dict[str, tuple[str, ...]]:
+    """train.<section> -> the stages that read it, in STAGE_SETTINGS order."""
+    sections: dict[str, tuple[str, ...]] = {}
+    for stage, section in STAGE_SETTINGS.items():
+        sections[section] = (*sections.get(section, ()), stage)
+    return sections
 
 
 def form_fields() -> list[FormField]:
     fields = [f for section, model in SECTIONS.items() for f in section_fields(section, model)]
+    for section, stages in stage_sections().items():
+        model = _section_model(TrainConfig.model_fields[section].annotation)
+        fields += section_fields(f"train.{section}", model, stages=stages)
     for method, model in METHODS.items():
         fields += section_fields("method", model, method)
     return fields
+
+
+def _section_model(annotation) -> type[BaseModel]:
+    """The section class of `X` or `X | None`."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    raise TypeError(f"not a config section: {annotation}")
 
 
 def _kind(annotation) -> tuple[str | None, tuple, bool]:
@@ -123,16 +163,22 @@ def parsed_value(field: FormField, value: Any) -> Any:
 
 
 def form_config(fields: list[FormField], values: list[Any], method: str) -> dict:
-    """The config the form describes: values that differ from the defaults, as nested data."""
+    """The config the form describes: values that differ from the defaults, as nested data; a
+    method's fields only for the chosen method, a stage section's only for the chosen stage."""
     data: dict = {"method": {"type": method}}
+    chosen = dict(zip([f.key for f in fields], values, strict=True))
+    stage = chosen.get("train.stage") or TrainConfig.model_fields["stage"].default
     for field, value in zip(fields, values, strict=True):
-        if field.method not in (None, method):
+        if field.method not in (None, method) or (field.stages and stage not in field.stages):
             continue
         parsed = parsed_value(field, value)
-        if parsed == field.default and field.key not in ALWAYS:
+        if parsed == field.default and field.key not in ALWAYS and not field.required:
             continue
-        section, name = field.key.split(".", 1)
-        data.setdefault(section, {})[name] = parsed
+        *path, name = field.key.split(".")
+        target = data
+        for part in path:
+            target = target.setdefault(part, {})
+        target[name] = parsed
     order = ("model", "method", "data", "train", "output")
     return {k: data[k] for k in order if k in data}
 

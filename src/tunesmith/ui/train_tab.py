@@ -9,6 +9,7 @@ import time
 import gradio as gr
 import yaml
 
+from tunesmith.config.schema import TrainConfig
 from tunesmith.runs.folder import atomic_write
 from tunesmith.ui import form, progress
 from tunesmith.ui.common import Ctx, guarded
@@ -103,7 +104,8 @@ def queue_text(ctx: Ctx) -> str:
 def build(ctx: Ctx, default_model: str) -> dict:
     fields = form.form_fields()
     defaults = {"model.name_or_path": default_model}
-    comps, method_comps, groups = [], [], {}
+    comps, stage_comps, method_comps, groups, stage_groups = [], [], [], {}, {}
+    stage_default = TrainConfig.model_fields["stage"].default
     with gr.Row():
         with gr.Column(scale=3):
             method = gr.Dropdown(list(form.METHODS), value="lora", label="method.type")
@@ -113,8 +115,19 @@ def build(ctx: Ctx, default_model: str) -> dict:
                         method_comps.append(component(field))
             for section in form.SECTIONS:
                 with gr.Accordion(section, open=True), gr.Row():
-                    for field in [f for f in fields if f.key.startswith(f"{section}.")]:
+                    for field in _plain(fields, section):
                         comps.append(component(field, defaults.get(field.key)))
+            for section, stages in form.stage_sections().items():  # shown for their stages
+                with (
+                    gr.Accordion(
+                        f"train.{section}",
+                        visible=stage_default in stages,
+                        elem_id=f"stage-{section}",
+                    ) as stage_groups[section],
+                    gr.Row(),
+                ):
+                    for field in [f for f in fields if f.key.startswith(f"train.{section}.")]:
+                        stage_comps.append(component(field))
         with gr.Column(scale=2):
             initial = form.form_yaml(
                 fields, [_initial(f, defaults) for f in _ordered(fields)], "lora"
@@ -136,16 +149,21 @@ def build(ctx: Ctx, default_model: str) -> dict:
     following = gr.State(None)  # the run this page started (reload: the running one)
     timer = gr.Timer(2.0)
     ordered = _ordered(fields)
-    comps = comps + method_comps  # the order of _ordered
+    comps = comps + stage_comps + method_comps  # the order of _ordered
+    stage_at = [f.key for f in ordered].index("train.stage")
 
     def rewrite(kind, *values):
-        return form.form_yaml(ordered, list(values), kind), *_visibility(kind)
+        return (
+            form.form_yaml(ordered, list(values), kind),
+            *_visibility(kind),
+            *_stage_visibility(values[stage_at]),
+        )
 
     gr.on(
         [c.change for c in [method, *comps]],
         rewrite,
         [method, *comps],
-        [text, *groups.values()],
+        [text, *groups.values(), *stage_groups.values()],
         show_progress="hidden",
     )
 
@@ -185,12 +203,17 @@ def build(ctx: Ctx, default_model: str) -> dict:
     return {"fields": ordered, "components": comps, "method": method, "yaml": text}
 
 
+def _plain(fields: list[form.FormField], section: str) -> list[form.FormField]:
+    """A section's own fields (not a method's, not a stage section's)."""
+    return [f for f in fields if f.key.startswith(f"{section}.") and not f.method and not f.stages]
+
+
 def _ordered(fields: list[form.FormField]) -> list[form.FormField]:
-    """The fields in the order their components were made: sections, then each method's."""
-    sections = [
-        f for s in form.SECTIONS for f in fields if f.key.startswith(f"{s}.") and not f.method
-    ]
-    return sections + [f for name in form.METHODS for f in fields if f.method == name]
+    """The fields in the order their components were made: sections, stage sections, then
+    each method's."""
+    sections = [f for s in form.SECTIONS for f in _plain(fields, s)]
+    stages = [f for f in fields if f.stages]
+    return sections + stages + [f for name in form.METHODS for f in fields if f.method == name]
 
 
 def _initial(field: form.FormField, defaults: dict):
@@ -199,6 +222,10 @@ def _initial(field: form.FormField, defaults: dict):
 
 def _visibility(kind: str):
     return [gr.update(visible=name == kind) for name in form.METHODS]
+
+
+def _stage_visibility(stage: str):
+    return [gr.update(visible=stage in stages) for stages in form.stage_sections().values()]
 
 
 def _running(ctx: Ctx) -> str | None:
