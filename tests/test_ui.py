@@ -49,7 +49,8 @@ def test_the_form_covers_every_method_and_plain_train_field():
     fields = form.form_fields()
     keys = {f.key for f in fields}
     assert {"train.learning_rate", "train.stage", "data.cutoff_len", "model.name_or_path"} <= keys
-    assert {f.method for f in fields if f.method} == set(form.METHODS) - {"full"}
+    with_fields = {m for m, cls in form.METHODS.items() if set(cls.model_fields) - {"type"}}
+    assert {f.method for f in fields if f.method} == with_fields and "lora" in with_fields
     assert "output.dir" not in keys  # the workshop chooses where runs go
 
 

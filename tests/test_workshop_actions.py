@@ -69,6 +69,46 @@ def test_inspect_and_clean_stay_in_the_workspace(ws):
         actions.clean(ws, ["train.jsonl"], "c.jsonl", {"unknown_step": 1})
 
 
+def test_a_dataset_info_entry_is_read_with_its_columns(ws):
+    """LLaMA-Factory's dataset_info.json as the Data tab and MCP name it: REGISTRY::NAME, the
+    entry's format and column mapping applied; hub-only entries are not listed (offline)."""
+    data = ws.root / "lf"
+    data.mkdir()
+    records = [
+        {"dialog": [{"role": "user", "text": f"question {i}"}, {"role": "bot", "text": f"a{i}"}]}
+        for i in range(5)
+    ]
+    (data / "chats.json").write_text(json.dumps(records), encoding="utf-8")
+    registry = {
+        "chats": {
+            "file_name": "chats.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "dialog"},
+            "tags": {"role_tag": "role", "content_tag": "text", "user_tag": "user",
+                     "assistant_tag": "bot"},
+        },
+        "far_away": {"hf_hub_url": "someone/data"},
+        "outside": {"file_name": "../../elsewhere.json"},
+    }  # fmt: skip
+    (data / "dataset_info.json").write_text(json.dumps(registry), encoding="utf-8")
+    (ws.root.parent / "elsewhere.json").write_text("[]", encoding="utf-8")
+    assert actions.dataset_entries(ws, "lf/dataset_info.json") == [
+        "lf/dataset_info.json::chats",
+        "lf/dataset_info.json::outside",
+    ]
+    report = actions.inspect(ws, ["lf/dataset_info.json::chats"])
+    assert report["records"]["read"] == 5 and report["records"].get("rejected", 0) == 0
+    cleaned = actions.clean(ws, ["lf/dataset_info.json::chats"], "clean/chats.jsonl")
+    assert cleaned["read"] == 5 and cleaned["kept"] + cleaned["rejected"] == 5
+    converted = actions.convert(ws, "lf/dataset_info.json::chats", "conv/chats.jsonl", "openai")
+    first = json.loads((ws.root / converted["output"]).read_text().splitlines()[0])
+    assert first["messages"][-1] == {"role": "assistant", "content": "a0"}
+    with pytest.raises(PathRefused, match="dataset 'outside' file .* is not allowed"):
+        actions.inspect(ws, ["lf/dataset_info.json::outside"])
+    with pytest.raises(TunesmithError, match="nope"):
+        actions.inspect(ws, ["lf/dataset_info.json::nope"])
+
+
 def _wait(predicate, what: str, seconds: float = 240):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -3,6 +3,7 @@ traceback, workspace file lists, run choices, report embedding and loaded chat e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import html
@@ -20,6 +21,7 @@ from tunesmith.workshop.workspace import Workspace
 
 log = logging.getLogger("tunesmith.ui")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+REGISTRY = "dataset_info.json"  # LLaMA-Factory's; its entries are listed with the files
 SKIP_DIRS = {"runs", ".tunesmith", ".git", ".venv", "node_modules", "__pycache__"}
 
 
@@ -90,17 +92,21 @@ def run_picker(ctx: Ctx, names: list[str], elem_id: str):
 
 
 def data_files(ctx: Ctx, limit: int = 200) -> list[str]:
-    """Data files of the workspace (relative paths), outside runs and tunesmith's own folders."""
-    found = []
+    """Data files of the workspace (relative paths), outside runs and tunesmith's own folders,
+    then the entries of each dataset_info.json as REGISTRY::NAME."""
+    found, entries = [], []
     for path in sorted(ctx.ws.root.rglob("*")):
         parts = path.relative_to(ctx.ws.root).parts
         if SKIP_DIRS & set(parts[:-1]) or len(parts) > 4:
             continue
         if path.suffix in DATA_SUFFIXES and path.is_file() and not path.name.startswith("."):
             found.append(str(Path(*parts)))
+        if path.name == REGISTRY and path.is_file():
+            with contextlib.suppress(TunesmithError):  # a broken registry: inspecting says why
+                entries += actions.dataset_entries(ctx.ws, str(Path(*parts)))
         if len(found) >= limit:
             break
-    return found
+    return found + entries[:limit]
 
 
 def embedded(path: Path, height: int = 600) -> str:

@@ -1,5 +1,6 @@
-"""The Data tab: choose or upload a workspace file, its inspect report, clean (kept vs rejected
-with reasons), convert, download; and human review (data/review.py) one record at a time."""
+"""The Data tab: choose or upload a workspace file (or a dataset_info.json entry), its inspect
+report, clean (kept vs rejected with reasons), convert, download; and human review
+(data/review.py) one record at a time."""
 
 from __future__ import annotations
 
@@ -176,7 +177,7 @@ def build(ctx: Ctx) -> dict:
 
     @guarded(7)
     def do_sample(file, share, names):
-        source = ctx.ws.resolve(file, "data file")
+        source = one_file(ctx, file)
         out = ctx.ws.resolve(f"{REVIEWS}/{source.stem}.review.jsonl", "review file")
         out.parent.mkdir(parents=True, exist_ok=True)
         if (
@@ -213,7 +214,7 @@ def build(ctx: Ctx) -> dict:
         from tunesmith.data.review import apply_review
 
         result = apply_review(
-            ctx.ws.resolve(file), ctx.ws.resolve(review), ctx.ws.resolve(out, "out")
+            one_file(ctx, file), ctx.ws.resolve(review), ctx.ws.resolve(out, "out")
         )
         line = ctx.t(
             "applied",
@@ -238,12 +239,23 @@ def build(ctx: Ctx) -> dict:
     return {"load": (lambda f: refresh_choices(data_files(ctx), f), chosen, chosen)}
 
 
+def one_file(ctx: Ctx, chosen: str) -> Path:
+    """The one data file a review reads: the file chosen, or a dataset entry's only file."""
+    paths, _, _ = actions.data_source(ctx.ws, [chosen])
+    if len(paths) > 1:
+        raise TunesmithError(f"'{chosen}' has {len(paths)} files; review one file at a time")
+    return Path(paths[0])
+
+
 def _checked(ctx: Ctx):
-    """A typed path is checked at once: a path leaving the workspace is refused in the page."""
+    """A typed path is checked at once: a path leaving the workspace is refused in the page,
+    a dataset entry (REGISTRY::NAME) is looked up in its registry."""
 
     @guarded(1)
     def check(path):
-        if path:
+        if path and actions.ENTRY in path:
+            actions.data_source(ctx.ws, [path])
+        elif path:
             resolved = ctx.ws.resolve(path, "data file")
             if not resolved.is_file():
                 return f"⚠ {ctx.t('not_found', path=path)}"

@@ -49,6 +49,7 @@ REF_KEYS = ("model.name_or_path", "eval.model", "eval.baseline", "train.distill.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SERVE_RECORD = ".tunesmith/serve.json"
 QUEUE = ".tunesmith/queue.json"  # training runs waiting for their turn
+ENTRY = "::"  # REGISTRY::NAME names one dataset entry of a registry (dataset_info.json)
 
 # processes this door started: polled so that a finished one is reaped, not left a zombie
 _children: dict[int, subprocess.Popen] = {}
@@ -145,10 +146,10 @@ def inspect(
     from tunesmith.data.quality.analyze import inspect_data, write_inspect_report
     from tunesmith.data.quality.rules import QualityRules
 
-    paths = _data_files(ws, files)
+    paths, fmt, columns = data_source(ws, files, fmt)
     rule_set = _validated(QualityRules, rules or {}, "inspect rules")
     tok = _tokenizer(ws, tokenizer) if tokenizer else None
-    report = inspect_data(paths, fmt, {}, tok, cutoff_len, rule_set)
+    report = inspect_data(paths, fmt, columns, tok, cutoff_len, rule_set)
     if report["records"]["read"] == 0:
         raise TunesmithError(f"{', '.join(files)}: no records found (an empty file?)")
     folder = ws.resolve(out, "out") if out else Path(paths[0]).parent / "inspect"
@@ -168,10 +169,10 @@ def clean(
     """The cleaning pipeline: cleaned file, rejects.jsonl with each reason, stats and version."""
     from tunesmith.data.quality.clean import CleanConfig, clean_records, write_clean_output
 
-    paths = _data_files(ws, files)
+    paths, fmt, columns = data_source(ws, files, fmt)
     target = ws.resolve(out, "out")
     cfg = _validated(CleanConfig, settings or {}, "clean")
-    result = clean_records(paths, cfg, fmt)
+    result = clean_records(paths, cfg, fmt, columns)
     summary = write_clean_output(result, target, cfg)
     return {
         "read": result.read,
@@ -190,10 +191,12 @@ def convert(ws: Workspace, file: str, out: str, to: str, fmt: str = "auto") -> d
     """A data file rewritten in another format (alpaca, sharegpt, openai) inside the workspace."""
     from tunesmith.data.convert import convert_file
 
-    (src,) = _data_files(ws, [file])
+    paths, fmt, columns = data_source(ws, [file], fmt)
+    if len(paths) > 1:
+        raise TunesmithError(f"'{file}' has {len(paths)} files; convert converts one at a time")
     target = ws.resolve(out, "out")
     try:
-        stats = convert_file(src, target, to, fmt)
+        stats = convert_file(paths[0], target, to, fmt, columns)
     except ValueError as exc:  # an unknown format: convert_file says which are allowed
         raise TunesmithError(str(exc)) from None
     return {**stats, "output": ws.relative(target)}
@@ -483,6 +486,32 @@ def _data_files(ws: Workspace, files: Sequence[str]) -> list[str]:
         if not path.is_file():
             raise TunesmithError(f"data file '{given}' not found in the workspace")
     return [str(p) for p in paths]
+
+
+def data_source(ws: Workspace, files: Sequence[str], fmt: str = "auto"):
+    """(paths, format, columns) of what a door names: data files, or one dataset entry as
+    `REGISTRY::NAME` (LLaMA-Factory's dataset_info.json read unchanged, or a tunesmith YAML
+    registry), whose files must lie inside the workspace too."""
+    entries = [f for f in files if ENTRY in f]
+    if not entries:
+        return _data_files(ws, files), fmt, {}
+    if len(files) > 1:
+        raise TunesmithError(f"give one dataset entry at a time, not {', '.join(files)}")
+    from tunesmith.data.registry import resolve_dataset
+
+    registry, name = entries[0].split(ENTRY, 1)
+    entry = resolve_dataset(ws.resolve(registry, "registry"), name)
+    paths = [str(ws.resolve(path, f"dataset '{name}' file")) for path in entry.files]
+    return paths, entry.fmt if fmt == "auto" else fmt, entry.columns
+
+
+def dataset_entries(ws: Workspace, registry: str) -> list[str]:
+    """`REGISTRY::NAME` of every entry of a registry file in the workspace with local files
+    (hub-only entries cannot be read offline)."""
+    from tunesmith.data.registry import load_registry
+
+    entries = load_registry(ws.resolve(registry, "registry"))
+    return [f"{registry}{ENTRY}{name}" for name, entry in entries.items() if entry.files]
 
 
 def _tokenizer(ws: Workspace, ref: str):
