@@ -21,6 +21,7 @@ STAGES = {
     "kto": ("tunesmith.train.preference", "run_preference"),
     "rm": ("tunesmith.train.reward", "run_reward"),
     "distill": ("tunesmith.train.distill", "run_distill"),
+    "grpo": ("tunesmith.train.grpo", "run_grpo"),
 }
 
 

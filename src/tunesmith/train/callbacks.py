@@ -23,7 +23,9 @@ from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError
 
 _EVAL_SPEED = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}  # not metrics
-_EXTRA = ("l2_penalty",)  # trainer-specific training logs, written when present
+# trainer-specific training logs, written when present (grpo/ppo: rewards, KL, entropy)
+_EXTRA = ("l2_penalty", "reward", "reward_std", "kl", "entropy", "value_loss", "policy_loss")
+_EXTRA_PREFIXES = ("rewards/",)  # grpo: each reward function's mean and std
 
 
 class MetricsCallback(TrainerCallback):
@@ -68,7 +70,7 @@ class MetricsCallback(TrainerCallback):
                 "tokens": state.num_input_tokens_seen,
                 "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
                 "loss_trend": None if trend is None else round(trend, 6),
-                **{key: logs[key] for key in _EXTRA if key in logs},
+                **{k: v for k, v in logs.items() if k in _EXTRA or k.startswith(_EXTRA_PREFIXES)},
                 **memory_record(),
                 "time": round(time.time(), 3),
             }
