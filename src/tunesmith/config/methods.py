@@ -11,7 +11,18 @@ from tunesmith.config.base import Section
 Activation = Literal["relu", "gelu", "silu", "tanh"]
 
 
-class FullMethod(Section):
+class _VisionFields(Section):
+    """What trains besides the language model of a vision-language model (models/vlm.py)."""
+
+    train_vision: bool = Field(
+        False, description="Vision-language models: train the vision tower too (frozen: False)."
+    )
+    train_projector: bool = Field(
+        False, description="Vision-language models: train the projector into the language model."
+    )
+
+
+class FullMethod(_VisionFields):
     type: Literal["full"] = "full"
 
 
@@ -56,7 +67,7 @@ class FreezeMethod(Section):
         return self
 
 
-class _LoraFields(Section):
+class _LoraFields(_VisionFields):
     r: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)

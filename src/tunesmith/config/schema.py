@@ -84,6 +84,11 @@ class DataConfig(Section):
         "alias.",
     )
     train_on_prompt: bool = False
+    media_dir: str | None = Field(
+        None,
+        description="Folder that relative image paths of vision-language data are read from "
+        "(LLaMA-Factory's media_dir); None: beside the data file (a registry: its folder).",
+    )
     on_error: Literal["stop", "skip"] = "stop"
     max_samples: int | None = Field(None, ge=1)
     registry: str | None = Field(

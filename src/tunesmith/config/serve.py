@@ -102,3 +102,16 @@ class ServeConfig(Section):
     max_header_bytes: int = Field(
         16_384, ge=1024, description="Larger request heads are refused (h11's limit)."
     )
+    # image inputs (vision-language models; serve/images.py)
+    image_dir: str | None = Field(
+        None,
+        description="Folder whose image files a request may name by path (or file:// URL); "
+        "None: images come as data: URLs only. Remote http(s) URLs are never fetched.",
+    )
+    max_images: int = Field(4, ge=0, description="Most images in one chat request.")
+    max_image_bytes: int = Field(
+        5_000_000, ge=1, description="Largest image file or decoded data: URL, in bytes."
+    )
+    max_image_pixels: int = Field(
+        16_000_000, ge=1, description="Largest image, width x height (a decompression bomb guard)."
+    )

@@ -83,6 +83,10 @@ class TrainedRun:
             with no_load_report():
                 model, _, _ = load_classifier(cfg, self._labels(), self._cls_cfg(), weights=weights)
             return model
+        if self.task == "vlm":
+            from tunesmith.models.vlm import load_vlm
+
+            return load_vlm(weights, cfg)
         from tunesmith.models.load import load_causal_lm
 
         return load_causal_lm(weights, cfg)
@@ -103,6 +107,10 @@ class TrainedRun:
             from tunesmith.models.classifier import classifier_tokenizer
 
             return classifier_tokenizer(_local(self.artifact), self._model_cfg())
+        if self.task == "vlm":  # the processor stands where the tokenizer does
+            from tunesmith.models.vlm import load_processor
+
+            return load_processor(_local(self.artifact), self._model_cfg())
         from tunesmith.models.load import load_tokenizer
 
         return load_tokenizer(_local(self.artifact), self._model_cfg())
@@ -116,6 +124,11 @@ class TrainedRun:
 
             cfg = self._model_cfg(dtype)
             model = load_classifier(cfg, self._labels(), self._cls_cfg())[0]
+        elif self.task == "vlm":
+            from tunesmith.models.vlm import load_vlm
+
+            cfg = self._model_cfg(dtype)
+            model = load_vlm(resolve_model(cfg.name_or_path), cfg)
         else:
             from tunesmith.models.load import load_causal_lm
 
@@ -182,6 +195,8 @@ def _open_run_folder(root: Path) -> TrainedRun:
             f"finish; resume it with tunesmith train --resume {root})"
         )
     task: Task = "seq_cls" if config.train.stage in SEQ_CLS_STAGES else "causal_lm"
+    if task == "causal_lm" and (read_marker(artifact) or {}).get("task") == "vlm":
+        task = "vlm"  # sft on a vision-language model (train/vlm.py)
     labels = _read_labels(root) if task == "seq_cls" else None
     return TrainedRun(artifact, config.method, task, config.model, root, config, labels)
 
@@ -199,7 +214,10 @@ def _open_artifact(folder: Path, model_cfg: ModelConfig | None) -> TrainedRun:
         method = method_for_peft_type(peft_type)
         return TrainedRun(folder, method.config(), "causal_lm", model_cfg)
     if (folder / "config.json").is_file():  # a whole model
-        return TrainedRun(folder, FullMethod(), "causal_lm", model_cfg)
+        from tunesmith.models.vlm import is_vision_language
+
+        task = "vlm" if is_vision_language(_local(folder)) else "causal_lm"
+        return TrainedRun(folder, FullMethod(), task, model_cfg)
     raise ModelError(
         f"'{folder}' is neither a run folder (config.yaml), an adapter folder "
         f"({PEFT_CONFIG} or a tunesmith method marker) nor a model folder (config.json)"
@@ -238,7 +256,9 @@ def load_for_inference(path: str | Path | None = None, model_cfg: ModelConfig | 
     if model_cfg is None:
         raise ModelError("no model: name a base model (--model) or a run folder")
     from tunesmith.models.load import load_model_and_tokenizer
+    from tunesmith.models.vlm import is_vision_language, load_vlm_and_processor
 
-    model, tokenizer, _ = load_model_and_tokenizer(model_cfg)
+    load = load_vlm_and_processor if is_vision_language(model_cfg) else load_model_and_tokenizer
+    model, tokenizer, _ = load(model_cfg)
     model.eval()
     return model, tokenizer

@@ -1,6 +1,8 @@
 """Supervised fine-tuning (train.stage: sft): chat data, the answers trained.
 
-The run is train/recipe.py's; this stage says what it reads and how it tokenizes it.
+The run is train/recipe.py's; this stage says what it reads and how it tokenizes it. A model
+whose config is a vision-language one trains on image + text conversations with the recipe of
+train/vlm.py (the same stage, its model detected).
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from tunesmith.train.trainer import causal_lm_recipe, chat_data
 
 
 def run_sft(config: RunConfig, run: RunFolder, resume: bool = False) -> TrainResult:
+    from tunesmith.models.vlm import is_vision_language
+
+    if is_vision_language(config.model):
+        from tunesmith.train.vlm import VLM
+
+        return train(VLM, config, run, resume)
     return train(SFT, config, run, resume)
 
 

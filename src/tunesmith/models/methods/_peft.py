@@ -15,7 +15,9 @@ HEADS = ("classifier", "score")
 def task_type(task: Task):
     from peft import TaskType
 
+    # a vision-language model generates text: PEFT wraps it as a causal LM
     types = {"causal_lm": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS}
+    types["vlm"] = TaskType.CAUSAL_LM
     if task not in types:
         raise ValueError(f"task must be one of {sorted(types)}, got {task!r}")
     return types[task]

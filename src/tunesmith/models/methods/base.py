@@ -25,7 +25,7 @@ import torch
 
 from tunesmith.utils.errors import ModelError
 
-Task = Literal["causal_lm", "seq_cls"]
+Task = Literal["causal_lm", "seq_cls", "vlm"]  # vlm: an image-text-to-text model (models/vlm.py)
 MARKER = "tunesmith_method.json"
 LEGACY_MARKER = "tunesmith_adapter.json"  # written by adapter / hybrid before MARKER existed
 # Weights a trainer checkpoint must hold beyond what the Trainer saves: PEFT checkpoints keep
@@ -46,6 +46,7 @@ class Method:
     shares_base: ClassVar[bool] = True  # served as a PEFT adapter switched on one shared base
     peft_type: ClassVar[str | None] = None  # the PEFT adapter type it writes (adapter_config)
     trains_base_weights: ClassVar[bool] = False  # full / freeze: the base weights themselves
+    vision_language: ClassVar[bool] = False  # applies to a vision-language model (task vlm)
     learning_rate: ClassVar[float]  # a starting point for the planner's advice
     why: ClassVar[str]  # one line for the planner's advice
 

@@ -31,6 +31,7 @@ class Freeze(Full):
 
     name = "freeze"
     config = FreezeMethod
+    vision_language = False  # its top-N blocks would count the vision tower's blocks too
     learning_rate = 5e-5
     why = "training only the top layers is fast (no gradients below them) but adapts less"
 

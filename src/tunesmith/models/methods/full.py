@@ -16,6 +16,7 @@ class Full(Method):
     artifact = "model"
     shares_base = False
     trains_base_weights = True
+    vision_language = True
     learning_rate = 2e-5  # moves pretrained weights: small steps
     why = (
         "full fine-tuning gives the best quality when the data is large enough to move every "
@@ -25,6 +26,10 @@ class Full(Method):
     def apply(self, model, cfg: FullMethod, task: Task = "causal_lm"):
         for param in model.parameters():
             param.requires_grad_(True)
+        if task == "vlm":  # the vision tower and projector as method.train_* say
+            from tunesmith.models.vlm import freeze_vision
+
+            freeze_vision(model, cfg)
         return model
 
     def write(self, model, out_dir: Path) -> None:

@@ -27,6 +27,7 @@ class Lora(Method):
     name = "lora"
     config = LoraMethod
     peft_type = "LORA"
+    vision_language = True
     learning_rate = 2e-4  # starts from zero: larger steps than full fine-tuning
     why = (
         "LoRA reaches close to full fine-tuning quality on small and medium data with a "
@@ -35,6 +36,8 @@ class Lora(Method):
     )
 
     def apply(self, model, cfg: LoraMethod, task: Task = "causal_lm"):
+        if task == "vlm":  # the language model's linears (models/vlm.py), not the vision tower's
+            cfg = vlm_lora(model, cfg)
         model = wrap(model, lora_config(cfg, task))
         if cfg.init in ("pissa", "pissa_fast", "olora"):
             initial = tempfile.mkdtemp(prefix="tunesmith-initial-adapter-")
@@ -63,6 +66,18 @@ class Lora(Method):
         inputs per token in peak RSS on CPU (SmolLM2: 0.75 GB more than adapters at 1024
         tokens). Saved tensors do not show it: glibc keeps the freed forward temporaries."""
         return 1.25 * sum(t[0] for t in targets(shapes, cfg.target_modules))
+
+
+def vlm_lora(model, cfg: LoraMethod) -> LoraMethod:
+    """cfg with the target modules named in full inside a vision-language model's language model
+    (and vision tower with train_vision), its projector trained whole with train_projector."""
+    from tunesmith.models.vlm import lora_targets, projector_modules
+
+    targets = lora_targets(model, cfg.target_modules, cfg.train_vision)
+    whole = projector_modules(model) if cfg.train_projector else []
+    return cfg.model_copy(
+        update={"target_modules": targets, "modules_to_save": [*cfg.modules_to_save, *whole]}
+    )
 
 
 def lora_config(cfg: LoraMethod, task: Task = "causal_lm"):
