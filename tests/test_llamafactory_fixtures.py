@@ -151,3 +151,17 @@ def test_preference_sources_through_the_registry():
     assert [Path(p).name for p in source.paths] == ["dpo_mini.json"]
     kto_cfg = DataConfig(registry=str(INFO), dataset=["kto_mini", "dpo_mini"])
     assert len(preference_sources(kto_cfg, kto=True)) == 2
+
+
+@pytest.mark.parametrize("name", [*SFT, "c4_mini"])
+def test_inspect_reads_an_entry_with_its_columns(name):
+    """`tunesmith data inspect NAME --registry` and the Data tab: the entry's format and column
+    mapping, a pre-training entry's text column included (LLaMA-Factory's `prompt`)."""
+    from tunesmith.data.quality.analyze import inspect_data
+
+    entry = resolve_dataset(INFO, name)
+    records = sum(1 for line in entry.files[0].read_text().splitlines() if line.strip())
+    report = inspect_data(entry.files, entry.fmt, entry.columns)
+    assert report["records"]["malformed"] == 0 and report["records"]["valid"] > 0
+    if entry.kind == "pretrain":
+        assert entry.columns == {"text": "text"} and report["records"]["read"] == records

@@ -287,7 +287,7 @@ def test_chat_with_the_tuned_run_beside_its_base(page, shots):
     _shot(page, shots / "chat.png")
 
 
-def test_data_tab_refuses_a_path_outside_and_inspects_a_file(page, shots):
+def test_data_tab_refuses_a_path_outside_and_inspects_a_file(page, ui, shots):
     _tab(page, "Data")
     box = page.locator("#data-file input")
     box.fill("../../etc/passwd")
@@ -298,6 +298,21 @@ def test_data_tab_refuses_a_path_outside_and_inspects_a_file(page, shots):
     page.click("#data-inspect")
     _wait_text(page, "#data-headline", "8 records read", 60)
     _shot(page, shots / "data.png")
+
+    # a dataset_info.json entry, read with its format and columns as LLaMA-Factory reads it
+    _, ws = ui
+    (ws.root / "lf").mkdir()
+    five = (ws.root / "train.jsonl").read_text(encoding="utf-8").splitlines()[:5]
+    (ws.root / "lf" / "qa.jsonl").write_text("\n".join(five) + "\n", encoding="utf-8")
+    registry = {
+        "qa": {"file_name": "qa.jsonl", "columns": {"prompt": "instruction", "response": "output"}}
+    }
+    (ws.root / "lf" / "dataset_info.json").write_text(json.dumps(registry), encoding="utf-8")
+    box.fill("lf/dataset_info.json::qa")
+    box.press("Enter")
+    page.click("#data-inspect")
+    _wait_text(page, "#data-headline", "5 records read", 60)
+    assert "⚠" not in _text(page, "#data-message")
 
 
 def test_arena_votes_are_counted_and_read_back(page, ui, shots):

@@ -72,6 +72,7 @@ class _Scan:
     # per file: key -> [non-empty, empty], and how many records were JSON objects (the base)
     fields: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     parsed: Counter = field(default_factory=Counter)
+    text_column: str = "text"  # where plain-text (pre-training) records keep their text
 
 
 def inspect_data(
@@ -90,7 +91,10 @@ def inspect_data(
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(INSPECT_FORMATS)}")
     rules = rules or QualityRules()
     progress = progress or (lambda _desc, items: items)
-    scan = _scan(paths, fmt, check_columns(columns))
+    columns = dict(columns or {})
+    # a registry's pre-training entry maps `text` to its column (LLaMA-Factory's `prompt`)
+    text_column = columns.pop("text", "text")
+    scan = _scan(paths, fmt, check_columns(columns), text_column)
     items = scan.items
     scores = [_score(item, rules) for item in progress("scoring", items)]
     tokens = _tokens(items, tokenizer, progress) if tokenizer is not None else None
@@ -130,8 +134,8 @@ def _tokenizer_name(tokenizer) -> str | None:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def _scan(paths: list[str | Path], fmt: str, columns: dict[str, str]) -> _Scan:
-    scan = _Scan()
+def _scan(paths: list[str | Path], fmt: str, columns: dict[str, str], text: str) -> _Scan:
+    scan = _Scan(text_column=text)
     for path in paths:
         _scan_file(path, fmt, columns, scan)
     return scan
@@ -154,7 +158,7 @@ def _scan_file(path: str | Path, fmt: str, columns: dict[str, str], scan: _Scan)
             # Detected once per file, as training does; records before a detectable one are
             # malformed rather than fatal.
             entry["format"] = entry["format"] or detect_format(record.data, columns, text=True)
-            scan.items.append(_item(record, entry["format"], columns))
+            scan.items.append(_item(record, entry["format"], columns, scan.text_column))
         except RecordError as e:
             entry["malformed"] += 1
             scan.malformed.append({"where": record.where, "reason": str(e)})
@@ -185,13 +189,13 @@ def _records(path: str | Path, entry: dict) -> Iterator[RawRecord | dict]:
         yield {"where": str(path), "reason": f"{reason} (the file was not read)"}
 
 
-def _item(record: RawRecord, fmt: str, columns: dict[str, str]) -> _Item:
+def _item(record: RawRecord, fmt: str, columns: dict[str, str], text_column: str) -> _Item:
     label = record.data.get("label")
     label = None if label is None else str(label)
     if fmt == "text":
-        text = record.data.get("text")
+        text = record.data.get(text_column)
         if not isinstance(text, str) or not text.strip():
-            raise RecordError("field 'text' is missing or empty")
+            raise RecordError(f"field '{text_column}' is missing or empty")
         return _Item(record.where, None, text, "", text, label)
     messages = to_conversation(record, fmt, columns).messages
     turns = [m for m in messages if m["role"] != "system"]
