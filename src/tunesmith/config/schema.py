@@ -207,6 +207,8 @@ STAGE_SETTINGS: dict[str, str] = {
     "cls": "cls",
     **{stage: "preference" for stage in ("dpo", "orpo", "simpo", "kto", "rm")},
     "distill": "distill",
+    "grpo": "grpo",
+    "ppo": "ppo",
 }
 
 
