@@ -201,7 +201,7 @@ def _sg(*turns: tuple[str, object]) -> dict:
     [
         (
             _sg(("human", "q"), ("gpt", "a"), ("observation", "{}"), ("gpt", "b")),
-            "unsupported role 'observation' in turn 3 (tool calls are not supported yet)",
+            "turn 3: a tool result must follow the assistant's call",
         ),
         (_sg(("human", "q"), ("bot", "a")), "unsupported role 'bot' in turn 2; expected one of"),
         (_sg(("human", "q"), ("human", "q2")), "turn 2: expected role 'assistant', got 'user'"),
@@ -236,7 +236,7 @@ def test_sharegpt_reasons(data, reason):
 @pytest.mark.parametrize(
     ("messages", "reason"),
     [
-        ([_u("q"), {"role": "tool", "content": "r"}], "unsupported role 'tool' in turn 2"),
+        ([_u("q"), {"role": "tool", "content": "r"}], "turn 2: a tool result must follow"),
         ([_u("q"), _u("q2"), _a("a")], "turn 2: expected role 'assistant', got 'user'"),
         ([_s("S"), _u("q")], "turn 2: conversation ends with a user turn"),
         ([_s("S")], "no user/assistant turns"),
@@ -352,20 +352,27 @@ def test_llamafactory_alpaca_demos_load_whole(name, count):
     assert conversations[0].line == 2  # the array's first '{'
 
 
-def test_llamafactory_glaive_toolcall_rejects_tool_turns():
+def test_llamafactory_glaive_toolcall_reads_calls_results_and_tools():
     path = shared_file("glaive_toolcall_en_demo.json")
-    with_tools = sum(
-        any(t["from"] in ("function_call", "observation") for t in r["conversations"])
-        for r in json.loads(path.read_text(encoding="utf-8"))
-    )
-    rejected: list[str] = []
-    _, stats = load_conversations(
-        [path], on_error="skip", reject=lambda r, why: rejected.append(why)
-    )
+    records = json.loads(path.read_text(encoding="utf-8"))
+    with_calls = sum(any(t["from"] == "function_call" for t in r["conversations"]) for r in records)
+    conversations, stats = load_conversations([path])
     assert stats["formats"] == {str(path): "sharegpt"}
-    assert stats["read"] == stats["kept"] + stats["rejected"] == 300
-    assert stats["rejected"] == len(rejected) == with_tools > 0
-    assert all(
-        why.startswith("unsupported role") and "tool calls are not supported yet" in why
-        for why in rejected
-    )
+    assert stats["read"] == stats["kept"] == 300 and stats["rejected"] == 0
+    called = [c for c in conversations if any(m.get("tool_calls") for m in c.messages)]
+    assert len(called) == with_calls > 0
+    first = called[0]
+    call = next(m for m in first.messages if m.get("tool_calls"))["tool_calls"][0]
+    assert call == {
+        "type": "function",
+        "function": {
+            "name": "search_recipes",
+            "arguments": {"ingredients": ["chicken", "bell peppers", "rice"]},
+        },
+    }
+    result = first.messages[
+        first.messages.index(next(m for m in first.messages if m.get("tool_calls"))) + 1
+    ]
+    assert result["role"] == "tool" and result["name"] == "search_recipes"
+    assert first.tools[0]["type"] == "function"
+    assert first.tools[0]["function"]["name"] == "search_recipes"

@@ -58,13 +58,14 @@ def test_llamafactory_local_entries_resolve_to_their_files(dataset_info):
     assert glaive.files == [folder / "glaive_toolcall_en_demo.json"]
     assert (glaive.fmt, glaive.columns, glaive.extra) == (
         "sharegpt",
-        {"conversations": "conversations"},
-        {"tools": "tools"},
+        {"conversations": "conversations", "tools": "tools"},
+        {},
     )
     conversations, stats = load_conversations(
         glaive.files, glaive.fmt, glaive.columns, on_error="skip"
     )
-    assert stats["read"] == 300 and conversations  # tool-call turns are skipped, plain ones kept
+    assert stats["read"] == stats["kept"] == 300  # tool calls and results read, tools kept
+    assert sum(c.tools is not None for c in conversations) == 191  # records with a tool list
 
 
 def test_llamafactory_kinds_and_translated_columns(dataset_info):

@@ -19,6 +19,7 @@ Task = Literal[
     "robustness",  # consistency of replies under perturbed prompts
     "safety",  # refusal rate on the shipped harmful-request probes
     "speed",  # latency p50/p95, tokens/s, peak memory, size on disk
+    "tool_calls",  # items offering tools: valid calls, right function, argument match
 ]
 # The names of evaluation/robustness.PERTURBATIONS (config sits below evaluation/).
 Perturbation = Literal["typo", "case", "punctuation", "whitespace", "zh_noise", "synonym"]
@@ -122,5 +123,13 @@ class EvalConfig(Section):
 
 
 DATA_TASKS = frozenset(
-    {"generation", "perplexity", "similarity", "classification", "instructions", "robustness"}
+    {
+        "generation",
+        "perplexity",
+        "similarity",
+        "classification",
+        "instructions",
+        "robustness",
+        "tool_calls",
+    }
 )

@@ -100,11 +100,15 @@ def _tokenize(conv: Conversation, cfg: DataConfig, tokenizer):
     does not; the first fit is kept (counted as truncated)."""
     messages = conv.messages
     try:
-        example = tokenize_conversation(tokenizer, messages, cfg.cutoff_len, cfg.train_on_prompt)
+        example = tokenize_conversation(
+            tokenizer, messages, cfg.cutoff_len, cfg.train_on_prompt, conv.tools
+        )
         for shorter in without_earliest_turns(messages):
             if example.trainable_tokens:
                 break
-            example = tokenize_conversation(tokenizer, shorter, cfg.cutoff_len, cfg.train_on_prompt)
+            example = tokenize_conversation(
+                tokenizer, shorter, cfg.cutoff_len, cfg.train_on_prompt, conv.tools
+            )
             example.truncated = True
     except TemplateError as exc:  # the template itself is unusable: every record would fail
         raise DataError(f"{conv.source}:{conv.line}: {exc}") from None

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.data import tools as tool_data
 from tunesmith.data.readers import BadRecord, RawRecord, scan_records
 from tunesmith.utils.errors import ConfigError, DataError
 
@@ -28,8 +29,11 @@ COLUMN_NAMES: dict[str, tuple[str, ...]] = {
         "user_tag",
         "assistant_tag",
         "system_tag",
+        "function_tag",
+        "observation_tag",
+        "tools",
     ),
-    "openai": ("messages",),
+    "openai": ("messages", "tools"),
 }
 _ALL_COLUMNS = tuple(dict.fromkeys(n for names in COLUMN_NAMES.values() for n in names))
 _DEFAULTS = {
@@ -38,6 +42,8 @@ _DEFAULTS = {
     "user_tag": "human",
     "assistant_tag": "gpt",
     "system_tag": "system",
+    "function_tag": "function_call",
+    "observation_tag": "observation",
 }
 _TOOL_ROLES = frozenset(
     {"function_call", "observation", "tool", "function", "tool_call", "ipython"}
@@ -51,6 +57,9 @@ class Conversation:
     messages: list[dict]  # [{"role": "system"|"user"|"assistant", "content": str}, ...]
     source: str
     line: int
+    # the functions the model may call (OpenAI's shape); tool conversations also hold assistant
+    # messages with "tool_calls" and "tool" messages (data/tools.py)
+    tools: list[dict] | None = None
 
 
 class RecordError(Exception):
@@ -100,6 +109,9 @@ def to_conversation(
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
     col = _namer(check_columns(columns))
+    if fmt != "alpaca" and _has_tools(record.data, fmt, col):
+        messages, tools = _tool_conversation(record.data, fmt, col)
+        return Conversation(messages, record.source, record.line, tools)
     convert = {"alpaca": _alpaca, "sharegpt": _sharegpt, "openai": _openai}[fmt]
     system, turns = convert(record.data, col)
     return Conversation(_validate(system, turns), record.source, record.line)
@@ -250,12 +262,72 @@ def _openai(data: dict, col: Callable[[str], str]) -> tuple[str | None, list[Tur
     return system, turns
 
 
+def _has_tools(data: dict, fmt: str, col: Callable[[str], str]) -> bool:
+    if data.get(col("tools")) not in (None, "", "[]", []):
+        return True
+    if fmt == "openai":
+        turns = data.get(col("messages"))
+        is_tool = lambda t: t.get("tool_calls") or t.get("role") == "tool"  # noqa: E731
+    else:
+        turns, role_tag = data.get(col("conversations")), col("role_tag")
+        tags = (col("function_tag"), col("observation_tag"))
+        is_tool = lambda t: t.get(role_tag) in tags  # noqa: E731
+    return isinstance(turns, list) and any(isinstance(t, dict) and is_tool(t) for t in turns)
+
+
+def _tool_conversation(data: dict, fmt: str, col: Callable[[str], str]):
+    """A conversation with tool calls and results (data/tools.py): its messages and tools."""
+    try:
+        tools = tool_data.normalize_tools(data.get(col("tools")))
+        system = _string_field(data, col("system"), required=False) or None
+        messages = []
+        if fmt == "openai":
+            for n, msg in enumerate(_list_field(data, col("messages"), required=True), start=1):
+                if not isinstance(msg, dict) or "role" not in msg:
+                    got = _preview(msg)
+                    raise RecordError(f"turn {n}: expected an object with 'role', got {got}")
+                if msg.get("tool_calls") or msg["role"] == "tool":
+                    messages.append(tool_data.openai_tool_message(msg))
+                else:
+                    role = _role(msg["role"], {r: r for r in ("system", "user", "assistant")}, n)
+                    messages.append({"role": role, "content": msg.get("content")})
+        else:
+            role_tag, content_tag = col("role_tag"), col("content_tag")
+            roles = {
+                col("user_tag"): "user",
+                col("assistant_tag"): "assistant",
+                col("system_tag"): "system",
+            }
+            calls, results = col("function_tag"), col("observation_tag")
+            for n, turn in enumerate(_list_field(data, col("conversations"), True), start=1):
+                if not isinstance(turn, dict) or role_tag not in turn or content_tag not in turn:
+                    raise RecordError(
+                        f"turn {n}: expected an object with '{role_tag}' and '{content_tag}', "
+                        f"got {_preview(turn)}"
+                    )
+                role, content = turn[role_tag], turn[content_tag]
+                if role in (calls, results):
+                    messages.append(tool_data.sharegpt_tool_turn(role, content, role == results))
+                else:
+                    messages.append({"role": _role(role, roles, n), "content": content})
+        if messages and messages[0]["role"] == "system":
+            system = messages.pop(0)["content"] or None
+        for n, m in enumerate(messages, start=1):
+            if m["role"] in ("user", "assistant") and not isinstance(m.get("content"), str):
+                raise RecordError(f"turn {n}: content must be a string, got {_type(m['content'])}")
+        head = [{"role": "system", "content": system}] if system else []
+        return tool_data.check_tool_turns(head + messages), tools
+    except tool_data.ToolDataError as e:
+        raise RecordError(str(e)) from None
+
+
 def _role(raw: object, roles: dict[str, str], n: int) -> str:
     if isinstance(raw, str) and raw in roles:
         return roles[raw]
     if isinstance(raw, str) and raw in _TOOL_ROLES:
         raise RecordError(
-            f"unsupported role {raw!r} in turn {n} (tool calls are not supported yet)"
+            f"unsupported role {raw!r} in turn {n}: tool turns are read as LLaMA-Factory's "
+            "function_call/observation (sharegpt) or OpenAI's tool_calls/tool (messages)"
         )
     allowed = ", ".join(repr(r) for r in dict.fromkeys(roles))
     raise RecordError(f"unsupported role {raw!r} in turn {n}; expected one of {allowed}")

@@ -49,9 +49,17 @@ _LF_COLUMNS = {
         "system": "system",
         "history": "history",
     },
-    "sharegpt": {"messages": "conversations", "system": "system"},
+    "sharegpt": {"messages": "conversations", "system": "system", "tools": "tools"},
 }
-_LF_TAGS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag")
+_LF_TAGS = (
+    "role_tag",
+    "content_tag",
+    "user_tag",
+    "assistant_tag",
+    "system_tag",
+    "function_tag",
+    "observation_tag",
+)
 _LF_HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 _YAML_KEYS = ("file", "files", "format", "columns", "kind", "description")
 _YAML_EXTRA = ("chosen", "rejected", "kto_tag", "tools", "images", "videos", "audios")

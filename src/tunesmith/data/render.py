@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunesmith.data.tools import NAMED_TEMPLATES  # noqa: F401 - model.chat_template names
+
 IGNORE_INDEX = -100  # label value that the loss skips
 
 
@@ -27,19 +29,69 @@ class TemplateError(ValueError):
     """The chat template cannot be used for loss masking (e.g. it rewrites earlier turns)."""
 
 
-def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+def render_chat(
+    tokenizer, messages: list[dict], add_generation_prompt: bool = False, tools=None
+) -> str:
+    """The conversation as the template writes it; `tools` (OpenAI's function list) and tool
+    messages (assistant `tool_calls`, role `tool`: data/tools.py) need a template that renders
+    them, or this is one TemplateError sentence."""
+    if tools or _has_tool_turns(messages):
+        require_tool_template(tokenizer)
     return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, tools=tools or None
     )
 
 
-def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+class ToolChat(list):
+    """A conversation (a list of messages) with the tools its prompt offers: engines, the
+    server and evaluation hand it on as a conversation, and `prompt_ids` renders its tools."""
+
+    def __init__(self, messages=(), tools: list[dict] | None = None):
+        super().__init__(messages)
+        self.tools = tools
+
+    def like(self, messages) -> ToolChat:
+        """Other messages (a cut of this prompt) with the same tools."""
+        return ToolChat(messages, self.tools)
+
+
+def prompt_ids(tokenizer, messages: list[dict], tools=None) -> list[int]:
     """Token ids of a prompt ready for generation (the template adds any special tokens);
-    control-token text inside the messages is encoded as text."""
+    control-token text inside the messages is encoded as text. A ToolChat brings its tools."""
+    if tools is None:
+        tools = getattr(messages, "tools", None)
     if injects_control_tokens(tokenizer, messages):
-        return _sanitized_ids(tokenizer, messages, add_generation_prompt=True)
-    text = render_chat(tokenizer, messages, add_generation_prompt=True)
+        return _sanitized_ids(tokenizer, messages, add_generation_prompt=True, tools=tools)
+    text = render_chat(tokenizer, messages, add_generation_prompt=True, tools=tools)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _has_tool_turns(messages: list[dict]) -> bool:
+    return any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
+
+
+_TOOL_SUPPORT: dict[str, bool] = {}  # chat template -> renders tools and tool calls
+
+
+def supports_tools(tokenizer) -> bool:
+    """Whether the template renders tools, calls and results (TRL's check, by sentinels)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str):
+        return False
+    if template not in _TOOL_SUPPORT:
+        from trl.chat_template_utils import supports_tool_calling
+
+        _TOOL_SUPPORT[template] = supports_tool_calling(tokenizer)
+    return _TOOL_SUPPORT[template]
+
+
+def require_tool_template(tokenizer) -> None:
+    if not supports_tools(tokenizer):
+        raise TemplateError(
+            "this model's chat template does not render tools or tool calls; set "
+            "model.chat_template=chatml_tools (ChatML with <tool_call> tags) or a template "
+            "of your own that reads `tools`, `tool_calls` and role `tool`"
+        )
 
 
 def control_tokens(tokenizer) -> tuple[str, ...]:
@@ -64,26 +116,34 @@ def injects_control_tokens(tokenizer, messages: list[dict]) -> bool:
     )
 
 
-def _sanitized_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+def _sanitized_ids(
+    tokenizer, messages: list[dict], add_generation_prompt: bool, tools=None
+) -> list[int]:
+    if tools or _has_tool_turns(messages):
+        require_tool_template(tokenizer)
     ids = tokenizer.apply_chat_template(
         messages,
         tokenize=True,
         add_generation_prompt=add_generation_prompt,
         sanitize_control_tokens=True,
         return_dict=False,
+        tools=tools or None,
     )
     return list(ids)
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the [start, end) character span of every assistant turn."""
-    full = render_chat(tokenizer, messages)
+def assistant_spans(
+    tokenizer, messages: list[dict], tools=None
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the [start, end) character span of every assistant turn
+    (its answer or its tool calls; tool results are not the assistant's)."""
+    full = render_chat(tokenizer, messages, tools=tools)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
-        through = render_chat(tokenizer, messages[: i + 1])
+        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        through = render_chat(tokenizer, messages[: i + 1], tools=tools)
         end = _turn_end(through, full, tokenizer.eos_token)
         if end is None or not through.startswith(before):
             raise TemplateError(
@@ -119,17 +179,17 @@ class TokenizedExample:
 
 
 def tokenize_conversation(
-    tokenizer, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False
+    tokenizer, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False, tools=None
 ) -> TokenizedExample:
     """Ids and labels; labels are IGNORE_INDEX outside assistant turns unless train_on_prompt."""
     if injects_control_tokens(tokenizer, messages):
-        return _tokenize_sanitized(tokenizer, messages, cutoff_len, train_on_prompt)
+        return _tokenize_sanitized(tokenizer, messages, cutoff_len, train_on_prompt, tools)
     if train_on_prompt:  # no spans needed: this works with templates that rewrite earlier turns
-        text = render_chat(tokenizer, messages)
+        text = render_chat(tokenizer, messages, tools=tools)
         ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
         labels = list(ids)
     else:
-        text, spans = assistant_spans(tokenizer, messages)
+        text, spans = assistant_spans(tokenizer, messages, tools)
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = encoded["input_ids"]
         labels = [
@@ -141,17 +201,19 @@ def tokenize_conversation(
 
 
 def _tokenize_sanitized(
-    tokenizer, messages: list[dict], cutoff_len: int, train_on_prompt: bool
+    tokenizer, messages: list[dict], cutoff_len: int, train_on_prompt: bool, tools=None
 ) -> TokenizedExample:
     """tokenize_conversation for messages holding control-token text: ids from the sanitized
     encoding, assistant turns found by encoding the conversation prefix by prefix."""
-    ids = _sanitized_ids(tokenizer, messages, add_generation_prompt=False)
+    ids = _sanitized_ids(tokenizer, messages, add_generation_prompt=False, tools=tools)
     labels = list(ids) if train_on_prompt else [IGNORE_INDEX] * len(ids)
     for i, message in enumerate(messages):
         if train_on_prompt or message["role"] != "assistant":
             continue
-        before = _sanitized_ids(tokenizer, messages[:i], add_generation_prompt=True)
-        through = _sanitized_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        before = _sanitized_ids(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        through = _sanitized_ids(
+            tokenizer, messages[: i + 1], add_generation_prompt=False, tools=tools
+        )
         end = _ids_turn_end(through, ids, tokenizer.eos_token_id)
         if end is None or ids[: len(before)] != before:
             raise TemplateError(

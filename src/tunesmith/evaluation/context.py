@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tunesmith.data.dataset import without_earliest_turns
-from tunesmith.data.render import prompt_ids
+from tunesmith.data.render import ToolChat, prompt_ids
 from tunesmith.utils.errors import ConfigError
 
 _SANE_MAX = 10_000_000  # tokenizers without a limit say 1e30 (transformers' VERY_LARGE_INTEGER)
@@ -67,6 +67,10 @@ def fit_prompt(tokenizer, messages: list[dict], budget: int | None) -> Fitted:
     n = len(prompt_ids(tokenizer, messages))
     if budget is None or n <= budget:
         return Fitted(messages, n, False)
+    if isinstance(messages, ToolChat):  # the cut keeps the tools: they take their share
+        offered = n - len(prompt_ids(tokenizer, list(messages)))
+        cut = fit_prompt(tokenizer, list(messages), max(budget - offered, 0))
+        return Fitted(messages.like(cut.messages), cut.tokens + offered, True)
     latest = messages
     for shorter in without_earliest_turns(messages, answered=False):
         n = len(prompt_ids(tokenizer, shorter))

@@ -12,6 +12,7 @@ so the comparison pairs them and the error analysis can point at single examples
 from __future__ import annotations
 
 import gc
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,14 +24,17 @@ from tunesmith.config.eval import DATA_TASKS, EvalConfig
 from tunesmith.config.schema import ModelConfig, OutputConfig, RunConfig
 from tunesmith.data.formats import RecordError, detect_format, to_conversation
 from tunesmith.data.readers import RawRecord, read_records
-from tunesmith.data.render import IGNORE_INDEX, prompt_ids, tokenize_conversation
+from tunesmith.data.render import IGNORE_INDEX, ToolChat, prompt_ids, tokenize_conversation
+from tunesmith.data.tools import uses_tools
 from tunesmith.models.perplexity import padded_nll
 from tunesmith.runs.folder import RunFolder
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError, DataError
 
 # Tasks that need the model's replies to the test items.
-REPLY_TASKS = frozenset({"generation", "similarity", "classification", "instructions", "judge"})
+REPLY_TASKS = frozenset(
+    {"generation", "similarity", "classification", "instructions", "judge", "tool_calls"}
+)
 _PLACEHOLDER = "\u2400"  # stands in for a missing reference while a record is validated
 
 
@@ -45,6 +49,7 @@ class Item:
     label: str | None = None
     constraints: list[dict] | None = None
     text_pair: str | None = None  # a classification test record's second text
+    reference_calls: list[dict] | None = None  # a tool-call reference (messages: a ToolChat)
 
     @property
     def prompt(self) -> str:
@@ -204,27 +209,33 @@ def load_items(
 
 def _item(record: RawRecord, fmt: str, columns: dict, index: int) -> Item:
     try:
-        messages = to_conversation(record, fmt, columns).messages
+        conversation = to_conversation(record, fmt, columns)
     except RecordError as first:
         try:  # a record may leave the answer out: add a stand-in only to validate the rest
             filled = RawRecord(record.source, record.line, _with_answer(record.data, fmt, columns))
-            messages = to_conversation(filled, fmt, columns).messages
+            conversation = to_conversation(filled, fmt, columns)
         except RecordError:
             raise first from None
-    data = record.data
+    messages, data = conversation.messages, record.data
     reference = messages[-1]["content"]
+    calls = messages[-1].get("tool_calls")
+    prompt = messages[:-1]
+    if conversation.tools or uses_tools(messages):  # the prompt offers its tools
+        prompt = ToolChat(prompt, conversation.tools)
+        reference = json.dumps([c["function"] for c in calls]) if calls else reference
     constraints = data.get("constraints")
     if constraints is not None and not isinstance(constraints, list):
         raise RecordError("field 'constraints' must be a list of {type, value} objects")
     return Item(
         id=index,
         where=record.where,
-        messages=messages[:-1],
+        messages=prompt,
         reference=None if reference == _PLACEHOLDER else reference,
         source=str(data.get("source") or Path(record.source).name),
         category=_text(data.get("category")),
         label=_text(data.get("label")),
         constraints=constraints,
+        reference_calls=calls,
     )
 
 
@@ -495,6 +506,24 @@ def _benchmark(engine, items, config, outcome: Outcome, target) -> None:
     )
 
 
+def _tool_calls(engine, items, config, outcome: Outcome, target) -> None:
+    from tunesmith.evaluation.tool_calls import evaluate_calls
+
+    keep = [i for i, item in enumerate(items) if isinstance(item.messages, ToolChat)]
+    if not keep:
+        outcome.tasks["tool_calls"] = {"skipped": "no item offers tools"}
+        return
+    report = evaluate_calls(
+        [outcome.predictions[i] for i in keep],
+        [items[i].reference_calls for i in keep],
+        engine.tokenizer.chat_template,
+    )
+    for metric in ("valid_call", "right_function", "exact_arguments", "partial_arguments"):
+        values = [row.get(metric) for row in report["items"]]
+        outcome.scores[metric] = _spread(values, keep, len(items))
+    outcome.tasks["tool_calls"] = {k: v for k, v in report.items() if k != "items"}
+
+
 MODEL_TASKS = {
     "generation": _generation,
     "similarity": _similarity,
@@ -504,6 +533,7 @@ MODEL_TASKS = {
     "robustness": _robustness,
     "safety": _safety,
     "benchmark": _benchmark,
+    "tool_calls": _tool_calls,
     "speed": _speed,  # last: its timings should not include first-call warm-up of other tasks
 }
 

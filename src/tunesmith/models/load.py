@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.config.schema import ModelConfig
+from tunesmith.data.render import NAMED_TEMPLATES
 from tunesmith.models.resolve import ResolvedModel, resolve_model
 from tunesmith.utils.errors import ModelError
 
@@ -26,6 +27,8 @@ def load_tokenizer(resolved: ResolvedModel, cfg: ModelConfig):
         template = Path(cfg.chat_template)
         is_file = len(cfg.chat_template) < 256 and template.is_file()
         tokenizer.chat_template = template.read_text() if is_file else cfg.chat_template
+        if cfg.chat_template in NAMED_TEMPLATES:  # chatml_tools: ChatML with tool calls
+            tokenizer.chat_template = NAMED_TEMPLATES[cfg.chat_template]
     if not tokenizer.chat_template:
         raise ModelError(
             f"the tokenizer of '{resolved.ref}' has no chat template; "
