@@ -28,6 +28,7 @@ def chat_loop(
     max_new_tokens: int,
     temperature: float,
     compare: bool = False,
+    image: Path | None = None,
 ) -> None:
     model_cfg = ModelConfig(name_or_path=model_ref) if model_ref else None
     if model_cfg is None and adapter is None:
@@ -35,6 +36,7 @@ def chat_loop(
     if compare and adapter is None:
         raise TunesmithError("--compare needs --adapter (a run, adapter or tuned model folder)")
     model, tokenizer = load_for_inference(adapter, model_cfg)
+    first = with_image(image, tokenizer)  # the first user turn's content, from its text
     tuned = answerer(model, tokenizer, max_new_tokens, temperature)
     answerers = {"assistant": tuned}
     if compare:
@@ -45,10 +47,31 @@ def chat_loop(
         answerers["tuned"] = tuned
     start = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
-        conversation = [*start, {"role": "user", "content": prompt}]
+        conversation = [*start, {"role": "user", "content": first(prompt)}]
         show({name: answer(conversation) for name, answer in answerers.items()})
         return
-    converse(answerers, start)
+    converse(answerers, start, first)
+
+
+def with_image(image: Path | None, tokenizer) -> Callable[[str], object]:
+    """The first question's content: its text, after the image with --image (checked here, so a
+    wrong path or a text-only model is one sentence before any question is asked)."""
+    if image is None:
+        return lambda text: text
+    from tunesmith.models.vlm import is_processor
+
+    if not is_processor(tokenizer):
+        raise TunesmithError("--image: this model reads text only; give a vision-language model")
+    if not Path(image).is_file():
+        raise TunesmithError(f"--image: no such file '{image}'")
+    try:
+        from PIL import Image
+
+        with Image.open(image) as opened:
+            opened.verify()
+    except Exception as exc:
+        raise TunesmithError(f"--image: '{image}' is not a readable image ({exc})") from None
+    return lambda text: [{"type": "image", "image": str(image)}, {"type": "text", "text": text}]
 
 
 def answerer(model, tokenizer, max_new_tokens: int, temperature: float, context=None) -> Answer:
@@ -82,7 +105,9 @@ def show(answers: dict[str, str]) -> None:
     console.print(table)
 
 
-def converse(answerers: dict[str, Answer], start: list[dict]) -> None:
+def converse(
+    answerers: dict[str, Answer], start: list[dict], first: Callable[[str], object] = str
+) -> None:
     console.print(HELP)
     histories = {name: list(start) for name in answerers}
     while True:
@@ -98,8 +123,10 @@ def converse(answerers: dict[str, Answer], start: list[dict]) -> None:
         if not text:
             continue
         answers = {}
+        asked = any(m["role"] == "user" for m in next(iter(histories.values())))
+        content = text if asked else first(text)  # the image goes with the first question
         for name, answer in answerers.items():
-            histories[name].append({"role": "user", "content": text})
+            histories[name].append({"role": "user", "content": content})
             answers[name] = answer(histories[name])
             histories[name].append({"role": "assistant", "content": answers[name]})
         if len(answers) == 1:

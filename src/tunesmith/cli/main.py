@@ -91,11 +91,15 @@ def chat(
     compare: Annotated[
         bool, typer.Option(help="Answer with the base and the tuned model side by side.")
     ] = False,
+    image: Annotated[
+        Path | None,
+        typer.Option(help="An image the first question is about (a vision-language model)."),
+    ] = None,
 ):
     """Chat with a model (and adapter) in the terminal, or answer one --prompt."""
     from tunesmith.cli.chat import chat_loop
 
-    chat_loop(model, adapter, prompt, system, max_new_tokens, temperature, compare)
+    chat_loop(model, adapter, prompt, system, max_new_tokens, temperature, compare, image)
 
 
 @app.command()

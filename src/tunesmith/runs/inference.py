@@ -19,10 +19,10 @@ from tunesmith.models.client import BASE_URL_ENV, LocalClient, OpenAIClient, fir
 from tunesmith.models.engine import (
     ENGINE_KINDS,
     Engine,
-    TransformersEngine,
     VLLMEngine,
     require_vllm,
 )
+from tunesmith.models.vlm_engine import engine_for
 from tunesmith.runs.trained import is_trained_run, load_for_inference, open_run
 from tunesmith.utils.errors import ConfigError, ModelError
 from tunesmith.utils.llm import ChatClient
@@ -37,7 +37,7 @@ def create_engine(
     """An engine for a base model, a run folder, or an adapter / tuned-model folder."""
     if kind == "transformers":
         model, tokenizer = load_for_inference(adapter, model_cfg)
-        return TransformersEngine(model, tokenizer, batch_size)
+        return engine_for(model, tokenizer, batch_size)  # a VLM's processor: VlmEngine
     if kind == "vllm":
         require_vllm()  # before any loading: fail in one sentence, fast
         return _create_vllm(model_cfg, adapter)

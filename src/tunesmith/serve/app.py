@@ -28,6 +28,7 @@ from tunesmith.config.serve import ServeConfig
 from tunesmith.data.render import prompt_ids
 from tunesmith.models.engine import GenerationParams
 from tunesmith.serve.batcher import END, Batcher, Job, QueueFull
+from tunesmith.serve.images import has_images, open_images
 from tunesmith.serve.protocol import (
     APIError,
     ChatRequest,
@@ -139,6 +140,7 @@ def create_app(state: ServerState):
         _authorize(state, request)
         req = await _parse(state, request, ChatRequest)
         conversation = [m.as_dict() for m in req.messages]
+        conversation = await _open_images(state, req.model, conversation)
         params = _params(state, req, await _chat_prompt_len(state, conversation), prompts=1)
         if req.stream:
             job = _submit(state, "stream", req.model, [conversation], params)
@@ -261,8 +263,25 @@ def _check_sizes(state: ServerState, req: _Request) -> None:
         raise _invalid("prompt", f"at most {cfg.max_prompts} prompts, got {len(prompts)}")
 
 
+async def _open_images(state: ServerState, model: str, conversation: list[dict]) -> list[dict]:
+    """image_url parts opened and checked (serve/images.py) for a model that reads images."""
+    if not has_images(conversation):
+        return conversation
+    if not getattr(state.registry.engine, "reads_images", False):
+        raise APIError(
+            400,
+            f"messages: model '{model}' reads text only; image parts need a vision-language model",
+            param="messages",
+            code="images_not_supported",
+        )
+    return await state.off_loop(open_images, conversation, state.cfg)
+
+
 async def _chat_prompt_len(state: ServerState, conversation: list[dict]) -> int:
+    engine = state.registry.engine
     try:
+        if hasattr(engine, "prompt_length"):  # a vision-language model: images count too
+            return await state.off_loop(engine.prompt_length, conversation)
         return len(await state.off_loop(prompt_ids, state.tokenizer, conversation))
     except Exception as exc:  # the template refuses this conversation (e.g. role order)
         raise APIError(

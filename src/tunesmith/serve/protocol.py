@@ -88,14 +88,38 @@ class TextPart(BaseModel):
     text: str
 
 
+class ImageURL(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    url: str = Field(min_length=1)  # data: URL or a file under serve.image_dir (serve/images.py)
+    detail: Literal["auto", "low", "high"] | None = None  # accepted, not applied
+
+
+class ImagePart(BaseModel):
+    """An image for a vision-language model (serve/images.py opens and checks it)."""
+
+    model_config = ConfigDict(strict=True)
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | list[TextPart | ImagePart]
 
     def as_dict(self) -> dict:
         content = self.content
+        if isinstance(content, list) and any(isinstance(p, ImagePart) for p in content):
+            parts = [
+                {"type": "image_url", "url": p.image_url.url}
+                if isinstance(p, ImagePart)
+                else {"type": "text", "text": p.text}
+                for p in content
+            ]
+            return {"role": self.role, "content": parts}
         if isinstance(content, list):
             content = "".join(part.text for part in content)
         return {"role": self.role, "content": content}

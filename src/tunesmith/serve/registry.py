@@ -23,6 +23,7 @@ from tunesmith.config.schema import ModelConfig
 from tunesmith.models.engine import Engine, TransformersEngine
 from tunesmith.models.methods._peft import peft_quietly
 from tunesmith.models.resolve import resolve_model
+from tunesmith.models.vlm_engine import engine_for
 from tunesmith.runs.trained import TrainedRun, is_trained_run, open_run
 from tunesmith.utils.errors import ModelError
 
@@ -83,7 +84,7 @@ class ModelRegistry:
             self._attach(name, run)
         else:
             model, tokenizer = run.load()
-            self.own_engines[name] = TransformersEngine(model, tokenizer, self.engine.batch_size)
+            self.own_engines[name] = engine_for(model, tokenizer, self.engine.batch_size)
 
     def _listed(self) -> Iterator[Path]:
         """Entries of the adapters folder with a servable name that stay inside it."""

@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 from tunesmith.config.schema import RunConfig
-from tunesmith.models.engine import TransformersEngine
-from tunesmith.models.load import load_model_and_tokenizer
+from tunesmith.models.vlm_engine import engine_for
 from tunesmith.runs.inference import create_engine
-from tunesmith.runs.trained import open_run
+from tunesmith.runs.trained import load_for_inference, open_run
 from tunesmith.serve.app import ServerState, create_app
 from tunesmith.serve.batcher import Batcher
 from tunesmith.serve.registry import ModelRegistry
@@ -57,19 +56,18 @@ def build_state(config: RunConfig, adapter: str | Path | None = None) -> ServerS
 
 def _transformers_engine(config: RunConfig, adapter: str | Path | None):
     """(engine for the base, {name: run} served beside it, the base's model section)."""
-    if adapter is None:
-        model, tokenizer, _ = load_model_and_tokenizer(config.model)
-        model.eval()
-        return TransformersEngine(model, tokenizer, config.serve.batch_size), {}, config.model
+    if adapter is None:  # (a vision-language model loads with its processor: models/vlm.py)
+        model, tokenizer = load_for_inference(None, config.model)
+        return engine_for(model, tokenizer, config.serve.batch_size), {}, config.model
     run = open_run(adapter, config.model)
     if run.is_adapter:  # the run answers under its own name, its base under serve.model_name
-        model, _, _ = load_model_and_tokenizer(run.model_cfg)
+        model, _ = load_for_inference(None, run.model_cfg)
         tokenizer = run.load_tokenizer()  # the run's saved template wins
         explicit = {Path(adapter).name: Path(adapter)}
     else:  # a fully tuned model: it is the base here
         (model, tokenizer), explicit = run.load(), {}
     model.eval()
-    return TransformersEngine(model, tokenizer, config.serve.batch_size), explicit, run.model_cfg
+    return engine_for(model, tokenizer, config.serve.batch_size), explicit, run.model_cfg
 
 
 def run_server(state: ServerState) -> None:
