@@ -324,3 +324,31 @@ def test_rejects_go_to_the_run_folder(vlm_dirs, colours, tmp_path):
     assert result.summary["data"]["rejected"] == 1 and result.summary["data"]["examples"] == 7
     (rejected,) = read_jsonl(result.run.rejects_path)
     assert "nowhere.png' not found" in rejected["reason"]
+
+
+def test_eval_answers_image_questions_base_against_tuned(vlm_dirs, colours, tmp_path):
+    """tunesmith eval on the same image records: the tuned run names the colour it sees, the
+    base model does not; perplexity is skipped for a vision-language model with its reason."""
+    from tunesmith.config.load import load_config
+    from tunesmith.evaluation.runner import run_eval
+
+    result = train_run(
+        _config(tmp_path, vlm_dirs["qwen2_vl"], colours, "e", "train.max_steps=30",
+                "train.learning_rate=1e-2", "method.r=16")
+    )  # fmt: skip
+    config = load_config(
+        None,
+        [f"eval.data=[{colours}]", "eval.tasks=[generation,perplexity]", "eval.max_new_tokens=8"],
+    )
+    report = run_eval(config, result.run.root)
+    tuned, base = report["results"]["model"], report["results"]["baseline"]
+    assert report["items"][0]["prompt"] == "What colour is this?"
+    assert report["items"][0]["messages"][0]["content"][0]["image"].endswith(".png")
+    right = [
+        item["reference"].split()[-1].rstrip(".") in reply
+        for item, reply in zip(report["items"], tuned["predictions"], strict=True)
+    ]
+    assert sum(right) >= 4  # the colour only the image tells, for at least two of the four
+    chrf = lambda r: r["tasks"]["generation"]["corpus"]["chrf"]  # noqa: E731
+    assert chrf(tuned) > chrf(base) + 30
+    assert "vision-language" in tuned["tasks"]["perplexity"]["skipped"]

@@ -554,3 +554,49 @@ class VlmCollator:
             vision = self.processor(images=images, return_tensors="pt")
             out.update({k: v for k, v in vision.items() if k not in TEXT_KEYS})
         return out
+
+
+# --- evaluation items ----------------------------------------------------------------------
+
+
+def has_images(data: dict, images_column: str = IMAGES) -> bool:
+    """Whether a record holds images (an images list, or image parts in its messages)."""
+    if data.get(images_column):
+        return True
+    turns = data.get("messages") or data.get("conversations") or []
+    return any(
+        isinstance(turn, dict)
+        and isinstance(turn.get("content"), list)
+        and any(
+            isinstance(p, dict) and p.get("type") in ("image", "image_url") for p in turn["content"]
+        )
+        for turn in turns
+    )
+
+
+def image_question(
+    record: RawRecord, fmt: str, columns: dict[str, str] | None = None
+) -> tuple[list[dict], str]:
+    """(the prompt: every turn before the last, each image part carrying its image; the last
+    assistant turn's text, the reference) of a test record with images."""
+    conv = to_vlm_conversation(record, fmt, check_columns(columns))
+    images = iter(conv.images)
+    messages = [
+        {
+            "role": m["role"],
+            "content": [
+                {"type": "image", "image": next(images)} if p["type"] == "image" else p
+                for p in m["content"]
+            ],
+        }
+        for m in conv.messages
+    ]
+    reference = "".join(p.get("text", "") for p in messages[-1]["content"])
+    return messages[:-1], reference
+
+
+def content_text(content) -> str:
+    """A message's text: the string, or its text parts joined."""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict))

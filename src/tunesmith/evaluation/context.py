@@ -132,7 +132,10 @@ def generate_fitted(engine, conversations: list[list[dict]], params, label: str)
     """(completions in input order, prompts cut): every prompt cut to the context, generated
     in length-sorted chunks of the engine's batch size with a progress bar."""
     budget = prompt_budget(engine, params.max_new_tokens)
-    fitted = [fit_prompt(engine.tokenizer, c, budget) for c in conversations]
+    if hasattr(engine, "prompt_length"):  # a vision-language model: an image is never cut
+        fitted = [Fitted(c, engine.prompt_length(c), False) for c in conversations]
+    else:
+        fitted = [fit_prompt(engine.tokenizer, c, budget) for c in conversations]
     order = sorted(range(len(fitted)), key=lambda i: fitted[i].tokens, reverse=True)
     size = getattr(engine, "batch_size", None) or _CHUNK_WITHOUT_BATCH
     results: list = [None] * len(fitted)

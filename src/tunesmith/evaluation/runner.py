@@ -23,6 +23,7 @@ import torch
 from tunesmith.config.eval import DATA_TASKS, EvalConfig
 from tunesmith.config.schema import ModelConfig, OutputConfig, RunConfig
 from tunesmith.data.formats import RecordError, detect_format, to_conversation
+from tunesmith.data.multimodal import content_text, has_images, image_question
 from tunesmith.data.readers import RawRecord, read_records
 from tunesmith.data.render import IGNORE_INDEX, ToolChat, prompt_ids, tokenize_conversation
 from tunesmith.data.tools import uses_tools
@@ -53,12 +54,12 @@ class Item:
 
     @property
     def prompt(self) -> str:
-        return self.messages[-1]["content"]
+        return content_text(self.messages[-1]["content"])  # (an image question: its text)
 
     @property
     def length(self) -> int:
         """Prompt length in characters (system and earlier turns included)."""
-        return sum(len(m["content"]) for m in self.messages)
+        return sum(len(content_text(m["content"])) for m in self.messages)
 
     def to_json(self) -> dict:
         return {**asdict(self), "prompt": self.prompt, "length": self.length}
@@ -197,7 +198,8 @@ def load_items(
         for record in read_records(path):
             try:
                 file_fmt = file_fmt or detect_format(record.data, columns)
-                items.append(_item(record, file_fmt, columns or {}, len(items)))
+                make = _image_item if has_images(record.data) else _item
+                items.append(make(record, file_fmt, columns or {}, len(items)))
             except RecordError as exc:
                 raise DataError(f"{record.where}: {exc}") from None
             if max_items and len(items) >= max_items:
@@ -236,6 +238,21 @@ def _item(record: RawRecord, fmt: str, columns: dict, index: int) -> Item:
         label=_text(data.get("label")),
         constraints=constraints,
         reference_calls=calls,
+    )
+
+
+def _image_item(record: RawRecord, fmt: str, columns: dict, index: int) -> Item:
+    """A question about images (a vision-language model's test item; data/multimodal.py)."""
+    messages, reference = image_question(record, fmt, columns)
+    data = record.data
+    return Item(
+        id=index,
+        where=record.where,
+        messages=messages,
+        reference=reference,
+        source=str(data.get("source") or Path(record.source).name),
+        category=_text(data.get("category")),
+        label=_text(data.get("label")),
     )
 
 
@@ -355,6 +372,9 @@ def _similarity(engine, items, config, outcome: Outcome, target) -> None:
 def _perplexity(engine, items, config, outcome: Outcome, target) -> None:
     model = getattr(engine, "model", None)
     keep = [i for i, item in enumerate(items) if item.reference is not None]
+    if getattr(engine, "reads_images", False):  # its prompts hold images: not scored here
+        outcome.tasks["perplexity"] = {"skipped": "a vision-language model (text models only)"}
+        return
     if model is None or not keep:
         why = "needs the transformers engine" if model is None else "no reference answers"
         outcome.tasks["perplexity"] = {"skipped": why}
