@@ -352,3 +352,28 @@ def test_eval_answers_image_questions_base_against_tuned(vlm_dirs, colours, tmp_
     chrf = lambda r: r["tasks"]["generation"]["corpus"]["chrf"]  # noqa: E731
     assert chrf(tuned) > chrf(base) + 30
     assert "vision-language" in tuned["tasks"]["perplexity"]["skipped"]
+
+
+def test_data_inspect_reports_image_counts_sizes_and_problems(tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.main import app
+
+    registry = shared_file("dataset_info.json")
+    shared_file("mllm_demo_data")
+    args = ["data", "inspect", "mllm_demo", "--registry", registry, "--out", tmp_path / "lf"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    raw = json.loads((SHARED_DATA / "mllm_demo.json").read_text())
+    count = sum(len(r["images"]) for r in raw)
+    assert f"images: {count} (3 distinct) in {len(raw)} records" in result.output
+    assert "0 records with image problems" in result.output
+    report = json.loads((tmp_path / "lf" / "inspect.json").read_text())
+    assert report["images"]["width"]["max"] > 0
+
+    data = write_colour_data(tmp_path / "mine")
+    records = json.loads(data.read_text())
+    records[1]["images"] = []
+    data.write_text(json.dumps(records), encoding="utf-8")
+    result = CliRunner().invoke(app, ["data", "inspect", str(data), "--out", str(tmp_path / "o")])
+    assert "1 records with image problems (first: 1 image placeholder(s)" in result.output

@@ -62,6 +62,15 @@ def inspect(
         raise TunesmithError(f"{', '.join(files)}: no records found (an empty file?)")
     html, js = write_inspect_report(report, out or Path(files[0]).parent / "inspect")
     console.print(f"quality score {report.get('quality_score')} — report: {html} ({js.name})")
+    if images := report.get("images"):  # vision-language data
+        size = lambda s: f"{s['min']}-{s['max']}" if s else "-"  # noqa: E731
+        console.print(
+            f"images: {images['images']} ({images['distinct_images']} distinct) in "
+            f"{images['records_with_images']} records, width {size(images['width'])} px, "
+            f"height {size(images['height'])} px; {images['rejected']} records with image "
+            "problems"
+            + (f" (first: {images['problems'][0]['reason']})" if images["rejected"] else "")
+        )
     for advice in report.get("recommendations", []):
         console.print(f"- {advice}")
 

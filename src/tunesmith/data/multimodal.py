@@ -33,8 +33,7 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from tunesmith.config.schema import DataConfig
 from tunesmith.data import formats
@@ -48,6 +47,9 @@ IMAGES = "images"  # the record's column of image paths (LLaMA-Factory's name)
 TEXT_KEYS = ("input_ids", "attention_mask")
 
 RejectSink = Callable[[str, int, str, object], None]
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -408,6 +410,8 @@ def tokenize_vlm(
 ) -> VlmExample | str:
     """Ids, labels (assistant turns only, image tokens never) and the per-token fields the
     processor adds; or the reason the conversation cannot train."""
+    import torch
+
     images = [load_image(ref) for ref in conv.images]
     messages = conv.messages
     full = encode(processor, messages, images, add_generation_prompt=False)
@@ -532,6 +536,8 @@ class VlmCollator:
         self.multiple = pad_to_multiple_of
 
     def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        import torch
+
         longest = max(len(item["input_ids"]) for item in batch)
         width = -(-longest // self.multiple) * self.multiple
         fields = [k for k in batch[0] if k not in ("input_ids", "labels", "images")]
@@ -600,3 +606,27 @@ def content_text(content) -> str:
     if isinstance(content, str):
         return content
     return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+
+
+# --- data inspect ------------------------------------------------------------------------
+
+
+def image_report(
+    paths: Sequence[str | Path], fmt: str = "auto", columns: dict[str, str] | None = None
+) -> dict | None:
+    """`data inspect`'s images section: how many images, of which sizes, and each record whose
+    images cannot train with the reason; None when no record holds images."""
+    problems: list[dict] = []
+
+    def note(source: str, line: int, reason: str, record) -> None:
+        problems.append({"where": f"{source}:{line}", "reason": reason})
+
+    source = VlmSource([str(p) for p in paths], fmt, dict(columns or {}))
+    try:
+        _, stats = load_vlm_conversations([source], "skip", note)
+    except (DataError, ConfigError):
+        return None  # the text report says why the files cannot be read
+    about_images = [p for p in problems if "image" in p["reason"]]
+    if not stats["images"]["images"] and not about_images:
+        return None
+    return {**stats["images"], "rejected": len(about_images), "problems": about_images[:20]}

@@ -27,6 +27,7 @@ from tunesmith.data.formats import (
     detect_format,
     to_conversation,
 )
+from tunesmith.data.multimodal import image_report
 from tunesmith.data.quality.dedup import exact_duplicate_groups, near_duplicate_groups
 from tunesmith.data.quality.rules import (
     QualityRules,
@@ -118,6 +119,9 @@ def inspect_data(
         "tokenizer": _tokenizer_name(tokenizer),
         "rules": rules.model_dump(),
     }
+    images = image_report(paths, fmt, columns)  # vision-language data (data/multimodal.py)
+    if images is not None:
+        report["images"] = images
     report["histograms"] = _histograms(items, scores, tokens)
     report["quality"] = _overall(report, rules)
     report["quality_score"] = report["quality"]["overall"]  # the headline number
