@@ -12,7 +12,7 @@ from helpers import run_config, train_run
 import tunesmith.train as train_package
 from tunesmith.runs.folder import read_jsonl
 
-STAGE_MODULES = {"sft", "pt", "cls", "preference", "reward", "distill", "grpo"}
+STAGE_MODULES = {"sft", "pt", "cls", "preference", "reward", "distill", "grpo", "ppo"}
 
 
 @pytest.fixture

@@ -115,6 +115,11 @@ class PpoConfig(Section):
         min_length=1,
         description="Reward functions (one reward_model entry is the classic RLHF setup).",
     )
+    policy: str | None = Field(
+        None,
+        description="The starting policy: a tunesmith SFT run folder (an adapter is merged into "
+        "its base first); None: the model section's model.",
+    )
     kl_coef: float = Field(0.1, ge=0, description="KL penalty to the starting policy (seed: 0.1).")
     max_completion_length: int = Field(64, ge=1, description="Tokens per completion.")
     temperature: float = Field(1.0, gt=0)

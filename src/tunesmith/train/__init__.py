@@ -22,6 +22,7 @@ STAGES = {
     "rm": ("tunesmith.train.reward", "run_reward"),
     "distill": ("tunesmith.train.distill", "run_distill"),
     "grpo": ("tunesmith.train.grpo", "run_grpo"),
+    "ppo": ("tunesmith.train.ppo", "run_ppo"),
 }
 
 
