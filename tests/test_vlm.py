@@ -377,3 +377,24 @@ def test_data_inspect_reports_image_counts_sizes_and_problems(tmp_path):
     data.write_text(json.dumps(records), encoding="utf-8")
     result = CliRunner().invoke(app, ["data", "inspect", str(data), "--out", str(tmp_path / "o")])
     assert "1 records with image problems (first: 1 image placeholder(s)" in result.output
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_plan_counts_the_vision_tower_and_trains_what_training_trains(arch, vlm_dirs):
+    from transformers import AutoModelForImageTextToText
+
+    from tunesmith.config.load import load_config
+    from tunesmith.models.methods import count_parameters, get_method
+    from tunesmith.models.vlm import vision_parameters
+    from tunesmith.plan import make_plan
+
+    config = load_config(None, [f"model.name_or_path={vlm_dirs[arch]}"])
+    plan = make_plan(config, probe=False, read_data=False)
+    model = AutoModelForImageTextToText.from_pretrained(vlm_dirs[arch])
+    total = count_parameters(model)[1]
+    applied = get_method("lora").apply(model, config.method, task="vlm")
+    assert plan.facts.total == total and plan.facts.vision == vision_parameters(model) > 0
+    assert plan.trainable == count_parameters(applied)[0]
+    assert "vision tower" in plan.time.note
+    advised = [plan.advice.recommended, *plan.advice.alternatives]
+    assert {o.method for o in advised} <= {"lora", "qlora", "full"}

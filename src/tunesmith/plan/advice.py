@@ -139,6 +139,8 @@ def _method_section(settings: dict):
 def _candidates(plan: Plan, scale: str, budget: float) -> list[Option]:
     gpu = plan.hardware.device == "cuda"
     methods = ["full", "freeze", "lora", "ia3", "prompt", "adapter"] + (["qlora"] if gpu else [])
+    if plan.facts.task == "vlm":  # the methods that apply to a vision-language model
+        methods = [m for m in methods if get_method(m).vision_language]
     options = []
     for method in methods:
         settings = _settings(plan, method, scale)

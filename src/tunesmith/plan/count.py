@@ -126,10 +126,20 @@ def meta_model(config, classifier: bool = False) -> nn.Module:
     with torch.device("meta"):
         if classifier:
             return AutoModelForSequenceClassification.from_config(config)
+        if is_vision_language_config(config):  # the vision tower and projector included
+            from transformers import AutoModelForImageTextToText
+
+            return AutoModelForImageTextToText.from_config(config)
         try:
             return AutoModelForCausalLM.from_config(config)
         except ValueError:  # an encoder without an LM head: its body
             return AutoModel.from_config(config)
+
+
+def is_vision_language_config(config) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 
 def shapes_of(config) -> Shapes:

@@ -12,6 +12,7 @@ from tunesmith.config.schema import RunConfig
 from tunesmith.plan.count import (
     Shapes,
     embedding_parameters,
+    is_vision_language_config,
     load_model_config,
     meta_model,
     shapes_of,
@@ -38,6 +39,7 @@ class ModelFacts:
     meta: nn.Module = field(repr=False)
     task: str = "causal_lm"  # seq_cls: the model has a new classifier head, which trains too
     embeddings: int = 0  # embedding-table parameters (lookups: no FLOPs per token)
+    vision: int = 0  # a vision-language model's vision tower and projector (run per image)
     _counts: dict = field(default_factory=dict, repr=False)
 
     def trainable(self, method) -> int:
@@ -56,8 +58,13 @@ def model_facts(ref: str, classifier: bool = False) -> ModelFacts:
         if isinstance(m, nn.Linear) and ".layers." in f".{n}."
     )
     task = "seq_cls" if classifier else "causal_lm"
+    vision = 0
+    if is_vision_language_config(config):  # the method applies to its language model
+        from tunesmith.models.vlm import vision_parameters
+
+        task, vision = "vlm", vision_parameters(meta)
     total, embeddings = total_parameters(meta), embedding_parameters(meta)
-    return ModelFacts(ref, shapes_of(config), total, linears, meta, task, embeddings)
+    return ModelFacts(ref, shapes_of(config), total, linears, meta, task, embeddings, vision)
 
 
 def precision_for(config: RunConfig, device: str, method=None) -> Precision:

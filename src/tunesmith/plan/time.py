@@ -120,7 +120,7 @@ def estimate_time(plan, probe: bool = True) -> TimeEstimate:
     s = plan.facts.shapes
     work_seq = min(plan.data.longest or plan.config.data.cutoff_len, plan.config.data.cutoff_len)
     per_token = flops_per_token(
-        plan.facts.total,
+        plan.facts.total - plan.facts.vision,  # the vision tower runs per image patch
         plan.trainable,
         _base_frozen(plan),
         plan.config.train.gradient_checkpointing,
@@ -130,6 +130,11 @@ def estimate_time(plan, probe: bool = True) -> TimeEstimate:
     )
     rate = device_flops(plan.hardware) / per_token
     note = f"{per_token / 1e9:.2f} GFLOPs per token" + unknown
+    if plan.facts.vision:  # image tokens are in the sequence; their patches pass the tower
+        note += (
+            f"; vision tower {plan.facts.vision:,} parameters, about "
+            f"{2 * plan.facts.vision / 1e9:.2f} GFLOPs per image patch more"
+        )
     return TimeEstimate("flops", rate, tokens, steps, tokens / rate, note)
 
 
@@ -149,6 +154,8 @@ def probe_rate(plan) -> float:
     from tunesmith.plan.estimate import workload_for
 
     config = plan.config
+    if plan.facts.vision:  # text-only probe batches do not run its vision tower
+        raise TunesmithError("a vision-language model is priced from its FLOPs")
     resolved = resolve_model(config.model.name_or_path)
     if resolved.source == "hub" or known_key(config.model.name_or_path):
         raise TunesmithError("no local weights")
