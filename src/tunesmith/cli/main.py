@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from tunesmith.cli.assistant import assistant_app
 from tunesmith.cli.data import data_app
 from tunesmith.cli.errors import user_errors
 from tunesmith.cli.runs import runs_app
@@ -18,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(assistant_app, name="assistant")
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 app.add_typer(vision_app, name="vision")
