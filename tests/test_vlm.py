@@ -398,3 +398,22 @@ def test_the_plan_counts_the_vision_tower_and_trains_what_training_trains(arch, 
     assert "vision tower" in plan.time.note
     advised = [plan.advice.recommended, *plan.advice.alternatives]
     assert {o.method for o in advised} <= {"lora", "qlora", "full"}
+
+
+def test_qlora_on_a_vision_language_model_needs_a_gpu_or_trains_the_language_model(
+    vlm_dirs, colours, tmp_path
+):
+    """QLoRA loads the VLM 4-bit (models/vlm.load_vlm with the method's quantization config) and
+    adapts the language model's linears as LoRA does; without CUDA it is one sentence."""
+    from tunesmith.utils.errors import ModelError
+
+    config = _config(tmp_path, vlm_dirs["qwen2_vl"], colours, "q", "method.type=qlora")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="method qlora needs a CUDA GPU"):
+            train_run(config)
+        return
+    result = train_run(config)  # on a GPU with bitsandbytes
+    saved = json.loads((result.artifact / "adapter_config.json").read_text())["target_modules"]
+    assert all("language_model" in name for name in saved)
+    losses = [loss for _, loss in step_losses(result.run.root)]
+    assert losses[-1] < losses[0]
