@@ -25,7 +25,7 @@ from fastapi import Request
 from pydantic import ValidationError
 
 from tunesmith.config.serve import ServeConfig
-from tunesmith.data.render import prompt_ids
+from tunesmith.data.render import ToolChat, prompt_ids
 from tunesmith.models.engine import GenerationParams
 from tunesmith.serve.batcher import END, Batcher, Job, QueueFull
 from tunesmith.serve.images import has_images, open_images
@@ -37,6 +37,13 @@ from tunesmith.serve.protocol import (
     validation_error,
 )
 from tunesmith.serve.registry import ModelRegistry
+from tunesmith.serve.tools import (
+    ToolStream,
+    convention_of,
+    reply_message,
+    request_messages,
+    with_tools,
+)
 
 log = logging.getLogger("tunesmith.serve")
 
@@ -141,16 +148,19 @@ def create_app(state: ServerState):
         req = await _parse(state, request, ChatRequest)
         conversation = [m.as_dict() for m in req.messages]
         conversation = await _open_images(state, req.model, conversation)
+        conversation = request_messages(req.messages, conversation)  # tool calls, results
+        conversation = with_tools(conversation, req.tools, req.tool_choice, state.tokenizer)
+        tools = convention_of(state.tokenizer) if isinstance(conversation, ToolChat) else None
         params = _params(state, req, await _chat_prompt_len(state, conversation), prompts=1)
         if req.stream:
             job = _submit(state, "stream", req.model, [conversation], params)
             job.deltas = asyncio.Queue()
             return StreamingResponse(
-                _chat_stream(state, job, req.model), media_type="text/event-stream"
+                _chat_stream(state, job, req.model, tools), media_type="text/event-stream"
             )
         job = _submit(state, "chat", req.model, [conversation], params)
         completion = (await _wait(state, job, request))[0]
-        return _chat_body(req.model, completion)
+        return _chat_body(req.model, completion, tools)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -368,8 +378,11 @@ async def _wait(state: ServerState, job: Job, request) -> list:
             )
 
 
-async def _chat_stream(state: ServerState, job: Job, model: str) -> AsyncIterator[str]:
+async def _chat_stream(
+    state: ServerState, job: Job, model: str, tools: str | None = None
+) -> AsyncIterator[str]:
     chunk_id, created = _id("chatcmpl"), int(time.time())
+    calls = ToolStream(tools) if tools else None  # the reply's calls as tool_calls deltas
 
     def event(delta: dict, finish: str | None = None) -> str:
         body = {
@@ -395,7 +408,9 @@ async def _chat_stream(state: ServerState, job: Job, model: str) -> AsyncIterato
             if item is END:
                 tokens = len(state.tokenizer(text, add_special_tokens=False)["input_ids"])
                 reason = "length" if tokens >= job.params.max_new_tokens else "stop"
-                yield event({}, reason)
+                for delta in calls.end() if calls else []:
+                    yield event(delta)
+                yield event({}, "tool_calls" if calls and calls.calls else reason)
                 finished = True
                 break
             if isinstance(item, Exception):
@@ -403,7 +418,8 @@ async def _chat_stream(state: ServerState, job: Job, model: str) -> AsyncIterato
                 yield _error_event(APIError(500, "generation failed", "server_error"))
                 break
             text += item
-            yield event({"content": item})
+            for delta in calls.feed(item) if calls else [{"content": item}]:
+                yield event(delta)
         yield "data: [DONE]\n\n"
     finally:
         if not finished:  # client gone or error: stop generating at the next token
@@ -428,9 +444,11 @@ def _usage(completions) -> dict:
     }
 
 
-def _chat_body(model: str, c) -> dict:
-    message = {"role": "assistant", "content": c.text}
-    choice = {"index": 0, "message": message, "finish_reason": c.finish_reason}
+def _chat_body(model: str, c, tools: str | None = None) -> dict:
+    message, called = reply_message(c.text, tools) if tools else ({}, False)
+    message = message or {"role": "assistant", "content": c.text}
+    reason = "tool_calls" if called else c.finish_reason
+    choice = {"index": 0, "message": message, "finish_reason": reason}
     return _response("chatcmpl", "chat.completion", model, [choice], [c])
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 INT64 = 2**63  # OpenAI's seed is an int64
 
 
@@ -107,8 +107,18 @@ class ImagePart(BaseModel):
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart | ImagePart]
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[TextPart | ImagePart] | None = None  # None: an assistant's tool calls
+    # tool calling (serve/tools.py): the assistant's calls, and a tool result's call id and name
+    tool_calls: list[dict] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _content_or_calls(self) -> Message:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (only an assistant's tool calls go without)")
+        return self
 
     def as_dict(self) -> dict:
         content = self.content
@@ -127,6 +137,10 @@ class Message(BaseModel):
 
 class ChatRequest(_Request):
     messages: list[Message] = Field(min_length=1)
+    # the functions the model may call (OpenAI's shape) and how (serve/tools.py: auto or none)
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None  # accepted; replies may hold several calls
 
     @field_validator("messages")
     @classmethod
