@@ -417,3 +417,21 @@ def test_qlora_on_a_vision_language_model_needs_a_gpu_or_trains_the_language_mod
     assert all("language_model" in name for name in saved)
     losses = [loss for _, loss in step_losses(result.run.root)]
     assert losses[-1] < losses[0]
+
+
+def test_export_merges_a_vlm_adapter_and_verifies_it_with_an_image(vlm_dirs, colours, tmp_path):
+    """tunesmith export: the merged model and its processor reload as a vision-language model
+    whose logits on the check prompts (an image in each) equal the adapter's."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from tunesmith.config.load import load_config
+    from tunesmith.export.run import export_run
+
+    result = train_run(_config(tmp_path, vlm_dirs["llava"], colours, "x", "train.max_steps=3"))
+    config = load_config(None, [f"export.dir={tmp_path / 'exported'}"])
+    exported = export_run(config, result.run.root)
+    assert exported.layout == "merged" and exported.verification.passed
+    assert exported.verification.adapter_effect > 0  # the check saw the adapter's effect
+    AutoProcessor.from_pretrained(exported.folder)
+    model = AutoModelForImageTextToText.from_pretrained(exported.folder)
+    assert model.generation_config.eos_token_id is not None

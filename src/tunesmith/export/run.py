@@ -25,9 +25,11 @@ from tunesmith.export.verify import (
     sample_conversations,
     template_identical,
     verify,
+    with_sample_image,
 )
 from tunesmith.models.load import load_causal_lm, load_tokenizer
 from tunesmith.models.resolve import ResolvedModel
+from tunesmith.models.vlm import is_processor, load_processor, load_vlm, text_tokenizer
 from tunesmith.runs.folder import RunFolder
 from tunesmith.utils.console import console
 from tunesmith.utils.errors import ConfigError, ModelError
@@ -53,6 +55,8 @@ def export_run(config: RunConfig, source: str | Path) -> ExportResult:
     _check_out(out, cfg.overwrite)
     trained = load_trained(source, config.model)
     convs = sample_conversations(cfg.verify_prompts)
+    if is_processor(trained.tokenizer):  # a vision-language model: checked with an image too
+        convs = with_sample_image(convs)
     reference = prompt_logits(trained.model, trained.tokenizer, convs)
     base = _base_logits(trained, convs) if trained.is_adapter else None
     staging = out.parent / f".{out.name}.staging"
@@ -78,12 +82,13 @@ def export_run(config: RunConfig, source: str | Path) -> ExportResult:
 def save_model(model, tokenizer, folder: Path, cfg: ExportConfig) -> None:
     """safetensors shards, tokenizer with its chat template, generation config (eos/pad)."""
     model = model.to(_DTYPES[cfg.dtype])
+    text = text_tokenizer(tokenizer)  # a vision-language model's processor: its tokenizer
     gen = model.generation_config
     configured = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
     # the chat turn's end token first: servers that read one eos id stop where training stopped
-    eos = [i for i in dict.fromkeys([tokenizer.eos_token_id, *configured]) if i is not None]
+    eos = [i for i in dict.fromkeys([text.eos_token_id, *configured]) if i is not None]
     gen.eos_token_id = eos if len(eos) > 1 else eos[0]
-    gen.pad_token_id = tokenizer.pad_token_id
+    gen.pad_token_id = text.pad_token_id
     model.config.eos_token_id, model.config.pad_token_id = gen.eos_token_id, gen.pad_token_id
     model.save_pretrained(folder, max_shard_size=cfg.max_shard_size)
     tokenizer.save_pretrained(folder)
@@ -125,9 +130,10 @@ def _verify(trained, staging, layout, cfg, convs, reference, base) -> Verificati
     model_dir = staging / "base" if layout == "base+adapter" else staging
     # the saved template must stand alone: no model.chat_template override on reload
     plain = ModelConfig(name_or_path=str(model_dir), dtype="float32")
-    model = load_causal_lm(_local(model_dir), plain)
+    vlm = is_processor(trained.tokenizer)  # reloaded with its processor (models/vlm.py)
+    model = (load_vlm if vlm else load_causal_lm)(_local(model_dir), plain)
     tok_dir = staging / "adapter" if layout == "base+adapter" else staging
-    tokenizer = load_tokenizer(_local(tok_dir), plain)
+    tokenizer = (load_processor if vlm else load_tokenizer)(_local(tok_dir), plain)
     gen_ok = eos_ok(model.generation_config, tokenizer)
     if layout == "base+adapter":
         model = trained.run.method.load(model, staging / "adapter")

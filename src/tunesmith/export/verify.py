@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from tunesmith.data.render import prompt_ids, render_chat
+from tunesmith.models.vlm import is_processor, text_tokenizer
 
 
 def sample_conversations(prompts: list[str]) -> list[list[dict]]:
@@ -27,12 +28,38 @@ def sample_conversations(prompts: list[str]) -> list[list[dict]]:
     return convs
 
 
+def with_sample_image(conversations: list[list[dict]]) -> list[list[dict]]:
+    """The conversations with an image before the first user turn's text (a vision-language
+    model's export is checked through its vision tower too): a fixed gradient, no file."""
+    from PIL import Image
+
+    image = Image.linear_gradient("L").resize((64, 48)).convert("RGB")
+    out = []
+    for conv in conversations:
+        k = next(i for i, m in enumerate(conv) if m["role"] == "user")
+        parts = [{"type": "image", "image": image}, {"type": "text", "text": conv[k]["content"]}]
+        out.append([*conv[:k], {**conv[k], "content": parts}, *conv[k + 1 :]])
+    return out
+
+
+def _vlm_inputs(processor, conv: list[dict]) -> dict:
+    from tunesmith.data.multimodal import encode
+    from tunesmith.models.vlm_engine import split_images
+
+    messages, images = split_images(conv)
+    return encode(processor, messages, images, add_generation_prompt=True)
+
+
 @torch.inference_mode()
 def prompt_logits(model, tokenizer, conversations: list[list[dict]]) -> list[torch.Tensor]:
     """float32 logits over every prompt position, one conversation at a time (no padding);
     a prompt-tuning model's virtual positions in front are left out."""
     out = []
     for conv in conversations:
+        if is_processor(tokenizer):  # a vision-language model: its images through the processor
+            inputs = {k: v.to(model.device) for k, v in _vlm_inputs(tokenizer, conv).items()}
+            out.append(model(**inputs).logits[0].float().cpu())
+            continue
         ids = torch.tensor([prompt_ids(tokenizer, conv)], device=model.device)
         out.append(model(input_ids=ids).logits[0, -ids.shape[1] :].float().cpu())
     return out
@@ -89,15 +116,22 @@ def template_identical(trained_tok, exported_tok, conversations: list[list[dict]
         for messages, gen in ((conv, True), (full, False)):
             if render_chat(trained_tok, messages, gen) != render_chat(exported_tok, messages, gen):
                 return False
-        if prompt_ids(trained_tok, conv) != prompt_ids(exported_tok, conv):
+        if _ids(trained_tok, conv) != _ids(exported_tok, conv):
             return False
     return True
+
+
+def _ids(tokenizer, conv: list[dict]) -> list[int]:
+    if is_processor(tokenizer):
+        return _vlm_inputs(tokenizer, conv)["input_ids"][0].tolist()
+    return prompt_ids(tokenizer, conv)
 
 
 def eos_ok(generation_config, tokenizer) -> bool:
     """A server stops where the chat turn ends only if that token is an end token of the model."""
     eos = generation_config.eos_token_id
     eos = eos if isinstance(eos, list) else [eos]
+    tokenizer = text_tokenizer(tokenizer)  # a processor's own
     return tokenizer.eos_token_id in eos and generation_config.pad_token_id is not None
 
 
