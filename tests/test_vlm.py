@@ -435,3 +435,16 @@ def test_export_merges_a_vlm_adapter_and_verifies_it_with_an_image(vlm_dirs, col
     AutoProcessor.from_pretrained(exported.folder)
     model = AutoModelForImageTextToText.from_pretrained(exported.folder)
     assert model.generation_config.eos_token_id is not None
+
+
+def test_a_run_trains_on_llamafactory_mllm_demo_by_its_registry_name(vlm_dirs, tmp_path):
+    registry = shared_file("dataset_info.json")
+    shared_file("mllm_demo_data")
+    result = train_run(
+        _config(tmp_path, vlm_dirs["qwen2_vl"], None, "lf", f"data.registry={registry}",
+                "data.dataset=mllm_demo", "train.max_steps=2", "data.cutoff_len=512")
+    )  # fmt: skip
+    data = result.summary["data"]
+    assert data["read"] == data["examples"] == 6 and data["rejected"] == 0
+    raw = json.loads((SHARED_DATA / "mllm_demo.json").read_text())
+    assert data["images"] == sum(len(r["images"]) for r in raw) and data["image_tokens"] > 0

@@ -62,7 +62,9 @@ def build_qwen2_vl(folder: Path, seed: int = 0) -> Path:
         chat_template=QWEN_TEMPLATE,
     )
     text = _text_config(len(tokenizer)) | {
-        "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1e4}
+        "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1e4},
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
     }
     config = Qwen2VLConfig(
         text_config=text,
