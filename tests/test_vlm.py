@@ -352,6 +352,7 @@ def test_eval_answers_image_questions_base_against_tuned(vlm_dirs, colours, tmp_
     chrf = lambda r: r["tasks"]["generation"]["corpus"]["chrf"]  # noqa: E731
     assert chrf(tuned) > chrf(base) + 30
     assert "vision-language" in tuned["tasks"]["perplexity"]["skipped"]
+    assert tuned["tasks"]["replies"]["context_tokens"] == 1024  # its language model's positions
 
 
 def test_data_inspect_reports_image_counts_sizes_and_problems(tmp_path):

@@ -33,6 +33,7 @@ def model_context(engine) -> int | None:
     max_model_len), or the tokenizer's model_max_length when smaller and sane; None if unknown."""
     sizes = []
     config = getattr(getattr(engine, "model", None), "config", None)
+    config = getattr(config, "text_config", None) or config  # a vision-language model's
     sizes.append(getattr(config, "max_position_embeddings", None))
     with suppress(AttributeError):  # vLLM's offline engine
         sizes.append(engine.llm.llm_engine.model_config.max_model_len)

@@ -78,6 +78,7 @@ class ServerState:
     @property
     def context_limit(self) -> int | None:
         config = getattr(getattr(self.registry.engine, "model", None), "config", None)
+        config = getattr(config, "text_config", None) or config  # a vision-language model's
         return getattr(config, "max_position_embeddings", None)
 
 
