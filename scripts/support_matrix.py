@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "support-matrix.md"
 # the tests that record cells; -m "" runs the slow ones too
 TESTS = ["tests/test_matrix.py", "tests/test_cls.py", "tests/test_preference.py"]
+TESTS += ["tests/test_vlm.py", "tests/test_vlm_serve.py"]  # vision-language models
 CAPABILITIES = ["trains", "resumes", "serves", "exports", "gguf", "packs"]
 
 

@@ -25,6 +25,7 @@ from tunesmith.data.render import IGNORE_INDEX
 from tunesmith.runs.folder import read_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+KINDS = {"qwen2_vl": "Qwen2-VL (vision-language)", "llava": "LLaVA (vision-language)"}
 
 
 @pytest.fixture(scope="module")
@@ -234,8 +235,7 @@ def test_lora_trains_the_language_model_and_merges_to_the_same_logits(
     from tunesmith.export.merge import load_trained, merge
     from tunesmith.runs.trained import open_run
 
-    kind = {"qwen2_vl": "Qwen2-VL", "llava": "LLaVA"}[arch]
-    matrix_cell("lora", "vision-language", "yes", kind=kind)
+    matrix_cell("lora", "trains", "yes", kind=KINDS[arch])
     result = train_run(_config(tmp_path, vlm_dirs[arch], colours, arch))
     losses = [loss for _, loss in step_losses(result.run.root)]
     assert losses[-1] < losses[0] - 0.1
@@ -257,7 +257,10 @@ def test_lora_trains_the_language_model_and_merges_to_the_same_logits(
     assert torch.allclose(_logits(merged, processor, conv), tuned_logits, atol=1e-4)
 
 
-def test_full_fine_tuning_keeps_the_vision_tower_unless_asked(vlm_dirs, colours, tmp_path):
+def test_full_fine_tuning_keeps_the_vision_tower_unless_asked(
+    vlm_dirs, colours, tmp_path, matrix_cell
+):
+    matrix_cell("full", "trains", "yes", kind=KINDS["qwen2_vl"])
     from transformers import AutoModelForImageTextToText
 
     from tunesmith.models.vlm import vlm_parts
@@ -289,7 +292,11 @@ def test_full_fine_tuning_keeps_the_vision_tower_unless_asked(vlm_dirs, colours,
     assert changed(projector) == {"language": True, "tower": False, "projector": True}
 
 
-def test_a_resumed_run_ends_where_an_uninterrupted_one_does(vlm_dirs, colours, tmp_path):
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
+    vlm_dirs, colours, tmp_path, matrix_cell
+):
+    matrix_cell("lora", "resumes", "yes", kind=KINDS["llava"])
+
     def config(steps, name):
         return _config(
             tmp_path, vlm_dirs["llava"], colours, name, f"train.max_steps={steps}",
@@ -420,7 +427,9 @@ def test_qlora_on_a_vision_language_model_needs_a_gpu_or_trains_the_language_mod
     assert losses[-1] < losses[0]
 
 
-def test_export_merges_a_vlm_adapter_and_verifies_it_with_an_image(vlm_dirs, colours, tmp_path):
+def test_export_merges_a_vlm_adapter_and_verifies_it_with_an_image(
+    vlm_dirs, colours, tmp_path, matrix_cell
+):
     """tunesmith export: the merged model and its processor reload as a vision-language model
     whose logits on the check prompts (an image in each) equal the adapter's."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -428,6 +437,7 @@ def test_export_merges_a_vlm_adapter_and_verifies_it_with_an_image(vlm_dirs, col
     from tunesmith.config.load import load_config
     from tunesmith.export.run import export_run
 
+    matrix_cell("lora", "exports", "yes (merged)", kind=KINDS["llava"])
     result = train_run(_config(tmp_path, vlm_dirs["llava"], colours, "x", "train.max_steps=3"))
     config = load_config(None, [f"export.dir={tmp_path / 'exported'}"])
     exported = export_run(config, result.run.root)

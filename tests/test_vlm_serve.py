@@ -84,7 +84,8 @@ def expected(trained, image: Path) -> str:
     return VlmEngine(model, processor).generate([conversation], params)[0].text
 
 
-def test_an_image_as_data_url_or_file_gets_the_runs_own_reply(server, trained):
+def test_an_image_as_data_url_or_file_gets_the_runs_own_reply(server, trained, matrix_cell):
+    matrix_cell("lora", "serves", "yes (images)", kind="Qwen2-VL (vision-language)")
     client = server.client()
     blue = trained["media"] / "blue.png"
     names = [m.id for m in client.models.list().data]
