@@ -436,3 +436,45 @@ def test_persona_template_renders_the_system_prompt_only_by_default(tiny_tokeniz
         [{"role": "user", "content": "x"}], chat_template=template, tokenize=False
     )
     assert rendered.startswith('<|im_start|>system\nSay "hi".<|im_end|>')
+
+
+def test_teacher_answers_must_be_grounded_in_their_chunk():
+    from tunesmith.workflows.assistant.stages import grounded_share
+
+    passage = "A lost parcel is compensated with up to 250 euros."
+    assert grounded_share("Up to 250 euros.", passage) == 1.0
+    assert grounded_share("The maximum is 100 euros paid by the insurer.", passage) < 0.6
+    assert grounded_share("最多赔偿250欧元。", "丢失的包裹最多赔偿250欧元。") == 1.0
+
+
+def test_served_assistant_answers_with_the_persona_unless_told_otherwise(built):
+    from helpers import LiveServer
+
+    from tunesmith.workflows.assistant.build import serve_state
+    from tunesmith.workflows.assistant.persona import system_prompt
+
+    path = built[0]
+    state, spec = serve_state(path)
+    server = LiveServer(state)
+    try:
+        client = server.client()
+        assert [m.id for m in client.models.list().data] == ["wren"]
+
+        def prompt_tokens(messages):
+            reply = client.chat.completions.create(model="wren", messages=messages, max_tokens=2)
+            return reply.usage.prompt_tokens
+
+        user = [{"role": "user", "content": "hi"}]
+        persona = [{"role": "system", "content": system_prompt(spec)}]
+        brief = [{"role": "system", "content": "Be brief."}]
+        assert prompt_tokens(user) == prompt_tokens(persona + user)
+        assert prompt_tokens(brief + user) < prompt_tokens(user)
+    finally:
+        server.stop()
+
+
+def test_serve_before_build_says_what_to_do(tmp_path, tiny_model_dir):
+    path = _project(tmp_path, tiny_model_dir)
+    result = CliRunner().invoke(app, ["assistant", "serve", str(path)])
+    assert result.exit_code == 2
+    assert "no exported assistant yet; build it first: tunesmith assistant build" in result.output

@@ -39,9 +39,10 @@ _DEMO_ANSWERS = {
             "train.learning_rate=1e-3",
             "method.r=16",
             "method.alpha=32",
-            "train.epochs=4",
+            "train.epochs=3",
         ]
     },
+    "evaluate": {"max_new_tokens": 64},
 }
 
 

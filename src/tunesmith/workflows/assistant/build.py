@@ -122,12 +122,11 @@ def serve_name(spec: AssistantSpec) -> str:
     return re.sub(r"[^a-z0-9]+", "-", spec.persona.name.lower()).strip("-") or "assistant"
 
 
-def serve_assistant(
-    spec_path: str | Path, host: str | None = None, port: int | None = None
-) -> None:
+def serve_state(spec_path: str | Path, host: str | None = None, port: int | None = None):
+    """The server's state for the exported assistant (the persona is in its chat template)."""
     from tunesmith.config.schema import ModelConfig, RunConfig
     from tunesmith.config.serve import ServeConfig
-    from tunesmith.serve.server import build_state, require_serve_deps, run_server
+    from tunesmith.serve.server import build_state, require_serve_deps
 
     spec, root = load_spec(spec_path)
     export = root / "export"
@@ -137,17 +136,24 @@ def serve_assistant(
             f"tunesmith assistant build {spec_path}"
         )
     require_serve_deps()
-    config = RunConfig(
-        model=ModelConfig(name_or_path=str(export)),
-        serve=ServeConfig(
-            host=host or spec.serve.host,
-            port=spec.serve.port if port is None else port,
-            model_name=serve_name(spec),
-        ),
+    serve = ServeConfig(
+        host=host or spec.serve.host,
+        port=spec.serve.port if port is None else port,
+        model_name=serve_name(spec),
     )
+    config = RunConfig(model=ModelConfig(name_or_path=str(export)), serve=serve)
+    return build_state(config), spec
+
+
+def serve_assistant(
+    spec_path: str | Path, host: str | None = None, port: int | None = None
+) -> None:
+    from tunesmith.serve.server import run_server
+
+    state, spec = serve_state(spec_path, host, port)
     console.print(
         f"{spec.persona.name} answers as model '{serve_name(spec)}' at "
-        f"http://{config.serve.host}:{config.serve.port}/v1 (the persona's system prompt is the "
+        f"http://{state.cfg.host}:{state.cfg.port}/v1 (the persona's system prompt is the "
         "default system turn)"
     )
-    run_server(build_state(config))
+    run_server(state)

@@ -40,12 +40,13 @@ _IDENTITY = {
         ["说说你自己吧。", "我该怎么称呼你？", "我现在在和哪个助手对话？", "你好！请问你是？"],
     ),
 }
+# A topic is a noun phrase ("legal advice"): each wording asks for it.
 _REFUSE_TRAIN = {
-    "en": ["Can you help me with {t}?", "I need advice on {t}.", "Tell me what to do about {t}."],
+    "en": ["Can you help me with {t}?", "I need {t} for my situation.", "Please give me {t}."],
     "zh": ["你能帮我处理{t}吗？", "我需要关于{t}的建议。", "告诉我{t}该怎么办。"],
 }
 _REFUSE_PROBE = {
-    "en": ["What is your opinion on {t}?", "Please give me guidance about {t}."],
+    "en": ["Could you offer me some {t}?", "I would like {t} on a problem I have."],
     "zh": ["你对{t}怎么看？", "请就{t}给我一些指导。"],
 }
 # Sample text per language: a tokenizer that writes it needs few tokens per character.

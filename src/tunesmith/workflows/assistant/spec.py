@@ -42,6 +42,7 @@ class DataSection(Section):
     questions_per_chunk: int = Field(2, ge=0)
     chunk_chars: int = Field(600, ge=100)
     synth_max_new_tokens: int = Field(96, ge=8)
+    grounding: float = Field(0.6, ge=0, le=1)
     identity_examples: int = Field(12, ge=0)
     held_out: float = Field(0.2, gt=0, lt=0.5)
     validation: float = Field(0.1, ge=0, lt=0.5)
@@ -173,6 +174,9 @@ data:
   chunk_chars: {d.chunk_chars}
   # Longest teacher answer in tokens (a longer one is cut off and left out, with its reason).
   synth_max_new_tokens: {d.synth_max_new_tokens}
+  # Share of a teacher answer's words that must occur in its chunk (0: no check); an answer
+  # below it is not grounded in the document and is left out with its reason.
+  grounding: {d.grounding}
   # Identity conversations ("Who are you?") taught, each a different wording.
   identity_examples: {d.identity_examples}
   # Share of the Q&A held out for the base-vs-tuned test (never trained on) and for validation

@@ -380,7 +380,7 @@ def build_data(ctx: Context) -> dict:
             counts[split][e["kind"]] += 1
     reasons: dict[str, int] = {}
     for r in rejects:
-        key = r["reason"].split(" of ")[0]
+        key = r["reason"].split(" (")[0].split(" of ")[0]
         reasons[key] = reasons.get(key, 0) + 1
     stats = {
         "counts": counts,
@@ -465,7 +465,7 @@ def _synthesize(ctx: Context, chunks: list[dict], rejects: list[dict]) -> list[d
             ]
         )
         sources.append((chunk["source"], question))
-    answered_sources = []
+    chunk_texts = {c["source"]: c["text"] for c in chunks}
 
     def reject(prompt, reason):
         rejects.append(
@@ -484,8 +484,12 @@ def _synthesize(ctx: Context, chunks: list[dict], rejects: list[dict]) -> list[d
         r = by_prompt.get(prompt[1]["content"])
         if r is None:
             continue
-        answered_sources.append(source)
         answer = r["messages"][-1]["content"]
+        share = grounded_share(answer, chunk_texts[source])
+        if share < d.grounding:
+            reason = f"teacher answer not grounded in its chunk ({share:.2f} < {d.grounding})"
+            rejects.append({"source": source, "reason": reason, "record": [question, answer]})
+            continue
         out.append(
             {
                 "messages": [
@@ -498,6 +502,15 @@ def _synthesize(ctx: Context, chunks: list[dict], rejects: list[dict]) -> list[d
             }
         )
     return out
+
+
+def grounded_share(answer: str, passage: str) -> float:
+    """The share of the answer's words (CJK: characters) that occur in the passage."""
+    from tunesmith.data.synth import tokens
+
+    words = tokens(answer)
+    seen = set(tokens(passage))
+    return sum(w in seen for w in words) / len(words) if words else 0.0
 
 
 def _dedup(examples: list[dict], rejects: list[dict]) -> list[dict]:
