@@ -345,7 +345,13 @@ def test_eval_answers_image_questions_base_against_tuned(vlm_dirs, colours, tmp_
     )  # fmt: skip
     config = load_config(
         None,
-        [f"eval.data=[{colours}]", "eval.tasks=[generation,perplexity]", "eval.max_new_tokens=8"],
+        [
+            f"eval.data=[{colours}]",
+            "eval.tasks=[generation,perplexity,robustness,speed]",
+            "eval.max_new_tokens=8",
+            "eval.speed.requests=2",
+            "eval.robustness.max_items=2",
+        ],
     )
     report = run_eval(config, result.run.root)
     tuned, base = report["results"]["model"], report["results"]["baseline"]
@@ -360,6 +366,8 @@ def test_eval_answers_image_questions_base_against_tuned(vlm_dirs, colours, tmp_
     assert chrf(tuned) > chrf(base) + 30
     assert "vision-language" in tuned["tasks"]["perplexity"]["skipped"]
     assert tuned["tasks"]["replies"]["context_tokens"] == 1024  # its language model's positions
+    assert tuned["tasks"]["speed"]["requests"] == 2  # image prompts timed as they are
+    assert tuned["tasks"]["robustness"]  # the question's text perturbed, its image kept
 
 
 def test_data_inspect_reports_image_counts_sizes_and_problems(tmp_path):

@@ -443,7 +443,10 @@ def _speed(engine, items, config, outcome: Outcome, target: Target) -> None:
     n = config.eval.speed.requests
     params = _params(config.eval)
     budget = prompt_budget(engine, params.max_new_tokens)
-    prompts = [fit_prompt(engine.tokenizer, item.messages, budget).messages for item in items[:n]]
+    if hasattr(engine, "prompt_length"):  # a vision-language model: image prompts as they are
+        prompts = [item.messages for item in items[:n]]
+    else:
+        prompts = [fit_prompt(engine.tokenizer, i.messages, budget).messages for i in items[:n]]
     prompts = prompts or [[{"role": "user", "content": "Hello!"}]]
     outcome.tasks["speed"] = {
         **measure_speed(engine, prompts, params, label="speed"),
@@ -491,7 +494,14 @@ def _perturbed(messages: list[dict], kind: str, seed: int) -> list[dict]:
     from tunesmith.evaluation.robustness import perturb
 
     last = messages[-1]
-    return [*messages[:-1], {**last, "content": perturb(last["content"], kind, seed)}]
+    content = last["content"]
+    if isinstance(content, list):  # an image question: its text perturbed, its images kept
+        content = [
+            {**p, "text": perturb(p["text"], kind, seed)} if p.get("type") == "text" else p
+            for p in content
+        ]
+        return [*messages[:-1], {**last, "content": content}]
+    return [*messages[:-1], {**last, "content": perturb(content, kind, seed)}]
 
 
 def _safety(engine, items, config, outcome: Outcome, target) -> None:
