@@ -220,7 +220,8 @@ def _config(tmp_path, model_dir, data, name, *overrides):
 
 
 def _logits(model, processor, conv_images):
-    from tunesmith.data.multimodal import encode, load_image
+    from tunesmith.data.render import encode_with_images as encode
+    from tunesmith.utils.images import load_image
 
     messages, refs = conv_images
     inputs = encode(processor, messages, [load_image(r) for r in refs], True)

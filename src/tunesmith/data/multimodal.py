@@ -27,9 +27,6 @@ the processor's image side on them; a row may hold any number of images of any s
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +36,10 @@ from tunesmith.config.schema import DataConfig
 from tunesmith.data import formats
 from tunesmith.data.formats import RecordError, check_columns, detect_format
 from tunesmith.data.readers import BadRecord, RawRecord, scan_records
-from tunesmith.data.render import IGNORE_INDEX, TemplateError, _ids_turn_end, render_chat
+from tunesmith.data.render import IGNORE_INDEX, TemplateError, _ids_turn_end
+from tunesmith.data.render import encode_with_images as encode
 from tunesmith.utils.errors import ConfigError, DataError
+from tunesmith.utils.images import load_image, open_image
 
 PLACEHOLDER = "<image>"  # LLaMA-Factory's image placeholder in a turn's text
 IMAGES = "images"  # the record's column of image paths (LLaMA-Factory's name)
@@ -291,45 +290,14 @@ class ImageChecker:
             key = str(found)
         if key not in self.sizes:
             try:
-                with open_image_file(key) as image:
+                with open_image(key) as image:
                     image.verify()
-                with open_image_file(key) as image:
+                with open_image(key) as image:
                     self.sizes[key] = image.size
-            except RecordError:
-                raise
             except Exception as exc:
                 shown = key if not key.startswith("data:") else "a data: URL"
                 raise RecordError(f"image {shown} is not a readable image ({exc})") from None
         return key
-
-
-def open_image_file(ref: str):
-    """PIL's lazy image of a path or a data: URL (RecordError for a damaged data: URL)."""
-    from PIL import Image
-
-    if ref.startswith("data:"):
-        return Image.open(io.BytesIO(decode_data_url(ref)))
-    return Image.open(ref)
-
-
-def decode_data_url(url: str) -> bytes:
-    header, _, payload = url.partition(",")
-    if not header.endswith(";base64") or not payload:
-        raise RecordError("an image data: URL must be base64 (data:image/png;base64,...)")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise RecordError("an image data: URL holds invalid base64") from None
-
-
-def load_image(ref):
-    """An RGB PIL image from a path, a data: URL or a PIL image."""
-    from PIL import Image
-
-    if isinstance(ref, Image.Image):
-        return ref.convert("RGB")
-    with open_image_file(str(ref)) as image:
-        return image.convert("RGB")
 
 
 @dataclass
@@ -386,13 +354,6 @@ class VlmExample:
             "images": self.images,
             **self.token_fields,
         }
-
-
-def encode(processor, messages: list[dict], images: list, add_generation_prompt: bool) -> dict:
-    """The processor's encoding of a conversation (text rendered by render_chat), one row."""
-    text = render_chat(processor, messages, add_generation_prompt=add_generation_prompt)
-    encoded = processor(text=[text], images=images or None, return_tensors="pt")
-    return {k: v for k, v in encoded.items()}
 
 
 def _image_count(messages: list[dict]) -> int:

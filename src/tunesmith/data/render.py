@@ -55,6 +55,16 @@ class ToolChat(list):
         return ToolChat(messages, self.tools)
 
 
+def encode_with_images(
+    processor, messages: list[dict], images: list, add_generation_prompt: bool
+) -> dict:
+    """A vision-language model's inputs for one conversation (content as parts, an image part
+    per image): rendered here, then the processor expands each image into its tokens and
+    pixel values (data/multimodal.py trains on it, models/vlm_engine.py generates from it)."""
+    text = render_chat(processor, messages, add_generation_prompt=add_generation_prompt)
+    return dict(processor(text=[text], images=images or None, return_tensors="pt"))
+
+
 def prompt_ids(tokenizer, messages: list[dict], tools=None) -> list[int]:
     """Token ids of a prompt ready for generation (the template adds any special tokens);
     control-token text inside the messages is encoded as text. A ToolChat brings its tools."""

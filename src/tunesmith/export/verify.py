@@ -43,11 +43,11 @@ def with_sample_image(conversations: list[list[dict]]) -> list[list[dict]]:
 
 
 def _vlm_inputs(processor, conv: list[dict]) -> dict:
-    from tunesmith.data.multimodal import encode
+    from tunesmith.data.render import encode_with_images
     from tunesmith.models.vlm_engine import split_images
 
     messages, images = split_images(conv)
-    return encode(processor, messages, images, add_generation_prompt=True)
+    return encode_with_images(processor, messages, images, add_generation_prompt=True)
 
 
 @torch.inference_mode()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from transformers import StoppingCriteriaList
 
-from tunesmith.data.multimodal import encode, load_image
+from tunesmith.data.render import encode_with_images
 from tunesmith.models.engine import (
     Completion,
     GenerationParams,
@@ -26,6 +26,7 @@ from tunesmith.models.engine import (
     _StreamRow,
 )
 from tunesmith.models.vlm import is_processor
+from tunesmith.utils.images import load_image
 
 
 def engine_for(model, tokenizer, batch_size: int = 16) -> TransformersEngine:
@@ -66,7 +67,7 @@ class VlmEngine(TransformersEngine):
     def inputs(self, conversation: list[dict]) -> dict:
         """The model's inputs for a prompt awaiting its reply (ids, pixel values, ...)."""
         messages, images = split_images(conversation)
-        return encode(self.processor, messages, images, add_generation_prompt=True)
+        return encode_with_images(self.processor, messages, images, add_generation_prompt=True)
 
     def prompt_length(self, conversation: list[dict]) -> int:
         return self.inputs(conversation)["input_ids"].shape[1]
