@@ -478,3 +478,35 @@ def test_serve_before_build_says_what_to_do(tmp_path, tiny_model_dir):
     result = CliRunner().invoke(app, ["assistant", "serve", str(path)])
     assert result.exit_code == 2
     assert "no exported assistant yet; build it first: tunesmith assistant build" in result.output
+
+
+def test_training_runs_with_early_stopping_and_the_forgetting_check(built):
+    root = built[0].parent
+    record = json.loads((root / ".assistant" / "state.json").read_text("utf-8"))["train"]["record"]
+    config = yaml.safe_load((root / record["run"] / "config.yaml").read_text("utf-8"))
+    assert config["train"]["early_stopping"]["metric"] == "eval_loss"
+    assert config["data"]["eval"] == [str(root / "data" / "val.jsonl")]
+    assert config["train"]["forgetting_eval"]["data"][0].endswith("general.txt")
+    assert (root / record["run"] / "metrics.jsonl").is_file()
+
+
+def test_a_dataset_info_entry_is_read_with_its_columns(tmp_path, tiny_model_dir):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    rows = [{"q": f"Question number {i}?", "a": f"Answer number {i}."} for i in range(6)]
+    (folder / "extra.json").write_text(json.dumps(rows), "utf-8")
+    info = {"extra": {"file_name": "extra.json", "columns": {"prompt": "q", "response": "a"}}}
+    (folder / "dataset_info.json").write_text(json.dumps(info), "utf-8")
+    path = _project(
+        tmp_path, tiny_model_dir, data__dataset={"registry": "dataset_info.json", "name": "extra"}
+    )
+    build(path, until="requirements")
+    requirements = json.loads((path.parent / "requirements.json").read_text("utf-8"))
+    assert requirements["qa_records"] == len(FAQ) + 6
+
+
+def test_a_q_and_a_file_removed_after_init_is_named_at_build(tmp_path, tiny_model_dir):
+    path = _project(tmp_path, tiny_model_dir)
+    (path.parent / "faq.jsonl").unlink()
+    with pytest.raises(DataError, match=r"data\.qa: faq\.jsonl: file not found"):
+        build(path)
