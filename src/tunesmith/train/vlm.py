@@ -32,6 +32,11 @@ def _check(config: RunConfig) -> None:
             f"method.type: {config.method.type} is not available for a vision-language model "
             f"({config.model.name_or_path}); use {VLM_METHODS_NOTE}"
         )
+    if config.train.forgetting_eval is not None:
+        raise ConfigError(
+            "train.forgetting_eval: measures a text model's perplexity on general text; not "
+            "available for a vision-language model, remove it"
+        )
     if config.data.replay is not None:
         raise ConfigError("data.replay: not supported for a vision-language model; remove it")
 
