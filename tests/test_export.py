@@ -169,17 +169,22 @@ def test_gguf_export_loads_back_with_equal_logits(tmp_path, tiny_model_dir, tiny
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run = make_run(tmp_path, tiny_model_dir, tiny_tokenizer, lora_config())
-    export_run(RunConfig.model_validate({"export": {"gguf": True}}), run)
+    export_run(RunConfig.model_validate({"export": {"gguf": True, "gguf_types": ["f32"]}}), run)
 
     out = run / "export"
     merged = AutoModelForCausalLM.from_pretrained(out)
-    loaded = AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf", dtype=torch.float32)
-    gguf_tok = AutoTokenizer.from_pretrained(out, gguf_file="model.gguf")
+    loaded = AutoModelForCausalLM.from_pretrained(
+        out, gguf_file="model-F32.gguf", dtype=torch.float32
+    )
+    gguf_tok = AutoTokenizer.from_pretrained(out, gguf_file="model-F32.gguf")
     ids = torch.tensor([prompt_ids(tiny_tokenizer, PROMPT)])
     assert gguf_tok.decode(ids[0]) == tiny_tokenizer.decode(ids[0])
     with torch.inference_mode():
         assert torch.allclose(loaded(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)
     # transformers' GGUF loader drops the template; llama.cpp reads it from the metadata
-    field = GGUFReader(out / "model.gguf").fields["tokenizer.chat_template"]
+    field = GGUFReader(out / "model-F32.gguf").fields["tokenizer.chat_template"]
     assert field.contents() == tiny_tokenizer.chat_template
-    assert json.loads((out / "export.json").read_text())["gguf"]["max_abs_diff"] < 1e-4
+    (facts,) = json.loads((out / "export.json").read_text())["gguf"]
+    assert facts["file"] == "model-F32.gguf" and facts["max_abs_diff"] < 1e-4
+    assert facts["top1"] == 1.0 and facts["relative_rms"] < 1e-5
+    assert "model-F32.gguf" in (out / "README.md").read_text()

@@ -184,7 +184,8 @@ def test_gguf_where_the_weights_merge(method, trained, tmp_path, matrix_cell):
         return
     export_run(config, trained[method].root)
     facts = json.loads((tmp_path / "x" / "export.json").read_text())
-    assert facts["gguf"]["max_abs_diff"] < 1e-3  # read back by transformers' GGUF loader
+    (f16,) = facts["gguf"]  # the default type, read back by transformers' GGUF loader
+    assert f16["file"] == "model-F16.gguf" and f16["max_abs_diff"] < 1e-3
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tunesmith.config.base import Section
 
@@ -13,6 +13,22 @@ DEFAULT_VERIFY_PROMPTS = [
     "What is the capital of France?",
     "Write one sentence about the sea.",
 ]
+
+
+GgufType = Literal[
+    "f32",
+    "f16",
+    "bf16",
+    "q8_0",
+    "q5_1",
+    "q5_0",
+    "q4_1",
+    "q4_0",
+    "q6_k",
+    "q5_k_m",
+    "q4_k_m",
+    "q3_k_m",
+]  # export/gguf.py GGUF_TYPES
 
 
 class ExportConfig(Section):
@@ -35,8 +51,26 @@ class ExportConfig(Section):
         description="Largest allowed |logit difference|; None: 1e-3 for float32, "
         "5% of the largest logit for 16-bit exports.",
     )
-    gguf: bool = Field(False, description="Also write model.gguf (Llama-family models).")
+    gguf: bool = Field(
+        False, description="Also write GGUF files of export.gguf_types (Llama, Mistral, Qwen2/3)."
+    )
+    gguf_types: list[GgufType] = Field(
+        default_factory=lambda: ["f16"],
+        min_length=1,
+        description="model-<TYPE>.gguf per type: f32/f16/bf16/q8_0/q5_*/q4_* written by the "
+        "gguf package; k-quants (q6_k, q5_k_m, q4_k_m, q3_k_m) by llama.cpp's llama-quantize.",
+    )
+    llama_cpp: str | None = Field(
+        None,
+        description="llama-quantize or its folder (llama.cpp's build/bin), for k-quants; "
+        "default: $TUNESMITH_LLAMA_CPP, then PATH.",
+    )
     overwrite: bool = False
+
+    @field_validator("gguf_types")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
 
 
 class ServeConfig(Section):

@@ -72,9 +72,16 @@ def render_card(facts: dict[str, Any]) -> str:
     lines += ["", "## Export verification", ""]
     lines.append(_json_block(facts["verification"]) if facts["verification"] else "Not verified.")
     if facts.get("gguf"):
-        gguf = facts["gguf"]
-        diff = gguf["max_abs_diff"]
-        lines += ["", f"`{gguf['file']}`: float32 GGUF, max |logit diff| {diff:.3g} on reload"]
+        lines += [
+            "",
+            "| GGUF file | size | logit RMS error / spread | same argmax |",
+            "|---|---|---|---|",
+        ]
+        for f in facts["gguf"]:
+            lines.append(
+                f"| `{f['file']}` | {f['bytes'] / 2**20:.1f} MB | {f['relative_rms']:.2g} "
+                f"| {f['top1']:.1%} |"
+            )
     lines += ["", "## Use", "", _USAGE[facts["layout"]], ""]
     return "\n".join(lines)
 

@@ -1,56 +1,187 @@
-"""GGUF export of a merged Llama-family model (float32), checked by loading it back.
+"""GGUF export of a merged model (Llama, Mistral, Qwen2, Qwen3) in f32/f16/bf16/q8_0/q4_0/...
+written by the `gguf` package's own quantizers, and k-quants (q4_k_m, ...) made from the f16
+file by llama.cpp's llama-quantize where the user has it. Each file is checked by loading it back.
 
-Weights are renamed with gguf's own tensor map; q/k projections are permuted into the rotary
-layout llama.cpp expects (the inverse of what transformers' GGUF loader undoes). The tokenizer
-(BPE tokens, merges, special ids, chat template) goes into the metadata. The file is verified
-with transformers' GGUF loader: its logits and prompt tokens must match the merged model's.
+Weights are renamed with gguf's own tensor map; for Llama-layout models q/k projections are
+permuted into the rotary layout llama.cpp expects (the inverse of what transformers' GGUF loader
+undoes); Qwen models keep theirs (llama.cpp's converter does the same). 1-D tensors (norms,
+biases) stay float32 and a matrix whose rows do not split into the type's blocks falls back to
+f16, as llama.cpp's convert_hf_to_gguf.py does. The tokenizer (BPE tokens, merges, special ids,
+chat template) goes into the metadata. The check: transformers' GGUF loader reads the file; the
+prompt must tokenize alike, and the logits must equal those of the merged model with each
+tensor quantized and dequantized by gguf's own code (so names, layout and permutations are
+exact whatever the type loses); the loss of the type itself is measured and reported.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tunesmith.utils.errors import ModelError
+from tunesmith.utils.errors import ConfigError, ModelError
 
 
-def write_gguf(model_dir: Path, out: Path, prompts: list[str], tolerance: float = 1e-3) -> float:
-    """Write `out` from the HF folder `model_dir`; returns the max |logit difference|."""
+@dataclass(frozen=True)
+class Arch:
+    name: str  # gguf.MODEL_ARCH member
+    permute: bool  # q/k rows into llama.cpp's rotary layout
+    pre: str  # llama.cpp's pre-tokenizer name
+
+
+ARCHS = {
+    "llama": Arch("LLAMA", True, "default"),
+    "mistral": Arch("LLAMA", True, "default"),  # llama.cpp converts Mistral as Llama
+    "qwen2": Arch("QWEN2", False, "qwen2"),
+    "qwen3": Arch("QWEN3", False, "qwen2"),
+}
+# type -> (GGML tensor type, llama file type), written by the gguf package itself
+WRITTEN = {
+    "f32": ("F32", "ALL_F32"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "bf16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+    "q5_1": ("Q5_1", "MOSTLY_Q5_1"),
+    "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
+    "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
+    "q4_0": ("Q4_0", "MOSTLY_Q4_0"),
+}
+# k-quants: llama-quantize's type names, made from the f16 file
+QUANTIZED = {"q6_k": "Q6_K", "q5_k_m": "Q5_K_M", "q4_k_m": "Q4_K_M", "q3_k_m": "Q3_K_M"}
+GGUF_TYPES = (*WRITTEN, *QUANTIZED)
+
+
+def gguf_name(kind: str) -> str:
+    """The file name of one type, as llama.cpp names them (model-Q8_0.gguf)."""
+    return f"model-{kind.upper()}.gguf"
+
+
+def write_gguf(
+    model_dir: Path,
+    types: list[str],
+    prompts: list[str],
+    tolerance: float = 1e-3,
+    llama_cpp: str | None = None,
+) -> list[dict]:
+    """Write a GGUF file per type into `model_dir` (an HF folder); each checked by loading it
+    back (`_check`). Returns per type: file, bytes, max_abs_diff (against the weights the file
+    should hold), relative_rms and top1 (the quantization loss against the merged model)."""
+    gguf = _gguf()
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    arch = ARCHS.get(config.model_type)
+    if arch is None:
+        raise ModelError(
+            f"GGUF export supports {', '.join(ARCHS)} models; this one is '{config.model_type}'"
+        )
+    _check_rope(config)
+    quantize = _llama_quantize(llama_cpp) if set(types) & set(QUANTIZED) else None
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    written, results = {}, []
+    with tempfile.TemporaryDirectory(dir=model_dir) as scratch:
+        for kind in types:
+            path, exact = model_dir / gguf_name(kind), None
+            if kind in WRITTEN:
+                _write(model, config, arch, model_dir, path, kind, gguf)
+                exact = model if kind == "f32" else _as_written(model, config, arch, kind, gguf)
+            else:  # a k-quant from an f16 file (the one written, or a scratch one)
+                f16 = written.get("f16") or Path(scratch) / gguf_name("f16")
+                if not f16.exists():
+                    _write(model, config, arch, model_dir, f16, "f16", gguf)
+                _run_quantize(quantize, f16, path, QUANTIZED[kind])
+            written[kind] = path
+            results.append(_check(model, exact, model_dir, path, kind, prompts, tolerance))
+    return results
+
+
+def _gguf():
     try:
         import gguf
     except ImportError:
         raise ModelError("GGUF export needs the 'gguf' package: pip install gguf") from None
-    from transformers import AutoConfig, AutoModelForCausalLM
+    return gguf
 
-    config = AutoConfig.from_pretrained(model_dir)
-    if config.model_type != "llama":
+
+def _check_rope(config) -> None:
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    kind = (params or {}).get("rope_type", "default")
+    if kind not in ("default", None):
         raise ModelError(
-            f"GGUF export supports Llama-family models; this one is '{config.model_type}'"
+            f"GGUF export: rope scaling '{kind}' is not written by tunesmith's GGUF writer; "
+            "use llama.cpp's convert_hf_to_gguf.py on the exported folder"
         )
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    writer = gguf.GGUFWriter(str(out), "llama")
+
+
+def _write(model, config, arch: Arch, model_dir: Path, out: Path, kind: str, gguf) -> None:
+    model_arch = gguf.MODEL_ARCH[arch.name]
+    writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[model_arch])
     _hparams(writer, config, gguf)
-    _tokenizer(writer, model_dir, gguf)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    writer.add_file_type(gguf.LlamaFileType[WRITTEN[kind][1]])
+    _tokenizer(writer, model_dir, arch, gguf)
+    for name, target, qtype in _tensors(model, config, arch, kind, gguf):
+        data = model.state_dict()[name].float()
+        if arch.permute and name.endswith("q_proj.weight"):
+            data = _permute(data, config.num_attention_heads)
+        elif arch.permute and name.endswith("k_proj.weight"):
+            data = _permute(data, config.num_key_value_heads)
+        data = data.numpy()
+        if qtype.name in ("F32", "F16"):
+            writer.add_tensor(target, gguf.quants.quantize(data, qtype))
+        else:
+            writer.add_tensor(target, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+# below 8 bits the output projection (token_embd when tied) keeps q8_0, as llama-quantize keeps
+# it at a higher type
+LOW_BIT = ("Q5_1", "Q5_0", "Q4_1", "Q4_0")
+
+
+def _tensors(model, config, arch: Arch, kind: str, gguf):
+    """(HF name, GGUF name, tensor type) of every tensor the file holds: 1-D tensors float32,
+    a matrix whose rows do not split into the type's blocks f16 (as convert_hf_to_gguf.py)."""
+    qtype = gguf.GGMLQuantizationType[WRITTEN[kind][0]]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.name], config.num_hidden_layers)
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue  # llama.cpp reuses token_embd
         target = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if target is None:
             raise ModelError(f"GGUF export: no GGUF name for tensor '{name}'")
-        data = tensor.float()
-        if name.endswith("q_proj.weight"):
-            data = _permute(data, config.num_attention_heads)
-        elif name.endswith("k_proj.weight"):
-            data = _permute(data, config.num_key_value_heads)
-        writer.add_tensor(target, data.numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return _verify(model, model_dir, out, prompts, tolerance)
+        chosen = qtype
+        if tensor.ndim <= 1:
+            chosen = gguf.GGMLQuantizationType.F32
+        elif qtype.name in LOW_BIT and target in ("token_embd.weight", "output.weight"):
+            chosen = gguf.GGMLQuantizationType.Q8_0
+        block = gguf.GGML_QUANT_SIZES[chosen][0]
+        if tensor.shape[-1] % block:
+            chosen = gguf.GGMLQuantizationType.F16
+        yield name, target, chosen
+
+
+def _as_written(model, config, arch: Arch, kind: str, gguf):
+    """A copy of the model holding the weights the file holds (each tensor quantized and
+    dequantized by gguf's own code): what the file must reproduce exactly."""
+    import copy
+
+    written = copy.deepcopy(model)
+    state = written.state_dict()
+    with torch.no_grad():
+        for name, _, qtype in _tensors(model, config, arch, kind, gguf):
+            data = state[name].float().numpy()
+            back = gguf.quants.dequantize(gguf.quants.quantize(data, qtype), qtype)
+            state[name].copy_(torch.from_numpy(back.reshape(data.shape).copy()))
+    return written
 
 
 def _hparams(writer, config, gguf) -> None:
@@ -63,16 +194,18 @@ def _hparams(writer, config, gguf) -> None:
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(heads)
     writer.add_head_count_kv(config.num_key_value_heads)
+    if head_dim != config.hidden_size // heads:  # Qwen3 and others set it apart
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(float(rope or getattr(config, "rope_theta", 10000.0)))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
 
 
-def _tokenizer(writer, model_dir: Path, gguf) -> None:
+def _tokenizer(writer, model_dir: Path, arch: Arch, gguf) -> None:
     spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    if spec["model"]["type"] != "BPE":
+    if spec["model"]["type"] != "BPE" or spec["model"].get("byte_fallback"):
         raise ModelError("GGUF export supports byte-level BPE tokenizers (gpt2 style) only")
     vocab = dict(spec["model"]["vocab"])
     special = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
@@ -83,7 +216,7 @@ def _tokenizer(writer, model_dir: Path, gguf) -> None:
     tokens = [t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)]
     control, normal = gguf.TokenType.CONTROL, gguf.TokenType.NORMAL
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(arch.pre)
     writer.add_token_list(tokens)
     writer.add_token_types([control if t in special else normal for t in tokens])
     special_vocab = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens))
@@ -104,26 +237,77 @@ def _permute(weights: torch.Tensor, heads: int) -> torch.Tensor:
     )
 
 
+def _llama_quantize(llama_cpp: str | None) -> str:
+    """llama.cpp's quantize tool: in export.llama_cpp (the tool or its folder), in
+    $TUNESMITH_LLAMA_CPP, or on PATH."""
+    for place in filter(None, [llama_cpp, os.environ.get("TUNESMITH_LLAMA_CPP")]):
+        candidate = Path(place)
+        tool = candidate / "llama-quantize" if candidate.is_dir() else candidate
+        if tool.is_file() and os.access(tool, os.X_OK):
+            return str(tool)
+        raise ConfigError(f"export.llama_cpp: no llama-quantize at '{place}'")
+    found = shutil.which("llama-quantize")
+    if found is None:
+        raise ConfigError(
+            "export.gguf_types: k-quants (" + ", ".join(QUANTIZED) + ") are made by llama.cpp's "
+            "llama-quantize, which was not found; build llama.cpp and set "
+            "export.llama_cpp=/path/to/llama.cpp/build/bin (or put llama-quantize on PATH), "
+            "or choose q8_0/q4_0 which tunesmith writes itself"
+        )
+    return found
+
+
+def _run_quantize(tool: str, source: Path, out: Path, kind: str) -> None:
+    done = subprocess.run([tool, str(source), str(out), kind], capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ModelError(f"llama-quantize {kind} failed ({done.returncode}): {tail[0]}")
+
+
 @torch.inference_mode()
-def _verify(model, model_dir: Path, out: Path, prompts: list[str], tolerance: float) -> float:
+def _check(model, written, model_dir: Path, path: Path, kind: str, prompts: list[str], tol: float):
+    """The file read back by transformers' GGUF loader: the prompt tokenizes alike; its logits
+    equal those of the weights it should hold (`written`; k-quants: not known here) within
+    `tol`; the quantization loss against the merged model is reported (RMS logit error over
+    the logits' spread, and how often the top token stays the same)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunesmith.data.render import prompt_ids
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    loaded_tok = AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
+    loaded_tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    # transformers' GGUF loader reads no head_dim for qwen3 (it assumes 128; llama.cpp reads
+    # attention.key_length): there the model's own config; elsewhere the file's hparams
+    own = {"config": model.config} if model.config.model_type == "qwen3" else {}
     loaded = AutoModelForCausalLM.from_pretrained(
-        out.parent, gguf_file=out.name, dtype=torch.float32
+        path.parent, gguf_file=path.name, dtype=torch.float32, **own
     ).eval()
-    worst = 0.0
+    worst, squared, spread, agree, positions = 0.0, 0.0, 0.0, 0, 0
     for prompt in prompts:
-        conv = [{"role": "user", "content": prompt}]
-        ids = prompt_ids(tokenizer, conv)
+        ids = prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
         if loaded_tok(tokenizer.decode(ids), add_special_tokens=False)["input_ids"] != ids:
-            raise ModelError("GGUF export: the GGUF tokenizer tokenizes the prompt differently")
+            raise ModelError(
+                f"GGUF export ({path.name}): the GGUF tokenizer tokenizes the prompt differently"
+            )
         batch = torch.tensor([ids])
-        diff = (model(input_ids=batch).logits - loaded(input_ids=batch).logits).abs().max()
-        worst = max(worst, float(diff))
-    if not worst <= tolerance:
-        raise ModelError(f"GGUF export: logits differ by {worst:.3g} (tolerance {tolerance:.3g})")
-    return worst
+        want, got = model(input_ids=batch).logits[0], loaded(input_ids=batch).logits[0]
+        if written is not None:
+            exact = written(input_ids=batch).logits[0]
+            worst = max(worst, float((exact - got).abs().max()))
+        squared += float(((want - got) ** 2).sum())
+        spread += float(((want - want.mean(-1, keepdim=True)) ** 2).sum())
+        agree += int((want.argmax(-1) == got.argmax(-1)).sum())
+        positions += len(ids)
+    if written is not None and not worst <= tol:
+        raise ModelError(
+            f"GGUF export ({path.name}): logits differ from the {kind} weights' by {worst:.3g} "
+            f"(tolerance {tol:.3g})"
+        )
+    return {
+        "type": kind,
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "max_abs_diff": worst if written is not None else None,
+        "relative_rms": (squared / spread) ** 0.5 if spread else 0.0,
+        "top1": agree / positions,
+    }

@@ -68,8 +68,8 @@ def export_run(config: RunConfig, source: str | Path) -> ExportResult:
             verification = _verify(trained, staging, layout, cfg, convs, reference, base)
             if not verification.passed:
                 raise ModelError("export verification failed: " + "; ".join(verification.problems))
-        gguf_diff = _gguf(staging, layout, trained.method, cfg) if cfg.gguf else None
-        _write_card(trained, staging, layout, verification, gguf_diff)
+        gguf_files = _gguf(staging, layout, trained.method, cfg) if cfg.gguf else None
+        _write_card(trained, staging, layout, verification, gguf_files)
         _usual_modes(staging)
         if out.exists():
             shutil.rmtree(out)
@@ -144,21 +144,21 @@ def _verify(trained, staging, layout, cfg, convs, reference, base) -> Verificati
     return verify(reference, exported, tolerance, same_template, gen_ok, base)
 
 
-def _gguf(staging: Path, layout: str, method: str, cfg: ExportConfig) -> float:
+def _gguf(staging: Path, layout: str, method: str, cfg: ExportConfig) -> list[dict]:
     from tunesmith.export.gguf import write_gguf
 
     if layout == "base+adapter":
         raise ConfigError(f"export.gguf: needs merged weights, and {method} cannot be merged")
-    return write_gguf(staging, staging / "model.gguf", cfg.verify_prompts)
+    return write_gguf(staging, cfg.gguf_types, cfg.verify_prompts, llama_cpp=cfg.llama_cpp)
 
 
-def _write_card(trained: Trained, staging: Path, layout: str, verification, gguf_diff) -> None:
+def _write_card(trained: Trained, staging: Path, layout: str, verification, gguf_files) -> None:
     run_config = trained.run.config.model_dump(mode="json") if trained.run.config else {}
     facts = card_facts(
         trained, run_config, verification.to_dict() if verification else None, layout
     )
-    if gguf_diff is not None:
-        facts["gguf"] = {"file": "model.gguf", "max_abs_diff": gguf_diff}
+    if gguf_files is not None:
+        facts["gguf"] = gguf_files
     (staging / "README.md").write_text(render_card(facts), encoding="utf-8")
     text = json.dumps(facts, indent=2, ensure_ascii=False, default=str) + "\n"
     (staging / "export.json").write_text(text, encoding="utf-8")
