@@ -396,7 +396,9 @@ def test_data_inspect_reports_image_counts_sizes_and_problems(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_the_plan_counts_the_vision_tower_and_trains_what_training_trains(arch, vlm_dirs):
+def test_the_plan_counts_the_vision_tower_and_trains_what_training_trains(
+    arch, vlm_dirs, processors, colours
+):
     from transformers import AutoModelForImageTextToText
 
     from tunesmith.config.load import load_config
@@ -404,8 +406,11 @@ def test_the_plan_counts_the_vision_tower_and_trains_what_training_trains(arch, 
     from tunesmith.models.vlm import vision_parameters
     from tunesmith.plan import make_plan
 
-    config = load_config(None, [f"model.name_or_path={vlm_dirs[arch]}"])
-    plan = make_plan(config, probe=False, read_data=False)
+    config = load_config(None, [f"model.name_or_path={vlm_dirs[arch]}", f"data.train=[{colours}]"])
+    plan = make_plan(config, probe=False)
+    built = build_vlm_data(vlm_sources(config.data), config.data, processors[arch])
+    assert plan.data.tokens == built.stats["tokens"]  # the images' tokens counted, as trained
+    assert f"({built.stats['image_tokens']} image tokens)" in plan.data.note
     model = AutoModelForImageTextToText.from_pretrained(vlm_dirs[arch])
     total = count_parameters(model)[1]
     applied = get_method("lora").apply(model, config.method, task="vlm")

@@ -57,6 +57,10 @@ def data_stats(config: RunConfig, tokenizer=None, max_positions: int | None = No
         return _cls_stats(config, tokenizer, max_positions)
     if config.train.stage != "sft":
         return UNKNOWN
+    from tunesmith.models.vlm import is_processor
+
+    if is_processor(tokenizer):
+        return _vlm_stats(config, tokenizer)
     from tunesmith.data.dataset import build_sft_data
     from tunesmith.data.registry import sft_sources
 
@@ -77,6 +81,31 @@ def data_stats(config: RunConfig, tokenizer=None, max_positions: int | None = No
         max(lengths),
         trained / sum(lengths),
         f"{len(lengths)} of {records} records tokenized",
+    )
+
+
+def _vlm_stats(config: RunConfig, processor) -> DataStats:
+    """A vision-language model's examples as training makes them: each image's tokens in its
+    example's length (the processor expands them), so memory and time count them."""
+    from tunesmith.data.multimodal import build_vlm_data, vlm_sources
+
+    limit = min(config.data.max_samples or SAMPLE, SAMPLE)
+    sample_cfg = config.data.model_copy(update={"max_samples": limit, "on_error": "skip"})
+    data = build_vlm_data(vlm_sources(config.data), sample_cfg, processor, lambda *_: None)
+    if not data.examples:
+        return UNKNOWN
+    lengths = [len(e["input_ids"]) for e in data.examples]
+    stats = data.stats
+    records = stats["read"] - stats["rejected"]
+    if config.data.max_samples:
+        records = min(records, config.data.max_samples)
+    return DataStats(
+        records,
+        sum(lengths) / len(lengths),
+        max(lengths),
+        stats["trainable_tokens"] / sum(lengths),
+        f"{len(lengths)} of {records} records tokenized, {stats['images']} images "
+        f"({stats['image_tokens']} image tokens)",
     )
 
 

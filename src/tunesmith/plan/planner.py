@@ -48,6 +48,10 @@ def _tokenizer(config: RunConfig):
         resolved = resolve_model(config.model.name_or_path)
         if resolved.source == "hub":
             return None
+        from tunesmith.models.vlm import is_vision_language, load_processor
+
+        if is_vision_language(resolved):  # its processor: image tokens counted in the data
+            return load_processor(resolved, config.model)
         load = classifier_tokenizer if config.train.stage == "cls" else load_tokenizer
         return load(resolved, config.model)
     except TunesmithError:
