@@ -417,6 +417,12 @@ def test_the_plan_counts_the_vision_tower_and_trains_what_training_trains(
     assert plan.facts.total == total and plan.facts.vision == vision_parameters(model) > 0
     assert plan.trainable == count_parameters(applied)[0]
     assert "vision tower" in plan.time.note
+    from tunesmith.plan.time import vision_flops_per_token
+
+    share = built.stats["image_tokens"] / built.stats["tokens"]
+    patches = {"qwen2_vl": 4, "llava": 1}[arch]  # Qwen2-VL merges 2x2 patches into a token
+    assert plan.facts.patches_per_image_token == patches
+    assert vision_flops_per_token(plan) == pytest.approx(share * patches * 2 * plan.facts.vision)
     advised = [plan.advice.recommended, *plan.advice.alternatives]
     assert {o.method for o in advised} <= {"lora", "qlora", "full"}
 

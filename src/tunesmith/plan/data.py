@@ -27,6 +27,7 @@ class DataStats:
     eval_lengths: tuple[int, ...] = ()
     prepare_seconds: float = 0.0  # cls: reading and tokenizing every record (from the sample)
     labels: int = 0  # cls: the label set's size (the classifier head's outputs)
+    image_share: float = 0.0  # a vision-language model's: share of positions that are image tokens
 
     @property
     def count(self) -> int | None:
@@ -106,6 +107,7 @@ def _vlm_stats(config: RunConfig, processor) -> DataStats:
         stats["trainable_tokens"] / sum(lengths),
         f"{len(lengths)} of {records} records tokenized, {stats['images']} images "
         f"({stats['image_tokens']} image tokens)",
+        image_share=(stats["image_tokens"] or 0) / sum(lengths),
     )
 
 

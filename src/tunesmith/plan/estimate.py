@@ -40,6 +40,7 @@ class ModelFacts:
     task: str = "causal_lm"  # seq_cls: the model has a new classifier head, which trains too
     embeddings: int = 0  # embedding-table parameters (lookups: no FLOPs per token)
     vision: int = 0  # a vision-language model's vision tower and projector (run per image)
+    patches_per_image_token: int = 1  # patches the tower reads per image token (Qwen2-VL: 2x2)
     _counts: dict = field(default_factory=dict, repr=False)
 
     def trainable(self, method) -> int:
@@ -58,13 +59,17 @@ def model_facts(ref: str, classifier: bool = False) -> ModelFacts:
         if isinstance(m, nn.Linear) and ".layers." in f".{n}."
     )
     task = "seq_cls" if classifier else "causal_lm"
-    vision = 0
+    vision, patches = 0, 1
     if is_vision_language_config(config):  # the method applies to its language model
         from tunesmith.models.vlm import vision_parameters
 
         task, vision = "vlm", vision_parameters(meta)
+        merge = getattr(getattr(config, "vision_config", None), "spatial_merge_size", 1)
+        patches = merge**2 if isinstance(merge, int) else 1
     total, embeddings = total_parameters(meta), embedding_parameters(meta)
-    return ModelFacts(ref, shapes_of(config), total, linears, meta, task, embeddings, vision)
+    return ModelFacts(
+        ref, shapes_of(config), total, linears, meta, task, embeddings, vision, patches
+    )
 
 
 def precision_for(config: RunConfig, device: str, method=None) -> Precision:

@@ -128,14 +128,25 @@ def estimate_time(plan, probe: bool = True) -> TimeEstimate:
         s.q_dim,
         work_seq,
     )
-    rate = device_flops(plan.hardware) / per_token
     note = f"{per_token / 1e9:.2f} GFLOPs per token" + unknown
     if plan.facts.vision:  # image tokens are in the sequence; their patches pass the tower
+        per_token += vision_flops_per_token(plan)
         note += (
-            f"; vision tower {plan.facts.vision:,} parameters, about "
-            f"{2 * plan.facts.vision / 1e9:.2f} GFLOPs per image patch more"
+            f"; vision tower {plan.facts.vision:,} parameters, "
+            f"{2 * plan.facts.vision / 1e9:.2f} GFLOPs forward per image patch, "
+            f"{100 * plan.data.image_share:.0f}% of positions image tokens"
         )
+    rate = device_flops(plan.hardware) / per_token
     return TimeEstimate("flops", rate, tokens, steps, tokens / rate, note)
+
+
+def vision_flops_per_token(plan) -> float:
+    """The vision tower's FLOPs averaged over the run's tokens: each image token's patches
+    through the tower, forward only while it is frozen (no weight or input gradients)."""
+    facts, method = plan.facts, plan.config.method
+    trained = getattr(method, "train_vision", False) or getattr(method, "train_projector", False)
+    per_patch = 2 * facts.vision * (3 if trained else 1)
+    return plan.data.image_share * facts.patches_per_image_token * per_patch
 
 
 def _this_device() -> str:
