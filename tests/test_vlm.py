@@ -333,6 +333,19 @@ def test_rejects_go_to_the_run_folder(vlm_dirs, colours, tmp_path):
     assert "nowhere.png' not found" in rejected["reason"]
 
 
+def test_an_image_question_without_an_answer_has_no_reference(tmp_path):
+    from tunesmith.data.multimodal import image_question
+    from tunesmith.data.readers import RawRecord
+
+    write_images(tmp_path / "media")
+    data = {
+        "messages": [{"role": "user", "content": "<image>Colour?"}],
+        "images": ["media/red.png"],
+    }
+    prompt, reference = image_question(RawRecord(str(tmp_path / "q.jsonl"), 1, data), "openai")
+    assert reference is None and prompt[0]["content"][0]["image"].endswith("red.png")
+
+
 def test_eval_answers_image_questions_base_against_tuned(vlm_dirs, colours, tmp_path):
     """tunesmith eval on the same image records: the tuned run names the colour it sees, the
     base model does not; perplexity is skipped for a vision-language model with its reason."""

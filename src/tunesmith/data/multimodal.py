@@ -158,8 +158,10 @@ def to_vlm_conversation(
     images_column: str = IMAGES,
     media_dir: Path | None = None,
     checker: ImageChecker | None = None,
+    answered: bool = True,
 ) -> VlmConversation:
-    """The record as a conversation with image parts; RecordError says why it cannot be."""
+    """The record as a conversation with image parts; RecordError says why it cannot be.
+    answered=False: it may end with the user's turn (a test question without a reference)."""
     col = formats._namer(columns)
     convert = {"alpaca": formats._alpaca, "sharegpt": formats._sharegpt, "openai": formats._openai}
     if fmt not in convert:
@@ -196,7 +198,7 @@ def to_vlm_conversation(
         messages.append({"role": role, "content": parts})
     if not turns:
         raise RecordError("no user/assistant turns")
-    if turns[-1][1] != "assistant":
+    if turns[-1][1] != "assistant" and answered:
         raise RecordError(
             f"turn {turns[-1][0]}: conversation ends with a user turn; "
             "expected a final assistant turn"
@@ -543,10 +545,11 @@ def has_images(data: dict, images_column: str = IMAGES) -> bool:
 
 def image_question(
     record: RawRecord, fmt: str, columns: dict[str, str] | None = None
-) -> tuple[list[dict], str]:
-    """(the prompt: every turn before the last, each image part carrying its image; the last
-    assistant turn's text, the reference) of a test record with images."""
-    conv = to_vlm_conversation(record, fmt, check_columns(columns))
+) -> tuple[list[dict], str | None]:
+    """(the prompt: the turns before the last assistant turn, each image part carrying its
+    image; that turn's text, the reference, or None where the record ends with the question)
+    of a test record with images."""
+    conv = to_vlm_conversation(record, fmt, check_columns(columns), answered=False)
     images = iter(conv.images)
     messages = [
         {
@@ -558,8 +561,9 @@ def image_question(
         }
         for m in conv.messages
     ]
-    reference = "".join(p.get("text", "") for p in messages[-1]["content"])
-    return messages[:-1], reference
+    if messages[-1]["role"] != "assistant":
+        return messages, None
+    return messages[:-1], content_text(messages[-1]["content"])
 
 
 def content_text(content) -> str:
