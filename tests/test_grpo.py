@@ -200,3 +200,18 @@ def test_grpo_without_its_section_says_what_to_add(tmp_path, tiny_model_dir):
     config = run_config(tmp_path, tiny_model_dir, "p.jsonl", "x", "train.stage=grpo")
     with pytest.raises(ConfigError, match=r"train.grpo: stage grpo needs its reward functions"):
         check(GRPO, config)
+
+
+def test_grpo_measures_held_out_rewards_before_and_after(tmp_path, tiny_model_dir, prompts_file):
+    config = _grpo(
+        tmp_path,
+        tiny_model_dir,
+        prompts_file,
+        "held",
+        "train.max_steps=2",
+        f"data.eval=[{prompts_file}]",
+    )
+    rewards = train_run(config).summary["rewards"]
+    assert set(rewards) == {"train", "held_out_before", "held_out_after"}
+    assert 0 <= rewards["held_out_before"]["reward"] <= 1
+    assert "kl" not in rewards["held_out_before"] or rewards["held_out_before"]["kl"] == 0

@@ -139,3 +139,26 @@ def test_ppo_refuses_accumulation_and_a_missing_section(tmp_path, tiny_model_dir
     config = run_config(tmp_path, tiny_model_dir, "p.jsonl", "x", "train.stage=ppo")
     with pytest.raises(ConfigError, match=r"train\.ppo: stage ppo needs its reward"):
         check(PPO, config)
+
+
+def test_ppo_reward_from_a_reward_model_run(tmp_path, tiny_model_dir, prompts_file):
+    pairs = tmp_path / "pairs.jsonl"
+    records = [
+        {"instruction": f"Is {i} a number?", "chosen": "yes", "rejected": "no"} for i in range(4)
+    ]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    rm = train_run(
+        run_config(tmp_path, tiny_model_dir, pairs, "rm", "train.stage=rm", "train.max_steps=2")
+    )
+    config = _ppo(
+        tmp_path,
+        tiny_model_dir,
+        prompts_file,
+        "rm-reward",
+        "method.type=lora",
+        "train.max_steps=2",
+        f"train.ppo.rewards=[{{name: reward_model, run: {rm.run.root}}}]",
+    )
+    steps = _metrics(train_run(config).run.root)
+    assert all(isinstance(m["reward"], float) and m["reward"] == m["reward"] for m in steps)
+    assert len({m["reward"] for m in steps}) == 2  # scored per rollout, not a constant
