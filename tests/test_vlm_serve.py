@@ -153,3 +153,12 @@ def test_chat_cli_answers_about_an_image(trained, capsys):
     blue = trained["media"] / "blue.png"
     chat_loop(None, trained["run"], QUESTION, None, 8, 0.0, image=blue)
     assert capsys.readouterr().out.strip() == expected(trained, blue).strip()
+
+
+def test_the_vllm_engine_refuses_a_vision_language_run_in_one_sentence(trained, monkeypatch):
+    import tunesmith.runs.inference as inference
+    from tunesmith.utils.errors import ModelError
+
+    monkeypatch.setattr(inference, "require_vllm", lambda: None)  # as on a GPU with vLLM
+    with pytest.raises(ModelError, match="not wired for vision-language models"):
+        inference.create_engine(None, trained["run"], kind="vllm")

@@ -40,8 +40,22 @@ def create_engine(
         return engine_for(model, tokenizer, batch_size)  # a VLM's processor: VlmEngine
     if kind == "vllm":
         require_vllm()  # before any loading: fail in one sentence, fast
+        _no_vllm_for_images(model_cfg, adapter)
         return _create_vllm(model_cfg, adapter)
     raise ConfigError(f"unknown engine '{kind}': expected one of {', '.join(ENGINE_KINDS)}")
+
+
+def _no_vllm_for_images(model_cfg: ModelConfig | None, adapter: str | Path | None) -> None:
+    from tunesmith.models.vlm import is_vision_language
+
+    run = open_run(adapter, model_cfg) if adapter is not None else None
+    if (run is not None and run.task == "vlm") or (
+        run is None and model_cfg is not None and is_vision_language(model_cfg)
+    ):
+        raise ModelError(
+            "the vllm engine is not wired for vision-language models in tunesmith yet (image "
+            "inputs go through the processor); use engine 'transformers'"
+        )
 
 
 def _create_vllm(model_cfg: ModelConfig | None, adapter: str | Path | None) -> VLLMEngine:
