@@ -154,6 +154,7 @@ def test_grpo_reward_rises_and_metrics_hold_reward_kl_entropy(
     assert steps[-1]["kl"] > 0  # the policy moved away from the reference
     summary = json.loads((result.run.root / "summary.json").read_text())
     assert summary["stage"] == "grpo" and summary["rewards"]["train"]["last"]["reward"] > 0
+    assert (result.run.root / "plots" / "rewards.png").stat().st_size > 0
 
 
 def test_grpo_resume_continues_the_uninterrupted_run(tmp_path, tiny_model_dir, prompts_file):

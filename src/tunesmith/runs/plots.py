@@ -30,7 +30,8 @@ def plot_metrics(run: RunFolder) -> list[Path]:
     if not is_main_process():
         return []
     metrics = read_metrics(run)
-    return [p for p in (plot_loss(run, metrics), plot_training(run, metrics)) if p]
+    drawn = (plot_loss(run, metrics), plot_training(run, metrics), plot_rewards(run, metrics))
+    return [p for p in drawn if p]
 
 
 def plot_loss(run: RunFolder, metrics: list[dict] | None = None) -> Path | None:
@@ -67,6 +68,25 @@ def plot_training(run: RunFolder, metrics: list[dict] | None = None) -> Path | N
         ax.set(xlabel="step", title=label)
     fig.suptitle(run.root.name)
     return _save(fig, run.plots / "training.png")
+
+
+# the online RL stages (grpo, ppo): rewards.png
+RL_PANELS = (("reward", "reward"), ("kl", "KL to the reference"), ("entropy", "entropy"))
+
+
+def plot_rewards(run: RunFolder, metrics: list[dict] | None = None) -> Path | None:
+    """reward, KL and entropy against step (grpo, ppo); None when no reward was logged."""
+    metrics = read_metrics(run) if metrics is None else metrics
+    if not _series(metrics, "reward"):
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.5))
+    for ax, (key, label) in zip(fig.subplots(1, 3).flat, RL_PANELS, strict=True):
+        _draw(ax, _series(metrics, key), None)
+        ax.set(xlabel="step", title=label)
+    fig.suptitle(run.root.name)
+    return _save(fig, run.plots / "rewards.png")
 
 
 def _series(metrics: list[dict], key: str) -> list[tuple[int, float]]:
