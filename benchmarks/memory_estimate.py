@@ -42,6 +42,13 @@ CONFIGS: dict[str, tuple[dict, int, bool]] = {
     "ia3-384-gc": ({"type": "ia3"}, 384, True),
 }
 BATCH = 2
+# classification on the embedded encoder (stage cls, MiniLM: attention dropout 0.1, so on CPU
+# attention keeps its probabilities): name -> (method, cutoff_len, batch)
+CLS_CONFIGS: dict[str, tuple[dict, int, int]] = {
+    "cls-lora8-512-b8": ({"type": "lora", "r": 8}, 512, 8),
+    "cls-lora8-512-b16": ({"type": "lora", "r": 8}, 512, 16),
+    "cls-full-256-b16": ({"type": "full"}, 256, 16),
+}
 
 
 def write_data(path: Path, records: int = 16) -> None:
@@ -66,7 +73,35 @@ def write_data(path: Path, records: int = 16) -> None:
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
 
 
+def write_cls_data(path: Path, records: int = 48) -> None:
+    """Texts longer than 512 tokens, so every batch is cutoff_len long."""
+    rows = ["text,label"]
+    for i in range(records):
+        rows.append(f'"{" ".join(f"word{(i * k) % 97} number {k}" for k in range(300))}",c{i % 3}')
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def cls_config(name: str, data: Path, out: Path) -> dict:
+    method, cutoff, batch = CLS_CONFIGS[name]
+    return {
+        "model": {"name_or_path": "minilm-l6"},
+        "method": method,
+        "data": {"train": [str(data)], "cutoff_len": cutoff},
+        "train": {
+            "stage": "cls",
+            "max_steps": STEPS,
+            "batch_size": batch,
+            "save_steps": 10_000,
+            "logging_steps": 1,
+            "cls": {"long_text": "head", "val_fraction": 0.0},
+        },
+        "output": {"dir": str(out), "name": name, "overwrite": True},
+    }
+
+
 def run_config(name: str, data: Path, out: Path) -> dict:
+    if name in CLS_CONFIGS:
+        return cls_config(name, data.with_suffix(".csv"), out)
     method, cutoff, gc = CONFIGS[name]
     return {
         "model": {"name_or_path": MODEL},
@@ -90,6 +125,7 @@ def child(config_json: str) -> None:
     import peft  # noqa: F401  (imports that training does, before the baseline)
     import transformers  # noqa: F401
 
+    import tunesmith.train.cls
     import tunesmith.train.sft  # noqa: F401
     from tunesmith.config.schema import RunConfig
     from tunesmith.models.methods import adapter  # noqa: F401
@@ -139,10 +175,10 @@ def measure(name: str, cfg: dict) -> int | None:
 def main(names: list[str], store: Path | None) -> None:
     """Measure (or reuse the measurements in `store`: they do not depend on the estimator)
     and compare with the planner's prediction."""
-    names = names or list(CONFIGS)
-    unknown = [n for n in names if n not in CONFIGS]
+    names = names or [*CONFIGS, *CLS_CONFIGS]
+    unknown = [n for n in names if n not in CONFIGS and n not in CLS_CONFIGS]
     if unknown:
-        sys.exit(f"unknown configurations {unknown}; choose from {list(CONFIGS)}")
+        sys.exit(f"unknown configurations {unknown}; choose from {[*CONFIGS, *CLS_CONFIGS]}")
     from tunesmith.models.methods import METHODS
 
     stored = json.loads(store.read_text()) if store and store.is_file() else {}
@@ -150,8 +186,10 @@ def main(names: list[str], store: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.jsonl"
         write_data(data)
+        write_cls_data(data.with_suffix(".csv"))
         for name in names:
-            if CONFIGS[name][0]["type"] not in METHODS:
+            method = (CONFIGS.get(name) or CLS_CONFIGS[name])[0]
+            if method["type"] not in METHODS:
                 print(f"{name}: method not implemented yet, skipped", flush=True)
                 continue
             cfg = run_config(name, data, Path(tmp) / "runs")

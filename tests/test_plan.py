@@ -24,7 +24,13 @@ from tunesmith.plan.count import (
 from tunesmith.plan.data import UNKNOWN
 from tunesmith.plan.estimate import estimate, model_facts
 from tunesmith.plan.hardware import GB, parse_hardware
-from tunesmith.plan.memory import Precision, Workload, block_activations, estimate_memory
+from tunesmith.plan.memory import (
+    Precision,
+    Workload,
+    activation_bytes,
+    block_activations,
+    estimate_memory,
+)
 from tunesmith.plan.planner import make_plan, plan_summary
 from tunesmith.plan.seeds import seed_estimate_memory
 from tunesmith.plan.time import flops_per_token
@@ -196,6 +202,51 @@ def test_activation_formula_matches_saved_tensors():
     per_layer_token = (saved(2) - saved(1)) / 64 / 4  # fp32 elements
     shapes = Shapes(576, 1536, 2, 9, 3, 64, 64, False, "llama")
     assert block_activations(shapes, "trained") == pytest.approx(per_layer_token, rel=0.05)
+
+
+def test_attention_probabilities_kept_with_dropout_on_cpu():
+    """An encoder with attention dropout runs attention on the math path on CPU and keeps its
+    probabilities: the formula's term against what autograd keeps (dropout on minus off)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    def saved(layers: int, dropout: float, length: int) -> int:
+        torch.manual_seed(0)
+        config = BertConfig(
+            vocab_size=100,
+            hidden_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=128,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=dropout,
+            num_labels=3,
+        )
+        model = BertForSequenceClassification(config).train()
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        storages: dict[int, int] = {}
+
+        def pack(t):
+            s = t.untyped_storage()
+            if s.data_ptr() not in params:
+                storages[s.data_ptr()] = s.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=torch.randint(0, 100, (2, length)))
+        return sum(storages.values())
+
+    length = 128
+    on = saved(2, 0.1, length) - saved(1, 0.1, length)
+    off = saved(2, 0.0, length) - saved(1, 0.0, length)
+    shapes = Shapes(64, 128, 2, 4, 4, 16, 100, False, "bert", 512, True, 0.1)
+    extra = block_activations(shapes, "trained", probs_keys=length) - block_activations(
+        shapes, "trained"
+    )
+    assert extra == pytest.approx((on - off) / (2 * length) / 4, rel=0.02)
+    work = Workload(batch=16, seq=512, packed=False)
+    cpu = activation_bytes(shapes, _method({"type": "lora"}), work, 4, "cpu")
+    cuda = activation_bytes(shapes, _method({"type": "lora"}), work, 4, "cuda")
+    assert cpu - cuda == 2 * 3 * 4 * 512 * work.tokens * 4  # layers x 3 x heads x keys x tokens
 
 
 def test_memory_directions():

@@ -71,6 +71,7 @@ class Shapes:
     model_type: str
     positions: int | None = None  # the position table (an encoder's 512): the longest input
     bidirectional: bool = False  # an encoder: every token attends to every other
+    attention_dropout: float = 0.0  # dropout on the attention probabilities while training
 
     @property
     def q_dim(self) -> int:
@@ -161,6 +162,11 @@ def shapes_of(config) -> Shapes:
         positions=getattr(config, "max_position_embeddings", None),
         # masked-LM families (BERT, RoBERTa, DeBERTa, ...) are encoders; decoders are causal
         bidirectional=config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        attention_dropout=float(
+            getattr(config, "attention_probs_dropout_prob", None)  # BERT family
+            or getattr(config, "attention_dropout", None)
+            or 0.0
+        ),
     )
 
 

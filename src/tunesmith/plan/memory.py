@@ -74,13 +74,17 @@ class MemoryEstimate:
         return {**asdict(self), "training": self.training, "total": self.total}
 
 
-def block_activations(shapes: Shapes, kind: str, method=None, masked_tokens: int = 0) -> float:
+def block_activations(
+    shapes: Shapes, kind: str, method=None, masked_tokens: int = 0, probs_keys: int = 0
+) -> float:
     """Elements autograd keeps per token for one decoder block.
 
     kind: "trained" (the block's weights train), "frozen" (gradients pass through it to
     trained parameters below or inside it) or "none" (nothing below needs a gradient).
     masked_tokens: key positions of an explicit attention mask (packed rows or padded batches):
     torch then keeps a float mask per layer and transformers expands the grouped keys/values.
+    probs_keys: key positions per query where attention runs on the math path and keeps its
+    probabilities (dropout on them, on CPU: SDPA's flash kernel has no dropout there).
     """
     if kind == "none":
         return 0.0
@@ -93,6 +97,9 @@ def block_activations(shapes: Shapes, kind: str, method=None, masked_tokens: int
         elements = 6 * h + attention + 3 * i + _method_activations(shapes, method)
     if masked_tokens:
         elements += masked_tokens + 2 * (q - kv)
+    # the softmax output, the dropout mask and the dropped probabilities, one float each per
+    # head and key (read off saved_tensors_hooks on BERT: tests/test_plan.py)
+    elements += 3 * shapes.heads * probs_keys
     return float(elements)
 
 
@@ -112,12 +119,13 @@ def activation_bytes(
 ) -> int:
     """Activations of the whole stack for one step, with or without gradient checkpointing."""
     masked = _masked_tokens(work)
+    probs = work.seq if shapes.attention_dropout > 0 and device == "cpu" else 0
     form = _form(method)
     peft = not form.trains_base_weights
     trained = form.trained_blocks(method, shapes.layers)
     below = "frozen" if peft or form.trains_embeddings(method) else "none"
-    per_block = [block_activations(shapes, "trained", method, masked)] * trained + [
-        block_activations(shapes, below, method, masked)
+    per_block = [block_activations(shapes, "trained", method, masked, probs)] * trained + [
+        block_activations(shapes, below, method, masked, probs)
     ] * (shapes.layers - trained)
     if work.gradient_checkpointing:
         # each block keeps its input (3h in peak RSS: h in saved tensors, plus the gradient
