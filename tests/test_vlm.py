@@ -25,7 +25,11 @@ from tunesmith.data.render import IGNORE_INDEX
 from tunesmith.runs.folder import read_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-KINDS = {"qwen2_vl": "Qwen2-VL (vision-language)", "llava": "LLaVA (vision-language)"}
+KINDS = {
+    "qwen2_vl": "Qwen2-VL (vision-language)",
+    "llava": "LLaVA (vision-language)",
+    "idefics3": "Idefics3 / SmolVLM (vision-language)",
+}
 
 
 @pytest.fixture(scope="module")
@@ -247,8 +251,11 @@ def test_lora_trains_the_language_model_and_merges_to_the_same_logits(
     conv = ([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}],
             [str(colours.parent / "media" / "blue.png")])  # fmt: skip
     tuned, processor = run.load()
+    from tunesmith.models.vlm import vlm_parts
+
+    language = vlm_parts(tuned.get_base_model()).language  # language_model / text_model
     adapted = [n for n, _ in tuned.named_modules() if n.endswith("lora_A")]
-    assert adapted and all("language_model" in n for n in adapted)  # the vision tower frozen
+    assert adapted and all(f".{language}." in n for n in adapted)  # the vision tower frozen
     base = run.load_untrained()
     tuned_logits = _logits(tuned, processor, conv)
     assert not torch.allclose(tuned_logits, _logits(base, processor, conv), atol=1e-4)
@@ -433,7 +440,8 @@ def test_the_plan_counts_the_vision_tower_and_trains_what_training_trains(
     from tunesmith.plan.time import vision_flops_per_token
 
     share = built.stats["image_tokens"] / built.stats["tokens"]
-    patches = {"qwen2_vl": 4, "llava": 1}[arch]  # Qwen2-VL merges 2x2 patches into a token
+    # Qwen2-VL merges 2x2 patches into a token, Idefics3's pixel shuffle too (scale_factor 2)
+    patches = {"qwen2_vl": 4, "llava": 1, "idefics3": 4}[arch]
     assert plan.facts.patches_per_image_token == patches
     assert vision_flops_per_token(plan) == pytest.approx(share * patches * 2 * plan.facts.vision)
     advised = [plan.advice.recommended, *plan.advice.alternatives]

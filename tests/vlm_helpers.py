@@ -1,7 +1,8 @@
 """Tiny random vision-language models built in-process, each a local folder with its processor:
-a Qwen2-VL (images of any size, M-RoPE, the merger inside the vision tower) and a LLaVA (CLIP
-tower, a fixed image size, a projector beside it). Two architectures, so the generic path
-(models/vlm.py, data/multimodal.py) is checked against both."""
+a Qwen2-VL (images of any size, M-RoPE, the merger inside the vision tower), a LLaVA (CLIP
+tower, a fixed image size, a projector beside it) and an Idefics3 / SmolVLM (images split into
+tiles, a connector). Three architectures, so the generic path (models/vlm.py,
+data/multimodal.py) is checked against each."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ _PARTS = (
 QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 QWEN_TEMPLATE = _PARTS.replace("IMAGE", repr(QWEN_IMAGE))
 LLAVA_TEMPLATE = _PARTS.replace("IMAGE", repr("<image>"))
-ARCHITECTURES = ("qwen2_vl", "llava")
+ARCHITECTURES = ("qwen2_vl", "llava", "idefics3")
 
 
 def _text_config(vocab: int) -> dict:
@@ -139,7 +140,52 @@ def _save(model, processor, tokenizer, folder: Path) -> Path:
     return folder
 
 
-BUILDERS = {"qwen2_vl": build_qwen2_vl, "llava": build_llava}
+def build_idefics3(folder: Path, seed: int = 0) -> Path:
+    """SmolVLM's architecture: SigLIP-style tower, a pixel-shuffle connector, images split into
+    tiles, each tile and the whole image as <image> runs between <fake_token_around_image>."""
+    import torch
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+        LlamaConfig,
+    )
+
+    tokenizer = build_tiny_tokenizer()
+    tiles = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+    special = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": [*special, *tiles]})
+    # tiles of 28 pixels (4 tokens each after the 2x pixel shuffle), images up to 56 pixels
+    images = Idefics3ImageProcessor(
+        size={"longest_edge": 56}, max_image_size={"longest_edge": 28}, do_image_splitting=True
+    )
+    processor = Idefics3Processor(
+        image_processor=images, tokenizer=tokenizer, image_seq_len=4, chat_template=LLAVA_TEMPLATE
+    )
+    config = Idefics3Config(
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=7,
+        ),
+        text_config=LlamaConfig(
+            **_text_config(len(tokenizer)),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+    )
+    torch.manual_seed(seed)
+    return _save(Idefics3ForConditionalGeneration(config), processor, tokenizer, folder)
+
+
+BUILDERS = {"qwen2_vl": build_qwen2_vl, "llava": build_llava, "idefics3": build_idefics3}
 
 
 def write_images(folder: Path) -> dict[str, Path]:

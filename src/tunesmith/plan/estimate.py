@@ -64,7 +64,11 @@ def model_facts(ref: str, classifier: bool = False) -> ModelFacts:
         from tunesmith.models.vlm import vision_parameters
 
         task, vision = "vlm", vision_parameters(meta)
-        merge = getattr(getattr(config, "vision_config", None), "spatial_merge_size", 1)
+        # patches merged into one image token: Qwen2-VL's spatial merge, Idefics3's shuffle
+        vision_config = getattr(config, "vision_config", None)
+        merge = getattr(vision_config, "spatial_merge_size", None) or getattr(
+            config, "scale_factor", 1
+        )
         patches = merge**2 if isinstance(merge, int) else 1
     total, embeddings = total_parameters(meta), embedding_parameters(meta)
     return ModelFacts(
