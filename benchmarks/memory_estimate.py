@@ -48,6 +48,9 @@ CLS_CONFIGS: dict[str, tuple[dict, int, int]] = {
     "cls-lora8-512-b8": ({"type": "lora", "r": 8}, 512, 8),
     "cls-lora8-512-b16": ({"type": "lora", "r": 8}, 512, 16),
     "cls-full-256-b16": ({"type": "full"}, 256, 16),
+    # held out: measured after the encoder block was calibrated on the three above
+    "cls-full-512-b8": ({"type": "full"}, 512, 8),
+    "cls-lora8-256-b32": ({"type": "lora", "r": 8}, 256, 32),
 }
 
 

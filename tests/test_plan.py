@@ -206,7 +206,8 @@ def test_activation_formula_matches_saved_tensors():
 
 def test_attention_probabilities_kept_with_dropout_on_cpu():
     """An encoder with attention dropout runs attention on the math path on CPU and keeps its
-    probabilities: the formula's term against what autograd keeps (dropout on minus off)."""
+    probabilities: the formula's terms against what autograd keeps (dropout on minus off, and
+    the block without dropout)."""
     from transformers import BertConfig, BertForSequenceClassification
 
     def saved(layers: int, dropout: float, length: int) -> int:
@@ -238,11 +239,14 @@ def test_attention_probabilities_kept_with_dropout_on_cpu():
     length = 128
     on = saved(2, 0.1, length) - saved(1, 0.1, length)
     off = saved(2, 0.0, length) - saved(1, 0.0, length)
-    shapes = Shapes(64, 128, 2, 4, 4, 16, 100, False, "bert", 512, True, 0.1)
+    shapes = Shapes(64, 128, 2, 4, 4, 16, 100, False, "bert", 512, True, 0.1, 0.0)
     extra = block_activations(shapes, "trained", probs_keys=length) - block_activations(
         shapes, "trained"
     )
     assert extra == pytest.approx((on - off) / (2 * length) / 4, rel=0.02)
+    # the encoder block itself: saved tensors are the formula less the backward workspace
+    saved_only = block_activations(shapes, "trained") - (2 * 64 + 2 * 128)
+    assert saved_only == pytest.approx(off / (2 * length) / 4, rel=0.02)
     work = Workload(batch=16, seq=512, packed=False)
     cpu = activation_bytes(shapes, _method({"type": "lora"}), work, 4, "cpu")
     cuda = activation_bytes(shapes, _method({"type": "lora"}), work, 4, "cuda")

@@ -72,6 +72,7 @@ class Shapes:
     positions: int | None = None  # the position table (an encoder's 512): the longest input
     bidirectional: bool = False  # an encoder: every token attends to every other
     attention_dropout: float = 0.0  # dropout on the attention probabilities while training
+    hidden_dropout: float = 0.0  # an encoder's dropout on the residual stream (BERT family)
 
     @property
     def q_dim(self) -> int:
@@ -167,6 +168,7 @@ def shapes_of(config) -> Shapes:
             or getattr(config, "attention_dropout", None)
             or 0.0
         ),
+        hidden_dropout=float(getattr(config, "hidden_dropout_prob", None) or 0.0),
     )
 
 

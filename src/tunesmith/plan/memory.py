@@ -77,7 +77,7 @@ class MemoryEstimate:
 def block_activations(
     shapes: Shapes, kind: str, method=None, masked_tokens: int = 0, probs_keys: int = 0
 ) -> float:
-    """Elements autograd keeps per token for one decoder block.
+    """Elements autograd keeps per token for one block (a decoder's; an encoder's below).
 
     kind: "trained" (the block's weights train), "frozen" (gradients pass through it to
     trained parameters below or inside it) or "none" (nothing below needs a gradient).
@@ -88,6 +88,11 @@ def block_activations(
     """
     if kind == "none":
         return 0.0
+    # the softmax output, the dropout mask and the dropped probabilities, one float each per
+    # head and key (read off saved_tensors_hooks on BERT: tests/test_plan.py)
+    probs = 3 * shapes.heads * probs_keys
+    if shapes.bidirectional:
+        return _encoder_block(shapes, kind, method) + probs
     h, i, q, kv = shapes.hidden, shapes.intermediate, shapes.q_dim, shapes.kv_dim
     attention = q + 2 * kv + shapes.heads + q  # rotated q, k, v; logsumexp; attention output
     if kind == "trained":  # + inputs of every linear and norm weight
@@ -97,10 +102,21 @@ def block_activations(
         elements = 6 * h + attention + 3 * i + _method_activations(shapes, method)
     if masked_tokens:
         elements += masked_tokens + 2 * (q - kv)
-    # the softmax output, the dropout mask and the dropped probabilities, one float each per
-    # head and key (read off saved_tensors_hooks on BERT: tests/test_plan.py)
-    elements += 3 * shapes.heads * probs_keys
-    return float(elements)
+    return float(elements + probs)
+
+
+def _encoder_block(shapes: Shapes, kind: str, method) -> float:
+    """A BERT-style block (attention, LayerNorm, one GELU MLP), read off saved_tensors_hooks
+    (tests/test_plan.py): trained, the inputs of Q/K/V, the attention output, both LayerNorms,
+    the FFN's two linears and GELU; frozen, what passes gradients through (attention, the
+    LayerNorms, GELU) plus the method's own term. Hidden dropout keeps two masks. A trained
+    block's backward also holds about 2h + 2i of workspace in peak RSS (calibrated on the
+    cls-full-256-b16 row of benchmarks/memory_estimate.py; saved tensors alone are 8h + 2i)."""
+    h, i = shapes.hidden, shapes.intermediate
+    masks = 2 * h if shapes.hidden_dropout > 0 else 0
+    if kind == "trained":
+        return float(10 * h + 4 * i + shapes.heads + 4 + masks)
+    return float(6 * h + i + shapes.heads + 4 + masks + _method_activations(shapes, method))
 
 
 def _method_activations(shapes: Shapes, method) -> float:
