@@ -87,10 +87,12 @@ def tunesmith_overrides(train: str, out_dir: str, plain: bool) -> list[str]:
 
 
 class Timed:
-    """Wraps a Trainer class's train(): its wall time and the real tokens of its dataset."""
+    """Wraps a Trainer class's train(): its wall time, the real tokens of its dataset and the
+    tokens its batches computed (padding included: how much padding the batches carried)."""
 
     def __init__(self, trainer_cls):
-        self.cls, self.original, self.result = trainer_cls, trainer_cls.train, {}
+        self.cls, self.result = trainer_cls, {"computed": 0}
+        self.original, self.original_step = trainer_cls.train, trainer_cls.training_step
 
     def __enter__(self):
         timed = self
@@ -104,11 +106,15 @@ class Timed:
             timed.result["loss"] = output.training_loss
             return output
 
-        self.cls.train = train
+        def training_step(trainer, model, inputs, *args, **kwargs):
+            timed.result["computed"] += inputs["input_ids"].numel()
+            return timed.original_step(trainer, model, inputs, *args, **kwargs)
+
+        self.cls.train, self.cls.training_step = train, training_step
         return self
 
     def __exit__(self, *exc):
-        self.cls.train = self.original
+        self.cls.train, self.cls.training_step = self.original, self.original_step
 
 
 def tunesmith_child(name: str, data: dict) -> dict:
@@ -213,6 +219,7 @@ def _result(name: str, timing: dict, test: list[dict], predicted: list, trainabl
     return {
         "run": name,
         "real_tokens": timing["tokens"],
+        "computed_tokens": timing["computed"],
         "steps": timing["steps"],
         "train_seconds": round(timing["seconds"], 2),
         "tokens_per_s": round(timing["tokens"] / timing["seconds"], 1),
@@ -239,14 +246,15 @@ def launch(name: str, data: dict) -> dict:
 def table(results: list[dict]) -> str:
     base = next((r for r in results if r["run"] == "trainer-peft"), None)
     lines = [
-        "| run | long text | real tokens | steps | train s | tokens/s | vs trainer-peft "
-        "| test acc | test F1 | trainable | peak RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | long text | real tokens | computed (padded) | steps | train s | tokens/s "
+        "| vs trainer-peft | test acc | test F1 | trainable | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "n/a"
         lines.append(
-            f"| {r['run']} | {r.get('long_text', 'head')} | {r['real_tokens']:,} | {r['steps']} "
+            f"| {r['run']} | {r.get('long_text', 'head')} | {r['real_tokens']:,} "
+            f"| {r['computed_tokens']:,} | {r['steps']} "
             f"| {r['train_seconds']:.1f} | {r['tokens_per_s']:.1f} | {ratio} "
             f"| {r['test_accuracy']:.3f} | {r['test_f1_macro']:.3f} "
             f"| {r['trainable_parameters']:,} | {r['peak_rss_mb']:.0f} |"
