@@ -25,6 +25,7 @@ PAGE = ROOT / "docs" / "support-matrix.md"
 # the tests that record cells; -m "" runs the slow ones too
 TESTS = ["tests/test_matrix.py", "tests/test_cls.py", "tests/test_preference.py"]
 TESTS += ["tests/test_vlm.py", "tests/test_vlm_serve.py"]  # vision-language models
+TESTS += ["tests/test_grpo.py", "tests/test_ppo.py"]  # online RL stages
 CAPABILITIES = ["trains", "resumes", "serves", "exports", "gguf", "packs"]
 
 

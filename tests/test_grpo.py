@@ -139,7 +139,7 @@ def test_prompt_records_of_every_layout_and_rejects(tmp_path):
 
 
 def test_grpo_reward_rises_and_metrics_hold_reward_kl_entropy(
-    tmp_path, tiny_model_dir, prompts_file
+    tmp_path, tiny_model_dir, prompts_file, matrix_cell
 ):
     config = _grpo(
         tmp_path, tiny_model_dir, prompts_file, "grpo", "train.max_steps=30", "train.grpo.beta=0.04"
@@ -155,9 +155,12 @@ def test_grpo_reward_rises_and_metrics_hold_reward_kl_entropy(
     summary = json.loads((result.run.root / "summary.json").read_text())
     assert summary["stage"] == "grpo" and summary["rewards"]["train"]["last"]["reward"] > 0
     assert (result.run.root / "plots" / "rewards.png").stat().st_size > 0
+    matrix_cell("full", "trains", "yes", stage="grpo")
 
 
-def test_grpo_resume_continues_the_uninterrupted_run(tmp_path, tiny_model_dir, prompts_file):
+def test_grpo_resume_continues_the_uninterrupted_run(
+    tmp_path, tiny_model_dir, prompts_file, matrix_cell
+):
     whole = train_run(_grpo(tmp_path, tiny_model_dir, prompts_file, "whole", "train.max_steps=4"))
     first = _grpo(
         tmp_path, tiny_model_dir, prompts_file, "parts", "train.max_steps=2", "train.save_steps=2"
@@ -177,6 +180,7 @@ def test_grpo_resume_continues_the_uninterrupted_run(tmp_path, tiny_model_dir, p
         losses(whole), losses(resumed), strict=True
     ):
         assert reward_a == pytest.approx(reward_b) and loss_a == pytest.approx(loss_b, abs=1e-6)
+    matrix_cell("full", "resumes", "yes", stage="grpo")
 
 
 def test_grpo_refuses_groups_split_across_steps_and_vllm_without_cuda(tmp_path, tiny_model_dir):

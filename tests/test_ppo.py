@@ -65,7 +65,7 @@ def test_gae_matches_the_recursion_by_hand():
 
 
 def test_ppo_reward_rises_kl_starts_at_zero_and_metrics_hold_it(
-    tmp_path, tiny_model_dir, prompts_file
+    tmp_path, tiny_model_dir, prompts_file, matrix_cell
 ):
     config = _ppo(
         tmp_path,
@@ -85,9 +85,12 @@ def test_ppo_reward_rises_kl_starts_at_zero_and_metrics_hold_it(
     assert sum(rewards[-5:]) > 2 * sum(rewards[:5]), rewards  # 0.024 -> 0.065 at seed 42
     summary = json.loads((result.run.root / "summary.json").read_text())
     assert summary["stage"] == "ppo" and summary["rewards"]["train"]["last"]["reward"] > 0
+    matrix_cell("full", "trains", "yes", stage="ppo")
 
 
-def test_ppo_with_lora_uses_the_adapter_off_as_reference(tmp_path, tiny_model_dir, prompts_file):
+def test_ppo_with_lora_uses_the_adapter_off_as_reference(
+    tmp_path, tiny_model_dir, prompts_file, matrix_cell
+):
     config = _ppo(
         tmp_path, tiny_model_dir, prompts_file, "lora", "method.type=lora", "train.max_steps=2"
     )
@@ -95,9 +98,12 @@ def test_ppo_with_lora_uses_the_adapter_off_as_reference(tmp_path, tiny_model_di
     steps = _metrics(result.run.root)
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert (result.run.root / "adapter" / "adapter_model.safetensors").is_file()
+    matrix_cell("lora", "trains", "yes", stage="ppo")
 
 
-def test_ppo_resume_continues_the_uninterrupted_run(tmp_path, tiny_model_dir, prompts_file):
+def test_ppo_resume_continues_the_uninterrupted_run(
+    tmp_path, tiny_model_dir, prompts_file, matrix_cell
+):
     whole = train_run(_ppo(tmp_path, tiny_model_dir, prompts_file, "whole", "train.max_steps=4"))
     first = _ppo(
         tmp_path, tiny_model_dir, prompts_file, "parts", "train.max_steps=2", "train.save_steps=2"
@@ -112,6 +118,7 @@ def test_ppo_resume_continues_the_uninterrupted_run(tmp_path, tiny_model_dir, pr
     for x, y in zip(a, b, strict=True):
         assert x["reward"] == pytest.approx(y["reward"]) and x["loss"] == pytest.approx(y["loss"])
         assert x["value_loss"] == pytest.approx(y["value_loss"])
+    matrix_cell("full", "resumes", "yes", stage="ppo")
 
 
 def test_ppo_starts_from_an_sft_run(tmp_path, tiny_model_dir, prompts_file, alpaca_file):
