@@ -50,14 +50,18 @@ from tunesmith.utils.errors import ConfigError
 PACKED_ATTENTION = "tunesmith_packed_sdpa"
 
 
-def optimize_for_training(model, optimize: bool = True, compile: bool = False):
+def optimize_for_training(
+    model, optimize: bool = True, compile: bool = False, fp32_kernels: bool = True
+):
     """Switch on the levers the model supports (train.optimize, train.compile); returns the model
-    (changed in place)."""
+    (changed in place). fp32_kernels=False (bf16 autocast on the CPU) leaves out the fused LoRA
+    and frozen-linear kernels: they multiply in float32 past autocast."""
     if optimize:
         keep_freed_memory()
         use_packed_attention(model)
-        fuse_lora_forward(model)
-        fuse_frozen_linear(model)
+        if fp32_kernels:
+            fuse_lora_forward(model)
+            fuse_frozen_linear(model)
     if compile:
         compile_decoder_layers(model)
     return model

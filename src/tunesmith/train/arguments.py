@@ -72,6 +72,12 @@ def trl_arguments(cfg: TrainConfig, run: RunFolder, has_eval: bool, cutoff_len: 
     )
 
 
+def cpu_autocast(cfg: TrainConfig) -> bool:
+    """bf16 mixed precision on the CPU: the Trainer's autocast does the work there, and the
+    float32 speed kernels (models/speed.py) would step around it."""
+    return precision_flags(cfg.precision)[0] and not torch.cuda.is_available()
+
+
 def precision_flags(name: str) -> tuple[bool, bool]:
     """(bf16, fp16) flags for the trainer."""
     cuda = torch.cuda.is_available()
