@@ -8,7 +8,9 @@ is that run's): tunesmith packed and padded, TRL packed and padded
 (benchmarks/trl_sft_baseline.py), and tunesmith packed with the speed levers of
 models/speed.py: `tunesmith-fast` (per-example attention on packed rows, fused LoRA; same maths)
 and `tunesmith-compiled` (the same plus torch.compile of the decoder layers; compile time counts,
-as it falls inside `train()`). `tunesmith-packed` is the path without those levers.
+as it falls inside `train()`); `tunesmith-bf16` is tunesmith-fast with train.precision=bf16 (the
+Trainer's CPU autocast; the fp32 kernels stand aside). `tunesmith-packed` is the path without
+those levers.
 
 Measured the same way for every run: tokens/s = real (non-pad) tokens / wall time around the
 trainer's `train()` call (model loading and data preparation excluded); peak RSS = the child's
@@ -47,6 +49,7 @@ RUNS = (
     "trl-padded",
     "tunesmith-fast",
     "tunesmith-compiled",
+    "tunesmith-bf16",
 )
 DEFAULT_RUNS = ("tunesmith-fast", *RUNS[:4])
 TUNESMITH_MODES = {  # mode -> (packing, speed levers, compile)
@@ -54,6 +57,7 @@ TUNESMITH_MODES = {  # mode -> (packing, speed levers, compile)
     "padded": (False, False, False),
     "fast": (True, True, False),
     "compiled": (True, True, True),
+    "bf16": (True, True, False),  # fast, with train.precision=bf16 (CPU autocast)
 }
 SEED = 42
 THREADS = 2
@@ -140,7 +144,8 @@ def run_tunesmith_child(records: int, mode: str) -> dict:
 
     trainer_cls.train = timed_train
     with tempfile.TemporaryDirectory() as out:
-        config = load_config(None, tunesmith_overrides(records, packing, out) + wired)
+        bf16 = ["train.precision=bf16"] if mode == "bf16" else []
+        config = load_config(None, tunesmith_overrides(records, packing, out) + wired + bf16)
         run = RunFolder.create(config.output, "sft-lora")
         summary = sft.run_sft(config, run).summary
     trainer_cls.train = original_train
