@@ -336,3 +336,68 @@ def test_server_refuses_what_it_cannot_honour(scripted):
         model="base", messages=ASK, tools=TOOLS, tool_choice="none"
     )
     assert reply.choices[0].message.content == "hi"
+
+
+def test_tunesmith_eval_runs_the_tool_calls_task(tmp_path, tiny_tokenizer):
+    from conftest import build_tiny_llama
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.main import app
+
+    tiny_model_dir = tmp_path / "tiny-2k"  # the tool schema needs more than 256 positions
+    model = build_tiny_llama(len(tiny_tokenizer))
+    model.config.max_position_embeddings = 2048
+    model.save_pretrained(tiny_model_dir)
+    tiny_tokenizer.save_pretrained(tiny_model_dir)
+
+    asks_call = _openai_record()
+    asks_call["messages"] = asks_call["messages"][:2]
+    answers = _openai_record()  # after the tool's result the reference is a plain answer
+    data = write_jsonl(tmp_path / "calls.jsonl", [asks_call, answers])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            f"model.name_or_path={tiny_model_dir}",
+            "model.chat_template=chatml_tools",
+            f"output.dir={tmp_path / 'runs'}",
+            f"eval.data=[{data}]",
+            "eval.max_new_tokens=4",
+            "eval.baseline=none",
+            "eval.tasks=[tool_calls]",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    (folder,) = (tmp_path / "runs").glob("eval-*")
+    model = json.loads((folder / "eval.json").read_text())["results"]["model"]
+    task = model["tasks"]["tool_calls"]
+    assert (task["call_items"], task["answer_items"], task["convention"]) == (1, 1, "hermes")
+    replies = model["predictions"]
+    expected = score_reply(replies[0], _lf_call(), "hermes")
+    assert model["scores"]["valid_call"] == [expected["valid_call"], None]
+    assert task["no_call"] == score_reply(replies[1], None, "hermes")["no_call"]
+
+
+def _lf_call() -> list[dict]:
+    arguments = {"city": "Paris"}
+    return [{"type": "function", "function": {"name": "get_weather", "arguments": arguments}}]
+
+
+def test_a_prompt_cut_to_the_context_keeps_its_tools(tool_tokenizer):
+    from tunesmith.evaluation.context import fit_prompt
+    from tunesmith.utils.errors import ConfigError
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    history = [
+        {"role": "user", "content": "hello " * 60},
+        {"role": "assistant", "content": "hi " * 60},
+        {"role": "user", "content": "Weather in Paris?"},
+    ]
+    prompt = ToolChat(history, tools)
+    full = len(prompt_ids(tool_tokenizer, prompt))
+    fitted = fit_prompt(tool_tokenizer, prompt, full - 50)
+    assert fitted.cut and isinstance(fitted.messages, ToolChat) and fitted.messages.tools == tools
+    assert fitted.tokens == len(prompt_ids(tool_tokenizer, fitted.messages)) <= full - 50
+    assert fitted.messages[-1]["content"] == "Weather in Paris?"
+    with pytest.raises(ConfigError, match="the tools a test item offers take"):
+        fit_prompt(tool_tokenizer, prompt, 20)

@@ -70,7 +70,12 @@ def fit_prompt(tokenizer, messages: list[dict], budget: int | None) -> Fitted:
         return Fitted(messages, n, False)
     if isinstance(messages, ToolChat):  # the cut keeps the tools: they take their share
         offered = n - len(prompt_ids(tokenizer, list(messages)))
-        cut = fit_prompt(tokenizer, list(messages), max(budget - offered, 0))
+        if offered >= budget:
+            raise ConfigError(
+                f"the tools a test item offers take {offered} prompt tokens, and the context "
+                f"leaves {budget} with eval.max_new_tokens; offer fewer tools or a longer context"
+            )
+        cut = fit_prompt(tokenizer, list(messages), budget - offered)
         return Fitted(messages.like(cut.messages), cut.tokens + offered, True)
     latest = messages
     for shorter in without_earliest_turns(messages, answered=False):
