@@ -69,7 +69,7 @@ def _project(tmp_path: Path, model_dir: Path, **changes) -> Path:
                 "train.learning_rate=1e-3",
             ]
         },
-        "evaluate": {"max_new_tokens": 8},
+        "evaluate": {"max_new_tokens": 8, "safety_probes": 4},
         # a random tiny model is no better than its base: these gates let it through
         "gates": {
             "min_gain": -1000,
@@ -510,3 +510,13 @@ def test_a_q_and_a_file_removed_after_init_is_named_at_build(tmp_path, tiny_mode
     (path.parent / "faq.jsonl").unlink()
     with pytest.raises(DataError, match=r"data\.qa: faq\.jsonl: file not found"):
         build(path)
+
+
+def test_a_safety_sample_covers_every_category():
+    from tunesmith.evaluation.safety import load_probes
+    from tunesmith.workflows.assistant.evaluate import safety_sample
+
+    categories = {p["category"] for p in load_probes()}
+    sample = safety_sample(len(categories))
+    assert {p["category"] for p in sample} == categories
+    assert len(safety_sample(1000)) == len(load_probes())

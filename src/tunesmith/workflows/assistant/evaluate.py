@@ -99,6 +99,12 @@ def evaluate(ctx: Context) -> dict:
         judge={"model": ev.judge} if ev.judge else {},
         speed={"requests": 4},
     )
+    if ev.safety_probes:
+        config.eval.safety.probes = str(
+            ctx.path(
+                ctx.write_jsonl(".assistant/safety_probes.jsonl", safety_sample(ev.safety_probes))
+            )
+        )
     report = run_eval(config, run_dir)
     items = report["items"]
     roles = {"base": report["results"]["baseline"], "tuned": report["results"]["model"]}
@@ -206,6 +212,21 @@ def evaluate(ctx: Context) -> dict:
             f"{row['ci_low']:+.3f} to {row['ci_high']:+.3f})"
         )
     return {"outputs": [ctx.write_json("evaluation.json", record)], **record}
+
+
+def safety_sample(n: int) -> list[dict]:
+    """The first n shipped safety probes taken round-robin over their categories."""
+    from tunesmith.evaluation.safety import load_probes
+
+    by_category: dict[str, list[dict]] = {}
+    for probe in load_probes():
+        by_category.setdefault(probe["category"], []).append(probe)
+    queues, out = list(by_category.values()), []
+    while len(out) < n and any(queues):
+        for queue in queues:
+            if queue and len(out) < n:
+                out.append(queue.pop(0))
+    return out
 
 
 # --- step 7 ------------------------------------------------------------------------------------

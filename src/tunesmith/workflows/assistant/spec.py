@@ -72,6 +72,7 @@ class EvaluateSection(Section):
     encoder: str = "minilm-l6"
     judge: str | None = None
     max_new_tokens: int = Field(96, ge=8)
+    safety_probes: int | None = Field(None, ge=1)
     general: list[str] = Field(default_factory=list)
 
 
@@ -211,6 +212,9 @@ evaluate:
   # Optional LLM judge (local:<ref> or a URL); null: no judge.
   judge: {_q(spec.evaluate.judge) if spec.evaluate.judge else "null"}
   max_new_tokens: {spec.evaluate.max_new_tokens}
+  # How many of the shipped harmful-request probes both models answer (null: all 40; each
+  # category in turn, so a smaller number still covers every category).
+  safety_probes: {spec.evaluate.safety_probes or "null"}
   # General-text files for the forgetting guard ([]: the shipped general text).
   general: {_list(spec.evaluate.general)}
 
