@@ -401,3 +401,24 @@ def test_a_prompt_cut_to_the_context_keeps_its_tools(tool_tokenizer):
     assert fitted.messages[-1]["content"] == "Weather in Paris?"
     with pytest.raises(ConfigError, match="the tools a test item offers take"):
         fit_prompt(tool_tokenizer, prompt, 20)
+
+
+def test_tool_conversations_convert_between_layouts_without_loss(tmp_path):
+    from tunesmith.data.convert import convert_file
+
+    (original,), _ = load_conversations([write_jsonl(tmp_path / "lf.jsonl", [_lf_record()])])
+    for fmt in ("openai", "sharegpt"):
+        stats = convert_file(tmp_path / "lf.jsonl", tmp_path / f"{fmt}.jsonl", fmt)
+        assert stats["written"] == 1
+        (back,), _ = load_conversations([tmp_path / f"{fmt}.jsonl"])
+        assert (back.messages, back.tools) == (original.messages, original.tools)
+    rejected = []
+    stats = convert_file(
+        tmp_path / "lf.jsonl",
+        tmp_path / "alpaca.jsonl",
+        "alpaca",
+        on_error="skip",
+        reject=lambda record, why: rejected.append(why),
+    )
+    assert (stats["written"], stats["rejected"]) == (0, 1)
+    assert rejected == ["alpaca cannot hold tool calls; convert to sharegpt or openai"]

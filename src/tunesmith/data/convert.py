@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tunesmith.data.formats import FORMATS, load_conversations
 from tunesmith.data.readers import RawRecord
+from tunesmith.data.tools import uses_tools
 from tunesmith.runs.folder import atomic_path
 from tunesmith.utils.errors import DataError
 
@@ -28,15 +29,20 @@ _SHAREGPT_ROLES = {"user": "human", "assistant": "gpt"}
 # --- one conversation -> one record -----------------------------------------------------
 
 
-def to_record(messages: list[dict], fmt: str) -> dict:
+def to_record(messages: list[dict], fmt: str, tools: list[dict] | None = None) -> dict:
     """A canonical conversation (optional system, then user/assistant pairs) as a `fmt` record.
 
     alpaca: the last pair is instruction/output (input ""), earlier pairs `history`;
     sharegpt: `conversations` of from/value turns, the system prompt in a `system` field;
     openai: `messages` of role/content. Optional fields appear only when they hold something.
+    A tool conversation (data/tools.py) becomes LLaMA-Factory's function_call/observation turns
+    and `tools` column (sharegpt) or OpenAI's tool_calls/tool messages and `tools` (openai);
+    alpaca has no way to hold it (ValueError).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    if tools or uses_tools(messages):
+        return _tool_record(messages, fmt, tools)
     system, pairs = _pairs(messages)
     if fmt == "openai":
         return {"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
@@ -52,6 +58,49 @@ def to_record(messages: list[dict], fmt: str) -> dict:
         record["system"] = system
     if len(pairs) > 1:
         record["history"] = [list(pair) for pair in pairs[:-1]]
+    return record
+
+
+def _tool_record(messages: list[dict], fmt: str, tools: list[dict] | None) -> dict:
+    if fmt == "alpaca":
+        raise ValueError("alpaca cannot hold tool calls; convert to sharegpt or openai")
+    if fmt == "openai":
+        out = []
+        for m in messages:
+            message = {"role": m["role"], "content": m["content"]}
+            if m.get("tool_calls"):
+                message["content"] = m["content"] or None
+                message["tool_calls"] = [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": c["function"]["name"],
+                            "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False),
+                        },
+                    }
+                    for c in m["tool_calls"]
+                ]
+            if m["role"] == "tool" and m.get("name"):
+                message["name"] = m["name"]
+            out.append(message)
+        return {"messages": out, **({"tools": tools} if tools else {})}
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    turns = []
+    for m in messages[1:] if system else messages:
+        if m.get("tool_calls"):
+            calls = [
+                {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                for c in m["tool_calls"]
+            ]
+            value = json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+            turns.append({"from": "function_call", "value": value})
+        elif m["role"] == "tool":
+            turns.append({"from": "observation", "value": m["content"]})
+        else:
+            turns.append({"from": _SHAREGPT_ROLES[m["role"]], "value": m["content"]})
+    record: dict = {"conversations": turns, **({"system": system} if system else {})}
+    if tools:
+        record["tools"] = json.dumps([t["function"] for t in tools], ensure_ascii=False)
     return record
 
 
@@ -180,11 +229,21 @@ def convert_file(
     if to_fmt not in FORMATS:
         raise ValueError(f"unknown target format {to_fmt!r}; allowed: {', '.join(FORMATS)}")
     conversations, stats = load_conversations([src], fmt, columns, on_error, reject)
-    written = write_records(dst, (to_record(c.messages, to_fmt) for c in conversations))
+    records, unwritable = [], 0
+    for c in conversations:
+        try:
+            records.append(to_record(c.messages, to_fmt, c.tools))
+        except ValueError as e:  # a tool conversation has no alpaca form
+            if on_error == "stop":
+                raise DataError(f"{c.source}:{c.line}: {e}") from None
+            unwritable += 1
+            if reject is not None:
+                reject(RawRecord(c.source, c.line, {"messages": c.messages}), str(e))
+    written = write_records(dst, records)
     return {
         "read": stats["read"],
-        "kept": stats["kept"],
-        "rejected": stats["rejected"],
+        "kept": stats["kept"] - unwritable,
+        "rejected": stats["rejected"] + unwritable,
         "written": written,
         "from": stats["formats"][str(src)],
         "to": to_fmt,
