@@ -422,3 +422,17 @@ def test_tool_conversations_convert_between_layouts_without_loss(tmp_path):
     )
     assert (stats["written"], stats["rejected"]) == (0, 1)
     assert rejected == ["alpaca cannot hold tool calls; convert to sharegpt or openai"]
+
+
+def test_data_clean_keeps_tool_calls_and_their_tools(tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.main import app
+
+    source = write_jsonl(tmp_path / "lf.jsonl", [_lf_record()])
+    out = tmp_path / "clean.jsonl"
+    result = CliRunner().invoke(app, ["data", "clean", str(source), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (original,), _ = load_conversations([source])
+    (back,), _ = load_conversations([out])
+    assert (back.messages, back.tools) == (original.messages, original.tools)

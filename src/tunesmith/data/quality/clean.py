@@ -394,7 +394,12 @@ def _normalize(item: _Item, ctx: _Context) -> Verdict:
 def _required(item: _Item, ctx: _Context) -> Verdict:
     for name in ctx.cfg.required:
         if name in ROLES:
-            texts = [m["content"] for m in item.conv.messages if m["role"] == name]
+            # an assistant turn that calls tools may have no text (data/tools.py)
+            texts = [
+                m["content"]
+                for m in item.conv.messages
+                if m["role"] == name and not m.get("tool_calls")
+            ]
             if not texts:
                 return f"required role '{name}' is missing"
             if not all(t.strip() for t in texts):
@@ -583,7 +588,7 @@ def write_clean_output(
     out = Path(out_path)
     _refuse_overwriting_inputs(out, result)
     fmt = output_format(result, cfg)
-    records = [to_record(c.messages, fmt) for c in result.kept]
+    records = [to_record(c.messages, fmt, getattr(c, "tools", None)) for c in result.kept]
     write_records(out, records)
     rejects = Path(rejects_path) if rejects_path else out.parent / "rejects.jsonl"
     _write_rejects(rejects, result.rejects)
