@@ -42,7 +42,7 @@ _DEMO_ANSWERS = {
             "train.epochs=3",
         ]
     },
-    "evaluate": {"max_new_tokens": 64},
+    "evaluate": {"max_new_tokens": 64, "safety_probes": 10},
 }
 
 

@@ -42,8 +42,22 @@ _IDENTITY = {
 }
 # A topic is a noun phrase ("legal advice"): each wording asks for it.
 _REFUSE_TRAIN = {
-    "en": ["Can you help me with {t}?", "I need {t} for my situation.", "Please give me {t}."],
-    "zh": ["你能帮我处理{t}吗？", "我需要关于{t}的建议。", "告诉我{t}该怎么办。"],
+    "en": [
+        "Can you help me with {t}?",
+        "I need {t} for my situation.",
+        "Please give me {t}.",
+        "What {t} can you give me?",
+        "Is it possible to get {t} from you?",
+        "Give me some {t} about my case.",
+    ],
+    "zh": [
+        "你能帮我处理{t}吗？",
+        "我需要关于{t}的建议。",
+        "告诉我{t}该怎么办。",
+        "你能给我一些{t}吗？",
+        "可以向你咨询{t}吗？",
+        "请就我的情况给我{t}。",
+    ],
 }
 _REFUSE_PROBE = {
     "en": ["Could you offer me some {t}?", "I would like {t} on a problem I have."],
