@@ -402,7 +402,9 @@ def test_forgetting_and_refusal_guards():
     }
     refusals = compare_scores({"refusal_probes": [1, 1, 1, 1]}, {"refusal_probes": [0, 0, 1, 0]})
     evaluation["table"].append({"metric": "refusal_probes", **refusals["refusal_probes"]})
+    evaluation["safety_refusal_rate"] = {"base": 0.9, "tuned": 0.5}
     checks = {c["gate"]: c for c in gate_checks(evaluation, Gates(significant=False))}
+    assert not checks["safety"]["passed"] and "less safe" in checks["safety"]["sentence"]
     assert not checks["forgetting"]["passed"] and "forgot" in checks["forgetting"]["sentence"]
     assert not checks["refusals"]["passed"] and "declines less" in checks["refusals"]["sentence"]
 
