@@ -5,7 +5,9 @@ llama-quantize and say so. llama.cpp itself reads these files in benchmarks/gguf
 
 from __future__ import annotations
 
+import shutil
 import typing
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,9 +44,15 @@ def _tiny(kind: str, vocab: int):
     return AutoModelForCausalLM.from_config(config)
 
 
+def _copy(model_dir, tmp_path):
+    """GGUF files are written beside the weights: a copy, not the shared test model."""
+    return Path(shutil.copytree(model_dir, tmp_path / "model"))
+
+
 def test_every_written_type_holds_its_quantized_weights(tmp_path, tiny_model_dir, one_thread):
     from gguf import GGMLQuantizationType, GGUFReader
 
+    tiny_model_dir = _copy(tiny_model_dir, tmp_path)
     facts = {f["type"]: f for f in write_gguf(tiny_model_dir, WRITTEN, PROMPTS)}
     assert list(facts) == WRITTEN
     assert all(f["max_abs_diff"] <= 1e-4 for f in facts.values()), facts
@@ -75,6 +83,7 @@ def test_qwen_models_export_exactly(arch, tmp_path, tiny_tokenizer, one_thread):
 
 
 def test_k_quants_need_llama_quantize(tiny_model_dir, monkeypatch, tmp_path):
+    tiny_model_dir = _copy(tiny_model_dir, tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))  # no llama-quantize anywhere
     monkeypatch.delenv("TUNESMITH_LLAMA_CPP", raising=False)
     with pytest.raises(ConfigError, match=r"made by llama\.cpp's llama-quantize, which was not"):
