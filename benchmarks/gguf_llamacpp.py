@@ -112,6 +112,7 @@ def llama_perplexity(tool: Path, gguf: Path, text: Path, ctx: int, chunks: int) 
         [str(tool), "-m", str(gguf), *args],
         capture_output=True,
         text=True,
+        errors="replace",  # a random model's bytes need not be UTF-8
         check=True,
     )
     found = re.search(r"Final estimate: PPL = ([0-9.]+)", done.stdout + done.stderr)
@@ -125,6 +126,7 @@ def llama_greedy(tool: Path, gguf: Path, prompt: str, n: int) -> tuple[str, floa
         [str(tool), "-m", str(gguf), "-p", prompt, *greedy, *quiet],
         capture_output=True,
         text=True,
+        errors="replace",  # a random model's bytes need not be UTF-8
         check=True,
         stdin=subprocess.DEVNULL,
     )
