@@ -103,7 +103,7 @@ def test_a_dataset_info_entry_is_read_with_its_columns(ws):
     converted = actions.convert(ws, "lf/dataset_info.json::chats", "conv/chats.jsonl", "openai")
     first = json.loads((ws.root / converted["output"]).read_text().splitlines()[0])
     assert first["messages"][-1] == {"role": "assistant", "content": "a0"}
-    with pytest.raises(PathRefused, match="dataset 'outside' file .* is not allowed"):
+    with pytest.raises(PathRefused, match=r"dataset 'outside' file .* is not allowed"):
         actions.inspect(ws, ["lf/dataset_info.json::outside"])
     with pytest.raises(TunesmithError, match="nope"):
         actions.inspect(ws, ["lf/dataset_info.json::nope"])
