@@ -251,7 +251,7 @@ CASES = [
             {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "x"}]}
         ).encode()
         + b"\n",
-        "tool calls are not supported",
+        "a tool result must follow the assistant's call",
     ),
     Case(
         "openai-missing-content",
