@@ -45,6 +45,20 @@ def _config(tmp_path, model_dir, data, name: str):
     )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_kernel():
+    """Every process of this module multiplies through one kernel: each process times the
+    kernels otherwise, and under load two processes can pick differently (these tests compare
+    losses bit for bit across processes)."""
+    from tunesmith.models import speed
+
+    chosen = list(speed._ONEDNN)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNESMITH_MATMUL_KERNEL", "mm")
+        yield
+    speed._ONEDNN[:] = chosen  # this process's own choice for the tests that follow
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_model_dir) -> Path:
     """An uninterrupted run of _config (once for the tests of this module): its folder."""

@@ -405,3 +405,11 @@ def test_bf16_on_the_cpu_multiplies_in_bf16_with_the_levers_on(
     want = torch.bfloat16 if precision == "bf16" else torch.float32
     assert dtypes == {want}
     assert len(step_losses(result.run.root)) == 2
+
+
+def test_the_kernel_can_be_named_for_every_process(monkeypatch):
+    """$TUNESMITH_MATMUL_KERNEL: runs in several processes that must compute alike."""
+    monkeypatch.setattr(speed, "_ONEDNN", [])
+    monkeypatch.setenv("TUNESMITH_MATMUL_KERNEL", "mm")
+    monkeypatch.setattr(speed, "_runs_faster", lambda *args, **kwargs: True)  # timing says onednn
+    assert speed.matmul_kernel() == "mm" and speed._ONEDNN == [False]

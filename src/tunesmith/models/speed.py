@@ -38,6 +38,7 @@ masks, KV caches, DoRA, dropout, merged or disabled adapters), so results stay t
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import types
 from contextlib import contextmanager
@@ -322,8 +323,10 @@ _ONEDNN: list[bool] = []  # [whether frozen linears multiply through oneDNN], de
 
 def matmul_kernel(pinned: str | None = None) -> str:
     """The kernel frozen linears multiply through, "onednn" or "mm": `pinned` (a resumed run's
-    choice, so that it computes bit for bit what the interrupted one would have) where this
-    machine has it, else the one that times faster here."""
+    choice, so that it computes bit for bit what the interrupted one would have), else
+    $TUNESMITH_MATMUL_KERNEL (runs in several processes that must compute alike), where this
+    machine has it; else the one that times faster here."""
+    pinned = pinned or os.environ.get("TUNESMITH_MATMUL_KERNEL")
     if pinned == "mm" or (pinned == "onednn" and _onednn_works()):
         _ONEDNN[:] = [pinned == "onednn"]
     return "onednn" if _use_onednn() else "mm"
