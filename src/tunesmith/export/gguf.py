@@ -73,7 +73,7 @@ def write_gguf(
     back (`_check`). Returns per type: file, bytes, max_abs_diff (against the weights the file
     should hold), relative_rms and top1 (the quantization loss against the merged model)."""
     gguf = _gguf()
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(model_dir)
     arch = ARCHS.get(config.model_type)
@@ -84,6 +84,7 @@ def write_gguf(
     _check_rope(config)
     quantize = _llama_quantize(llama_cpp) if set(types) & set(QUANTIZED) else None
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     written, results = {}, []
     with tempfile.TemporaryDirectory(dir=model_dir) as scratch:
         for kind in types:
@@ -97,7 +98,7 @@ def write_gguf(
                     _write(model, config, arch, model_dir, f16, "f16", gguf)
                 _run_quantize(quantize, f16, path, QUANTIZED[kind])
             written[kind] = path
-            results.append(_check(model, exact, model_dir, path, kind, prompts, tolerance))
+            results.append(_check(model, exact, tokenizer, path, kind, prompts, tolerance))
     return results
 
 
@@ -125,8 +126,8 @@ def _write(model, config, arch: Arch, model_dir: Path, out: Path, kind: str, ggu
     _hparams(writer, config, gguf)
     writer.add_file_type(gguf.LlamaFileType[WRITTEN[kind][1]])
     _tokenizer(writer, model_dir, arch, gguf)
-    for name, target, qtype in _tensors(model, config, arch, kind, gguf):
-        data = model.state_dict()[name].float()
+    for name, tensor, target, qtype in _tensors(model, config, arch, kind, gguf):
+        data = tensor.float()
         if arch.permute and name.endswith("q_proj.weight"):
             data = _permute(data, config.num_attention_heads)
         elif arch.permute and name.endswith("k_proj.weight"):
@@ -148,8 +149,9 @@ LOW_BIT = ("Q5_1", "Q5_0", "Q4_1", "Q4_0")
 
 
 def _tensors(model, config, arch: Arch, kind: str, gguf):
-    """(HF name, GGUF name, tensor type) of every tensor the file holds: 1-D tensors float32,
-    a matrix whose rows do not split into the type's blocks f16 (as convert_hf_to_gguf.py)."""
+    """(HF name, tensor, GGUF name, tensor type) of every tensor the file holds: 1-D tensors
+    float32, a matrix whose rows do not split into the type's blocks f16 (as
+    convert_hf_to_gguf.py)."""
     qtype = gguf.GGMLQuantizationType[WRITTEN[kind][0]]
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.name], config.num_hidden_layers)
     for name, tensor in model.state_dict().items():
@@ -166,7 +168,7 @@ def _tensors(model, config, arch: Arch, kind: str, gguf):
         block = gguf.GGML_QUANT_SIZES[chosen][0]
         if tensor.shape[-1] % block:
             chosen = gguf.GGMLQuantizationType.F16
-        yield name, target, chosen
+        yield name, tensor, target, chosen
 
 
 def _as_written(model, config, arch: Arch, kind: str, gguf):
@@ -177,8 +179,8 @@ def _as_written(model, config, arch: Arch, kind: str, gguf):
     written = copy.deepcopy(model)
     state = written.state_dict()
     with torch.no_grad():
-        for name, _, qtype in _tensors(model, config, arch, kind, gguf):
-            data = state[name].float().numpy()
+        for name, tensor, _, qtype in _tensors(model, config, arch, kind, gguf):
+            data = tensor.float().numpy()
             back = gguf.quants.dequantize(gguf.quants.quantize(data, qtype), qtype)
             state[name].copy_(torch.from_numpy(back.reshape(data.shape).copy()))
     return written
@@ -265,7 +267,7 @@ def _run_quantize(tool: str, source: Path, out: Path, kind: str) -> None:
 
 
 @torch.inference_mode()
-def _check(model, written, model_dir: Path, path: Path, kind: str, prompts: list[str], tol: float):
+def _check(model, written, tokenizer, path: Path, kind: str, prompts: list[str], tol: float):
     """The file read back by transformers' GGUF loader: the prompt tokenizes alike; its logits
     equal those of the weights it should hold (`written`; k-quants: not known here) within
     `tol`; the quantization loss against the merged model is reported (RMS logit error over
@@ -274,7 +276,6 @@ def _check(model, written, model_dir: Path, path: Path, kind: str, prompts: list
 
     from tunesmith.data.render import prompt_ids
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     loaded_tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     # transformers' GGUF loader reads no head_dim for qwen3 (it assumes 128; llama.cpp reads
     # attention.key_length): there the model's own config; elsewhere the file's hparams
