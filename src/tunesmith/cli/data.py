@@ -342,13 +342,9 @@ def _sources(names: list[str], fmt: str, registry: Path | None) -> tuple[list[st
         raise TunesmithError("give at least one data file (or a dataset name with --registry)")
     if registry is None:
         return names, fmt, {}
-    from tunesmith.data.registry import resolve_dataset
+    from tunesmith.data.registry import dataset_source
 
-    entries = [resolve_dataset(registry, name) for name in names]
-    if len({e.fmt for e in entries}) > 1:
-        raise TunesmithError(f"datasets {names} have different formats; give one at a time")
-    columns = {k: v for e in entries for k, v in e.columns.items()}
-    return [str(f) for e in entries for f in e.files], entries[0].fmt, columns
+    return dataset_source(registry, names)
 
 
 def _raw_records(path: Path) -> list[dict]:

@@ -124,6 +124,15 @@ def resolve_dataset(registry: str | Path, name: str) -> DatasetEntry:
     return _resolve(load_registry(registry), name, registry)
 
 
+def dataset_source(registry: str | Path, names: list[str]) -> Source:
+    """The files, format and column mapping of registry entries read together (one format)."""
+    entries = [resolve_dataset(registry, name) for name in names]
+    if len({e.fmt for e in entries}) > 1:
+        raise ConfigError(f"datasets {names} have different formats; give one at a time")
+    columns = {k: v for e in entries for k, v in e.columns.items()}
+    return Source([str(f) for e in entries for f in e.files], entries[0].fmt, columns)
+
+
 def sft_sources(cfg: DataConfig) -> list[Source]:
     """What SFT reads: data.train (with data.format and data.columns), then each dataset of
     data.dataset with the format and columns of its registry entry, data.columns on top."""

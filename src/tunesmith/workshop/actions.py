@@ -497,12 +497,12 @@ def data_source(ws: Workspace, files: Sequence[str], fmt: str = "auto"):
         return _data_files(ws, files), fmt, {}
     if len(files) > 1:
         raise TunesmithError(f"give one dataset entry at a time, not {', '.join(files)}")
-    from tunesmith.data.registry import resolve_dataset
+    from tunesmith.data.registry import dataset_source
 
     registry, name = entries[0].split(ENTRY, 1)
-    entry = resolve_dataset(ws.resolve(registry, "registry"), name)
-    paths = [str(ws.resolve(path, f"dataset '{name}' file")) for path in entry.files]
-    return paths, entry.fmt if fmt == "auto" else fmt, entry.columns
+    files, entry_fmt, columns = dataset_source(ws.resolve(registry, "registry"), [name])
+    paths = [str(ws.resolve(path, f"dataset '{name}' file")) for path in files]
+    return paths, entry_fmt if fmt == "auto" else fmt, columns
 
 
 def dataset_entries(ws: Workspace, registry: str) -> list[str]:
