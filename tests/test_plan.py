@@ -170,6 +170,22 @@ def test_activation_formula_by_hand():
     assert checkpointed.activations == (2 * 3 * 32 + (548 + 16 + 32) + stem) * 32 * 4
 
 
+def _saved_bytes(model, **inputs) -> int:
+    """Bytes of the tensors autograd keeps for backward in one forward pass (weights excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(**inputs)
+    return sum(storages.values())
+
+
 def test_activation_formula_matches_saved_tensors():
     """The formula against what autograd really keeps, on a Llama block of SmolLM2's shape."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -186,18 +202,7 @@ def test_activation_formula_matches_saved_tensors():
             head_dim=64,
         )
         model = LlamaForCausalLM(cfg).train()
-        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        storages: dict[int, int] = {}
-
-        def pack(t):
-            s = t.untyped_storage()
-            if s.data_ptr() not in params:
-                storages[s.data_ptr()] = s.nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(input_ids=torch.randint(0, 64, (1, 64)), use_cache=False)
-        return sum(storages.values())
+        return _saved_bytes(model, input_ids=torch.randint(0, 64, (1, 64)), use_cache=False)
 
     per_layer_token = (saved(2) - saved(1)) / 64 / 4  # fp32 elements
     shapes = Shapes(576, 1536, 2, 9, 3, 64, 64, False, "llama")
@@ -223,18 +228,7 @@ def test_attention_probabilities_kept_with_dropout_on_cpu():
             num_labels=3,
         )
         model = BertForSequenceClassification(config).train()
-        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        storages: dict[int, int] = {}
-
-        def pack(t):
-            s = t.untyped_storage()
-            if s.data_ptr() not in params:
-                storages[s.data_ptr()] = s.nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(input_ids=torch.randint(0, 100, (2, length)))
-        return sum(storages.values())
+        return _saved_bytes(model, input_ids=torch.randint(0, 100, (2, length)))
 
     length = 128
     on = saved(2, 0.1, length) - saved(1, 0.1, length)
