@@ -10,6 +10,7 @@ import typer
 from tunesmith.cli.assistant import assistant_app
 from tunesmith.cli.data import data_app
 from tunesmith.cli.errors import user_errors
+from tunesmith.cli.improve import improve_app
 from tunesmith.cli.runs import runs_app
 from tunesmith.cli.vision import vision_app
 from tunesmith.utils.errors import TunesmithError
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(assistant_app, name="assistant")
 app.add_typer(data_app, name="data")
+app.add_typer(improve_app, name="improve")
 app.add_typer(runs_app, name="runs")
 app.add_typer(vision_app, name="vision")
 

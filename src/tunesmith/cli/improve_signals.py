@@ -1,0 +1,1 @@
+"""`tunesmith improve mine | data` (helper M fills this in)."""
