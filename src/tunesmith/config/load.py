@@ -90,7 +90,7 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            line = _describe(err, data)
+            line = describe_error(err, data)
             path = ".".join(str(p) for p in _clean_loc(err["loc"]))
             lines.append(f"{line} (given as {moved[path]})" if path in moved else line)
         raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(lines)) from None
@@ -157,7 +157,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return read_yaml_mapping(path, expected=f"a mapping of sections ({sections}) at the top level")
 
 
-def _describe(err: dict[str, Any], data: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any], data: dict[str, Any]) -> str:
+    """One line for one pydantic error of `data`: the dotted key, what was given, what is
+    allowed (with a "did you mean" where a key or value is close). Any project file's loader
+    (run config, assistant.yaml, improve.yaml) uses it."""
     loc = _clean_loc(err["loc"])
     path = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":

@@ -21,7 +21,7 @@ def init_project(folder: str | Path, answers: dict, force: bool = False) -> Path
     checked now, so a wrong path is found before any build."""
     from pydantic import ValidationError
 
-    from tunesmith.config.load import _describe
+    from tunesmith.config.load import describe_error
 
     folder = Path(folder)
     path = folder / SPEC_FILE
@@ -30,7 +30,7 @@ def init_project(folder: str | Path, answers: dict, force: bool = False) -> Path
     try:
         spec = AssistantSpec.model_validate(answers)
     except ValidationError as exc:
-        lines = [_describe(err, answers) for err in exc.errors()]
+        lines = [describe_error(err, answers) for err in exc.errors()]
         raise ConfigError("assistant init: " + "; ".join(lines)) from None
     for key, names in (("data.qa", spec.data.qa), ("data.documents", spec.data.documents)):
         for name in names:

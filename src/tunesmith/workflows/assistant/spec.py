@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 
 from tunesmith.config.base import Section
-from tunesmith.config.load import _describe, read_yaml_mapping
+from tunesmith.config.load import describe_error, read_yaml_mapping
 from tunesmith.utils.errors import ConfigError
 
 LANGUAGES = ("en", "zh")
@@ -121,7 +121,7 @@ def load_spec(path: str | Path) -> tuple[AssistantSpec, Path]:
     try:
         spec = AssistantSpec.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(err, data) for err in exc.errors()]
+        lines = [describe_error(err, data) for err in exc.errors()]
         raise ConfigError(f"{path}: invalid assistant file\n  " + "\n  ".join(lines)) from None
     return spec, path.resolve().parent
 
