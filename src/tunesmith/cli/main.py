@@ -180,11 +180,15 @@ def serve(
     adapter: Annotated[
         Path | None, typer.Option(help="Serve this run / adapter folder (name: its folder).")
     ] = None,
+    log_dir: Annotated[
+        Path | None,
+        typer.Option(help="Log requests (PII redacted) and feedback here (serve.log_dir)."),
+    ] = None,
 ):
     """Serve the base model and its adapters with an OpenAI-compatible HTTP API."""
     from tunesmith.cli.serve import serve_command
 
-    serve_command(*_split_args(args or []), adapter)
+    serve_command(*_split_args(args or []), adapter, log_dir)
 
 
 @app.command(name="eval")

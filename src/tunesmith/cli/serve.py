@@ -1,11 +1,16 @@
-"""`tunesmith serve [CONFIG] [key=value ...] [--adapter RUN]`."""
+"""`tunesmith serve [CONFIG] [key=value ...] [--adapter RUN] [--log-dir DIR]`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def serve_command(config_path: Path | None, overrides: list[str], adapter: Path | None) -> None:
+def serve_command(
+    config_path: Path | None,
+    overrides: list[str],
+    adapter: Path | None,
+    log_dir: Path | None = None,
+) -> None:
     from tunesmith.config.load import load_config
     from tunesmith.runs.folder import RunFolder
     from tunesmith.serve.server import build_state, require_serve_deps, run_server
@@ -17,4 +22,6 @@ def serve_command(config_path: Path | None, overrides: list[str], adapter: Path 
         config = load_config(saved, overrides, saved=True)
     else:
         config = load_config(config_path, overrides)
+    if log_dir is not None:  # --log-dir DIR wins over serve.log_dir
+        config.serve.log_dir = str(log_dir)
     run_server(build_state(config, adapter))

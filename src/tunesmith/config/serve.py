@@ -73,6 +73,17 @@ class ExportConfig(Section):
         return list(dict.fromkeys(value))
 
 
+class RouteConfig(Section):
+    """A route: a name clients use as `model`, answered by `stable`, with `canary_percent` % of
+    users (sticky by a hash of their user id) sent to `canary` instead (serve/canary.py)."""
+
+    stable: str = Field(min_length=1, description="The model or adapter most traffic goes to.")
+    canary: str | None = Field(None, description="The model or adapter on trial; None: no split.")
+    canary_percent: float = Field(
+        0.0, ge=0, le=100, description="Share of users sent to the canary, in percent."
+    )
+
+
 class ServeConfig(Section):
     """`tunesmith serve`: an OpenAI-compatible HTTP server for the base and its adapters."""
 
@@ -148,4 +159,15 @@ class ServeConfig(Section):
     )
     max_image_pixels: int = Field(
         16_000_000, ge=1, description="Largest image, width x height (a decompression bomb guard)."
+    )
+    # continuous improvement (issue 24): request log, feedback and canary routes
+    log_dir: str | None = Field(
+        None,
+        description="Folder for requests.jsonl, feedback.jsonl and routes.json (PII redacted "
+        "before writing); None: nothing is logged and POST /v1/feedback is refused.",
+    )
+    routes: dict[str, RouteConfig] = Field(
+        default_factory=dict,
+        description="Routes at start: {name: {stable, canary, canary_percent}}; routes.json in "
+        "serve.log_dir (changes made through /v1/admin/routes) wins for the names it holds.",
     )

@@ -28,6 +28,7 @@ from tunesmith.config.serve import ServeConfig
 from tunesmith.data.render import ToolChat, prompt_ids
 from tunesmith.models.engine import GenerationParams
 from tunesmith.serve.batcher import END, Batcher, Job, QueueFull
+from tunesmith.serve.canary import Metrics, Routes, assign
 from tunesmith.serve.images import has_images, open_images
 from tunesmith.serve.protocol import (
     APIError,
@@ -37,6 +38,7 @@ from tunesmith.serve.protocol import (
     validation_error,
 )
 from tunesmith.serve.registry import ModelRegistry
+from tunesmith.serve.request_log import Exchange, RequestLog, Versions, loggable_messages
 from tunesmith.serve.tools import (
     ToolStream,
     convention_of,
@@ -61,6 +63,18 @@ class ServerState:
     tokenize_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="tokenize")
     )
+    # continuous improvement (serve/canary.py, request_log.py, admin.py): routes with a canary
+    # split, the server's own counters, and the request log when serve.log_dir is set
+    routes: Routes | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    request_log: RequestLog | None = None
+
+    def __post_init__(self) -> None:
+        if self.routes is None:
+            self.routes = Routes(self.registry.knows, self.cfg.log_dir)
+            self.routes.load(self.cfg.routes)
+        if self.request_log is None and self.cfg.log_dir:
+            self.request_log = RequestLog(self.cfg.log_dir, Versions(self.registry))
 
     def shutdown_left(self) -> float:
         """Seconds of the shutdown grace (serve.shutdown_timeout_s) not yet spent."""
@@ -94,6 +108,8 @@ def create_app(state: ServerState):
         state.closing = True  # uvicorn has stopped accepting and waited for open requests
         await state.batcher.stop(state.shutdown_left())
         state.tokenize_pool.shutdown(wait=False, cancel_futures=True)
+        if state.request_log is not None:
+            await asyncio.to_thread(state.request_log.close)  # every queued line written
 
     app = FastAPI(title="tunesmith", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tunesmith = state
@@ -139,7 +155,7 @@ def create_app(state: ServerState):
         created = int(time.time())
         data = [
             {"id": n, "object": "model", "created": created, "owned_by": "tunesmith"}
-            for n in state.registry.names()
+            for n in [*state.registry.names(), *state.routes.routes]  # routes answer as models
         ]
         return {"object": "list", "data": data}
 
@@ -148,20 +164,25 @@ def create_app(state: ServerState):
         _authorize(state, request)
         req = await _parse(state, request, ChatRequest)
         conversation = [m.as_dict() for m in req.messages]
-        conversation = await _open_images(state, req.model, conversation)
-        conversation = request_messages(req.messages, conversation)  # tool calls, results
-        conversation = with_tools(conversation, req.tools, req.tool_choice, state.tokenizer)
-        tools = convention_of(state.tokenizer) if isinstance(conversation, ToolChat) else None
-        params = _params(state, req, await _chat_prompt_len(state, conversation), prompts=1)
-        if req.stream:
-            job = _submit(state, "stream", req.model, [conversation], params)
-            job.deltas = asyncio.Queue()
-            return StreamingResponse(
-                _chat_stream(state, job, req.model, tools), media_type="text/event-stream"
-            )
-        job = _submit(state, "chat", req.model, [conversation], params)
-        completion = (await _wait(state, job, request))[0]
-        return _chat_body(req.model, completion, tools)
+        with _exchange(state, request, req, "chat", messages=conversation) as ex:
+            conversation = await _open_images(state, ex.model, conversation)
+            conversation = request_messages(req.messages, conversation)  # tool calls, results
+            conversation = with_tools(conversation, req.tools, req.tool_choice, state.tokenizer)
+            tools = convention_of(state.tokenizer) if isinstance(conversation, ToolChat) else None
+            ex.prompt_tokens = await _chat_prompt_len(state, conversation)
+            params = _params(state, req, ex.prompt_tokens, prompts=1)
+            if req.stream:
+                job = _submit(state, "stream", ex.model, [conversation], params)
+                job.deltas = asyncio.Queue()
+                ex.streaming = True  # logged by the stream once it ends
+                return StreamingResponse(
+                    _chat_stream(state, job, ex.model, tools, ex), media_type="text/event-stream"
+                )
+            job = _submit(state, "chat", ex.model, [conversation], params)
+            completion = (await _wait(state, job, request))[0]
+            body = _chat_body(ex.model, completion, tools, ex.id)
+            ex.ok([completion.text], [body["choices"][0]["finish_reason"]], **_tokens([completion]))
+            return body
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -169,12 +190,21 @@ def create_app(state: ServerState):
         req = await _parse(state, request, CompletionRequest)
         if req.stream:
             raise APIError(400, "stream is supported on /v1/chat/completions only", param="stream")
-        encoded = await state.off_loop(state.tokenizer, req.prompt)
-        lengths = [len(ids) for ids in encoded["input_ids"]]
-        params = _params(state, req, max(lengths), prompts=len(req.prompt))
-        job = _submit(state, "completion", req.model, req.prompt, params)
-        results = await _wait(state, job, request)
-        return _completion_body(req.model, results)
+        prompt = req.prompt[0] if len(req.prompt) == 1 else req.prompt
+        with _exchange(state, request, req, "completion", prompt=prompt) as ex:
+            encoded = await state.off_loop(state.tokenizer, req.prompt)
+            lengths = [len(ids) for ids in encoded["input_ids"]]
+            ex.prompt_tokens = sum(lengths)
+            params = _params(state, req, max(lengths), prompts=len(req.prompt))
+            job = _submit(state, "completion", ex.model, req.prompt, params)
+            results = await _wait(state, job, request)
+            body = _completion_body(ex.model, results, ex.id)
+            ex.ok([c.text for c in results], [c.finish_reason for c in results], **_tokens(results))
+            return body
+
+    from tunesmith.serve.admin import register  # feedback and the canary's admin endpoints
+
+    register(app, state)
 
     return app
 
@@ -205,8 +235,8 @@ async def _parse(state: ServerState, request, schema: type[_Request]) -> _Reques
         req = schema.model_validate_json(body)
     except ValidationError as exc:
         raise validation_error(exc.errors()) from None
-    if not state.registry.knows(req.model):
-        names = ", ".join(state.registry.names())
+    if state.routes.get(req.model) is None and not state.registry.knows(req.model):
+        names = ", ".join([*state.registry.names(), *state.routes.routes])
         raise APIError(
             404,
             f"model '{req.model}' not found; available: {names}",
@@ -215,6 +245,30 @@ async def _parse(state: ServerState, request, schema: type[_Request]) -> _Reques
         )
     _check_sizes(state, req)
     return req
+
+
+def _exchange(state: ServerState, request, req: _Request, kind: str, **inputs) -> Exchange:
+    """The request's route resolved (a canary split picks its arm by the user's bucket) and the
+    record that logs and counts it once it ends."""
+    started = time.perf_counter()
+    user = req.user or request.headers.get("x-user-id") or None
+    split = state.routes.get(req.model)
+    model, arm = (req.model, None) if split is None else assign(req.model, split, user)
+    if "messages" in inputs:
+        inputs["messages"] = loggable_messages(inputs["messages"])
+    prefix = "chatcmpl" if kind == "chat" else "cmpl"
+    return Exchange(
+        state.request_log,
+        state.metrics,
+        response_id=_id(prefix),
+        kind=kind,
+        route=req.model,
+        model=model,
+        arm=arm,
+        user=user,
+        inputs=inputs,
+        started=started,
+    )
 
 
 async def _read_body(state: ServerState, request) -> bytes:
@@ -380,9 +434,9 @@ async def _wait(state: ServerState, job: Job, request) -> list:
 
 
 async def _chat_stream(
-    state: ServerState, job: Job, model: str, tools: str | None = None
+    state: ServerState, job: Job, model: str, tools: str | None = None, ex: Exchange | None = None
 ) -> AsyncIterator[str]:
-    chunk_id, created = _id("chatcmpl"), int(time.time())
+    chunk_id, created = (ex.id if ex else _id("chatcmpl")), int(time.time())
     calls = ToolStream(tools) if tools else None  # the reply's calls as tool_calls deltas
 
     def event(delta: dict, finish: str | None = None) -> str:
@@ -404,18 +458,25 @@ async def _chat_stream(
             try:
                 item = await asyncio.wait_for(job.deltas.get(), timeout=max(left, 0.001))
             except TimeoutError:
+                if ex:
+                    ex.fail("generation timed out", 504)
                 yield _error_event(APIError(504, "generation timed out", "timeout_error"))
                 break
             if item is END:
                 tokens = len(state.tokenizer(text, add_special_tokens=False)["input_ids"])
                 reason = "length" if tokens >= job.params.max_new_tokens else "stop"
+                reason = "tool_calls" if calls and calls.calls else reason
+                if ex:
+                    ex.ok([text], [reason], ex.prompt_tokens, tokens)
                 for delta in calls.end() if calls else []:
                     yield event(delta)
-                yield event({}, "tool_calls" if calls and calls.calls else reason)
+                yield event({}, reason)
                 finished = True
                 break
             if isinstance(item, Exception):
                 log.error("stream failed: %s", item)
+                if ex:
+                    ex.fail(f"generation failed: {item}", 500)
                 yield _error_event(APIError(500, "generation failed", "server_error"))
                 break
             text += item
@@ -425,6 +486,8 @@ async def _chat_stream(
     finally:
         if not finished:  # client gone or error: stop generating at the next token
             state.batcher.cancel(job)
+            if ex:
+                ex.fail("client closed the stream", 499)  # a no-op after an error's fail
 
 
 def _error_event(error: APIError) -> str:
@@ -433,6 +496,14 @@ def _error_event(error: APIError) -> str:
 
 def _id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _tokens(completions) -> dict:
+    """prompt and completion token counts of completions, as Exchange.ok takes them."""
+    return {
+        "prompt": sum(c.prompt_tokens for c in completions),
+        "completion": sum(c.completion_tokens for c in completions),
+    }
 
 
 def _usage(completions) -> dict:
@@ -445,26 +516,33 @@ def _usage(completions) -> dict:
     }
 
 
-def _chat_body(model: str, c, tools: str | None = None) -> dict:
+def _chat_body(model: str, c, tools: str | None = None, response_id: str | None = None) -> dict:
     message, called = reply_message(c.text, tools) if tools else ({}, False)
     message = message or {"role": "assistant", "content": c.text}
     reason = "tool_calls" if called else c.finish_reason
     choice = {"index": 0, "message": message, "finish_reason": reason}
-    return _response("chatcmpl", "chat.completion", model, [choice], [c])
+    return _response("chatcmpl", "chat.completion", model, [choice], [c], response_id)
 
 
-def _completion_body(model: str, results) -> dict:
+def _completion_body(model: str, results, response_id: str | None = None) -> dict:
     choices = [
         {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
         for i, c in enumerate(results)
     ]
-    return _response("cmpl", "text_completion", model, choices, results)
+    return _response("cmpl", "text_completion", model, choices, results, response_id)
 
 
-def _response(id_prefix: str, kind: str, model: str, choices: list[dict], completions) -> dict:
+def _response(
+    id_prefix: str,
+    kind: str,
+    model: str,
+    choices: list[dict],
+    completions,
+    response_id: str | None = None,
+) -> dict:
     """The OpenAI response envelope around `choices`."""
     return {
-        "id": _id(id_prefix),
+        "id": response_id or _id(id_prefix),
         "object": kind,
         "created": int(time.time()),
         "model": model,

@@ -42,7 +42,7 @@ class APIError(Exception):
 
 
 class _Request(BaseModel):
-    # Unknown OpenAI fields (user, logprobs, ...) are accepted and ignored, as other servers do.
+    # Unknown OpenAI fields (logprobs, ...) are accepted and ignored, as other servers do.
     # Strict: where OpenAI's schema says integer, "8" or 8.5 is an error, not 8.
     model_config = ConfigDict(extra="ignore", strict=True)
 
@@ -60,6 +60,9 @@ class _Request(BaseModel):
     frequency_penalty: float = Field(0.0, ge=0, le=0, description="Not supported: 0 only.")
     # accepted for compatibility and not applied; its size is bounded (serve.max_logit_bias)
     logit_bias: dict[str, float] | None = None
+    # the end user (OpenAI's field; header X-User-Id too): a canary route's sticky assignment
+    # and the request log (serve/canary.py, request_log.py)
+    user: str | None = Field(None, max_length=256)
 
     @field_validator("stop")
     @classmethod

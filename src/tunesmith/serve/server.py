@@ -79,6 +79,11 @@ def run_server(state: ServerState) -> None:
             f"[yellow]warning: serving on {cfg.host} without an API key; set {API_KEY_ENV}"
         )
     console.print(f"models: {', '.join(state.registry.names())}")
+    for name, split in state.routes.routes.items():
+        canary = f", {split.canary_percent}% to {split.canary}" if split.canary else ""
+        console.print(f"route {name}: {split.stable}{canary}")
+    if state.request_log is not None:
+        console.print(f"logging requests and feedback to {state.cfg.log_dir} (PII redacted)")
     console.print(f"OpenAI-compatible API on http://{cfg.host}:{cfg.port}/v1")
     server = graceful_server(uvicorn_config(state, log_level="info"), state)
     # uvicorn re-raises the signal it caught once it has shut down, which would kill the
