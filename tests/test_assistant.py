@@ -4,6 +4,7 @@ in one sentence, documents, the stages with skip/resume/--from, and the gates.""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -409,19 +410,18 @@ def test_forgetting_and_refusal_guards():
     assert not checks["refusals"]["passed"] and "declines less" in checks["refusals"]["sentence"]
 
 
-def test_a_failed_gate_stops_the_build_before_export(built, monkeypatch):
-    from tunesmith.workflows.assistant import evaluate as E
-
-    path = built[0]
+def test_a_failed_gate_stops_the_build_before_export(built, tmp_path):
+    """A genuinely worse model: training at a destructive learning rate raises the held-out
+    answers' loss above the base's; the real evaluation and gate stop the build before export.
+    (On a copy of the built project, which the other tests keep using.)"""
+    path = Path(shutil.copytree(built[0].parent, tmp_path / "copy")) / built[0].name
     data = yaml.safe_load(path.read_text("utf-8"))
-    data["gates"] = {"min_gain": 0, "significant": False}
+    data["train"]["overrides"] = [
+        *(o for o in data["train"]["overrides"] if not o.startswith("train.learning_rate")),
+        "train.learning_rate=5.0",
+    ]
+    data["gates"] = {"metric": "nll", "min_gain": 0, "max_forgetting": 1000}
     path.write_text(yaml.safe_dump(data), "utf-8")
-    real = E.gate_checks
-    monkeypatch.setattr(
-        E,
-        "gate_checks",
-        lambda evaluation, gates: real(_evaluation([40, 35, 50], [20, 25, 30]), gates),
-    )
     export_record = (path.parent / "export.json").read_text("utf-8")
     with pytest.raises(
         GateFailed, match="gates: the build stops before export: the tuned model is not better"
@@ -429,7 +429,12 @@ def test_a_failed_gate_stops_the_build_before_export(built, monkeypatch):
         build(path)
     assert (path.parent / "export.json").read_text("utf-8") == export_record  # export did not run
     assert json.loads((path.parent / "dossier.json").read_text("utf-8"))["status"] == "gates failed"
-    assert json.loads((path.parent / "gates.json").read_text("utf-8"))["passed"] is False
+    gates = json.loads((path.parent / "gates.json").read_text("utf-8"))
+    assert gates["passed"] is False
+    evaluation = json.loads((path.parent / "evaluation.json").read_text("utf-8"))
+    nll = next(r for r in evaluation["table"] if r["metric"] == "nll")
+    # measured, not fed: the tuned model's loss rose on every held-out answer
+    assert nll["mean_b"] > nll["mean_a"] and nll["losses"] == nll["n"]
 
 
 def test_persona_template_renders_the_system_prompt_only_by_default(tiny_tokenizer):

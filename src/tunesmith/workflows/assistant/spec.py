@@ -77,7 +77,7 @@ class EvaluateSection(Section):
 
 
 class Gates(Section):
-    metric: Literal["rougeL", "rouge1", "bertscore_f1", "similarity", "chrf"] = "rougeL"
+    metric: Literal["rougeL", "rouge1", "bertscore_f1", "similarity", "chrf", "nll"] = "rougeL"
     min_gain: float = 0.0
     significant: bool = True
     max_forgetting: float = Field(0.25, ge=0)
@@ -220,7 +220,8 @@ evaluate:
 
 gates:
   # The held-out metric the tuned model must improve over the base (rougeL, rouge1,
-  # bertscore_f1, similarity, chrf), by more than min_gain ...
+  # bertscore_f1, similarity, chrf; or nll, the reference answers' loss, lower is better),
+  # by more than min_gain ...
   metric: {g.metric}
   min_gain: {g.min_gain}
   # ... with the 95% bootstrap interval of the gain above zero (false: the mean gain suffices).
