@@ -419,7 +419,14 @@ async def _wait(state: ServerState, job: Job, request) -> list:
             state.batcher.cancel(job)
             raise
         if done:
-            return job.future.result()
+            try:
+                return job.future.result()
+            except APIError:
+                raise
+            except Exception as exc:  # the engine failed (e.g. an adapter that cannot load):
+                # a clean 500, not an exception through uvicorn (which drops the connection)
+                log.error("generation failed: %s", exc, exc_info=exc)
+                raise APIError(500, "generation failed", "server_error") from exc
         if await request.is_disconnected():
             state.batcher.cancel(job)
             raise APIError(499, "client closed the request", code="client_closed")

@@ -264,6 +264,8 @@ class Exchange:
         if status is None:
             status = getattr(exc, "status", 500 if isinstance(exc, Exception) else 499)
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        if getattr(exc, "__cause__", None) is not None:  # the reason behind a generic answer
+            message = f"{message}: {exc.__cause__}"
         self._finish(status, message, [], [], self.prompt_tokens, 0)
 
     def _finish(self, status, error, texts, reasons, prompt, completion) -> None:
