@@ -85,6 +85,12 @@ class _LoraFields(_VisionFields):
     loraplus_lr_ratio: float | None = Field(
         None, ge=1, description="LoRA+: B matrices train at learning_rate x ratio (e.g. 16)."
     )
+    init_adapter: str | None = Field(
+        None,
+        description="A saved LoRA adapter folder (a run's adapter/) to continue training from: "
+        "its weights are the start and its r, alpha and targets are kept (tunesmith improve "
+        "train retrains the production adapter this way).",
+    )
 
 
 class LoraMethod(_LoraFields):

@@ -7,8 +7,9 @@ import tempfile
 from pathlib import Path
 
 from tunesmith.config.methods import LoraMethod
-from tunesmith.models.methods._peft import task_type, wrap
+from tunesmith.models.methods._peft import peft_quietly, task_type, wrap
 from tunesmith.models.methods.base import Method, Task, register
+from tunesmith.utils.errors import ConfigError
 
 _INIT = {
     "default": True,
@@ -38,6 +39,8 @@ class Lora(Method):
     def apply(self, model, cfg: LoraMethod, task: Task = "causal_lm"):
         if task == "vlm":  # the language model's linears (models/vlm.py), not the vision tower's
             cfg = vlm_lora(model, cfg)
+        if cfg.init_adapter:
+            return continue_adapter(model, cfg.init_adapter)
         model = wrap(model, lora_config(cfg, task))
         if cfg.init in ("pissa", "pissa_fast", "olora"):
             initial = tempfile.mkdtemp(prefix="tunesmith-initial-adapter-")
@@ -78,6 +81,20 @@ def vlm_lora(model, cfg: LoraMethod) -> LoraMethod:
     return cfg.model_copy(
         update={"target_modules": targets, "modules_to_save": [*cfg.modules_to_save, *whole]}
     )
+
+
+def continue_adapter(model, folder: str):
+    """The model with a saved LoRA adapter attached, trainable: training continues from its
+    weights (its own r, alpha and target modules; the method section's are not used)."""
+    from peft import PeftModel
+
+    path = Path(folder).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"method.init_adapter: {path} is not a saved adapter folder (no adapter_config.json)"
+        )
+    with peft_quietly():
+        return PeftModel.from_pretrained(model, str(path), is_trainable=True)
 
 
 def lora_config(cfg: LoraMethod, task: Task = "causal_lm"):
