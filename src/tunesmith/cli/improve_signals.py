@@ -49,7 +49,7 @@ def mine_command(
     ] = None,
     threshold: Annotated[
         float, typer.Option(help="Cosine similarity at which failing prompts group.")
-    ] = 0.5,
+    ] = 0.4,
 ) -> None:
     """Find failures in served logs, group them into error patterns, rank the opportunities."""
     from tunesmith.workflows.improve.mine import MineSettings, mine

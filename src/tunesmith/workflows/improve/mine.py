@@ -107,7 +107,7 @@ class MineSettings(Section):
         0.05, ge=0, le=1, description="Error-rate budget: above it is a performance opportunity."
     )
     cluster_threshold: float = Field(
-        0.5,
+        0.4,
         gt=0,
         le=1,
         description="Two groups of failing prompts merge while their mean cosine similarity "
