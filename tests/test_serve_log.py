@@ -245,3 +245,19 @@ def test_request_log_lines_never_interleave_across_threads(tmp_path):
         f"r{t}-{i}" for t in range(6) for i in range(50)
     }
     assert set(RequestLog(tmp_path).links) == {f"r{t}-{i}" for t in range(6) for i in range(50)}
+
+
+def test_cli_log_dir_option_sets_serve_log_dir(monkeypatch, tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    import tunesmith.serve.server as serve_server
+    from tunesmith.cli.main import app
+
+    seen = {}
+    monkeypatch.setattr(serve_server, "build_state", lambda config, adapter: config)
+    monkeypatch.setattr(serve_server, "run_server", lambda state: seen.setdefault("cfg", state))
+    logs = tmp_path / "logs"
+    args = ["serve", f"model.name_or_path={tiny_model_dir}", "serve.log_dir=elsewhere"]
+    result = CliRunner().invoke(app, [*args, "--log-dir", str(logs)])
+    assert result.exit_code == 0, result.output
+    assert seen["cfg"].serve.log_dir == str(logs)  # the option wins over the key

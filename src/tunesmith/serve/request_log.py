@@ -96,6 +96,7 @@ class Versions:
     def __init__(self, registry):
         self.registry = registry
         self.cache: dict[tuple, str] = {}
+        self.files: dict[str, list[Path]] = {}  # name -> its weights files, found once
 
     def __call__(self, name: str) -> str:
         try:
@@ -118,6 +119,13 @@ class Versions:
     def _weights(self, name: str) -> list[Path]:
         if name == self.registry.base_name:
             return []
+        known = self.files.get(name)
+        if known and all(f.is_file() for f in known):
+            return known
+        self.files[name] = found = self._find_weights(name)
+        return found
+
+    def _find_weights(self, name: str) -> list[Path]:
         folder = self.registry.available().get(name)
         if folder is None:
             return []
@@ -172,10 +180,16 @@ class RequestLog:
             self.links[record["id"]] = Link(
                 record["route"], record.get("arm"), record["model"], record.get("user")
             )
-        self.pool.submit(self._write_request, record)
+        self._queue(self._write_request, record)
 
     def feedback(self, record: dict[str, Any]) -> None:
-        self.pool.submit(self._write_feedback, record)
+        self._queue(self._write_feedback, record)
+
+    def _queue(self, write, record: dict[str, Any]) -> None:
+        try:
+            self.pool.submit(write, record)
+        except RuntimeError:  # closed: a stream that ended after the shutdown still gets its line
+            write(record)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every queued line is written."""
