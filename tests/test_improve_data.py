@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from tunesmith.cli.main import app
 from tunesmith.data.quality.pii import find_pii
+from tunesmith.utils.errors import DataError
 from tunesmith.workflows.improve.mine import MineReport, MineSettings, mine
 from tunesmith.workflows.improve.targeted import TargetedDataSettings, build_targeted_data
 
@@ -233,16 +234,19 @@ def test_regression_and_held_out_prompts_never_train(tmp_path):
 
 
 def test_a_teacher_answer_that_fails_a_check_is_rejected(tmp_path):
-    failures = [failure(1, "What is the return window for parcels?")]
+    failures = [
+        failure(1, "What is the return window for parcels?"),
+        failure(2, "Where do I drop off a return?", "At any Larkspur counter."),
+    ]
     teacher = Teacher(answer="I'm sorry, but I can't help with that.")
     out = build_targeted_data(
         report_of(failures, tmp_path),
         original_file(tmp_path, 3),
-        TargetedDataSettings(examples_per_pattern=1),
+        TargetedDataSettings(examples_per_pattern=2),
         teacher=teacher,
         out_dir=tmp_path / "o",
     )
-    assert out.summary["fix"] == 0
+    assert out.summary["fix"] == 1  # the correction; the teacher's refusal is not trained on
     (reject,) = [r for r in out.rejects if r["source"] == "requests.jsonl:1"]
     assert reject["reason"].startswith("teacher answer failed the refusal check")
 
@@ -283,3 +287,27 @@ def test_mine_then_data_from_the_cli(tmp_path):
         app, ["improve", "data", str(tmp_path / "nothing"), "--original", str(original)]
     )
     assert bad.exit_code == 2 and "no opportunities report" in bad.output
+
+
+def test_a_local_model_as_teacher_every_answer_kept_or_rejected(tmp_path, tiny_model_dir):
+    """The teacher spec goes through runs/inference.make_client. A random tiny model's answers
+    are cut short at 8 tokens: each is a reject with its reason, and with no fix example left
+    the command stops with one sentence after writing rejects.jsonl and data_summary.json."""
+    failures = [failure(1, "What is the return window?"), failure(2, "Can I return a parcel?")]
+    with pytest.raises(DataError, match="no fix example"):
+        build_targeted_data(
+            report_of(failures, tmp_path),
+            original_file(tmp_path, 4),
+            TargetedDataSettings(examples_per_pattern=2, max_new_tokens=8),
+            teacher=f"local:{tiny_model_dir}",
+            out_dir=tmp_path / "o",
+        )
+    rejects = rows(tmp_path / "o" / "rejects.jsonl")
+    assert [(r["source"], r["reason"]) for r in rejects] == [
+        ("requests.jsonl:1", "teacher answer unfinished"),
+        ("requests.jsonl:2", "teacher answer unfinished"),
+        ("teacher (p1 question 1)", "teacher answer unfinished"),
+        ("teacher (p1 question 2)", "teacher answer unfinished"),
+    ]
+    summary = json.loads((tmp_path / "o" / "data_summary.json").read_text())
+    assert summary["fix"] == 0 and summary["teacher"] == f"local:{tiny_model_dir}"

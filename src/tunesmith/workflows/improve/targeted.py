@@ -206,6 +206,12 @@ def build_targeted_data(
     atomic_write(
         out / "data_summary.json", json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
     )
+    if not fix:
+        raise DataError(
+            f"improve data: no fix example survived ({len(rejects)} rejected, see "
+            f"{out / 'rejects.jsonl'}); give a teacher (data.teacher / --teacher) or collect "
+            "corrections"
+        )
     console.print(
         f"improve data: {n_failures} failures -> {rule}; {len(fix)} fix examples "
         f"({summary['origins']}) + {len(replay)} original = {len(train)} in {out / 'train.jsonl'}; "
