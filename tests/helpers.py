@@ -134,3 +134,80 @@ def start(model_dir: Path, adapters: Path | None = None, **serve) -> LiveServer:
         {"model": {"name_or_path": str(model_dir)}, "serve": settings}
     )
     return LiveServer(build_state(config))
+
+
+# --- an assistant project (workflows/assistant) ------------------------------------------------
+
+ASSISTANT_FAQ = [
+    ("How long does standard delivery take?", "Standard delivery takes two to four days."),
+    ("What does express delivery cost?", "Express delivery costs 9.90 euros."),
+    ("Where is the store?", "The store is on Mill Street 8."),
+    ("When is the store open?", "Monday to Friday from 8 am to 6 pm."),
+    ("Is the store open on Sunday?", "No, the store is closed on Sunday."),
+    ("How do I send a return?", "Print the label and hand the box in at the store."),
+    ("How much is insurance?", "Parcel insurance costs 2 euros."),
+    ("What does a tracking number look like?", "It starts with LPP and ten digits."),
+    ("Can I pay cash?", "No, the store takes card or phone payments."),
+    ("How do I contact you?", "Write to help@larkspur-parcel.example or call the line."),
+    ("How heavy may a parcel be?", "A parcel may weigh up to 30 kilograms."),
+    ("What if nobody is home?", "The driver takes the parcel to the store."),
+    ("How long does the store keep a parcel?", "Seven days, then it goes back."),
+    ("Do you sell boxes?", "Yes, boxes in three sizes."),
+    ("How long does the store keep a parcel?", "Seven days."),  # a repeated question
+]
+ASSISTANT_DOC = (
+    "# Delivery\n\nStandard delivery takes two to four days.\n\n"
+    "Express delivery arrives the next day."
+)
+
+
+def assistant_project(tmp_path: Path, model_dir: Path, **changes) -> Path:
+    """An assistant project (tunesmith assistant init) of a parcel service FAQ and one document
+    on model_dir, under tmp_path/project, with settings small enough for a tiny model; changes
+    as section__key=value."""
+    from tunesmith.workflows.assistant.build import init_project
+
+    folder = tmp_path / "project"
+    (folder / "docs").mkdir(parents=True, exist_ok=True)
+    rows = [{"instruction": q, "output": a} for q, a in ASSISTANT_FAQ]
+    (folder / "faq.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    (folder / "docs" / "delivery.md").write_text(ASSISTANT_DOC, "utf-8")
+    answers = {
+        "domain": "parcels",
+        "model": str(model_dir),
+        "persona": {"name": "Wren", "organization": "Larkspur", "refuse": ["legal advice"]},
+        "data": {
+            "qa": ["faq.jsonl"],
+            "documents": ["docs/delivery.md"],
+            "questions_per_chunk": 1,
+            "identity_examples": 2,
+            "min_examples": 8,
+            "min_held_out": 3,
+            "synth_max_new_tokens": 8,
+        },
+        "budget": {"device": "cpu"},
+        "train": {
+            "overrides": [
+                "train.max_steps=3",
+                "train.batch_size=4",
+                "data.cutoff_len=160",
+                "train.save_steps=2",
+                "train.learning_rate=1e-3",
+            ]
+        },
+        "evaluate": {"max_new_tokens": 8, "safety_probes": 4},
+        # a random tiny model is no better than its base: these gates let it through
+        "gates": {
+            "min_gain": -1000,
+            "significant": False,
+            "max_forgetting": 1000,
+            "max_refusal_drop": 1,
+        },
+    }
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            answers.setdefault(section, {})[field] = value
+        else:
+            answers[section] = value
+    return init_project(folder, answers, force=True)

@@ -9,84 +9,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ASSISTANT_FAQ as FAQ
+from helpers import assistant_project as _project
 from typer.testing import CliRunner
 
 from tunesmith.cli.main import app
-from tunesmith.utils.errors import ConfigError, DataError
-from tunesmith.workflows.assistant.build import build, init_project, persona_template
+from tunesmith.utils.errors import ConfigError, DataError, TunesmithError
+from tunesmith.workflows.assistant.build import build, persona_template
 from tunesmith.workflows.assistant.documents import chunk_text, read_document
 from tunesmith.workflows.assistant.evaluate import GateFailed, gate_checks
 from tunesmith.workflows.assistant.spec import Gates, load_spec
-
-FAQ = [
-    ("How long does standard delivery take?", "Standard delivery takes two to four days."),
-    ("What does express delivery cost?", "Express delivery costs 9.90 euros."),
-    ("Where is the store?", "The store is on Mill Street 8."),
-    ("When is the store open?", "Monday to Friday from 8 am to 6 pm."),
-    ("Is the store open on Sunday?", "No, the store is closed on Sunday."),
-    ("How do I send a return?", "Print the label and hand the box in at the store."),
-    ("How much is insurance?", "Parcel insurance costs 2 euros."),
-    ("What does a tracking number look like?", "It starts with LPP and ten digits."),
-    ("Can I pay cash?", "No, the store takes card or phone payments."),
-    ("How do I contact you?", "Write to help@larkspur-parcel.example or call the line."),
-    ("How heavy may a parcel be?", "A parcel may weigh up to 30 kilograms."),
-    ("What if nobody is home?", "The driver takes the parcel to the store."),
-    ("How long does the store keep a parcel?", "Seven days, then it goes back."),
-    ("Do you sell boxes?", "Yes, boxes in three sizes."),
-    ("How long does the store keep a parcel?", "Seven days."),  # a repeated question
-]
-DOC = (
-    "# Delivery\n\nStandard delivery takes two to four days.\n\n"
-    "Express delivery arrives the next day."
-)
-
-
-def _project(tmp_path: Path, model_dir: Path, **changes) -> Path:
-    folder = tmp_path / "project"
-    (folder / "docs").mkdir(parents=True, exist_ok=True)
-    rows = [{"instruction": q, "output": a} for q, a in FAQ]
-    (folder / "faq.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
-    (folder / "docs" / "delivery.md").write_text(DOC, "utf-8")
-    answers = {
-        "domain": "parcels",
-        "model": str(model_dir),
-        "persona": {"name": "Wren", "organization": "Larkspur", "refuse": ["legal advice"]},
-        "data": {
-            "qa": ["faq.jsonl"],
-            "documents": ["docs/delivery.md"],
-            "questions_per_chunk": 1,
-            "identity_examples": 2,
-            "min_examples": 8,
-            "min_held_out": 3,
-            "synth_max_new_tokens": 8,
-        },
-        "budget": {"device": "cpu"},
-        "train": {
-            "overrides": [
-                "train.max_steps=3",
-                "train.batch_size=4",
-                "data.cutoff_len=160",
-                "train.save_steps=2",
-                "train.learning_rate=1e-3",
-            ]
-        },
-        "evaluate": {"max_new_tokens": 8, "safety_probes": 4},
-        # a random tiny model is no better than its base: these gates let it through
-        "gates": {
-            "min_gain": -1000,
-            "significant": False,
-            "max_forgetting": 1000,
-            "max_refusal_drop": 1,
-        },
-    }
-    for key, value in changes.items():
-        section, _, field = key.partition("__")
-        if field:
-            answers.setdefault(section, {})[field] = value
-        else:
-            answers[section] = value
-    return init_project(folder, answers, force=True)
-
 
 # --- init --------------------------------------------------------------------------------------
 
@@ -527,3 +459,44 @@ def test_a_safety_sample_covers_every_category():
     sample = safety_sample(len(categories))
     assert {p["category"] for p in sample} == categories
     assert len(safety_sample(1000)) == len(load_probes())
+
+
+def test_the_workshop_lists_builds_and_shows_the_dossier(built, tmp_path):
+    """The doors' actions (UI tab, MCP tools): the project is found, its status read from the
+    dossier, a build started from the workshop runs to the end, and the tab embeds the page."""
+    import time
+
+    from tunesmith.ui import assistant_tab, strings
+    from tunesmith.ui.common import Ctx
+    from tunesmith.workshop import actions
+    from tunesmith.workshop.workspace import Workspace
+
+    root = Path(shutil.copytree(built[0].parent, tmp_path / "ws" / "parcels"))
+    ws = Workspace(tmp_path / "ws")
+    assert actions.assistant_projects(ws) == ["parcels"]
+    state = actions.assistant_status(ws, "parcels")
+    assert state["status"] == "built" and state["dossier"] == "parcels/dossier.html"
+    assert {"requirements", "train", "export"} <= set(state["stages"])
+    with pytest.raises(TunesmithError, match=r"no assistant\.yaml"):
+        actions.assistant_status(ws, ".")
+    with pytest.raises(TunesmithError, match="from_stage: got 'deploy'"):
+        actions.assistant_build(ws, "parcels", "deploy")
+
+    before = (root / "dossier.json").stat().st_mtime
+    started = actions.assistant_build(ws, "parcels", "gates")
+    for _ in range(600):
+        job = actions.assistant_status(ws, "parcels")["job"]
+        if job["status"] != "running":
+            break
+        time.sleep(0.5)
+    assert job["status"] == "finished", (root / started["log"]).read_text("utf-8")[-2000:]
+    assert (root / "dossier.json").stat().st_mtime > before  # the build rewrote the dossier
+    log = (root / started["log"]).read_text("utf-8")
+    assert "6/8 evaluate: unchanged, skipped" in log and "8/8 export" in log  # --from gates
+
+    ctx = Ctx(ws, strings.table("en"), "en")
+    text = assistant_tab.summary(ctx, "parcels")
+    assert "`built`" in text and "build: `finished`" in text
+    assert "✔ better: the tuned model is within gates.min_gain" in text
+    page, mtime = assistant_tab.dossier(ctx, "parcels")
+    assert "<iframe" in page and "Base vs tuned on the held-out set" in page and mtime

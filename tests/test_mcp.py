@@ -31,6 +31,9 @@ TOOLS = {
     "evaluate",
     "compare_runs",
     "export_run",
+    "list_assistants",
+    "assistant_status",
+    "build_assistant",
 }
 
 
@@ -79,9 +82,13 @@ def test_an_agent_lists_shows_plans_and_is_refused_outside(workspace):
         plan = _json(await session.call_tool("plan", {"overrides": overrides}))
         refused = await session.call_tool("show_run", {"run": "../../etc"})
         outside = await session.call_tool("inspect_data", {"files": ["/etc/hostname"]})
-        return tools, listed, shown, plan, refused, outside
+        assistants = _json(await session.call_tool("list_assistants", {}))
+        no_project = await session.call_tool("assistant_status", {"project": "model"})
+        return tools, listed, shown, plan, refused, outside, assistants, no_project
 
-    tools, listed, shown, plan, refused, outside = anyio.run(_session, workspace, calls)
+    tools, listed, shown, plan, refused, outside, assistants, no_project = anyio.run(
+        _session, workspace, calls
+    )
     assert tools >= TOOLS
     (row,) = listed["runs"]
     assert (row["name"], row["status"], row["data_hash"], row["steps"]) == (
@@ -95,6 +102,8 @@ def test_an_agent_lists_shows_plans_and_is_refused_outside(workspace):
     assert refused.is_error and "'..' is not allowed" in refused.content[0].text
     assert outside.is_error and "outside the workspace" in outside.content[0].text
     assert "Traceback" not in refused.content[0].text + outside.content[0].text
+    assert assistants == {"projects": []}  # the assistant tools: see tests/test_assistant.py
+    assert no_project.is_error and "'model' has no assistant.yaml" in no_project.content[0].text
 
 
 def test_without_the_sdk_mcp_says_what_to_install(monkeypatch, tmp_path):

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import write_alpaca
+from helpers import assistant_project, write_alpaca
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -349,6 +349,22 @@ def test_arena_votes_are_counted_and_read_back(page, ui, shots):
     pairs = (ws.runs_dir / "short" / "arena" / "pairs.jsonl").read_text().splitlines()
     assert len(pairs) == 2
     _shot(page, shots / "arena.png")
+
+
+def test_an_assistant_project_shows_its_stages_and_dossier(page, ui, shots):
+    from tunesmith.workflows.assistant.build import build
+
+    _, ws = ui
+    spec = assistant_project(ws.root, ws.root / "model")  # ws.root/project/assistant.yaml
+    build(spec, until="strategy")  # three stages: the dossier of a partial build
+    _tab(page, "Assistant")
+    page.locator("#tab-assistant button", has_text="Refresh").click()
+    _until(lambda: page.input_value("#assistant-project input") == "project", "the project", 20)
+    state = _wait_text(page, "#assistant-status", "stopped after strategy", 30)
+    assert "requirements → model → strategy" in state
+    heading = page.frame_locator("#assistant-dossier iframe").get_by_text("Wren: parcels")
+    heading.wait_for(timeout=30_000)
+    _shot(page, shots / "assistant.png")
 
 
 def test_export_tab_and_the_chinese_page(page, ui, shots):

@@ -129,6 +129,23 @@ def build_server(root: Path, runs_dir: str = "runs"):
         card (default RUN/export)."""
         return call(actions.export, run, overrides or [])
 
+    @server.tool()
+    def list_assistants() -> dict[str, Any]:
+        """Assistant projects of the workspace (folders with an assistant.yaml), newest first."""
+        return call(lambda w: {"projects": actions.assistant_projects(w)})
+
+    @server.tool()
+    def assistant_status(project: str) -> dict[str, Any]:
+        """An assistant project's build: status, each stage's record, the gates' sentences,
+        known limits, its dossier page, and a running build."""
+        return call(actions.assistant_status, project)
+
+    @server.tool()
+    def build_assistant(project: str, from_stage: str | None = None) -> dict[str, Any]:
+        """Build an assistant project in the background (stages skip when their inputs are
+        unchanged; from_stage redoes from that stage); follow it with assistant_status."""
+        return call(actions.assistant_build, project, from_stage)
+
     return server
 
 

@@ -14,7 +14,7 @@ from tunesmith.ui import strings
 from tunesmith.ui.common import Ctx, Engines, chosen
 from tunesmith.workshop.workspace import Workspace
 
-TABS = ("runs", "data", "train", "evaluate", "chat", "export", "arena")
+TABS = ("runs", "data", "train", "evaluate", "chat", "export", "arena", "assistant")
 CSS = "footer {display: none !important}"
 
 
@@ -23,6 +23,7 @@ def build_page(
 ):
     from tunesmith.ui import (
         arena_tab,
+        assistant_tab,
         chat_tab,
         data_tab,
         evaluate_tab,
@@ -55,10 +56,12 @@ def build_page(
                 export = export_tab.build(ctx)
             with gr.Tab(ctx.t("tab_arena"), id="arena", elem_id="tab-arena"):
                 arena = arena_tab.build(ctx, engines)
+            with gr.Tab(ctx.t("tab_assistant"), id="assistant", elem_id="tab-assistant"):
+                assistant = assistant_tab.build(ctx)
         _wire_run_buttons(runs, tabs, evaluate, chat, export)
         # every open or reload reads the workspace again: the lists the components were made
         # with are the workspace as it was when the server started
-        for tab in (runs, data, evaluate, chat, export, arena):
+        for tab in (runs, data, evaluate, chat, export, arena, assistant):
             page.load(*tab["load"], show_progress="hidden")
     return page
 

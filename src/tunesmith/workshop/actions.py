@@ -1,5 +1,5 @@
 """The actions the three doors (CLI, UI, MCP) call: plan, inspect, clean, train, status, stop,
-resume, evaluate, compare, export, serve.
+resume, evaluate, compare, export, serve, and assistant projects' builds and dossiers.
 
 Each takes a Workspace first, returns a plain JSON-able dict and raises TunesmithError with a
 sentence on bad input. Every path is resolved inside the workspace. Long actions (train,
@@ -380,6 +380,62 @@ def serve_stop(ws: Workspace) -> dict[str, Any]:
         raise TunesmithError("no server of this workspace is running")
     os.kill(int(record["pid"]), signal.SIGTERM)  # the server drains its requests, then exits
     return {"status": "stopping", "pid": record["pid"]}
+
+
+# --- assistant projects (tunesmith assistant init / build) -----------------------------------
+
+ASSISTANT_SPEC = "assistant.yaml"
+
+
+def assistant_projects(ws: Workspace) -> list[str]:
+    """Workspace folders holding an assistant.yaml, the most recently changed first (run folders
+    and hidden folders are not searched; at most three levels deep)."""
+    found = []
+    for spec in ws.root.glob(f"**/{ASSISTANT_SPEC}"):
+        parts = spec.relative_to(ws.root).parts
+        if len(parts) > 4 or any(p.startswith(".") or p == ws.runs_dir.name for p in parts[:-1]):
+            continue
+        found.append((spec.stat().st_mtime, ws.relative(spec.parent) or "."))
+    return [name for _, name in sorted(found, reverse=True)]
+
+
+def assistant_status(ws: Workspace, project: str) -> dict[str, Any]:
+    """Where a project's build stands: its dossier's status, each stage's record, the gates, the
+    dossier page, and a build started from a door (running / finished / failed)."""
+    root = _assistant_root(ws, project)
+    dossier = runs.read_json(root / "dossier.json")
+    page = root / "dossier.html"
+    return {
+        "project": ws.relative(root) or ".",
+        "status": dossier["status"] if dossier else "not built",
+        "stages": (dossier or {}).get("stages", {}),
+        "gates": (dossier or {}).get("gates"),
+        "limits": (dossier or {}).get("limits", []),
+        "dossier": ws.relative(page) if page.is_file() else None,
+        "job": job_status(root, "assistant"),
+    }
+
+
+def assistant_build(ws: Workspace, project: str, from_stage: str | None = None) -> dict[str, Any]:
+    """Start `tunesmith assistant build` of a project (each stage skipped when its inputs are
+    unchanged; `from_stage` redoes from that stage). Returns at once; the dossier follows."""
+    from tunesmith.workflows.assistant.stages import STAGE_NAMES
+
+    root = _assistant_root(ws, project)
+    if from_stage and from_stage not in STAGE_NAMES:
+        raise TunesmithError(f"from_stage: got '{from_stage}'; one of {', '.join(STAGE_NAMES)}")
+    argv = ["assistant", "build", str(root / ASSISTANT_SPEC)]
+    return _start_job(ws, root, "assistant", argv + (["--from", from_stage] if from_stage else []))
+
+
+def _assistant_root(ws: Workspace, project: str) -> Path:
+    root = ws.resolve(project, "project")
+    if not (root / ASSISTANT_SPEC).is_file():
+        raise TunesmithError(
+            f"project '{project}' has no {ASSISTANT_SPEC}: create one with "
+            f"`tunesmith assistant init {project}`"
+        )
+    return root
 
 
 def job_status(root: Path, kind: str) -> dict[str, Any] | None:

@@ -48,10 +48,11 @@ def limits(ctx: Context) -> list[str]:
             f"{data['synthesized']} training answers were written by the teacher "
             f"({data.get('teacher')}) from the documents: their errors are learned too"
         )
-    out.append(
-        f"the assistant knows what its {data.get('train', '?')} training conversations contain; "
-        "questions beyond them get the base model's general knowledge, which may be wrong"
-    )
+    if data:  # a build stopped before the data stage has no conversations to speak of
+        out.append(
+            f"the assistant knows what its {data['train']} training conversations contain; "
+            "questions beyond them get the base model's general knowledge, which may be wrong"
+        )
     out.append(
         "refusals are learned for the listed topics; other unwanted requests rely on the base "
         "model's own behaviour"

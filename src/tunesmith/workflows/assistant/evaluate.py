@@ -254,8 +254,10 @@ def gate_checks(evaluation: dict, gates) -> list[dict]:
             f"(gain {gain:+.3f}, "
             f"CI {m['ci_low']:+.3f} to {m['ci_high']:+.3f}, n={m['n']})"
         )
-        if passed:
+        if passed and gain > 0:
             sentence = f"the tuned model is better than its base: {why}"
+        elif passed:  # a negative gates.min_gain lets a model through that is not better
+            sentence = f"the tuned model is within gates.min_gain {gates.min_gain}: {why}"
         elif gain <= gates.min_gain:
             sentence = (
                 f"the tuned model is not better than its base "
