@@ -168,7 +168,7 @@ def overall_score(components: dict[str, dict]) -> dict:
         "value": round(value, 4) if value is not None else None,
         "coverage": round(coverage, 4),
         "treatment": (
-            "unmeasured components are left out and the measured weights rescaled to sum to 1; "
+            "Unmeasured components are left out and the measured weights rescaled to sum to 1; "
             "coverage is the share of the seed's weight that was measured"
         ),
         "components": rows,

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,7 +148,7 @@ def build_targeted_data(
     n_failures = sum(o["frequency"] for o in chosen)
     original = _read_original(Path(original_data), rejects)
     system = _system_turn(settings.system, original)
-    held = _held_out(report, settings)
+    held = _HeldOut(_held_out(report, settings))
     fix: list[dict] = []
     per_pattern: dict[str, dict] = {}
     for op in chosen:
@@ -437,18 +438,43 @@ def _redacted(example: dict, pii: dict[str, int]) -> dict:
     return {**example, "messages": messages}
 
 
-def _leak(prompt: str, held: list[tuple[str, str]], threshold: float) -> str | None:
-    from tunesmith.data.quality.dedup import canonical_text
-    from tunesmith.data.synth import rouge_l
+class _HeldOut:
+    """Held-out prompts, indexed for the leak check: canonical texts in a dict, and each
+    prompt's tokens, so ROUGE-L runs only where its bound (2 * shared tokens / total tokens,
+    since the LCS is at most the shared multiset) can reach the threshold."""
 
-    key = canonical_text(prompt)
-    for where, other in held:
-        if key == canonical_text(other):
+    def __init__(self, held: list[tuple[str, str]]):
+        from tunesmith.data.quality.dedup import canonical_text
+        from tunesmith.data.synth import tokens
+
+        self.items = held
+        self.exact = {}
+        for where, text in held:
+            self.exact.setdefault(canonical_text(text), where)
+        self.tokens = [
+            (where, text, len(tokens(text)), Counter(tokens(text))) for where, text in held
+        ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def leak(self, prompt: str, threshold: float) -> str | None:
+        from tunesmith.data.quality.dedup import canonical_text
+        from tunesmith.data.synth import rouge_l, tokens
+
+        where = self.exact.get(canonical_text(prompt))
+        if where is not None:
             return f"leaks held-out prompt {where} (same text)"
-        similarity = rouge_l(prompt, other)
-        if similarity >= threshold:
-            return f"leaks held-out prompt {where} (ROUGE-L {similarity:.2f})"
-    return None
+        mine = tokens(prompt)
+        counts = Counter(mine)
+        for where, other, n_other, other_counts in self.tokens:
+            total = len(mine) + n_other
+            if not total or 2 * sum((counts & other_counts).values()) / total < threshold:
+                continue
+            similarity = rouge_l(prompt, other)
+            if similarity >= threshold:
+                return f"leaks held-out prompt {where} (ROUGE-L {similarity:.2f})"
+        return None
 
 
 def _empty_turn(example: dict) -> bool:
@@ -469,7 +495,7 @@ def _clean(fix, held, settings, rejects, pii, system) -> list[dict]:
         reason = (
             "empty turn"
             if _empty_turn(e)
-            else _leak(_last_user(e["messages"][:-1]), held, settings.leak_similarity)
+            else held.leak(_last_user(e["messages"][:-1]), settings.leak_similarity)
         )
         if reason:
             rejects.append({"source": e["source"], "reason": reason, "record": e["messages"]})
@@ -508,7 +534,7 @@ def _replay(original, wanted, fix, held, settings, rejects, pii) -> list[dict]:
             break
         e = _redacted(original[i], pii)
         question = _last_user(e["messages"])
-        reason = "empty turn" if _empty_turn(e) else _leak(question, held, settings.leak_similarity)
+        reason = "empty turn" if _empty_turn(e) else held.leak(question, settings.leak_similarity)
         if reason is None and canonical_text(question) in fix_questions:
             reason = f"same question as fix example {fix_questions[canonical_text(question)]}"
         if reason:
