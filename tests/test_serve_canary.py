@@ -281,6 +281,8 @@ def test_routes_from_config_and_bad_ones_named(tiny_model_dir, adapters_dir, tmp
     good = {"assistant": {"stable": "v1", "canary": "v2", "canary_percent": 5}}
     state = build_state(config(good))
     assert state.routes.as_json()["routes"]["assistant"]["canary_percent"] == 5.0
+    no_canary = {"assistant": {"stable": "v1", "canary_percent": 5}}  # nothing to send 5% to
+    assert build_state(config(no_canary)).routes.get("assistant").canary_percent == 0.0
     with pytest.raises(ConfigError, match=r"serve\.routes\.assistant: canary: .*'v3'"):
         build_state(config({"assistant": {"stable": "v1", "canary": "v3"}}))
     # routes.json in the log folder wins over the config for the routes it holds

@@ -75,7 +75,7 @@ class Routes:
         """serve.routes, then routes.json over them; an unusable entry is one ConfigError."""
         for name, split in configured.items():
             self._check_or_fail(name, split, f"serve.routes.{name}")
-            self.routes[name] = split
+            self.routes[name] = _normal(split)
         if self.file is None or not self.file.is_file():
             return
         try:
@@ -86,7 +86,7 @@ class Routes:
             raise ConfigError(f"{self.file}: not a routes file ({reason})") from None
         for name, split in items.items():
             self._check_or_fail(name, split, f"{self.file}: route '{name}'")
-            self.routes[name] = split
+            self.routes[name] = _normal(split)
 
     def _check_or_fail(self, name: str, split: RouteConfig, where: str) -> None:
         try:
@@ -119,8 +119,7 @@ class Routes:
 
     def set(self, name: str, split: RouteConfig) -> RouteConfig:
         self.check(name, split)
-        if split.canary is None:
-            split = split.model_copy(update={"canary_percent": 0.0})
+        split = _normal(split)
         self.routes = {**self.routes, name: split}
         self.save()
         return split
@@ -142,6 +141,13 @@ class Routes:
         temporary = self.file.with_name(f".{ROUTES_FILE}.{os.getpid()}.tmp")
         temporary.write_text(json.dumps(self.as_json(), indent=2) + "\n", encoding="utf-8")
         os.replace(temporary, self.file)
+
+
+def _normal(split: RouteConfig) -> RouteConfig:
+    """No canary: no canary share either (what GET /v1/admin/routes shows is what happens)."""
+    if split.canary is None and split.canary_percent:
+        return split.model_copy(update={"canary_percent": 0.0})
+    return split
 
 
 class Metrics:
