@@ -402,3 +402,34 @@ def test_mine_cli_writes_the_report_and_names_a_missing_folder(tmp_path):
     missing = CliRunner().invoke(app, ["improve", "mine", str(tmp_path / "nope")])
     assert missing.exit_code == 2
     assert "log folder not found" in missing.output
+
+
+def test_mines_what_a_live_server_logged(tmp_path, tiny_model_dir):
+    """The log store's real writer (serve/request_log.py) and this reader agree on the shapes."""
+    import httpx
+    from helpers import start
+
+    logs = tmp_path / "serve-logs"
+    server = start(tiny_model_dir, log_dir=str(logs))
+    try:
+        client = server.client()
+        ask = [{"role": "user", "content": "Where is the store?"}]
+        first = client.chat.completions.create(model="base", messages=ask, max_tokens=3)
+        ask = [{"role": "user", "content": "When does the store open?"}]
+        second = client.chat.completions.create(model="base", messages=ask, max_tokens=3)
+        client.completions.create(model="base", prompt="Opening hours:", max_tokens=3)
+        body = {"response_id": second.id, "rating": "down", "correction": "At 8 am."}
+        assert httpx.post(f"{server.url}/v1/feedback", json=body, timeout=30).status_code == 200
+        server.state.request_log.flush()
+    finally:
+        server.stop()
+    got = read_logs(logs)
+    assert got.rejects == [] and len(got.requests) == 3
+    assert all(r.version and r.version.startswith("base@") for r in got.requests)
+    linked = {r.id: r for r in got.requests}[second.id]
+    assert (linked.rating, linked.correction) == (-1, "At 8 am.")
+    report = mine(logs, SETTINGS, embedder=bow, out_dir=tmp_path / "out")
+    found = failures_by_id(report)
+    assert "thumbs_down" in found[second.id]
+    if first.choices[0].finish_reason == "length":  # 3 tokens: a random model rarely stops
+        assert "truncated" in found[first.id]
