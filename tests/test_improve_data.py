@@ -311,3 +311,19 @@ def test_a_local_model_as_teacher_every_answer_kept_or_rejected(tmp_path, tiny_m
     ]
     summary = json.loads((tmp_path / "o" / "data_summary.json").read_text())
     assert summary["fix"] == 0 and summary["teacher"] == f"local:{tiny_model_dir}"
+
+
+def test_teacher_base_is_the_current_runs_base_model(monkeypatch):
+    from tunesmith.runs import trained
+    from tunesmith.utils.errors import ConfigError
+    from tunesmith.workflows.improve.targeted import teacher_spec
+
+    class Run:
+        base_ref = "smollm2-135m-instruct"
+
+    monkeypatch.setattr(trained, "open_run", lambda path: Run())
+    assert teacher_spec("local:base", "runs/assistant-v1") == "local:smollm2-135m-instruct"
+    assert teacher_spec("base", "runs/assistant-v1") == "local:smollm2-135m-instruct"
+    assert teacher_spec("http://127.0.0.1:9/v1#t") == "http://127.0.0.1:9/v1#t"
+    with pytest.raises(ConfigError, match="current run's base model"):
+        teacher_spec("local:base")

@@ -100,12 +100,16 @@ def data_command(
     teacher: Annotated[
         str | None,
         typer.Option(
-            help="Writes answers and new questions: local:<model or run> or an OpenAI-compatible "
-            "URL. Without one only user corrections are used."
+            help="Writes answers and new questions: local:<model or run>, an OpenAI-compatible "
+            "URL, or base (the --current run's base model). Without one only user corrections "
+            "are used."
         ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default: the report's folder).")
+    ] = None,
+    current: Annotated[
+        Path | None, typer.Option(help="The run in production (a --teacher base is its base).")
     ] = None,
     per_pattern: Annotated[int, typer.Option(help="Fix examples wanted per pattern.")] = 16,
     top: Annotated[int | None, typer.Option(help="Only the first N ranked patterns.")] = None,
@@ -123,7 +127,7 @@ def data_command(
         top=top,
         held_out=[str(p) for p in held_out or []],
     )
-    result = build_targeted_data(report, original, settings, out_dir=out)
+    result = build_targeted_data(report, original, settings, out_dir=out, current=current)
     s = result.summary
     console.print(
         f"rule: {s['rule']} ({s['failures']} failures, threshold {s['threshold']}); "

@@ -8,10 +8,11 @@ up to `data.examples_per_pattern` examples, in this order:
 2. teacher answers: the pattern's other failing logged prompts, answered by the teacher;
 3. teacher variants: new questions on the pattern's topic written by the teacher from its
    failing prompts (regression prompts included: they show the topic), then answered by it.
-The teacher is any client spec (`local:<model or run>`, an OpenAI-compatible URL; the base
-model is `local:<its reference>`). A teacher answer that is empty, cut short, declines, or is
-in another language than its prompt is rejected with that reason (the mine checks). Without a
-teacher only corrections are used, and the summary says how many examples each pattern lacks.
+The teacher is any client spec (`local:<model or run>`, an OpenAI-compatible URL; "base" or
+"local:base" is the base model of the current run, given as `current`). A teacher answer that
+is empty, cut short, declines, or is in another language than its prompt is rejected with that
+reason (the mine checks). Without a teacher only corrections are used, and the summary says how
+many examples each pattern lacks.
 
 The seed's rule (Exercise 3.6, fix_regression), with n = the failures in the chosen patterns:
 - n < `data.targeted_below` (100): "targeted": a targeted fine-tune on the fix data, with a
@@ -47,7 +48,7 @@ from pydantic import Field
 from tunesmith.config.base import Section
 from tunesmith.runs.folder import atomic_write
 from tunesmith.utils.console import console
-from tunesmith.utils.errors import DataError
+from tunesmith.utils.errors import ConfigError, DataError
 from tunesmith.utils.llm import ChatClient
 from tunesmith.workflows.improve.mine import MineReport
 
@@ -126,8 +127,10 @@ def build_targeted_data(
     teacher: ChatClient | str | None = None,
     *,
     out_dir: str | Path | None = None,
+    current: str | Path | None = None,
 ) -> TargetedData:
-    """Fix data per pattern, cleaned and mixed with the original data (module docstring)."""
+    """Fix data per pattern, cleaned and mixed with the original data (module docstring).
+    `current`: the run in production, whose base model a teacher "base" / "local:base" is."""
     settings = settings or TargetedDataSettings()
     if not isinstance(report, MineReport):
         report = MineReport.load(report)
@@ -140,7 +143,8 @@ def build_targeted_data(
     if isinstance(teacher, str):
         from tunesmith.runs.inference import make_client
 
-        teacher_name, teacher = teacher, make_client(teacher)
+        teacher_name = teacher_spec(teacher, current)
+        teacher = make_client(teacher_name)
     else:
         teacher_name = type(teacher).__name__ if teacher is not None else None
     rejects: list[dict] = []
@@ -219,6 +223,20 @@ def build_targeted_data(
         f"{len(rejects)} rejected ({reasons or 'none'})"
     )
     return TargetedData(out, summary, train, fix, rejects)
+
+
+def teacher_spec(spec: str, current: str | Path | None = None) -> str:
+    """A client spec; "base" and "local:base" name the base model of the `current` run."""
+    if spec not in ("base", "local:base"):
+        return spec
+    if current is None:
+        raise ConfigError(
+            f"teacher '{spec}' means the current run's base model: name the run (current: in "
+            "improve.yaml, --current on the command line) or give local:<model> or a URL"
+        )
+    from tunesmith.runs.trained import open_run
+
+    return f"local:{open_run(current).base_ref}"
 
 
 # --- inputs --------------------------------------------------------------------------------------
