@@ -120,7 +120,7 @@ def create_app(state: ServerState):
             CORSMiddleware,
             allow_origins=state.cfg.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["Authorization", "Content-Type", "X-User-Id"],
         )
 
     @app.exception_handler(APIError)
