@@ -10,7 +10,7 @@ or value is one sentence naming the file and the dotted key.
     original_data: null              # default: the current run's data.train
     regression: regression.jsonl     # quick-check set (validate.py: load_checks)
     guard: guard.jsonl               # general-ability set (forgetting)
-    teacher: local:base              # synthesis of targeted data (runs/inference.make_client)
+    teacher: null                    # writes targeted data (a make_client spec; null: none)
     work_dir: improve/
     mine: {...}  data: {...}  train: {...}  validate: {...}  deploy: {...}
 """
@@ -149,7 +149,7 @@ class ImproveSpec(Section):
     original_data: str | None = None
     regression: str = Field(..., min_length=1)
     guard: str | None = None
-    teacher: str = "local:base"
+    teacher: str | None = None
     work_dir: str = "improve"
     mine: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
