@@ -103,8 +103,8 @@ def test_unknown_risk_is_named():
         deployment_plan("huge")
 
 
-def validation(changed=0.1, guard=(0.9, 0.9)) -> dict:
-    full = {"changed": changed}
+def validation(flipped=0.05, guard=(0.9, 0.9)) -> dict:
+    full = {"flipped": flipped}
     if guard is not None:
         full["guard"] = {"current": guard[0], "candidate": guard[1]}
     return {"stages": {"full": full}}
@@ -114,8 +114,8 @@ def test_risk_rules():
     ux = [{"type": "user_experience", "pattern": "store hours"}]
     assert assess_risk(validation(), ux)["level"] == "low"
     # each signal alone raises the risk
-    assert assess_risk(validation(changed=0.3), ux)["level"] == "medium"
-    assert assess_risk(validation(changed=0.7), ux)["level"] == "high"
+    assert assess_risk(validation(flipped=0.2), ux)["level"] == "medium"
+    assert assess_risk(validation(flipped=0.4), ux)["level"] == "high"
     assert assess_risk(validation(), [{"type": "regression_fix"}])["level"] == "medium"
     assert assess_risk(validation(), [{"type": "performance_optimization"}])["level"] == "high"
     refusal = [{"type": "quality_improvement", "pattern": "refusal when it should answer"}]

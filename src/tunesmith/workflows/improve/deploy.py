@@ -2,8 +2,10 @@
 canary itself against a running tunesmith server.
 
 Risk (assess_risk): three signals, each rated low / medium / high; the highest one is the risk.
-- size of change: the share of evaluation answers the candidate words differently from the
-  current model (validation.json full.changed): below 0.2 low, below 0.5 medium, else high.
+- size of change: the share of evaluated prompts (full evaluation and guard set) whose
+  pass / fail outcome differs between the two models (validation.json full.flipped): below
+  0.1 low, below 0.3 medium, else high. (Rewording alone is not counted: a retrained adapter
+  words nearly every answer a little differently.)
 - opportunity type (the mined opportunities the data fixed): `user_experience`,
   `quality_improvement` and `performance` (gaps) low; `regression_fix` and `error_pattern`
   medium; anything else (e.g. `performance_optimization`: an architecture change) high; an
@@ -80,12 +82,13 @@ def _worst(levels: list[str]) -> str:
 def assess_risk(validation: dict, opportunities: list[dict]) -> dict:
     """{"level", "signals": {name: {"value", "level", "why"}}} from the rules above."""
     full = validation.get("stages", {}).get("full", {})
-    changed = full.get("changed")
-    if changed is None:
+    flipped = full.get("flipped")
+    if flipped is None:
         size = {"value": None, "level": "high", "why": "no full evaluation: size unknown"}
     else:
-        level = "low" if changed < 0.2 else "medium" if changed < 0.5 else "high"
-        size = {"value": changed, "level": level, "why": f"{changed:.0%} of answers changed"}
+        level = "low" if flipped < 0.1 else "medium" if flipped < 0.3 else "high"
+        why = f"{flipped:.0%} of evaluated prompts changed outcome"
+        size = {"value": flipped, "level": level, "why": why}
     type_levels = []
     for opp in opportunities:
         kind = str(opp.get("type", ""))

@@ -194,6 +194,7 @@ def full_gate(items, guard, current: Answers, candidate: Answers, cfg: ValidateS
         "current_pass_rate": sum(p for _, p in a) / len(items),
         "candidate_pass_rate": sum(p for _, p in b) / len(items),
         "changed": sum(x != y for x, y in zip(a_ans, b_ans, strict=True)) / len(items),
+        "flipped": _flips(a, b),
         "by_pattern": _by_pattern(items, a, b),
         "rule": f"gain > {cfg.min_gain}"
         + (" and 95% CI low end > 0" if cfg.significant else "")
@@ -214,6 +215,8 @@ def full_gate(items, guard, current: Answers, candidate: Answers, cfg: ValidateS
             [s for s, _ in ga], [s for s, _ in gb], n_resamples=cfg.bootstrap, seed=cfg.seed
         )
         drop = gboot["mean_a"] - gboot["mean_b"]
+        flips = _flips(a + ga, b + gb)  # size of change: eval and guard items together
+        result["flipped"] = flips
         result["guard"] = {
             "n": len(guard),
             "current": gboot["mean_a"],
@@ -226,6 +229,11 @@ def full_gate(items, guard, current: Answers, candidate: Answers, cfg: ValidateS
     result["passed"] = not why
     result["why"] = "; ".join(why) or None
     return result
+
+
+def _flips(a: list[tuple], b: list[tuple]) -> float:
+    """The share of items whose pass / fail outcome differs between the two models."""
+    return sum(pa != pb for (_, pa), (_, pb) in zip(a, b, strict=True)) / len(a)
 
 
 def _by_pattern(items, a, b) -> dict:
