@@ -54,11 +54,13 @@ class Cycle:
         embedder=None,
         teacher=None,
         plan_only: bool = False,
+        before_deploy=None,
     ):
         self.spec, self.root = spec, root
         self.work = source(root, spec.work_dir).resolve()
         self.clients, self.admin, self.clock = clients, admin, clock
         self.embedder, self.teacher, self.plan_only = embedder, teacher, plan_only
+        self.before_deploy = before_deploy  # called with the approved candidate's run folder
 
     def src(self, name: str) -> Path:
         return source(self.root, name)
@@ -228,6 +230,8 @@ class Cycle:
         if validation["decision"] != "approved":
             return {"outputs": [], "outcome": "not deployed (validation rejected the candidate)"}
         report = json.loads((self.work / "mine" / "opportunities.json").read_text())
+        if self.before_deploy and not self.plan_only:
+            self.before_deploy(self.work / ctx.records["train"]["run"])
         result = deploy_candidate(
             self.spec,
             self.root,
