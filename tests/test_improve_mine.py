@@ -433,3 +433,24 @@ def test_mines_what_a_live_server_logged(tmp_path, tiny_model_dir):
     assert "thumbs_down" in found[second.id]
     if first.choices[0].finish_reason == "length":  # 3 tokens: a random model rarely stops
         assert "truncated" in found[first.id]
+
+
+def test_inconsistency_needs_a_good_answer_to_the_same_prompt(tmp_path):
+    q, other = "Do you deliver on Saturdays?", "Can I pick up a parcel at night?"
+    requests = [
+        req("down", q, "Never."),
+        req("unrated", q, "Yes, until noon."),  # no rating: no evidence it was good
+        req("down2", other, "No."),
+        req("up", other, "Yes, from the night locker."),
+        req("empty", q, ""),  # a rule failure: any answer no rule flagged is a good one
+    ]
+    feedback = [fb("down", -1), fb("down2", -1), fb("up", 1)]
+    report = run(tmp_path, requests, feedback)
+    found = failures_by_id(report)
+    assert found == {
+        "down": {"thumbs_down"},
+        "down2": {"thumbs_down", "inconsistent"},
+        "empty": {"empty", "inconsistent"},
+    }
+    for pattern in report.data["patterns"]:  # a repeated prompt is shown once
+        assert len(pattern["representatives"]) == len(set(pattern["representatives"]))

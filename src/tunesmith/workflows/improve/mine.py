@@ -17,8 +17,9 @@ fired):
   client spec), else from the logs: the latest logged answer to the same prompt (canonical
   text); an item nobody asked is "not run" and counts neither way.
 Requests with status "error" are not clustered: they count against performance (see
-opportunities.py). A failure whose prompt the model also answered without any failure
-elsewhere in the logs (same canonical prompt) is an inconsistency.
+opportunities.py). A failure whose prompt got a good answer elsewhere in the logs (same
+canonical prompt) is an inconsistency: for a rule-check failure, an answer no rule check
+flagged; for a thumbs-down or a low judge score, an answer rated up or judged passing.
 
 The failing prompts are clustered into error patterns (patterns.py: MiniLM embeddings,
 average-linkage agglomerative clustering at cosine `mine.cluster_threshold`), each pattern
@@ -185,13 +186,16 @@ def mine(
         checks = rule_checks(request, settings)
         if checks:
             _fail(failures, request, checks)
-    quality = _judge(answered, judge_client, settings, failures) if judge_client else None
+    judged_ok: set[str] = set()
+    quality = (
+        _judge(answered, judge_client, settings, failures, judged_ok) if judge_client else None
+    )
     regression_result = (
         _regression(Path(regression), logs, model_client, settings, failures)
         if regression is not None
         else None
     )
-    _mark_inconsistent(failures, answered)
+    _mark_inconsistent(failures, answered, judged_ok)
     ordered = list(failures.values())
     embedder = embedder or minilm_embedder(settings.encoder)
     texts = [f["prompt"] for f in ordered]
@@ -345,22 +349,44 @@ def _canonical(text: str) -> str:
     return canonical_text(text)
 
 
-def _mark_inconsistent(failures: dict[str, dict], answered: list[Request]) -> None:
-    passed = {_canonical(r.prompt) for r in answered if r.id not in failures}
+_RULES = frozenset({"empty", "truncated", "refusal", "wrong_language"})
+
+
+def _mark_inconsistent(
+    failures: dict[str, dict], answered: list[Request], judged_ok: set[str]
+) -> None:
+    """A failure is an inconsistency when the same prompt (canonical text) got a good answer
+    elsewhere in the logs. Good, for a rule-check failure: an answer no rule check flagged; for
+    a thumbs-down or a low judge score (a matter of quality): an answer rated up or judged at
+    or above the threshold, and not failing otherwise."""
+    rule_ok, quality_ok = set(), set()
+    for r in answered:
+        checks = {c["check"] for c in failures[r.id]["checks"]} if r.id in failures else set()
+        if not checks & _RULES:
+            rule_ok.add(_canonical(r.prompt))
+        if not checks and (r.rating == 1 or r.id in judged_ok):
+            quality_ok.add(_canonical(r.prompt))
     for f in failures.values():
-        if f["source"] != "regression" and _canonical(f["prompt"]) in passed:
+        if f["source"] == "regression":
+            continue
+        key, kinds = _canonical(f["prompt"]), {c["check"] for c in f["checks"]}
+        if (kinds & _RULES and key in rule_ok) or (kinds - _RULES and key in quality_ok):
             f["issue_type"] = "inconsistency"
             f["checks"].append(
                 {
                     "check": "inconsistent",
-                    "detail": "the same prompt was answered without a failure elsewhere",
+                    "detail": "the same prompt got a good answer elsewhere in the logs",
                     "issue_type": "inconsistency",
                 }
             )
 
 
 def _judge(
-    answered: list[Request], client: ChatClient, settings: MineSettings, failures: dict
+    answered: list[Request],
+    client: ChatClient,
+    settings: MineSettings,
+    failures: dict,
+    judged_ok: set[str],
 ) -> dict:
     from tunesmith.evaluation.judge import judge_rubric
 
@@ -374,7 +400,9 @@ def _judge(
         if row["overall"] is None:
             continue
         scores.append((row["overall"] - 1) / 9)
-        if row["overall"] < settings.judge_threshold:
+        if row["overall"] >= settings.judge_threshold:
+            judged_ok.add(request.id)
+        else:
             lowest = min(row["scores"], key=lambda k: (row["scores"][k], k))
             _fail(
                 failures,
@@ -399,9 +427,8 @@ def _judge(
 def _rule_quality(answered: list[Request], failures: dict) -> dict:
     if not answered:
         return {"score": None, "source": "no answered requests in the logs"}
-    rules = {"empty", "truncated", "refusal", "wrong_language"}
     bad = sum(
-        any(c["check"] in rules for c in failures[r.id]["checks"])
+        any(c["check"] in _RULES for c in failures[r.id]["checks"])
         for r in answered
         if r.id in failures
     )

@@ -6,10 +6,10 @@ cosine distance, cut at `1 - threshold`: two groups merge while the mean cosine 
 between their prompts is at least `threshold`. The result depends only on the prompts and their
 order (no random start). Groups are numbered by size, largest first, ties by first appearance.
 
-A pattern's label is its representative prompts (the medoid first: the prompt with the highest
-mean similarity to the rest of its group) and its keywords: the words most frequent in the
-group relative to all the failing prompts (count in group / (1 + count outside)), stopwords and
-one-letter tokens left out.
+A pattern's label is its representative prompts (distinct texts, the medoid first: the prompt
+with the highest mean similarity to the rest of its group) and its keywords: the words most
+frequent in the group relative to all the failing prompts (count in group / (1 + count
+outside)), stopwords, numbers and one-letter tokens left out.
 """
 
 from __future__ import annotations
@@ -93,6 +93,12 @@ def describe(
         mean_sim = sims.mean(axis=1)
         medoid = int(np.argmax(mean_sim))  # first of equals: argmax is deterministic
         order = sorted(range(len(group)), key=lambda j: (j != medoid, -sims[medoid, j], j))
+        shown, seen = [], set()
+        for j in order:  # repeated prompts are shown once
+            key = " ".join(texts[group[j]].lower().split())
+            if key not in seen:
+                seen.add(key)
+                shown.append(group[j])
         inside: Counter = Counter()
         for i in group:
             inside.update(set(words[i]))
@@ -104,7 +110,7 @@ def describe(
         patterns.append(
             Pattern(
                 members=list(group),
-                representatives=[group[j] for j in order[:n_representatives]],
+                representatives=shown[:n_representatives],
                 keywords=ranked[:n_keywords],
                 cohesion=round(cohesion, 4),
             )
@@ -121,4 +127,8 @@ def _normalized(vectors) -> np.ndarray:
 def _words(text: str) -> list[str]:
     from tunesmith.data.synth import tokens
 
-    return [t for t in tokens(text) if t not in _STOPWORDS and (len(t) > 1 or not t.isascii())]
+    return [
+        t
+        for t in tokens(text)
+        if t not in _STOPWORDS and not t.isdigit() and (len(t) > 1 or not t.isascii())
+    ]
