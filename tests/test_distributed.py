@@ -66,17 +66,17 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model
     assert (runs / "ddp" / "model").is_dir()
 
 
-def test_fsdp_on_cpu_is_a_one_sentence_config_error(monkeypatch):
+def test_deepspeed_on_cpu_is_a_one_sentence_config_error(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(ConfigError) as error:
-        check_distributed(DistributedConfig(strategy="fsdp"))
+        check_distributed(DistributedConfig(strategy="deepspeed"))
     message = str(error.value)
-    assert message.startswith("train.distributed.strategy: fsdp") and "ddp" in message
+    assert message.startswith("train.distributed.strategy: deepspeed") and "ddp" in message
     assert message.count(". ") == 0 and "\n" not in message
 
 
-def test_fsdp_on_cpu_fails_before_launching(tmp_path, tiny_model_dir, alpaca_file):
-    config = _config(tmp_path, tiny_model_dir, alpaca_file, "fsdp", batch_size=2)
+def test_deepspeed_on_cpu_fails_before_launching(tmp_path, tiny_model_dir, alpaca_file):
+    config = _config(tmp_path, tiny_model_dir, alpaca_file, "deepspeed", batch_size=2)
     done = subprocess.run(
         [
             sys.executable,
@@ -84,7 +84,7 @@ def test_fsdp_on_cpu_fails_before_launching(tmp_path, tiny_model_dir, alpaca_fil
             "import torch; torch.cuda.is_available = lambda: False; " + TRAIN_CLI,
             "train",
             str(config),
-            "train.distributed.strategy=fsdp",
+            "train.distributed.strategy=deepspeed",
             "--nproc",
             "2",
         ],
@@ -93,8 +93,8 @@ def test_fsdp_on_cpu_fails_before_launching(tmp_path, tiny_model_dir, alpaca_fil
         timeout=120,
     )
     assert done.returncode != 0
-    assert "train.distributed.strategy: fsdp" in done.stdout + done.stderr
-    assert not (tmp_path / "runs" / "fsdp").exists()  # nothing launched, no run folder
+    assert "train.distributed.strategy: deepspeed" in done.stdout + done.stderr
+    assert not (tmp_path / "runs" / "deepspeed").exists()  # nothing launched, no run folder
 
 
 def test_torchrun_options():

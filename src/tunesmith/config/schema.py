@@ -194,10 +194,21 @@ class DistributedConfig(Section):
     global batch is batch_size x processes x gradient_accumulation_steps."""
 
     strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
-        "ddp", description="ddp: a full copy per process; fsdp / deepspeed: sharded (CUDA only)."
+        "ddp",
+        description="ddp: a full copy per process; fsdp: FSDP2, each process holds a shard of "
+        "the weights, gradients and optimizer state (CPU or CUDA); deepspeed: ZeRO (CUDA only).",
     )
     deepspeed_config: str | None = Field(
-        None, description="DeepSpeed JSON config; None: ZeRO stage 2 with 'auto' values."
+        None,
+        description="DeepSpeed JSON config, checked against the run's settings; None: ZeRO "
+        "zero_stage with 'auto' values the Trainer fills in (written to RUN/deepspeed.json).",
+    )
+    zero_stage: Literal[2, 3] = Field(
+        2,
+        description="DeepSpeed ZeRO stage: 2 shards gradients and optimizer state; 3 also weights.",
+    )
+    zero_offload: bool = Field(
+        False, description="DeepSpeed: optimizer state (ZeRO-3: weights too) kept in CPU RAM."
     )
 
 

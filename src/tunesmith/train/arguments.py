@@ -51,7 +51,7 @@ def trainer_kwargs(cfg: TrainConfig, run: RunFolder, has_eval: bool) -> dict:
         eval_strategy="steps" if has_eval else "no",
         eval_steps=cfg.save_steps if has_eval else None,
         use_cpu=not torch.cuda.is_available(),
-        **distributed_arguments(cfg.distributed),  # DDP backend, FSDP or DeepSpeed
+        **distributed_arguments(cfg, run),  # DDP backend, FSDP or DeepSpeed
         **tracking_arguments(cfg, run),  # train.report_to, offline into RUN/tracking
         disable_tqdm=False,
         dataloader_num_workers=0,
