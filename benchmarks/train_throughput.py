@@ -12,6 +12,16 @@ as it falls inside `train()`); `tunesmith-bf16` is tunesmith-fast with train.pre
 Trainer's CPU autocast; the fp32 kernels stand aside). `tunesmith-packed` is the path without
 those levers.
 
+LLaMA-Factory (issue 20, item 1; benchmarks/lf_baseline.py): `lf-neat` (`neat_packing: true`:
+packed rows with a block-diagonal mask and per-example positions, the same maths as the packed
+runs above) and `lf-padded` (no packing). LF pins its own versions of transformers, peft and trl,
+so it runs in its own virtualenv, installed on first use under
+~/.cache/tunesmith/bench/lf-venv (or --lf-venv DIR; never into the project's .venv) with the
+same torch as the project's venv and the pins of LF_PINS, and reused while its marker file names
+the same pins. The run starts from the same model folder (the parent resolves the embedded
+SmolLM2 and passes the folder) and the same records. Every run's real and trainable token counts
+must equal the first run's: the benchmark stops with an error otherwise.
+
 Measured the same way for every run: tokens/s = real (non-pad) tokens / wall time around the
 trainer's `train()` call (model loading and data preparation excluded); peak RSS = the child's
 own ru_maxrss; final loss = the trainer's `training_loss` (mean over the epoch). Real tokens:
@@ -19,12 +29,14 @@ tunesmith's summary.json["data"]["tokens"], TRL's prepared dataset; both are pri
 trainable (response) token counts so one can see that both tools train on the same tokens.
 
     .venv/bin/python benchmarks/train_throughput.py [--records 200]
-        [--runs tunesmith-fast,tunesmith-packed,tunesmith-padded,trl-packed,trl-padded]
-        [--repeat N] [--json-out FILE]
+        [--runs tunesmith-fast,tunesmith-packed,tunesmith-padded,trl-packed,trl-padded,
+                lf-neat,lf-padded]
+        [--repeat N] [--json-out FILE] [--lf-venv DIR]
 
 `--repeat N` runs the list N times, alternating its order, and prints each tunesmith run's
-tokens/s ratio to the TRL packed run (or to tunesmith-packed) of the same round: on a shared
-machine the ratios of neighbouring runs are steadier than the absolute numbers.
+tokens/s ratio to the TRL packed run (or to tunesmith-packed) and to the LF neat run of the same
+round: on a shared machine the ratios of neighbouring runs are steadier than the absolute
+numbers.
 """
 
 from __future__ import annotations
@@ -50,6 +62,8 @@ RUNS = (
     "tunesmith-fast",
     "tunesmith-compiled",
     "tunesmith-bf16",
+    "lf-neat",
+    "lf-padded",
 )
 DEFAULT_RUNS = ("tunesmith-fast", *RUNS[:4])
 TUNESMITH_MODES = {  # mode -> (packing, speed levers, compile)
@@ -60,6 +74,18 @@ TUNESMITH_MODES = {  # mode -> (packing, speed levers, compile)
     "bf16": (True, True, False),  # fast, with train.precision=bf16 (CPU autocast)
 }
 SEED = 42
+LF_VENV = Path.home() / ".cache/tunesmith/bench/lf-venv"
+# LLaMA-Factory 0.9.5 pins transformers <=5.6, peft <=0.18.1, trl <=0.24 and needs torchvision
+# and torchaudio to import (llamafactory/data/mm_plugin.py imports torchaudio at module level).
+# torch and torchvision: the releases of the project's venv (pip takes them from this machine's
+# disk); torchaudio 2.11.1 is PyPI's newest and loads beside torch 2.14.1 (it asks torch>=2.11).
+LF_PINS = (
+    "llamafactory==0.9.5",
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "torchaudio==2.11.1",
+)
+LF_MARKER = "tunesmith-bench-pins.json"
 THREADS = 2
 CHILD_ENV = {
     "OMP_NUM_THREADS": str(THREADS),
@@ -133,11 +159,12 @@ def run_tunesmith_child(records: int, mode: str) -> dict:
     original_train = trainer_cls.train
 
     def timed_train(self, *args, **kwargs):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         if levers and not wired:  # inside the timed region: compilation happens in train()
             optimize_for_training(self.model, compile=compiled)
         output = original_train(self, *args, **kwargs)
         timing["seconds"] = time.perf_counter() - started
+        timing["cpu_seconds"] = time.process_time() - cpu_started
         timing["log_history"] = list(self.state.log_history)
         timing["config"] = getattr(self.model, "config", None)
         return output
@@ -162,6 +189,7 @@ def run_tunesmith_child(records: int, mode: str) -> dict:
         "trainable_tokens": summary["data"]["trainable_tokens"],
         "steps": summary["steps"],
         "train_seconds": round(seconds, 2),
+        "train_cpu_seconds": round(timing["cpu_seconds"], 2),
         "tokens_per_s": round(real_tokens / seconds, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "train_loss": summary["train_loss"],
@@ -171,13 +199,52 @@ def run_tunesmith_child(records: int, mode: str) -> dict:
     }
 
 
-def launch(name: str, records: int) -> dict:
+def lf_python(venv: Path) -> Path:
+    """The python of LLaMA-Factory's own virtualenv, installed on first use (a few minutes and
+    ~6.6 GB, most of it torch's CUDA libraries) and reused while its marker names LF_PINS."""
+    python = venv / "bin/python"
+    marker = venv / LF_MARKER
+    if (
+        python.is_file()
+        and marker.is_file()
+        and json.loads(marker.read_text(encoding="utf-8")).get("pins") == list(LF_PINS)
+    ):
+        return python
+    project_venv = Path(sys.prefix).resolve()
+    if venv.resolve() == project_venv or project_venv in venv.resolve().parents:
+        raise SystemExit(f"--lf-venv {venv} is the project's own virtualenv; pick another folder")
+    print(f"installing {' '.join(LF_PINS)} into {venv} (first use)", flush=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    steps = [
+        [sys.executable, "-m", "venv", "--clear", str(venv)],
+        [str(python), "-m", "pip", "install", "--quiet", *LF_PINS],
+        [str(python), "-c", "import llamafactory.train.tuner"],  # fails loudly if LF can't import
+    ]
+    for step in steps:
+        proc = subprocess.run(step, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"LLaMA-Factory venv at {venv}: {' '.join(step)} failed")
+    marker.write_text(json.dumps({"pins": list(LF_PINS)}) + "\n", encoding="utf-8")
+    return python
+
+
+def model_folder() -> str:
+    """The embedded SmolLM2 as the safetensors folder tunesmith converts it to."""
+    from tunesmith.models.resolve import resolve_model
+
+    return str(resolve_model("smollm2-135m-instruct").path)
+
+
+def launch(name: str, records: int, lf_venv: Path = LF_VENV) -> dict:
     """Run one benchmark in a fresh subprocess and read back its JSON result."""
     tool, mode = name.split("-")
     with tempfile.TemporaryDirectory() as tmp:
         result_file = Path(tmp) / "result.json"
         if tool == "tunesmith":
             cmd = [sys.executable, __file__, "--child", name]
+        elif tool == "lf":
+            cmd = [str(lf_python(lf_venv)), str(HERE / "lf_baseline.py"), "--model", model_folder()]
+            cmd += ["--neat"] if mode == "neat" else []
         else:
             cmd = [sys.executable, str(HERE / "trl_sft_baseline.py")]
             cmd += ["--packing"] if mode == "packed" else []
@@ -194,20 +261,35 @@ def launch(name: str, records: int) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    base = next((r for r in results if (r["tool"], r["mode"]) == ("trl", "packed")), None)
-    lines = [
-        "| tool | mode | real tokens | trainable tokens | steps | train s | tokens/s "
-        "| peak RSS GB | final loss | tokens/s vs TRL packed | RSS vs TRL packed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    def find(tool: str, mode: str) -> dict | None:
+        return next((r for r in results if (r["tool"], r["mode"]) == (tool, mode)), None)
+
+    bases = [
+        (label, r)
+        for label, r in (("TRL packed", find("trl", "packed")), ("LF neat", find("lf", "neat")))
+        if r
     ]
+    header = "| tool | mode | real tokens | trainable tokens | steps | train s | tokens/s "
+    header += "| train CPU s | tokens/CPU s | peak RSS GB | final loss |"
+    header += "".join(
+        f" tokens/s vs {label} | RSS vs {label} | loss vs {label} |" for label, _ in bases
+    )
+    lines = [header, "|---|---|" + "---:|" * (9 + 3 * len(bases))]
     for r in results:
-        speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "n/a"
-        rss = f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x" if base else "n/a"
-        lines.append(
+        cpu = r.get("train_cpu_seconds") or float("nan")  # user + system, all threads
+        row = (
             f"| {r['tool']} | {r['mode']} | {r['real_tokens']:,} | {r['trainable_tokens']:,} "
             f"| {r['steps']} | {r['train_seconds']:.1f} | {r['tokens_per_s']:.1f} "
-            f"| {r['peak_rss_mb'] * 1024**2 / 1e9:.2f} | {r['train_loss']:.4f} | {speed} | {rss} |"
+            f"| {cpu:.1f} | {r['real_tokens'] / cpu:.1f} "
+            f"| {r['peak_rss_mb'] * 1024**2 / 1e9:.2f} | {r['train_loss']:.4f} |"
         )
+        for _, base in bases:
+            row += (
+                f" {r['tokens_per_s'] / base['tokens_per_s']:.2f}x"
+                f" | {r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x"
+                f" | {100 * (r['train_loss'] / base['train_loss'] - 1):+.2f}% |"
+            )
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -220,20 +302,38 @@ def token_check(results: list[dict]) -> str:
     return f"token counts (real/trainable) {verdict}: {detail}"
 
 
+def check_tokens(results: list[dict]) -> None:
+    """Every run must train on the same tokens as the first: stop loudly when one does not."""
+    first, last = results[0], results[-1]
+    counts = [(r["real_tokens"], r["trainable_tokens"]) for r in (first, last)]
+    if counts[0] != counts[1]:
+        raise SystemExit(
+            f"token counts differ: {first['tool']}-{first['mode']} has {counts[0][0]} real / "
+            f"{counts[0][1]} trainable tokens, {last['tool']}-{last['mode']} {counts[1][0]} / "
+            f"{counts[1][1]}; the runs do not train on the same tokens, so their speeds do not "
+            "compare"
+        )
+
+
 def round_ratios(rounds: list[list[dict]]) -> str:
-    """Per round: each tunesmith run's tokens/s over the reference run of the same round."""
+    """Per round: each tunesmith run's tokens/s over the reference runs of the same round."""
     lines = []
     for i, results in enumerate(rounds, 1):
-        by_name = {f"{r['tool']}-{r['mode']}": r["tokens_per_s"] for r in results}
-        ref = "trl-packed" if "trl-packed" in by_name else "tunesmith-packed"
-        if ref not in by_name:
-            return "ratios: no trl-packed or tunesmith-packed run to compare with"
-        ratios = ", ".join(
-            f"{name} {speed / by_name[ref]:.3f}x"
-            for name, speed in by_name.items()
-            if name.startswith("tunesmith") and name != ref
-        )
-        lines.append(f"round {i}: vs {ref}: {ratios}")
+        by_name = {f"{r['tool']}-{r['mode']}": r for r in results}
+        refs = [ref for ref in ("trl-packed", "lf-neat") if ref in by_name]
+        refs = refs or (["tunesmith-packed"] if "tunesmith-packed" in by_name else [])
+        if not refs:
+            return "ratios: no trl-packed, lf-neat or tunesmith-packed run to compare with"
+        for ref in refs:
+            base = by_name[ref]
+            ratios = ", ".join(
+                f"{name} {r['tokens_per_s'] / base['tokens_per_s']:.3f}x tokens/s, "
+                f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x RSS, "
+                f"loss {100 * (r['train_loss'] / base['train_loss'] - 1):+.2f}%"
+                for name, r in by_name.items()
+                if name.startswith("tunesmith") and name != ref
+            )
+            lines.append(f"round {i}: vs {ref}: {ratios}")
     return "\n".join(lines)
 
 
@@ -243,6 +343,9 @@ def main() -> None:
     parser.add_argument("--runs", default=",".join(DEFAULT_RUNS))
     parser.add_argument("--repeat", type=int, default=1, help="rounds, alternating the order")
     parser.add_argument("--json-out", default=None, help="also write the JSON list here")
+    parser.add_argument(
+        "--lf-venv", type=Path, default=LF_VENV, help="LLaMA-Factory's own virtualenv (cached)"
+    )
     parser.add_argument(
         "--child", choices=[n for n in RUNS if n.startswith("tunesmith")], help=argparse.SUPPRESS
     )
@@ -259,10 +362,17 @@ def main() -> None:
     unknown = [name for name in names if name not in RUNS]
     if unknown:
         parser.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
-    rounds = [
-        [launch(name, args.records) for name in (names if i % 2 == 0 else names[::-1])]
-        for i in range(args.repeat)
-    ]
+    rounds: list[list[dict]] = []
+    done: list[dict] = []
+    for i in range(args.repeat):
+        rounds.append([])
+        for name in names if i % 2 == 0 else names[::-1]:
+            result = launch(name, args.records, args.lf_venv)
+            print(f"load average after {name}: {os.getloadavg()}", flush=True)
+            result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+            rounds[-1].append(result)
+            done.append(result)
+            check_tokens([done[0], result])
     results = rounds[-1]
 
     import peft
@@ -270,13 +380,17 @@ def main() -> None:
     import transformers
     import trl
 
-    print("\n" + json.dumps(results, indent=2))
+    print("\n" + json.dumps(rounds, indent=2))
+    lf_versions = next((r["versions"] for r in done if r["tool"] == "lf"), None)
+    if lf_versions:
+        print(f"LLaMA-Factory venv ({args.lf_venv}): {lf_versions}")
     print(
         f"\n{args.records} records, {THREADS} threads, {os.cpu_count()} CPUs "
         f"({platform.machine()}), torch {torch.__version__}, transformers "
         f"{transformers.__version__}, peft {peft.__version__}, trl {trl.__version__}\n"
     )
-    print(table(results))
+    for i, round_results in enumerate(rounds, 1):
+        print(f"\nround {i}:\n" + table(round_results))
     print("\n" + token_check(results))
     if args.repeat > 1:
         print("\n" + round_ratios(rounds))
