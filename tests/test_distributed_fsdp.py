@@ -172,6 +172,43 @@ def test_deepspeed_zero_config_is_generated_into_the_run_folder(tmp_path, monkey
         assert "offload_param" not in zero and "stage3_prefetch_bucket_size" not in zero
 
 
+@pytest.mark.parametrize("stage", [2, 3])
+def test_the_trainer_fills_every_auto_value_from_the_run(tmp_path, stage):
+    """transformers' own filling (HfTrainerDeepSpeedConfig, whose base needs the deepspeed
+    package: here its methods on accelerate's plain base) leaves no "auto" and the run's values."""
+    from types import SimpleNamespace
+
+    from accelerate.utils.deepspeed import HfDeepSpeedConfig
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig as Trainers
+
+    from tunesmith.train.arguments import trainer_kwargs
+    from tunesmith.train.distributed import deepspeed_config
+
+    class Filled(HfDeepSpeedConfig):
+        is_auto, fill_match, fill_only = Trainers.is_auto, Trainers.fill_match, Trainers.fill_only
+        trainer_config_process = Trainers.trainer_config_process
+        trainer_config_finalize = Trainers.trainer_config_finalize
+
+    cfg = _train(zero_stage=stage)
+    ddp = cfg.model_copy(update={"distributed": DistributedConfig()})  # no deepspeed package
+    args = TrainingArguments(**trainer_kwargs(ddp, RunFolder(tmp_path / "run"), has_eval=False))
+    filled = Filled(deepspeed_config(cfg.distributed))
+    filled.mismatches = []
+    filled.trainer_config_process(args)
+    filled.trainer_config_finalize(
+        args, SimpleNamespace(config=SimpleNamespace(hidden_size=32)), 10
+    )
+
+    config = filled.config
+    assert "auto" not in json.dumps(config) and not filled.mismatches
+    assert config["train_micro_batch_size_per_gpu"] == 2 and config["train_batch_size"] == 6
+    assert config["gradient_accumulation_steps"] == 3 and config["gradient_clipping"] == 0.5
+    assert config["bf16"]["enabled"] is True and config["fp16"]["enabled"] is False
+    assert config["zero_optimization"]["reduce_bucket_size"] == 32 * 32
+    check_deepspeed_config(config, cfg, 1, "the filled config")  # the run's own values pass
+
+
 def test_a_given_deepspeed_config_that_disagrees_with_the_run_is_one_sentence(
     tmp_path, monkeypatch
 ):
