@@ -270,7 +270,17 @@ def test_deepspeed_without_its_package_is_one_sentence(monkeypatch):
 def test_zero_settings_without_deepspeed_are_refused():
     with pytest.raises(ConfigError, match=r"zero_stage is only read with .*strategy=deepspeed"):
         check_distributed(DistributedConfig(strategy="fsdp", zero_stage=3))
-    check_distributed(DistributedConfig(strategy="fsdp"))  # FSDP runs on CPU
+    check_distributed(DistributedConfig(strategy="fsdp"), launching=True)  # FSDP runs on CPU
+
+
+def test_fsdp_in_one_process_is_one_sentence(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ConfigError) as error:
+        check_distributed(DistributedConfig(strategy="fsdp"))
+    _one_sentence(str(error.value))
+    assert "--nproc 2" in str(error.value)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a process torchrun started
+    check_distributed(DistributedConfig(strategy="fsdp"))
 
 
 # --- several nodes ---

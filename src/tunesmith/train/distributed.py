@@ -61,8 +61,9 @@ def is_torchrun_child() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def check_distributed(cfg: DistributedConfig) -> None:
-    """Fail before the model loads: DeepSpeed needs CUDA and its package, FSDP torch's FSDP2."""
+def check_distributed(cfg: DistributedConfig, launching: bool = False) -> None:
+    """Fail before the model loads: DeepSpeed needs CUDA and its package, FSDP torch's FSDP2
+    and several processes (launching: this process starts them, torchrun has not yet)."""
     import torch
 
     for key in ("deepspeed_config", "zero_stage", "zero_offload"):  # a saved config sets all
@@ -75,6 +76,11 @@ def check_distributed(cfg: DistributedConfig) -> None:
         raise ConfigError(
             "train.distributed.strategy: fsdp needs torch's FSDP2 (torch.distributed.fsdp."
             f"fully_shard, torch 2.6 or newer; this is torch {torch.__version__}); use ddp"
+        )
+    if cfg.strategy == "fsdp" and not launching and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise ConfigError(
+            "train.distributed.strategy: fsdp shards the model across processes and this run "
+            "has one; start it with --nproc 2 or more"
         )
     if cfg.strategy != "deepspeed":
         return
@@ -228,7 +234,7 @@ def _lookup(config: dict, dotted: str):
 
 # FSDP2 (torch's fully_shard) through accelerate: each decoder layer (the model's
 # _no_split_modules) is sharded on its own, parameters gathered for its forward and freed after
-# it; checkpoints hold the full state dict, so a run resumes on any number of processes
+# it; checkpoints hold the full (gathered) model and optimizer state
 FSDP_CONFIG = {
     "version": 2,
     "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
@@ -288,7 +294,7 @@ def gather_sharded(trainer, model):
         for name, param in list(module.named_parameters(recurse=False)):
             if isinstance(param, DTensor):
                 if id(param) not in whole:
-                    tensor = param.full_tensor().detach()
+                    tensor = param.full_tensor().detach().cpu()  # one at a time on a GPU
                     whole[id(param)] = torch.nn.Parameter(tensor, param.requires_grad)
                 module.register_parameter(name, whole[id(param)])
     return model
@@ -302,7 +308,7 @@ def launch(
     options: Launch,
 ) -> None:
     """Run `tunesmith train` in options.nproc processes on this node through torchrun."""
-    check_distributed(config.train.distributed)  # before any process starts
+    check_distributed(config.train.distributed, launching=True)  # before any process starts
     code = subprocess.call(launch_command(config, config_path, overrides, resume, options))
     if code != 0:
         raise TunesmithError(
