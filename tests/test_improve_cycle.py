@@ -113,3 +113,24 @@ def test_a_second_run_skips_every_finished_stage(project):
     report = run_cycle(project["path"], admin=FakeAdmin(), clock=FakeClock(), embedder=bow)
     assert {s["status"] for s in report["stages"]} == {"skipped"}
     assert report["decision"] == "approved"
+
+
+def test_deploy_cli_plans_and_refuses_a_rejected_candidate(project, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.main import app
+
+    work = project["tmp"] / "work"
+    candidate = work / project["report"]["candidate"]
+    path = str(project["path"])
+    result = CliRunner().invoke(app, ["improve", "deploy", path, str(candidate), "--plan-only"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads((work / "deploy" / "deploy.json").read_text())["plan"]
+    assert f"canary {plan['canary_percentage']}%" in result.output
+    rejected = tmp_path / "validation.json"
+    rejected.write_text(json.dumps({"decision": "rejected", "reasons": ["quick: dropped"]}))
+    result = CliRunner().invoke(
+        app, ["improve", "deploy", path, str(candidate), "--validation", str(rejected)]
+    )
+    assert result.exit_code == 2  # a user error: one sentence, no traceback
+    assert "validation rejected this candidate (quick: dropped)" in result.output

@@ -181,8 +181,10 @@ class Cycle:
         from tunesmith.workflows.improve.targeted import build_targeted_data
 
         settings = self.spec.data_settings()
+        update: dict = {"held_out": [str(self.src(p)) for p in settings.held_out]}
         if settings.teacher is None and self.teacher is None:
-            settings = settings.model_copy(update={"teacher": self.spec.teacher})
+            update["teacher"] = self.spec.teacher
+        settings = settings.model_copy(update=update)  # paths: relative to improve.yaml
         result = build_targeted_data(
             self.work / "mine" / "opportunities.json",
             self.src(self.original_data()),

@@ -1,7 +1,7 @@
 """`tunesmith improve demo [--out DIR]`: one improvement cycle on a served SmolLM2 assistant.
 
-1. v1, the assistant in production: a LoRA of the embedded SmolLM2-135M-Instruct on the
-   parcel-service FAQ of the assistant demo (workflows/assistant/demo/faq.jsonl) with four
+1. v1, the assistant in production: a LoRA of the embedded SmolLM2-135M-Instruct, one epoch
+   on the parcel-service FAQ of the assistant demo (workflows/assistant/demo/faq.jsonl) with four
    facts left out (parcel insurance, drop-off lockers, tracking-number format, the store's
    street): questions about them are what it answers badly.
 2. A tunesmith server (in this process, on a free loopback port) serves v1 behind the route
@@ -40,6 +40,7 @@ DEMO = files("tunesmith.workflows.improve") / "demo"
 FAQ = files("tunesmith.workflows.assistant") / "demo" / "faq.jsonl"
 BASE = "smollm2-135m-instruct"
 UNKNOWN = ("insurance", "locker", "tracking number", "Mill Street", "LPP")
+GUARDED = ("sky", "bees", "planet", "hot", "water", "France")  # guard topics: never replayed
 ROUTE = "assistant"
 MAX_TOKENS = 40
 TRAIN = [
@@ -83,12 +84,34 @@ def train_v1(out: Path) -> Path:
             f"output.dir={out / 'runs'}",
             "output.name=v1",
             *TRAIN,
-            "train.epochs=3",
+            "train.epochs=1",
         ],
     )
     run = RunFolder.create(config.output, "v1")
     run_stage(config, run)
     return run.root
+
+
+def self_replay(out: Path, v1: Path) -> Path:
+    """General questions (the quickstart's replay list, the guard set's questions and topics
+    left out) with v1's own finished answers: replayed in training against forgetting."""
+    from tunesmith.runs.inference import make_client
+    from tunesmith.utils.llm import replies_of
+
+    guard = [r["prompt"].lower() for r in _rows(DEMO / "guard.jsonl")]
+    questions = [
+        q["question"]
+        for q in _rows(files("tunesmith.workflows") / "quickstart_data" / "general_replay.jsonl")
+        if q["question"].lower() not in guard and not any(w in q["question"] for w in GUARDED)
+    ]
+    client = make_client(f"local:{v1}")
+    replies = replies_of(client, [[{"role": "user", "content": q}] for q in questions], 64, 0.0)
+    rows = [
+        {"instruction": q, "input": "", "output": r.text.strip()}
+        for q, r in zip(questions, replies, strict=True)
+        if r.finished and r.text.strip()
+    ]
+    return _write_jsonl(out / "data" / "replay.jsonl", rows)
 
 
 class DemoServer:
@@ -195,7 +218,7 @@ class TrafficClock:
         time.sleep(max(0.0, end - time.time()))
 
 
-def improve_yaml(out: Path, url: str) -> Path:
+def improve_yaml(out: Path, url: str, replay: Path) -> Path:
     for name in ("regression.jsonl", "guard.jsonl"):
         (out / name).write_text((DEMO / name).read_text(encoding="utf-8"), encoding="utf-8")
     spec = {
@@ -206,8 +229,20 @@ def improve_yaml(out: Path, url: str) -> Path:
         "guard": "guard.jsonl",
         "work_dir": "improve",
         "mine": {"safety_probes": None},
-        "data": {"held_out": ["guard.jsonl"]},
-        "train": {"name": "v2", "overrides": [*TRAIN, "train.epochs=4"]},
+        # one replayed FAQ example per three corrections (the default is one per correction):
+        # fewer examples to train on 2 CPU cores
+        "data": {"held_out": ["guard.jsonl"], "targeted_original_share": 0.25},
+        "train": {
+            "name": "v2",
+            "overrides": [
+                *TRAIN,
+                "train.epochs=3",
+                "train.learning_rate=2e-3",
+                # v1's own answers to general questions, 30% of the training set (forgetting)
+                f"data.replay.files=[{replay}]",
+                "data.replay.ratio=0.3",
+            ],
+        },
         "validate": {"max_new_tokens": MAX_TOKENS, "ab_prompts": 20},
         "deploy": {
             "candidate_name": "v2",
@@ -251,7 +286,8 @@ def run_demo(out: str | Path) -> dict:
         times["users_before_s"] = time.perf_counter() - mark
 
         console.rule("improve demo 4/5: one improvement cycle")
-        path = improve_yaml(out, server.url)
+        replay = self_replay(out, out / "runs" / "v1")
+        path = improve_yaml(out, server.url, replay)
         shutil.rmtree(out / "improve", ignore_errors=True)
         mark = time.perf_counter()
 
