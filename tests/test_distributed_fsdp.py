@@ -238,6 +238,45 @@ def test_a_given_deepspeed_config_that_disagrees_with_the_run_is_one_sentence(
         distributed_arguments(_train(deepspeed_config=str(given)), RunFolder(tmp_path / "run"))
 
 
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero3_saves_inside_deepspeeds_gathered_parameters(monkeypatch, stage):
+    """ZeRO-3 partitions the weights: the artifact is written while DeepSpeed holds them whole
+    (its GatheredParameters, stood in for here); ZeRO-2 keeps whole weights in every process."""
+    import types
+    from types import SimpleNamespace
+
+    import torch
+
+    from tunesmith.train.distributed import whole_weights
+
+    events: list = []
+
+    class GatheredParameters:
+        def __init__(self, params, modifier_rank):
+            events.append(("gather", len(params), modifier_rank))
+
+        def __enter__(self):
+            events.append("in")
+
+        def __exit__(self, *exc):
+            events.append("out")
+
+    deepspeed = types.ModuleType("deepspeed")
+    deepspeed.zero = SimpleNamespace(GatheredParameters=GatheredParameters)
+    monkeypatch.setitem(sys.modules, "deepspeed", deepspeed)
+    plugin = SimpleNamespace(zero_stage=stage)
+    trainer = SimpleNamespace(
+        is_fsdp_enabled=False,
+        is_deepspeed_enabled=True,
+        accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin)),
+    )
+    model = torch.nn.Linear(2, 2)  # weight and bias
+    with whole_weights(trainer, model) as whole:
+        assert whole is model
+        events.append("save")
+    assert events == ([("gather", 2, None), "in", "save", "out"] if stage == 3 else ["save"])
+
+
 def _one_sentence(message: str) -> None:
     assert message.startswith("train.distributed.") and "\n" not in message
     assert message.count(". ") == 0

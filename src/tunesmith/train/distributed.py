@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -280,12 +281,27 @@ def shard_on_cpu() -> None:
     Trainer.create_accelerator_and_postprocess = create_and_shard
 
 
-def gather_sharded(trainer, model):
-    """The trained model with whole weights in every process, to save: FSDP2 leaves each
-    process one shard of each parameter (a DTensor); every process gathers them, in the same
-    order, into plain parameters (tied weights stay one parameter). Other runs: model as is."""
-    if not getattr(trainer, "is_fsdp_enabled", False):
-        return model
+@contextmanager
+def whole_weights(trainer, model):
+    """The trained model with whole weights, to save; every process enters it together.
+
+    FSDP2 leaves each process one shard of each parameter (a DTensor): every process gathers
+    them, in the same order, into plain CPU parameters (tied weights stay one parameter), and
+    the model is not trained further. DeepSpeed ZeRO-3 partitions them too: its
+    GatheredParameters holds them whole while inside. Other runs: the model as it is.
+    """
+    if getattr(trainer, "is_fsdp_enabled", False):
+        yield _gather_fsdp(model)
+    elif _zero_stage(trainer) == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            yield model
+    else:
+        yield model
+
+
+def _gather_fsdp(model):
     import torch
     from torch.distributed.tensor import DTensor
 
@@ -298,6 +314,12 @@ def gather_sharded(trainer, model):
                     whole[id(param)] = torch.nn.Parameter(tensor, param.requires_grad)
                 module.register_parameter(name, whole[id(param)])
     return model
+
+
+def _zero_stage(trainer) -> int | None:
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        return None
+    return trainer.accelerator.state.deepspeed_plugin.zero_stage
 
 
 def launch(

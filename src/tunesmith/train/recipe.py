@@ -52,7 +52,7 @@ from tunesmith.train.callbacks import (
     resume_checkpoint,
 )
 from tunesmith.train.checkpoints import RunTotals
-from tunesmith.train.distributed import check_distributed, gather_sharded
+from tunesmith.train.distributed import check_distributed, whole_weights
 from tunesmith.train.forgetting_check import ForgettingCheck
 from tunesmith.train.monitor import TrainingMonitor
 from tunesmith.train.tracking import check_trackers, tracking
@@ -365,9 +365,10 @@ def stopped_by_signal(stop: StopOnSignal, run: RunFolder) -> None:
 def save(recipe: Recipe, job: Job, trainer) -> Path:
     """The method's artifact (the best checkpoint's with early stopping), by the main process."""
     artifact = job.run.root / job.method.artifact
-    model = gather_sharded(trainer, recipe.artifact_model(trainer))  # FSDP: every process
-    if is_main_process():
-        job.method.save(model, job.loaded.tokenizer, artifact, job.config.method, recipe.task)
+    # sharded (FSDP, ZeRO-3): every process gathers the weights, the main one writes them
+    with whole_weights(trainer, recipe.artifact_model(trainer)) as model:
+        if is_main_process():
+            job.method.save(model, job.loaded.tokenizer, artifact, job.config.method, recipe.task)
     return artifact
 
 
