@@ -31,7 +31,9 @@ def failure(i: int, prompt: str, correction: str | None = None, source: str = "l
     }
 
 
-def report_of(failures: list[dict], tmp_path: Path, regression: Path | None = None) -> Path:
+def report_of(
+    failures: list[dict], tmp_path: Path, regression: Path | None = None, keywords=()
+) -> Path:
     """An opportunities.json with one pattern holding `failures`."""
     data = {
         "version": 1,
@@ -46,7 +48,7 @@ def report_of(failures: list[dict], tmp_path: Path, regression: Path | None = No
                 "type": "user_experience",
                 "priority": "high",
                 "frequency": len(failures),
-                "pattern": {"keywords": []},
+                "pattern": {"keywords": list(keywords)},
                 "details": {"failed_examples": failures},
             }
         ],
@@ -327,3 +329,24 @@ def test_teacher_base_is_the_current_runs_base_model(monkeypatch):
     assert teacher_spec("http://127.0.0.1:9/v1#t") == "http://127.0.0.1:9/v1#t"
     with pytest.raises(ConfigError, match="current run's base model"):
         teacher_spec("local:base")
+
+
+def test_an_off_topic_teacher_question_is_rejected(tmp_path):
+    class Drifting(Teacher):
+        def chat(self, conversations, max_new_tokens=256, temperature=0.7):
+            if "Write one new question" in conversations[0][-1]["content"]:
+                return ["Once upon a time there was a ball of yarn.", "Can I return a parcel late?"]
+            return super().chat(conversations, max_new_tokens, temperature)
+
+    failures = [failure(1, "What is the return window?", "30 days from delivery.")]
+    out = build_targeted_data(
+        report_of(failures, tmp_path, keywords=["return", "window"]),
+        original_file(tmp_path, 4),
+        TargetedDataSettings(examples_per_pattern=2),
+        teacher=Drifting(),
+        out_dir=tmp_path / "o",
+    )
+    off = [r for r in out.rejects if r["reason"].startswith("teacher question off topic")]
+    assert [r["record"] for r in off] == ["Once upon a time there was a ball of yarn."]
+    variants = [e for e in out.fix if e["origin"] == "teacher_variant"]
+    assert [e["messages"][-2]["content"] for e in variants] == ["Can I return a parcel late?"]

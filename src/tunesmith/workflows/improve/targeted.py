@@ -7,7 +7,8 @@ up to `data.examples_per_pattern` examples, in this order:
    answer) becomes the logged conversation with the correction as the assistant's answer;
 2. teacher answers: the pattern's other failing logged prompts, answered by the teacher;
 3. teacher variants: new questions on the pattern's topic written by the teacher from its
-   failing prompts (regression prompts included: they show the topic), then answered by it.
+   failing prompts (regression prompts included: they show the topic), then answered by it;
+   a question holding none of the pattern's keywords is off topic and rejected.
 The teacher is any client spec (`local:<model or run>`, an OpenAI-compatible URL; "base" or
 "local:base" is the base model of the current run, given as `current`). A teacher answer that
 is empty, cut short, declines, or is in another language than its prompt is rejected with that
@@ -333,7 +334,7 @@ def _pattern_examples(
     }
     if teacher is None or len(out) >= want:
         return out, counts
-    from tunesmith.data.synth import clean_instruction
+    from tunesmith.data.synth import clean_instruction, tokens
 
     # 2. the teacher answers the other failing logged prompts (never a regression prompt)
     asked = []
@@ -357,6 +358,7 @@ def _pattern_examples(
 
     torch.manual_seed(settings.seed)  # a local teacher samples with torch: reproducible
     raws = teacher.chat(asks, max_new_tokens=64, temperature=settings.variant_temperature)
+    topic = {w.lower() for w in (op.get("pattern") or {}).get("keywords") or []}
     questions = []
     for raw in raws:
         question = clean_instruction(raw).split("\n")[0].strip()
@@ -367,6 +369,14 @@ def _pattern_examples(
                     "source": f"teacher ({pid})",
                     "reason": "teacher question too short",
                     "record": raw,
+                }
+            )
+        elif topic and not topic & set(tokens(question)):
+            rejects.append(
+                {
+                    "source": f"teacher ({pid})",
+                    "reason": "teacher question off topic (none of the pattern's keywords)",
+                    "record": question,
                 }
             )
         elif key in seen:
