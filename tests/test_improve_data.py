@@ -291,7 +291,9 @@ def test_mine_then_data_from_the_cli(tmp_path):
     assert bad.exit_code == 2 and "no opportunities report" in bad.output
 
 
-def test_a_local_model_as_teacher_every_answer_kept_or_rejected(tmp_path, tiny_model_dir):
+def test_a_local_model_as_teacher_every_answer_kept_or_rejected(
+    tmp_path, tiny_model_dir, one_thread
+):
     """The teacher spec goes through runs/inference.make_client. A random tiny model's answers
     are cut short at 8 tokens: each is a reject with its reason, and with no fix example left
     the command stops with one sentence after writing rejects.jsonl and data_summary.json."""

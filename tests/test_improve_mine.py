@@ -233,7 +233,7 @@ def test_arena_votes_count_as_feedback(tmp_path):
     assert op["details"]["failed_examples"][0]["where"] == "run/arena/votes.jsonl:1"
 
 
-def test_minilm_groups_paraphrases_of_one_topic_apart_from_another(tmp_path):
+def test_minilm_groups_paraphrases_of_one_topic_apart_from_another(tmp_path, one_thread):
     returns = [
         "What is the return window for parcels?",
         "How many days do I have to send a parcel back?",
@@ -404,7 +404,7 @@ def test_mine_cli_writes_the_report_and_names_a_missing_folder(tmp_path):
     assert "log folder not found" in missing.output
 
 
-def test_mines_what_a_live_server_logged(tmp_path, tiny_model_dir):
+def test_mines_what_a_live_server_logged(tmp_path, tiny_model_dir, one_thread):
     """The log store's real writer (serve/request_log.py) and this reader agree on the shapes."""
     import httpx
     from helpers import start
