@@ -390,6 +390,15 @@ def test_a_low_judge_score_is_a_failure_and_the_quality_component(tmp_path):
     assert quality["score"] == pytest.approx(((low - 1) / 9 + (high - 1) / 9) / 2)
     assert "judge" in quality["source"]
 
+    class Mumbling:
+        def chat(self, conversations, max_new_tokens=256, temperature=0.7):
+            return ["I think it is fine." for _ in conversations]
+
+    again = run(tmp_path / "again", requests, judge_client=Mumbling())
+    quality = again.overall["components"]["quality_score"]
+    assert quality["score"] == 1.0  # no rule check fired on either answer
+    assert "rule checks" in quality["source"] and "2 unparseable" in quality["source"]
+
 
 def test_mine_cli_writes_the_report_and_names_a_missing_folder(tmp_path):
     logs = write_logs(tmp_path / "logs", [req("a", "Where is the store?", "")])

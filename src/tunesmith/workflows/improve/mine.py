@@ -222,7 +222,7 @@ def mine(
     overall = O.overall_score(
         {
             "regression_pass_rate": _regression_component(regression_result),
-            "quality_score": quality or _rule_quality(answered, failures),
+            "quality_score": _quality(quality, answered, failures),
             "safety_score": safety,
             "performance_score": {
                 "score": perf["within_budget"],
@@ -422,6 +422,16 @@ def _judge(
         f"{len(items)} answers ({result['unparseable']} unparseable)",
         "n": len(scores),
     }
+
+
+def _quality(judged: dict | None, answered: list[Request], failures: dict) -> dict:
+    """The judge's mean when it scored anything, else the rule checks' pass rate."""
+    if judged is not None and judged["score"] is not None:
+        return judged
+    rules = _rule_quality(answered, failures)
+    if judged is not None:
+        rules["source"] += f"; the judge scored nothing ({judged['source']})"
+    return rules
 
 
 def _rule_quality(answered: list[Request], failures: dict) -> dict:
