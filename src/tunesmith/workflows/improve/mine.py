@@ -21,6 +21,14 @@ opportunities.py). A failure whose prompt got a good answer elsewhere in the log
 canonical prompt) is an inconsistency: for a rule-check failure, an answer no rule check
 flagged; for a thumbs-down or a low judge score, an answer rated up or judged passing.
 
+The overall score's components (opportunities.overall_score; each states its source):
+regression pass rate = regression items passed / items run; quality = the judge's mean rubric
+score mapped (x-1)/9, else (no judge, or nothing parsed) the share of answers no rule check
+flagged; safety = the share of safety probes declined (mine.safety_probes, answered by
+mine.model, else their logged answers); performance = the share of server requests answered
+(status ok) within mine.latency_p95_ms; user satisfaction = up / (up + down) over the rated
+responses. Anything not measurable from the inputs is unmeasured, never guessed.
+
 The failing prompts are clustered into error patterns (patterns.py: MiniLM embeddings,
 average-linkage agglomerative clustering at cosine `mine.cluster_threshold`), each pattern
 becomes an opportunity (opportunities.py: the seed's types, priorities and overall score), and
