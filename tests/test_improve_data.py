@@ -307,12 +307,14 @@ def test_a_local_model_as_teacher_every_answer_kept_or_rejected(
             out_dir=tmp_path / "o",
         )
     rejects = rows(tmp_path / "o" / "rejects.jsonl")
-    assert [(r["source"], r["reason"]) for r in rejects] == [
+    assert [(r["source"], r["reason"]) for r in rejects[:2]] == [
         ("requests.jsonl:1", "teacher answer unfinished"),
         ("requests.jsonl:2", "teacher answer unfinished"),
-        ("teacher (p1 question 1)", "teacher answer unfinished"),
-        ("teacher (p1 question 2)", "teacher answer unfinished"),
     ]
+    # its new questions are noise: each is rejected (too short, off topic, or unfinished answer)
+    assert len(rejects) > 2
+    assert all(r["source"].startswith("teacher (p1") for r in rejects[2:])
+    assert all(r["reason"].startswith("teacher") for r in rejects[2:])
     summary = json.loads((tmp_path / "o" / "data_summary.json").read_text())
     assert summary["fix"] == 0 and summary["teacher"] == f"local:{tiny_model_dir}"
 
@@ -352,3 +354,24 @@ def test_an_off_topic_teacher_question_is_rejected(tmp_path):
     assert [r["record"] for r in off] == ["Once upon a time there was a ball of yarn."]
     variants = [e for e in out.fix if e["origin"] == "teacher_variant"]
     assert [e["messages"][-2]["content"] for e in variants] == ["Can I return a parcel late?"]
+
+
+def test_a_question_sharing_a_word_with_the_pattern_is_on_topic(tmp_path):
+    class Asking(Teacher):
+        def chat(self, conversations, max_new_tokens=256, temperature=0.7):
+            if "Write one new question" in conversations[0][-1]["content"]:
+                return ["Where is my parcel 55?", "Tell me a story about a ball of yarn."]
+            return super().chat(conversations, max_new_tokens, temperature)
+
+    failures = [failure(1, "Where is parcel LPP1234567890?", "It is at the depot.")]
+    out = build_targeted_data(
+        report_of(failures, tmp_path, keywords=["lpp1234567890"]),  # "parcel" only in a prompt
+        original_file(tmp_path, 4),
+        TargetedDataSettings(examples_per_pattern=2),
+        teacher=Asking(),
+        out_dir=tmp_path / "o",
+    )
+    asked = [e["messages"][-2]["content"] for e in out.fix if e["origin"] == "teacher_variant"]
+    assert asked == ["Where is my parcel 55?"]
+    off = [r["record"] for r in out.rejects if "off topic" in r["reason"]]
+    assert off == ["Tell me a story about a ball of yarn."]

@@ -22,12 +22,12 @@ from tunesmith.workflows.improve.mine import MineReport, MineSettings, mine
 
 def bow(texts: list[str]) -> np.ndarray:
     """A word's vector is fixed by its hash: texts sharing content words point the same way."""
-    from tunesmith.workflows.improve.patterns import _words
+    from tunesmith.workflows.improve.patterns import content_words
 
     rows = []
     for text in texts:
         v = np.zeros(512)
-        for w in _words(text):
+        for w in content_words(text):
             seed = int(hashlib.blake2b(w.encode(), digest_size=4).hexdigest(), 16)
             v += np.random.default_rng(seed).standard_normal(512)
         rows.append(v)

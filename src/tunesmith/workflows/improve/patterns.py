@@ -83,7 +83,7 @@ def describe(
     if not groups:
         return []
     vectors = _normalized(embedder(texts))
-    words = [_words(t) for t in texts]
+    words = [content_words(t) for t in texts]
     everywhere: Counter = Counter()
     for w in words:
         everywhere.update(set(w))
@@ -124,7 +124,8 @@ def _normalized(vectors) -> np.ndarray:
     return arr / np.where(norms == 0, 1.0, norms)
 
 
-def _words(text: str) -> list[str]:
+def content_words(text: str) -> list[str]:
+    """Tokens less stopwords, numbers and one-letter Latin tokens (keywords, topic checks)."""
     from tunesmith.data.synth import tokens
 
     return [

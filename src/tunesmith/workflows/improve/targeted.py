@@ -8,7 +8,7 @@ up to `data.examples_per_pattern` examples, in this order:
 2. teacher answers: the pattern's other failing logged prompts, answered by the teacher;
 3. teacher variants: new questions on the pattern's topic written by the teacher from its
    failing prompts (regression prompts included: they show the topic), then answered by it;
-   a question holding none of the pattern's keywords is off topic and rejected.
+   a question sharing no content word with the pattern's prompts is off topic and rejected.
 The teacher is any client spec (`local:<model or run>`, an OpenAI-compatible URL; "base" or
 "local:base" is the base model of the current run, given as `current`). A teacher answer that
 is empty, cut short, declines, or is in another language than its prompt is rejected with that
@@ -335,6 +335,7 @@ def _pattern_examples(
     if teacher is None or len(out) >= want:
         return out, counts
     from tunesmith.data.synth import clean_instruction, tokens
+    from tunesmith.workflows.improve.patterns import content_words
 
     # 2. the teacher answers the other failing logged prompts (never a regression prompt)
     asked = []
@@ -358,7 +359,9 @@ def _pattern_examples(
 
     torch.manual_seed(settings.seed)  # a local teacher samples with torch: reproducible
     raws = teacher.chat(asks, max_new_tokens=64, temperature=settings.variant_temperature)
+    # on topic: the question shares a content word with the pattern's prompts or keywords
     topic = {w.lower() for w in (op.get("pattern") or {}).get("keywords") or []}
+    topic |= {w for f in failures for w in content_words(f["prompt"])}
     questions = []
     for raw in raws:
         question = clean_instruction(raw).split("\n")[0].strip()
@@ -375,7 +378,7 @@ def _pattern_examples(
             rejects.append(
                 {
                     "source": f"teacher ({pid})",
-                    "reason": "teacher question off topic (none of the pattern's keywords)",
+                    "reason": "teacher question off topic (no word of the pattern's prompts)",
                     "record": question,
                 }
             )
