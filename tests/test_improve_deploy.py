@@ -300,3 +300,19 @@ def test_live_canary_against_a_tunesmith_server(live, monkeypatch, failing):
         assert result["outcome"] == "promoted"
         assert route["stable"] == "v2" and route["canary"] is None
         assert all(e["error_rate"] == 0 for e in checks) and min(e["requests"] for e in checks)
+
+
+def test_deploy_names_a_route_the_server_lacks(tmp_path):
+    from tunesmith.workflows.improve.deploy import deploy_candidate
+    from tunesmith.workflows.improve.spec import ImproveSpec
+
+    spec = ImproveSpec.model_validate(
+        {"logs": "l", "current": "c", "regression": "r", "server": {"route": "shop"}}
+    )
+    approved = {"decision": "approved", **validation()}
+    with pytest.raises(ConfigError, match=r"server\.route: the server has no route 'shop'"):
+        deploy_candidate(spec, tmp_path, tmp_path / "v2", approved, [], tmp_path, FakeAdmin())
+    # --plan-only: risk and plan, the server untouched
+    result = deploy_candidate(spec, tmp_path, tmp_path / "v2", approved, [], tmp_path, dry_run=True)
+    assert result["plan"]["risk"] == result["risk"]["level"] == "medium"  # no opportunity report
+    assert "outcome" not in result

@@ -220,3 +220,14 @@ def test_improve_file_errors_name_the_key(tmp_path):
     path.write_text("logs: l\nregression: r\n")
     with pytest.raises(ConfigError, match="current"):
         load_spec(path)
+
+
+def test_init_adapter_must_be_a_saved_adapter(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.models.methods.lora import continue_adapter
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    message = r"method\.init_adapter: .* is not a saved adapter folder \(no adapter_config\.json\)"
+    with pytest.raises(ConfigError, match=message):
+        continue_adapter(model, str(tmp_path))
