@@ -211,7 +211,7 @@ def test_an_interrupted_canary_rolls_back():
 
 # --- against a live server ----------------------------------------------------------------------
 
-openai = pytest.importorskip("openai")
+# (the official openai client is imported inside: test_improve_cycle imports this module's fakes)
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +226,7 @@ def adapters_dir(tmp_path_factory, tiny_model_dir, tiny_tokenizer):
 
 @pytest.fixture
 def live(tiny_model_dir, adapters_dir, tmp_path):
+    pytest.importorskip("openai")
     from helpers import start
 
     server = start(tiny_model_dir, adapters_dir, log_dir=str(tmp_path / "logs"))
@@ -245,6 +246,9 @@ class LiveClock:
         first = [u for u in ids if bucket("assistant", u) < 1000][:3]
         self.users = first + [u for u in ids if u not in first][:12]
         self.client = server.client()
+        import openai
+
+        self.errors = openai.APIError  # a failing canary: that user sees an error
 
     def now(self) -> float:
         return time.time()
@@ -252,8 +256,7 @@ class LiveClock:
     def sleep(self, seconds: float) -> None:
         end = time.time() + seconds
         for user in self.users:
-            # a failing canary: that user sees an error, and the next one asks
-            with contextlib.suppress(openai.APIError):
+            with contextlib.suppress(self.errors):
                 self.client.chat.completions.create(
                     model="assistant", messages=HI, max_tokens=2, user=user
                 )
