@@ -12,6 +12,7 @@ import pytest
 from tunesmith.utils.errors import ConfigError
 from tunesmith.workflows.improve.deploy import (
     Canary,
+    addressed,
     assess_risk,
     breaches,
     deployment_plan,
@@ -126,6 +127,11 @@ def test_risk_rules():
     # unmeasured signals are not low
     assert assess_risk(validation(guard=None), ux)["level"] == "medium"
     assert assess_risk({"stages": {}}, ux)["level"] == "high"
+    # only what the training data addressed counts: a mined latency opportunity does not
+    mined = [*ux, {"id": "performance", "type": "performance_optimization"}]
+    ux[0]["id"] = "p1"
+    assert addressed(mined, {"patterns": {"p1": {}}}) == ux
+    assert addressed(mined, None) == mined
 
 
 def test_breach_rules():

@@ -78,7 +78,7 @@ def deploy_command(
     ] = False,
 ) -> None:
     """Risk assessment, the canary plan, and the canary on the running server."""
-    from tunesmith.workflows.improve.deploy import deploy_candidate
+    from tunesmith.workflows.improve.deploy import addressed, deploy_candidate
     from tunesmith.workflows.improve.spec import load_spec, source
 
     improve, root = load_spec(spec)
@@ -87,6 +87,8 @@ def deploy_command(
     opportunities = opportunities or work / "mine" / "opportunities.json"
     checked = _json(validation, "validation report (run tunesmith improve validate)")
     opps = _json(opportunities, None).get("opportunities", []) if opportunities.is_file() else []
+    summary = work / "data" / "data_summary.json"
+    opps = addressed(opps, _json(summary, None) if summary.is_file() else None)
     result = deploy_candidate(
         improve, root, candidate, checked, opps, work / "deploy", dry_run=plan_only
     )

@@ -226,12 +226,13 @@ class Cycle:
         }
 
     def deploy(self, ctx: Context) -> dict:
-        from tunesmith.workflows.improve.deploy import deploy_candidate
+        from tunesmith.workflows.improve.deploy import addressed, deploy_candidate
 
         validation = json.loads((self.work / "validate" / "validation.json").read_text())
         if validation["decision"] != "approved":
             return {"outputs": [], "outcome": "not deployed (validation rejected the candidate)"}
         report = json.loads((self.work / "mine" / "opportunities.json").read_text())
+        summary = _read(self.work / "data" / "data_summary.json")
         if self.before_deploy and not self.plan_only:
             self.before_deploy(self.work / ctx.records["train"]["run"])
         result = deploy_candidate(
@@ -239,7 +240,7 @@ class Cycle:
             self.root,
             self.work / ctx.records["train"]["run"],
             validation,
-            report.get("opportunities", []),
+            addressed(report.get("opportunities", []), summary),
             self.work / "deploy",
             admin=self.admin,
             clock=self.clock,

@@ -6,7 +6,8 @@ Risk (assess_risk): three signals, each rated low / medium / high; the highest o
   pass / fail outcome differs between the two models (validation.json full.flipped): below
   0.1 low, below 0.3 medium, else high. (Rewording alone is not counted: a retrained adapter
   words nearly every answer a little differently.)
-- opportunity type (the mined opportunities the data fixed): `user_experience`,
+- opportunity type (the mined opportunities the targeted data addressed: the patterns of
+  data_summary.json, see `addressed`; all of them without a summary): `user_experience`,
   `quality_improvement` and `performance` (gaps) low; `regression_fix` and `error_pattern`
   medium; anything else (e.g. `performance_optimization`: an architecture change) high; an
   opportunity whose pattern or details mention safety / refusal / harmful is high.
@@ -73,6 +74,13 @@ PLANS = {
 LOW_TYPES = {"user_experience", "quality_improvement", "performance"}
 MEDIUM_TYPES = {"regression_fix", "error_pattern"}
 SAFETY_WORDS = ("safety", "refus", "harm")
+
+
+def addressed(opportunities: list[dict], data_summary: dict | None) -> list[dict]:
+    """The opportunities the candidate's training data was built for (its patterns)."""
+    if not data_summary or "patterns" not in data_summary:
+        return opportunities
+    return [o for o in opportunities if o.get("id") in data_summary["patterns"]]
 
 
 def _worst(levels: list[str]) -> str:
