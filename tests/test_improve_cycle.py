@@ -134,3 +134,21 @@ def test_deploy_cli_plans_and_refuses_a_rejected_candidate(project, tmp_path):
     )
     assert result.exit_code == 2  # a user error: one sentence, no traceback
     assert "validation rejected this candidate (quick: dropped)" in result.output
+
+
+def test_validate_cli_reports_each_gate(project, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.main import app
+
+    candidate = project["tmp"] / "work" / project["report"]["candidate"]
+    out = tmp_path / "v"
+    args = ["improve", "validate", str(project["path"]), str(candidate), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "quick: passed" in result.output and "decision: approved" in result.output
+    assert json.loads((out / "validation.json").read_text())["decision"] == "approved"
+    # the current model against itself: no gain, rejected, exit status 1
+    current = project["tmp"] / "runs" / "A"
+    result = CliRunner().invoke(app, [*args[:3], str(current), "--out", str(out)])
+    assert result.exit_code == 1 and "decision: rejected" in result.output
