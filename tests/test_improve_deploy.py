@@ -147,6 +147,9 @@ def test_breach_rules():
     assert "thumbs-down share 0.67" in breaches(disliked, CFG)[0]
     # too few canary requests or votes: not judged yet
     assert breaches({"stable": arm(), "canary": arm(requests=5, errors=5)}, CFG) == []
+    few = DeploySection(min_requests=2)  # errors judged on 2 requests, latency needs 20 per arm
+    assert breaches({"stable": arm(requests=2, p95=100), "canary": arm(2, p95=900)}, few) == []
+    assert "p95" in breaches({"stable": arm(p95=100), "canary": arm(p95=900)}, few)[0]
     assert breaches({"stable": arm(), "canary": arm(up=0, down=3)}, CFG) == []
 
 
@@ -293,7 +296,11 @@ def test_live_canary_against_a_tunesmith_server(live, monkeypatch, failing):
     # latency on a shared, loaded 2-core machine is noise here (the latency rule is tested
     # above with the fake admin): only a p95 a minute slower would breach
     cfg = DeploySection(
-        check_every_s=0.5, min_requests=3, time_scale=1 / 3600, latency_slack_ms=60_000
+        check_every_s=0.5,
+        min_requests=3,
+        min_latency_requests=3,
+        time_scale=1 / 3600,
+        latency_slack_ms=60_000,
     )
     result = Canary(admin, "assistant", "v1", "v2", cfg, LiveClock(live)).run(
         deployment_plan("low")

@@ -29,8 +29,9 @@ canary share, then to each rollout stage, each held for its duration; every
 - latency: canary p95 > stable p95 x max_latency_ratio and more than latency_slack_ms above it,
 - feedback: canary down share (down / (up + down)) > stable's + max_down_share_increase,
 each judged only once the canary has min_requests requests (min_feedback votes for the
-feedback rule). At 100% the stable model gets no traffic: the canary is compared with the
-stable model's numbers of the stage before. The first breach rolls back at once (POST
+feedback rule; latency once both arms have min_latency_requests: a p95 of a few requests is
+noise). At 100% the stable model gets no traffic: the canary is compared with the stable
+model's numbers of the stage before. The first breach rolls back at once (POST
 /v1/admin/rollback: all traffic to stable) and ends the canary. After the 100% stage the
 candidate becomes the route's stable model (canary none). Time comes from a clock object
 (now(), sleep(seconds)); tests pass a fake one and run the whole plan in milliseconds;
@@ -233,8 +234,10 @@ def breaches(metrics: dict, cfg: DeploySection) -> list[str]:
                 f"(> +{cfg.max_error_rate_increase})"
             )
         s_p95, c_p95 = stable.get("latency_p95_ms"), canary.get("latency_p95_ms")
+        enough = min(stable.get("requests", 0), canary.get("requests", 0))
         if (
-            s_p95 is not None
+            enough >= cfg.min_latency_requests
+            and s_p95 is not None
             and c_p95 is not None
             and c_p95 > s_p95 * cfg.max_latency_ratio
             and c_p95 - s_p95 > cfg.latency_slack_ms

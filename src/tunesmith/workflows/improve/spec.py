@@ -125,6 +125,12 @@ class DeploySection(Section):
     )
     check_every_s: float = Field(60.0, gt=0, description="Seconds between metric checks.")
     min_requests: int = Field(20, ge=1, description="Canary requests a rate is judged on.")
+    min_latency_requests: int = Field(
+        20,
+        ge=1,
+        description="Requests each arm needs before its p95 latency is compared (a p95 of a "
+        "handful of requests is noise).",
+    )
     max_error_rate_increase: float = Field(0.02, ge=0)
     max_latency_ratio: float = Field(1.5, ge=1, description="Canary p95 over stable p95.")
     latency_slack_ms: float = Field(
