@@ -13,6 +13,12 @@ cutoff 512, batch 4, lr 1e-4 with a linear schedule and no warmup, one epoch, fp
   knapsack), pads each row to the full length, gives every example its own position ids and a
   4D block-diagonal causal mask (sdpa), so no example attends to another. Plain
   `packing: true` would let them attend to each other: not the same job.
+  With packing LF takes one off `cutoff_len` and truncates each example there, so this baseline
+  passes cutoff + 1 (an example of 512 tokens or more in the first 40 records was cut at 511 by
+  LF and at 512 by the others: the token check caught it); rows then hold up to 512 tokens and
+  are padded to 513 positions. LF's collator would pad those rows on to a multiple of 8 without
+  padding their position ids (a shape error), so for neat runs its `pad_to_multiple_of` is
+  set to None (it serves LF's shift-short-attention only; the rows are all one length already).
 - without `--neat`: one example per row, padded to the longest row of the batch (LF pads to a
   multiple of 8).
 
@@ -90,7 +96,9 @@ def lf_args(model_dir: str, dataset_dir: str, out_dir: str, neat: bool, cutoff: 
         "dataset_dir": dataset_dir,
         "template": "smollm2",
         "default_system": model_system_prompt(Path(model_dir)),
-        "cutoff_len": cutoff,
+        # with packing LF takes one off cutoff_len (hparams/data_args.py) and truncates there:
+        # one more keeps the cut of the others (tunesmith, TRL) at `cutoff` tokens
+        "cutoff_len": cutoff + 1 if neat else cutoff,
         "train_on_prompt": False,
         "neat_packing": neat,
         "packing": neat,
@@ -143,6 +151,7 @@ def main() -> None:
     import peft
     import transformers
     import trl
+    from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
     from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
     from llamafactory.train.tuner import run_exp
 
@@ -171,6 +180,14 @@ def main() -> None:
         return output
 
     CustomSeq2SeqTrainer.train = timed_train
+    original_post_init = SFTDataCollatorWith4DAttentionMask.__post_init__
+
+    def post_init(self):
+        original_post_init(self)
+        if self.neat_packing:  # rows are cutoff + 1 long already; see lf_args
+            self.pad_to_multiple_of = None
+
+    SFTDataCollatorWith4DAttentionMask.__post_init__ = post_init
     with tempfile.TemporaryDirectory() as tmp:
         dataset_dir = Path(tmp) / "data"
         dataset_dir.mkdir()
