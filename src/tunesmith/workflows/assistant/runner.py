@@ -3,7 +3,8 @@ inputs (settings, source files, the records of the stages it reads) is unchanged
 artefacts are still there; `--from STAGE` redoes that stage and every later one.
 
 A stage writes its artefacts atomically (a temporary file renamed into place, or a folder named
-after its input hash) and is recorded in `.assistant/state.json` only when it has finished, so an
+after its input hash) and is recorded in the context's state file (`.assistant/state.json` for
+an assistant, `.improve/state.json` for an improvement cycle) only when it has finished, so an
 interrupted or failed stage is simply run again next time.
 """
 
@@ -31,6 +32,7 @@ class Context:
     root: Path  # the project folder: assistant.yaml's folder
     records: dict[str, dict] = field(default_factory=dict)  # finished stages' records
     key: str = ""  # the running stage's input hash
+    state_file: str = STATE  # relative to root: the finished stages and their input hashes
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -96,7 +98,7 @@ def run_stages(
     for option, value in (("--from", from_stage), ("--until", until)):
         if value is not None and value not in names:
             raise ConfigError(f"{option}: unknown stage '{value}'; stages: {', '.join(names)}")
-    state_path = ctx.path(STATE)
+    state_path = ctx.path(ctx.state_file)
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
     forced, done = False, []
     for number, stage in enumerate(stages, start=1):

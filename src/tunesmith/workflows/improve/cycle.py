@@ -6,7 +6,7 @@ The stages run through the assistant workflow's stage runner (workflows/assistan
 each is skipped when the content hash of its inputs (its settings, the files it reads, the
 records of the stages before it) is unchanged and its outputs are intact, so a cycle that
 stopped (a failed training, a server that was down) picks up where it stopped, and new logs
-start a new cycle from `mine`. The runner keeps its state in work_dir/.assistant/state.json.
+start a new cycle from `mine`. The runner keeps its state in work_dir/.improve/state.json.
 
 - mine: `mine` (mine.py) on the server's logs and the regression set (answered by mine.model
   when set, else the latest logged answers) -> work_dir/mine/opportunities.json / .md.
@@ -38,6 +38,7 @@ from tunesmith.workflows.assistant.runner import (
 from tunesmith.workflows.improve.spec import ImproveSpec, load_spec, source
 
 STAGES = ("mine", "data", "train", "validate", "deploy")
+CYCLE_STATE = ".improve/state.json"  # the stage runner's record of finished stages
 
 
 class Cycle:
@@ -256,7 +257,8 @@ class Cycle:
 
     def run(self, from_stage: str | None = None, until: str | None = None) -> dict:
         self.work.mkdir(parents=True, exist_ok=True)
-        ctx = Context(spec=self.spec, root=self.work)  # the runner's paths: inside work_dir
+        # the runner's paths: inside work_dir
+        ctx = Context(spec=self.spec, root=self.work, state_file=CYCLE_STATE)
         done = run_stages(self.stages(), ctx, from_stage, until)
         report = cycle_report(self.work, ctx.records, done)
         atomic_write(self.work / "cycle.json", json.dumps(report, indent=2) + "\n")
