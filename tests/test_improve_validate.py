@@ -231,3 +231,28 @@ def test_init_adapter_must_be_a_saved_adapter(tmp_path, tiny_model_dir):
     message = r"method\.init_adapter: .* is not a saved adapter folder \(no adapter_config\.json\)"
     with pytest.raises(ConfigError, match=message):
         continue_adapter(model, str(tmp_path))
+
+
+def test_the_planner_counts_a_continued_adapter_without_loading_it(tmp_path, tiny_model_dir):
+    """The planner's meta model takes the saved adapter's shapes (its own rank and targets),
+    with no weight loaded into meta tensors (torch warned once per tensor)."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunesmith.config.methods import LoraMethod
+    from tunesmith.plan.count import meta_model, trainable_parameters
+
+    saved = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
+    saved.save_pretrained(tmp_path / "adapter")
+    expected = sum(p.numel() for p in saved.parameters() if p.requires_grad)
+    method = LoraMethod(r=16, init_adapter=str(tmp_path / "adapter"))  # r: the adapter's own
+    model = meta_model(AutoConfig.from_pretrained(tiny_model_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        counted = trainable_parameters(model, method)
+    assert counted == expected

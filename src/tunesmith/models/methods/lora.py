@@ -93,6 +93,14 @@ def continue_adapter(model, folder: str):
         raise ConfigError(
             f"method.init_adapter: {path} is not a saved adapter folder (no adapter_config.json)"
         )
+    if any(p.is_meta for p in model.parameters()):
+        # the planner's weightless model (plan/count.py): the adapter's shapes are all it needs,
+        # and loading weights into meta tensors is a no-op torch warns about for every tensor
+        from peft import PeftConfig
+
+        config = PeftConfig.from_pretrained(str(path))
+        config.inference_mode = False
+        return wrap(model, config)
     with peft_quietly():
         return PeftModel.from_pretrained(model, str(path), is_trainable=True)
 
