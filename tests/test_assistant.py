@@ -495,8 +495,9 @@ def test_the_workshop_lists_builds_and_shows_the_dossier(built, tmp_path):
     assert "6/8 evaluate: unchanged, skipped" in log and "8/8 export" in log  # --from gates
 
     ctx = Ctx(ws, strings.table("en"), "en")
-    text = assistant_tab.summary(ctx, "parcels")
+    state = actions.assistant_status(ws, "parcels")
+    text = assistant_tab.summary(ctx, state)
     assert "`built`" in text and "build: `finished`" in text
     assert "✔ better: the tuned model is within gates.min_gain" in text
-    page, mtime = assistant_tab.dossier(ctx, "parcels")
+    page, mtime = assistant_tab.dossier(ctx, state)
     assert "<iframe" in page and "Base vs tuned on the held-out set" in page and mtime

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import gradio as gr
 
-from tunesmith.ui.common import Ctx, embedded, guarded, refresh_choices
+from tunesmith.ui.common import Ctx, embedded, guarded, refresh_choices, run_picker
 from tunesmith.workflows.assistant.stages import STAGE_NAMES
 from tunesmith.workshop import actions
 
 ALL_STAGES = "-"
 
 
-def summary(ctx: Ctx, project: str | None) -> str:
+def summary(ctx: Ctx, state: dict | None) -> str:
     """Status, each stage's outcome, the gates' sentences and the build job, as Markdown."""
-    if not project:
+    if not state:
         return ctx.t("no_assistant")
-    state = actions.assistant_status(ctx.ws, project)
     lines = [f"### {state['project']}", f"**{ctx.t('status')}**: `{state['status']}`"]
     done = [name for name in STAGE_NAMES if name in state["stages"]]
     if done:
@@ -32,29 +31,20 @@ def summary(ctx: Ctx, project: str | None) -> str:
     return "  \n".join(lines)
 
 
-def dossier(ctx: Ctx, project: str | None) -> tuple[str, float | None]:
+def dossier(ctx: Ctx, state: dict | None) -> tuple[str, float | None]:
     """The dossier page embedded, and its modification time (a tick redraws it only when the
     build rewrote it)."""
-    if not project:
+    if not state:
         return "", None
-    page = actions.assistant_status(ctx.ws, project)["dossier"]
-    if not page:
+    if not state["dossier"]:
         return ctx.t("no_dossier"), None
-    path = ctx.ws.root / page
+    path = ctx.ws.root / state["dossier"]
     return embedded(path, 800), path.stat().st_mtime
 
 
 def build(ctx: Ctx) -> dict:
     names = actions.assistant_projects(ctx.ws)
-    with gr.Row():
-        project = gr.Dropdown(
-            names,
-            value=names[0] if names else None,
-            label=ctx.t("assistant_project"),
-            scale=3,
-            elem_id="assistant-project",
-        )
-        refresh = gr.Button(ctx.t("refresh"), scale=0)
+    project, refresh = run_picker(ctx, names, "assistant-project", "assistant_project")
     with gr.Row():
         from_stage = gr.Dropdown(
             [ALL_STAGES, *STAGE_NAMES], value=ALL_STAGES, label=ctx.t("assistant_from"), scale=2
@@ -73,9 +63,10 @@ def build(ctx: Ctx) -> dict:
 
     def tick(p, seen):
         try:
-            html, mtime = dossier(ctx, p)
+            state = actions.assistant_status(ctx.ws, p) if p else None  # one read a tick
+            html, mtime = dossier(ctx, state)
             same = seen == (p, mtime) and mtime is not None
-            return summary(ctx, p), gr.skip() if same else html, (p, mtime)
+            return summary(ctx, state), gr.skip() if same else html, (p, mtime)
         except Exception:
             return gr.skip(), gr.skip(), seen
 

@@ -77,13 +77,14 @@ def trained_runs(ctx: Ctx) -> list[str]:
     ]
 
 
-def run_picker(ctx: Ctx, names: list[str], elem_id: str):
-    """(dropdown of `names`, its Refresh button) in one row: the head of the run tabs."""
+def run_picker(ctx: Ctx, names: list[str], elem_id: str, label: str = "run"):
+    """(dropdown of `names`, its Refresh button) in one row: the head of the run tabs (and of
+    the Assistant tab, `label` naming what is listed)."""
     with gr.Row():
         run = gr.Dropdown(
             names,
             value=names[0] if names else None,
-            label=ctx.t("run"),
+            label=ctx.t(label),
             scale=3,
             elem_id=elem_id,
         )

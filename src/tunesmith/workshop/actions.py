@@ -391,9 +391,10 @@ def assistant_projects(ws: Workspace) -> list[str]:
     """Workspace folders holding an assistant.yaml, the most recently changed first (run folders
     and hidden folders are not searched; at most three levels deep)."""
     found = []
-    for spec in ws.root.glob(f"**/{ASSISTANT_SPEC}"):
+    # a pattern per depth: "**" would walk every run's checkpoints and any virtualenv
+    for spec in (s for depth in range(4) for s in ws.root.glob("*/" * depth + ASSISTANT_SPEC)):
         parts = spec.relative_to(ws.root).parts
-        if len(parts) > 4 or any(p.startswith(".") or p == ws.runs_dir.name for p in parts[:-1]):
+        if any(p.startswith(".") or p == ws.runs_dir.name for p in parts[:-1]):
             continue
         found.append((spec.stat().st_mtime, ws.relative(spec.parent) or "."))
     return [name for _, name in sorted(found, reverse=True)]
