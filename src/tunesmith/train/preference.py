@@ -7,6 +7,14 @@ The reference model of dpo and kto: with LoRA, TRL keeps a frozen copy of the fr
 initialised adapter under the name "ref" (equal to the base model, as LoRA starts at zero)
 instead of a second model; with full or freeze training, a frozen copy of the loaded model.
 orpo and simpo need no reference.
+
+With train.optimize (the default) dpo, kto and orpo run on packed rows
+(models/preference_speed.py): the batch's sequences end to end in one row with per-sequence
+attention, log-probabilities through the fused output layer, dpo's and kto's reference from the
+same row with a fresh adapter disabled (TRL's "ref" copy is dropped when it equals the base
+model). The losses and their metrics are TRL's arithmetic (dpo: the sigmoid loss, kto: the kto
+loss; other losses and settings stay on TRL's own path); simpo keeps TRL's padded batches,
+with models/speed.py's levers.
 """
 
 from __future__ import annotations
@@ -18,6 +26,14 @@ from tunesmith.data.registry import preference_sources
 from tunesmith.runs.folder import RunFolder
 from tunesmith.train.arguments import trl_arguments
 from tunesmith.train.checkpoints import AtomicCheckpoints
+from tunesmith.train.preference_speed import (
+    PackedDPO,
+    PackedKTO,
+    PackedORPO,
+    packed_dpo_applies,
+    packed_kto_applies,
+    packed_orpo_applies,
+)
 from tunesmith.train.recipe import (
     Data,
     Job,
@@ -92,7 +108,13 @@ def _dpo_trainer(job: Job):
     dpo = DPOConfig(
         **args, beta=pref.beta, loss_type=[pref.loss_type], label_smoothing=pref.label_smoothing
     )
-    return _dpo_class()(model=job.model, ref_model=job.loaded.reference, args=dpo, **common)
+    packed = packed_dpo_applies(job.config, job.model, dpo)
+    if packed:
+        common["data_collator"] = PackedDPO.collator(job.config.data.cutoff_len)
+    trainer = _dpo_class()(model=job.model, ref_model=job.loaded.reference, args=dpo, **common)
+    if packed:
+        PackedDPO.attach(trainer)
+    return trainer
 
 
 def _kto_trainer(job: Job):
@@ -105,7 +127,13 @@ def _kto_trainer(job: Job):
         desirable_weight=pref.desirable_weight,
         undesirable_weight=pref.undesirable_weight,
     )
-    return _kto_class()(model=job.model, ref_model=job.loaded.reference, args=kto, **common)
+    packed = packed_kto_applies(job.config, job.model, kto)
+    if packed:
+        common["data_collator"] = PackedKTO.collator(job.config.data.cutoff_len)
+    trainer = _kto_class()(model=job.model, ref_model=job.loaded.reference, args=kto, **common)
+    if packed:
+        PackedKTO.attach(trainer)
+    return trainer
 
 
 def _check_kto(config: RunConfig) -> None:
@@ -118,7 +146,13 @@ def _orpo_trainer(job: Job):
 
     (args, common), pref = _trl(job), job.config.train.preference
     orpo = ORPOConfig(**args, beta=pref.beta, remove_unused_columns=False)
-    return _pairwise_class("orpo")(model=job.model, args=orpo, **common)
+    packed = packed_orpo_applies(job.config, job.model, orpo)
+    if packed:
+        common["data_collator"] = PackedORPO.collator()
+    trainer = _pairwise_class("orpo")(model=job.model, args=orpo, **common)
+    if packed:
+        PackedORPO.attach(trainer)
+    return trainer
 
 
 def _simpo_trainer(job: Job):
@@ -140,7 +174,7 @@ def _simpo_trainer(job: Job):
 def _dpo_class():
     from trl import DPOTrainer
 
-    class PretokenizedDPOTrainer(AtomicCheckpoints, SequenceTokens, DPOTrainer):
+    class PretokenizedDPOTrainer(AtomicCheckpoints, PackedDPO, SequenceTokens, DPOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset  # prompt_ids / chosen_ids / rejected_ids, cut to cutoff_len
 
@@ -150,7 +184,7 @@ def _dpo_class():
 def _kto_class():
     from trl import KTOTrainer
 
-    class PretokenizedKTOTrainer(AtomicCheckpoints, SequenceTokens, KTOTrainer):
+    class PretokenizedKTOTrainer(AtomicCheckpoints, PackedKTO, SequenceTokens, KTOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if not self.calculate_KL:
                 return dataset
@@ -170,10 +204,14 @@ def _pairwise_class(stage: str):
     """ORPO's and CPO's trainers tokenize text row by row; this row builder takes our ids."""
     if stage == "orpo":
         from trl.experimental.orpo import ORPOTrainer as Base
+
+        mixins = (AtomicCheckpoints, PackedORPO, SequenceTokens)
     else:
         from trl.experimental.cpo import CPOTrainer as Base
 
-    class PretokenizedTrainer(AtomicCheckpoints, SequenceTokens, Base):
+        mixins = (AtomicCheckpoints, SequenceTokens)  # simpo: TRL's padded batches
+
+    class PretokenizedTrainer(*mixins, Base):
         def tokenize_row(self, feature, model=None) -> dict:
             return pairwise_row(
                 feature["prompt_ids"], feature["chosen_ids"], feature["rejected_ids"]
@@ -203,6 +241,7 @@ def _recipe(stage: str, trainer, check=lambda config: None) -> Recipe:
         artifact_model=without_reference,
         refuses=NO_LOSS_HOOKS,
         example="pairs.jsonl",
+        speed=True,  # train.optimize: models/speed.py's levers, and dpo's packed path
     )
 
 

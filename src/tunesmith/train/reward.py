@@ -4,6 +4,10 @@ The causal LM gets a one-output sequence-classification head (the reward); the p
 -log sigmoid(r(chosen) - r(rejected)) teaches it to score the chosen answer higher. Pairwise
 accuracy and the mean reward margin are logged by TRL and measured on held-out pairs before and
 after training. The run folder loads back with runs/trained.open_run (one label, "reward").
+
+With train.optimize (the default) the pairs train packed (train/preference_speed.PackedReward):
+a batch's chosen and rejected sequences end to end in one row, each attending to itself only,
+the reward read at each one's last token; the loss and metrics are TRL's.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from tunesmith.runs.folder import RunFolder
 from tunesmith.runs.trained import open_run
 from tunesmith.train.arguments import trl_arguments
 from tunesmith.train.checkpoints import AtomicCheckpoints
+from tunesmith.train.preference_speed import PackedReward, packed_reward_applies
 from tunesmith.train.recipe import Job, Loaded, Probe, Recipe, TrainResult, train
 from tunesmith.train.rewards import Rewards, preference_examples
 from tunesmith.train.trainer import NO_LOSS_HOOKS, SequenceTokens
@@ -48,14 +53,25 @@ def _trainer(job: Job):
     from trl import RewardConfig
 
     config, data = job.config, job.data
-    args = trl_arguments(config.train, job.run, data.eval is not None, config.data.cutoff_len)
-    return _trainer_class()(
+    args = RewardConfig(
+        **trl_arguments(config.train, job.run, data.eval is not None, config.data.cutoff_len)
+    )
+    packed = packed_reward_applies(config, job.model, args)
+    more = {}
+    if packed:
+        pad = job.loaded.tokenizer.pad_token_id
+        more["data_collator"] = PackedReward.collator(pad, config.data.cutoff_len)
+    trainer = _trainer_class()(
         model=job.model,
-        args=RewardConfig(**args),
+        args=args,
         train_dataset=Dataset.from_list(whole_sequences(data.train)),
         eval_dataset=Dataset.from_list(whole_sequences(data.eval)) if data.eval else None,
         processing_class=job.loaded.tokenizer,
+        **more,
     )
+    if packed:
+        PackedReward.attach(trainer)
+    return trainer
 
 
 class _Labels(Probe):
@@ -78,7 +94,7 @@ def whole_sequences(examples: list[dict]) -> list[dict]:
 def _trainer_class():
     from trl import RewardTrainer
 
-    class PretokenizedRewardTrainer(AtomicCheckpoints, SequenceTokens, RewardTrainer):
+    class PretokenizedRewardTrainer(AtomicCheckpoints, PackedReward, SequenceTokens, RewardTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset  # chosen_ids / rejected_ids rendered by data/preference.py
 
@@ -117,4 +133,5 @@ RM = Recipe(
     probes=lambda job: [Rewards(job, REWARD_KEYS), _Labels()],
     refuses=NO_LOSS_HOOKS,
     example="pairs.jsonl",
+    speed=True,  # train.optimize: models/speed.py's levers and the packed pairs
 )

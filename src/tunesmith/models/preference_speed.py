@@ -1,0 +1,303 @@
+"""Speed levers for the preference stages (dpo, kto, orpo, rm): TRL's maths, less work.
+
+TRL's DPOTrainer pads a batch of pairs into 2 x batch rows (every chosen, then every rejected
+sequence, each prompt + answer) to the longest one, and its RewardTrainer does the same for the
+reward model. TRL 1.1.6 turned DPOConfig.padding_free off ("temporarily unavailable"). Here:
+
+- packed pairs: the 2 x batch sequences of a step end to end in one row, position ids
+  restarting at 0 for each, so models/speed.py's packed attention gives every sequence its own
+  causal SDPA (no padding is computed, no sequence sees another); `PackedPairs` builds the row.
+- per-token log-probabilities through a fused output layer: the trained positions' hidden
+  states times the output layer in cache-sized chunks of the vocabulary with an online softmax
+  (as models/speed.py's fused loss), the (tokens x vocabulary) logits never held in memory; the
+  gradient for the hidden states is computed on the way, and the reference pass (no gradient)
+  skips it. `token_log_probs`, summed per sequence by `sequence_log_probs`.
+- the reference: with LoRA trained from a fresh adapter, the reference policy is the base
+  model; its log-probabilities come from the same packed row with the adapter disabled, under
+  no_grad, in the same step (for one epoch the same work as precomputing them once up front,
+  which TRL's `precompute_ref_log_probs` does before `train()`).
+- kto: the completions as one packed row, the KL completions as another; the policy's KL
+  log-probabilities and the reference's (adapter disabled) under no_grad.
+- orpo: the same packed row; the chosen sequences' every token (its NLL term) and both answers'
+  tokens (its odds ratio) through the fused output layer, no reference.
+- the reward model: the packed row through the backbone, the one-output head at each sequence's
+  last non-pad token (where transformers' sequence-classification models read it).
+
+Everything else (the loss, its metrics, the optimizer) is TRL's arithmetic, re-written for the
+packed sequences in train/preference.py and train/reward.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tunesmith.models.speed import _times_transposed, _vocab_chunk, head_returns_hidden_states
+
+IGNORE = -100
+
+
+# --- packed rows ----------------------------------------------------------------------------
+
+
+def pack_sequences(
+    sequences: list[list[int]],
+    trained: list[list[int]] | None = None,
+    answers: list[list[int]] | None = None,
+) -> dict:
+    """One packed row of `sequences` (lists of token ids) for a causal LM.
+
+    `trained[i][j]` (0/1) says whether token j of sequence i is scored (an answer token); the
+    row's log-probability terms are the positions whose *next* token in the same sequence is
+    scored. Returns input_ids and position_ids (1 x tokens), and for the scored tokens:
+    `positions` (index of the predicting position in the row), `targets` (the token scored),
+    `segments` (which sequence), plus `ends` (each sequence's last index) and `num_sequences`.
+    With `answers` (0/1 like `trained`), `answer` flags the scored tokens that are answer tokens.
+    """
+    ids, pos, positions, targets, segments, ends, answer = [], [], [], [], [], [], []
+    offset = 0
+    for k, seq in enumerate(sequences):
+        ids.extend(seq)
+        pos.extend(range(len(seq)))
+        mask = trained[k] if trained is not None else [0] * len(seq)
+        for j in range(1, len(seq)):
+            if mask[j]:
+                positions.append(offset + j - 1)
+                targets.append(seq[j])
+                segments.append(k)
+                if answers is not None:
+                    answer.append(bool(answers[k][j]))
+        offset += len(seq)
+        ends.append(offset - 1)
+    batch = {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "position_ids": torch.tensor([pos], dtype=torch.long),
+        "positions": torch.tensor(positions, dtype=torch.long),
+        "targets": torch.tensor(targets, dtype=torch.long),
+        "segments": torch.tensor(segments, dtype=torch.long),
+        "ends": torch.tensor(ends, dtype=torch.long),
+        "num_sequences": torch.tensor(len(sequences)),
+    }
+    if answers is not None:
+        batch["answer"] = torch.tensor(answer, dtype=torch.bool)
+    return batch
+
+
+class PackedPairs:
+    """Data collator: a batch of pairs (prompt_ids, chosen_ids, rejected_ids) as one packed row,
+    every prompt + chosen first, then every prompt + rejected (TRL's order); the answer tokens
+    are scored. `max_length` cuts each sequence as TRL's collator does (keep the start)."""
+
+    def __init__(self, max_length: int | None = None):
+        self.max_length = max_length
+
+    def __call__(self, examples: list[dict]) -> dict:
+        sequences, trained = [], []
+        for key in ("chosen_ids", "rejected_ids"):
+            for e in examples:
+                prompt, answer = list(e["prompt_ids"]), list(e[key])
+                seq, mask = prompt + answer, [0] * len(prompt) + [1] * len(answer)
+                if self.max_length is not None:
+                    seq, mask = seq[: self.max_length], mask[: self.max_length]
+                sequences.append(seq)
+                trained.append(mask)
+        return pack_sequences(sequences, trained)
+
+
+class PackedKTORows:
+    """Data collator of KTO: prompt + completion of every example as one packed row (answers
+    scored), and with KL completions (TRL's: the batch's completions rotated by one) the prompt
+    + KL completion sequences as a second row under "KL_" keys; `label` says desirable."""
+
+    def __init__(self, max_length: int | None = None):
+        self.max_length = max_length
+
+    def _row(self, examples: list[dict], key: str) -> dict:
+        sequences, trained = [], []
+        for e in examples:
+            prompt, answer = list(e["prompt_ids"]), list(e[key])
+            seq, mask = prompt + answer, [0] * len(prompt) + [1] * len(answer)
+            if self.max_length is not None:
+                seq, mask = seq[: self.max_length], mask[: self.max_length]
+            sequences.append(seq)
+            trained.append(mask)
+        return pack_sequences(sequences, trained)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self._row(examples, "completion_ids")
+        if "KL_completion_ids" in examples[0]:
+            kl = self._row(examples, "KL_completion_ids")
+            batch |= {f"KL_{k}": v for k, v in kl.items()}
+        batch["label"] = torch.tensor([bool(e["label"]) for e in examples])
+        return batch
+
+
+def kl_row(batch: dict) -> dict:
+    """The KL sequences of a PackedKTORows batch as a batch of their own."""
+    return {k[3:]: v for k, v in batch.items() if k.startswith("KL_")}
+
+
+class PackedORPOPairs:
+    """Data collator of ORPO: the rows ORPOTrainer's `tokenize_row` wrote (chosen_input_ids /
+    chosen_labels, rejected_...) as one packed row, chosen first. ORPO's NLL term reads every
+    token of a chosen sequence (TRL's labels are its input ids), its odds ratio the answer
+    tokens (labels not -100): chosen sequences score every token, rejected ones their answer,
+    and `answer` flags the answer tokens."""
+
+    def __call__(self, examples: list[dict]) -> dict:
+        sequences, trained, answers = [], [], []
+        for key in ("chosen", "rejected"):
+            for e in examples:
+                seq = list(e[f"{key}_input_ids"])
+                answer = [int(t != IGNORE) for t in e[f"{key}_labels"]]
+                sequences.append(seq)
+                answers.append(answer)
+                trained.append([1] * len(seq) if key == "chosen" else answer)
+        return pack_sequences(sequences, trained, answers)
+
+
+class PackedRewardPairs:
+    """Data collator of the reward model: chosen_ids then rejected_ids (whole sequences) as one
+    packed row; the reward is read at each sequence's last token that is not the pad token
+    (transformers' sequence-classification rule), kept in `ends`."""
+
+    def __init__(self, pad_token_id: int | None, max_length: int | None = None):
+        self.pad_token_id, self.max_length = pad_token_id, max_length
+
+    def __call__(self, examples: list[dict]) -> dict:
+        sequences = [
+            list(e[key])[: self.max_length] if self.max_length else list(e[key])
+            for key in ("chosen_ids", "rejected_ids")
+            for e in examples
+        ]
+        batch = pack_sequences(sequences)
+        starts = batch["ends"] - torch.tensor([len(s) for s in sequences]) + 1
+        ends = []
+        for seq, start in zip(sequences, starts.tolist(), strict=True):
+            real = [j for j, t in enumerate(seq) if t != self.pad_token_id]
+            # no real token: transformers reads the last position (argmax of an all-zero mask: 0)
+            ends.append(start + (real[-1] if real else 0))
+        batch["ends"] = torch.tensor(ends, dtype=torch.long)
+        return batch
+
+
+def packed_tokens(batch: dict, with_kl: bool = True) -> int:
+    """The real tokens a packed batch holds (no padding: every one), KTO's KL row included
+    unless with_kl is False."""
+    tokens = int(batch["input_ids"].numel())
+    if with_kl and "KL_input_ids" in batch:
+        tokens += int(batch["KL_input_ids"].numel())
+    return tokens
+
+
+# --- log-probabilities through the fused output layer ---------------------------------------
+
+
+def token_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+    """log softmax(hidden @ weight^T)[row, targets[row]] for every row, the vocabulary in chunks;
+    differentiable in `hidden` (the output layer is frozen)."""
+    if torch.is_grad_enabled() and hidden.requires_grad:
+        return _TokenLogProbs.apply(hidden, weight, targets)
+    return _online_log_probs(hidden, weight, targets, with_grad=False)[0]
+
+
+class _TokenLogProbs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets):
+        log_probs, grad = _online_log_probs(hidden, weight, targets, with_grad=True)
+        ctx.save_for_backward(grad)
+        return log_probs
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors  # d log p / d hidden per row
+        return grad * grad_out.unsqueeze(-1), None, None
+
+
+def _online_log_probs(hidden, weight, targets, with_grad: bool):
+    """(log p of each row's target, d log p / d hidden or None): for each vocabulary chunk the
+    logits, their running max M and sum S of exp(logits - M) (and D = sum exp(logits - M) @ W,
+    rescaled when M grows); log p = logit[target] - M - log S, its gradient W[target] - D / S."""
+    rows = hidden.shape[0]
+    chunk = _vocab_chunk(rows)
+    running_max = hidden.new_full((rows, 1), float("-inf"))
+    sum_exp = hidden.new_zeros((rows, 1))
+    grad = hidden.new_zeros(hidden.shape) if with_grad else None
+    for start in range(0, weight.shape[0], chunk):
+        w = weight[start : start + chunk]
+        logits = _times_transposed(hidden, w)
+        new_max = torch.maximum(running_max, logits.amax(dim=1, keepdim=True))
+        rescale = (running_max - new_max).exp_()
+        probs = logits.sub_(new_max).exp_()  # in place: the chunk stays in cache
+        sum_exp.mul_(rescale).add_(probs.sum(dim=1, keepdim=True))
+        if with_grad:
+            grad.mul_(rescale).add_(_times_transposed(probs, w.t()))
+        running_max = new_max
+    target_rows = weight[targets]
+    target_logits = torch.linalg.vecdot(hidden, target_rows)
+    log_probs = target_logits - (running_max + sum_exp.log()).squeeze(-1)
+    if with_grad:
+        grad = target_rows - grad.div_(sum_exp)
+    return log_probs, grad
+
+
+def sequence_log_probs(model, head: torch.nn.Linear, batch: dict) -> tuple:
+    """(summed log-probability of each packed sequence's scored tokens, per-token log-probs):
+    the model reads the packed row, only the scored positions' hidden states reach the output
+    layer (fused, `token_log_probs`)."""
+    positions = batch["positions"]
+    with head_returns_hidden_states(head):
+        outputs = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            logits_to_keep=positions,
+            use_cache=False,
+        )
+    hidden = outputs.logits[0]  # (scored tokens, hidden size)
+    per_token = token_log_probs(hidden, head.weight, batch["targets"])
+    n = int(batch["num_sequences"])
+    sums = per_token.new_zeros(n).index_add(0, batch["segments"], per_token)
+    return sums, per_token
+
+
+def sequence_rewards(model, batch: dict) -> torch.Tensor:
+    """The reward of each packed sequence: a sequence-classification model's backbone reads the
+    packed row, its one-output head scores each sequence's `ends` position."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(base, base.base_model_prefix)
+    hidden = backbone(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+    ).last_hidden_state
+    picked = hidden[0, batch["ends"]]  # (sequences, hidden size)
+    return base.score(picked).squeeze(-1).float()
+
+
+def reward_head_supported(model) -> bool:
+    """Whether `sequence_rewards` computes what the model's forward does: a decoder whose
+    sequence-classification head is `score` applied to the backbone's last hidden state."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prefix = getattr(base, "base_model_prefix", None)
+    return (
+        prefix is not None
+        and hasattr(base, prefix)
+        and hasattr(base, "score")
+        and getattr(base.config, "num_labels", None) == 1
+        and getattr(getattr(base, prefix), "config", None) is not None
+        and not getattr(base.config, "is_encoder_decoder", False)
+    )
+
+
+def adapter_is_fresh(model, name: str) -> bool:
+    """Whether the LoRA adapter `name` adds nothing (every lora_B zero, as PEFT initialises it),
+    so that the model with it equals the model with adapters disabled."""
+    found = False
+    for module in model.modules():
+        lora_b = getattr(module, "lora_B", None)
+        if isinstance(lora_b, torch.nn.ModuleDict) and name in lora_b:
+            found = True
+            if torch.count_nonzero(lora_b[name].weight) or lora_b[name].bias is not None:
+                return False
+        if name in getattr(module, "lora_embedding_B", {}) or name in getattr(
+            module, "lora_magnitude_vector", {}
+        ):
+            return False
+    return found
