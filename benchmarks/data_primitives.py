@@ -2,7 +2,10 @@
 
 Half English, half Chinese, each with a few numbers, a time and a colon (so every PII pattern
 has to run); every 10th record carries PII, every 20th is a near-copy of an earlier record
-(three characters changed). Single process.
+(three characters changed). Single process. `exact_index` / `near_index` are the on-disk
+indexes that streamed `clean` and `inspect` use (data/quality/spill.py), fed in 2048-record
+shards; `near_index` includes the signatures and must find the same groups as
+`near_duplicate_groups` (checked).
 
     .venv/bin/python benchmarks/data_primitives.py [--records 100000]
 """
@@ -58,9 +61,32 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=100_000)
     n = parser.parse_args().records
-    from tunesmith.data.quality.dedup import exact_duplicate_groups, near_duplicate_groups
+    import tempfile
+
+    from tunesmith.data.quality.dedup import (
+        canonical_text,
+        exact_duplicate_groups,
+        minhash_signatures,
+        near_duplicate_groups,
+    )
     from tunesmith.data.quality.pii import find_pii
+    from tunesmith.data.quality.spill import ExactIndex, NearIndex, text_digest
     from tunesmith.data.quality.text import detect_language, normalize_text
+
+    def exact_index(rs: list[str]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            index = ExactIndex(tmp)
+            for start in range(0, len(rs), 2048):
+                index.add([text_digest(canonical_text(r)) for r in rs[start : start + 2048]])
+            index.duplicates()
+
+    def near_index(rs: list[str]) -> list[list[int]]:
+        with tempfile.TemporaryDirectory() as tmp:
+            index = NearIndex(tmp, 0.8)
+            for start in range(0, len(rs), 2048):
+                part = [canonical_text(r) for r in rs[start : start + 2048]]
+                index.add(minhash_signatures(part, 5, 128, 1))
+            return index.groups()
 
     records = make_records(n)
     results = {}
@@ -70,10 +96,14 @@ def main() -> None:
         ("detect_language", lambda rs: [detect_language(r) for r in rs]),
         ("exact_duplicate_groups", exact_duplicate_groups),
         ("near_duplicate_groups", near_duplicate_groups),
+        ("exact_index", exact_index),
+        ("near_index", near_index),
     ]:
         per_second, seconds = rate(fn, records)
         results[name] = {"records_per_second": per_second, "seconds": seconds}
     groups = near_duplicate_groups(records[: min(n, 20_000)])
+    if near_index(records[: min(n, 20_000)]) != groups:
+        raise SystemExit("near_index found other groups than near_duplicate_groups")
     print(
         json.dumps(
             {

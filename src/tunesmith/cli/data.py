@@ -27,6 +27,20 @@ Registry = Annotated[
 ModelSpec = Annotated[
     str | None, typer.Option("--model", help="local:<model ref> or an OpenAI-compatible URL.")
 ]
+NumProc = Annotated[
+    int, typer.Option("--num-proc", min=1, help="Processes that work on the records at once.")
+]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="processes (the default with --num-proc > 1) | ray (a Ray cluster, or a local one "
+        "with --num-proc CPUs; pip install 'tunesmith[ray]').",
+    ),
+]
+WorkDir = Annotated[
+    Path | None, typer.Option(help="Folder for the temporary dedup files (default: system temp).")
+]
 
 
 @data_app.command()
@@ -43,6 +57,9 @@ def inspect(
     registry: Registry = None,
     out: Annotated[Path | None, typer.Option(help="Report folder.")] = None,
     near_dup_threshold: float = 0.8,
+    num_proc: NumProc = 1,
+    engine: EngineOpt = None,
+    work_dir: WorkDir = None,
 ):
     """Write a quality report (HTML + JSON); thresholds as overrides, e.g. pass_score=70."""
     from tunesmith.config.load import parse_override, set_dotted
@@ -56,7 +73,16 @@ def inspect(
     files, fmt, columns = _sources([a for a in args if "=" not in a], fmt, registry)
     tok = _tokenizer(tokenizer) if tokenizer else None
     report = inspect_data(
-        files, fmt, columns, tok, cutoff_len, rules, near_dup_threshold=near_dup_threshold
+        files,
+        fmt,
+        columns,
+        tok,
+        cutoff_len,
+        rules,
+        near_dup_threshold=near_dup_threshold,
+        num_proc=num_proc,
+        engine=engine,
+        work_dir=work_dir,
     )
     if report["records"]["read"] == 0:
         raise TunesmithError(f"{', '.join(files)}: no records found (an empty file?)")
@@ -83,10 +109,18 @@ def clean(
     config: Annotated[Path | None, typer.Option(help="Clean config YAML.")] = None,
     fmt: Format = "auto",
     registry: Registry = None,
+    num_proc: NumProc = 1,
+    engine: EngineOpt = None,
+    work_dir: WorkDir = None,
 ):
-    """Run the cleaning pipeline; every removed record goes to rejects.jsonl with its reason."""
+    """Run the cleaning pipeline; every removed record goes to rejects.jsonl with its reason.
+
+    Records stream through in shards (memory does not grow with the file), on --num-proc
+    processes; the files written are the same for any --num-proc.
+    """
     from tunesmith.config.load import parse_override, set_dotted
-    from tunesmith.data.quality.clean import CleanConfig, clean_records, write_clean_output
+    from tunesmith.data.quality.clean import CleanConfig
+    from tunesmith.data.quality.clean_stream import clean_files
 
     paths = [a for a in args if "=" not in a]
     settings = CleanConfig.from_yaml(config).model_dump() if config else {}
@@ -94,18 +128,19 @@ def clean(
         set_dotted(settings, *parse_override(item))
     cfg = _validated(CleanConfig, settings, "clean")
     files, fmt, columns = _sources(paths, fmt, registry)
-    result = clean_records(files, cfg, fmt, columns)
-    summary = write_clean_output(result, out, cfg)
-    for step in result.step_stats:
+    summary = clean_files(
+        files, cfg, out, None, fmt, columns, num_proc=num_proc, engine=engine, work_dir=work_dir
+    )
+    for step in summary["steps"]:
         console.print(
             f"{step['step']:>12}: {step['in']} in, {step['kept']} kept, "
             f"{step['rejected']} rejected, {step.get('modified', 0)} modified"
         )
-    console.print(f"{result.read} read = {len(result.kept)} kept + {len(result.rejects)} rejected")
-    reasons = Counter(f"{r['step']}: {r['reason']}" for r in result.rejects).most_common(3)
-    for reason, count in reasons:
+    read, kept, rejected = summary["read"], summary["kept"], summary["rejected"]
+    console.print(f"{read} read = {kept} kept + {rejected} rejected")
+    for reason, count in summary["top_reasons"]:
         console.print(f"  {count} x {reason}", markup=False)
-    if result.read == 0:
+    if summary["read"] == 0:
         console.print(f"[yellow]warning:[/yellow] no records found in {', '.join(files)}")
     written = [summary.get(k) for k in ("output", "rejects_path", "stats_path", "version_path")]
     console.print("wrote " + ", ".join(str(path) for path in written if path))

@@ -1,10 +1,14 @@
 """`tunesmith data inspect` as a library: read data files once and report what a data team checks.
 
 `inspect_data` returns the report as a JSON-able dict; `write_inspect_report` writes it as
-inspect.json and as inspect.html with the plots drawn from the very same numbers. Every step is
-linear in the number of records (duplicates by hashing, near-duplicates by MinHash LSH), so a
-100k-record file is fine. A malformed record is counted and shown with its file:line, never fatal;
-only a missing or unsupported file stops the run.
+inspect.json and as inspect.html with the plots drawn from the very same numbers. Records stream
+through in shards (`inspect_shard`, on this process, N processes or Ray: engine.py) and memory
+does not grow with their number: every distribution is an exact value -> count counter (so a
+float measure such as the special-character ratio costs one entry per distinct value), the
+examples are capped, exact and near duplicates are found by the on-disk indexes of spill.py, and
+the cluster examples are read back from a temporary file. Time is linear in the records. A
+malformed record is counted and shown with its file:line, never fatal; only a missing or
+unsupported file stops the run.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 import io
 import json
 import sys
-from collections import Counter
+import tempfile
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +33,8 @@ from tunesmith.data.formats import (
     to_conversation,
 )
 from tunesmith.data.multimodal import image_report
-from tunesmith.data.quality.dedup import exact_duplicate_groups, near_duplicate_groups
+from tunesmith.data.quality.dedup import canonical_text, minhash_signatures
+from tunesmith.data.quality.engine import DEFAULT_CHUNK, Executor, chunked
 from tunesmith.data.quality.rules import (
     QualityRules,
     RecordScore,
@@ -36,6 +42,7 @@ from tunesmith.data.quality.rules import (
     score_record,
     score_text,
 )
+from tunesmith.data.quality.spill import ExactIndex, NearIndex, text_digest
 from tunesmith.data.quality.text import detect_language
 from tunesmith.data.readers import BadRecord, RawRecord, scan_records
 from tunesmith.data.render import TemplateError, assistant_spans, tokenize_conversation
@@ -67,13 +74,111 @@ class _Item:
 
 @dataclass
 class _Scan:
-    items: list[_Item] = field(default_factory=list)
-    malformed: list[dict] = field(default_factory=list)  # {"where", "reason"}
+    """What reading the files found; bounded: malformed examples are capped, the rest counts."""
+
+    malformed: list[dict] = field(default_factory=list)  # {"where", "reason"}, the first ones
+    malformed_count: int = 0
     files: list[dict] = field(default_factory=list)
     # per file: key -> [non-empty, empty], and how many records were JSON objects (the base)
     fields: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     parsed: Counter = field(default_factory=Counter)
     text_column: str = "text"  # where plain-text (pre-training) records keep their text
+
+    def bad(self, entry: dict) -> None:
+        self.malformed_count += 1
+        if len(self.malformed) < MALFORMED_EXAMPLES:
+            self.malformed.append(entry)
+
+
+@dataclass
+class _Partial:
+    """What one shard of records adds to the report: counters only, so shards merge exactly
+    (value -> count for every distribution) and memory does not grow with the record count."""
+
+    prompt_chars: Counter = field(default_factory=Counter)
+    response_chars: Counter = field(default_factory=Counter)
+    scores: Counter = field(default_factory=Counter)
+    passed: int = 0
+    issues: Counter = field(default_factory=Counter)
+    special: Counter = field(default_factory=Counter)
+    special_over: int = 0
+    runs: Counter = field(default_factory=Counter)
+    over_run: int = 0
+    over_share: int = 0
+    control_records: int = 0
+    control_chars: int = 0
+    pii_records: int = 0
+    pii_kinds: Counter = field(default_factory=Counter)
+    pii_examples: list = field(default_factory=list)
+    nul: int = 0
+    nul_examples: list = field(default_factory=list)
+    languages: Counter = field(default_factory=Counter)
+    chats: int = 0
+    turns: Counter = field(default_factory=Counter)
+    system: int = 0
+    labels: Counter = field(default_factory=Counter)
+    unlabelled: int = 0
+    examples: list = field(default_factory=list)  # (where, clipped text) per record
+    digests: list = field(default_factory=list)  # content_hash digests (exact duplicates)
+    signatures: object = None  # MinHash signatures (near duplicates)
+
+    def merge(self, other: _Partial) -> None:
+        for name, value in vars(other).items():
+            mine = getattr(self, name)
+            if isinstance(mine, Counter):
+                mine.update(value)
+            elif name == "pii_examples":
+                mine.extend(value[: PII_EXAMPLES - len(mine)])
+            elif name == "nul_examples":
+                mine.extend(value[: MALFORMED_EXAMPLES - len(mine)])
+            elif isinstance(mine, int):
+                setattr(self, name, mine + value)
+
+
+def inspect_shard(task: tuple[QualityRules, list[_Item]]) -> _Partial:
+    """Score and measure one shard of records. Top-level and picklable: every engine
+    (engine.py: this process, N processes, Ray) runs this."""
+    rules, items = task
+    p = _Partial()
+    for item in items:
+        score = _score(item, rules)
+        st = score.stats
+        p.scores[score.score] += 1
+        p.passed += score.passed
+        p.issues.update(score.issues)
+        p.special[st.special_ratio] += 1
+        p.special_over += st.special_ratio > rules.max_special_ratio
+        p.runs[st.longest_run] += 1
+        p.over_run += st.longest_run > rules.max_repeat_run
+        p.over_share += st.char_share > rules.max_char_share
+        p.control_records += st.control_chars > 0
+        p.control_chars += st.control_chars
+        if st.pii:
+            kinds = Counter(hit.kind for hit in st.pii)
+            p.pii_records += 1
+            p.pii_kinds.update(kinds)
+            if len(p.pii_examples) < PII_EXAMPLES:  # where and kind only: reports get shared
+                p.pii_examples.append({"where": item.where, "kinds": dict(kinds)})
+        if _has_nul(item):
+            p.nul += 1
+            if len(p.nul_examples) < MALFORMED_EXAMPLES:
+                p.nul_examples.append(item.where)
+        p.languages[detect_language(item.text)] += 1
+        if item.messages is not None:
+            p.prompt_chars[len(item.prompt)] += 1
+            p.chats += 1
+            p.turns[sum(m["role"] == "assistant" for m in item.messages)] += 1
+            p.system += item.messages[0]["role"] == "system"
+        p.response_chars[len(item.response)] += 1
+        if item.label is not None:
+            p.labels[item.label] += 1
+        else:
+            p.unlabelled += 1
+        p.examples.append((item.where, _clip(item.text)))
+    canonical = [canonical_text(item.text) for item in items]
+    p.digests = [text_digest(text) for text in canonical]  # == content_hash's digest
+    p.signatures = minhash_signatures(canonical, 5, 128, 1)  # near_duplicate_groups' defaults
+    return p
 
 
 def inspect_data(
@@ -86,8 +191,19 @@ def inspect_data(
     near_dup_threshold: float = 0.8,
     preview: int = 3,
     progress: Progress | None = None,
+    *,
+    num_proc: int = 1,
+    engine: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    work_dir: str | Path | None = None,
 ) -> dict:
-    """The report. `progress(description, items)` may wrap the per-record loops (a bar)."""
+    """The report. `progress(description, shards)` may wrap the loop over shards (a bar).
+
+    Records stream through in shards of `chunk_size` (on `num_proc` processes, or Ray with
+    engine="ray"); every statistic is a counter merged shard by shard, and the duplicate
+    indexes live on disk under `work_dir` (default: the system's temporary folder), so memory
+    does not grow with the record count. The report does not depend on num_proc or chunk_size.
+    """
     if fmt not in INSPECT_FORMATS:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(INSPECT_FORMATS)}")
     rules = rules or QualityRules()
@@ -95,38 +211,125 @@ def inspect_data(
     columns = dict(columns or {})
     # a registry's pre-training entry maps `text` to its column (LLaMA-Factory's `prompt`)
     text_column = columns.pop("text", "text")
-    scan = _scan(paths, fmt, check_columns(columns), text_column)
-    items = scan.items
-    scores = [_score(item, rules) for item in progress("scoring", items)]
-    tokens = _tokens(items, tokenizer, progress) if tokenizer is not None else None
+    scan = _Scan(text_column=text_column)
+    checked = check_columns(columns)
+    with (
+        Executor(num_proc, engine) as executor,
+        tempfile.TemporaryDirectory(prefix="tunesmith-inspect-", dir=work_dir) as tmp,
+    ):
+        found = _Found(Path(tmp), tokenizer, preview)
+        shards = chunked(_scan(paths, fmt, checked, scan), chunk_size)
+        pending: deque = deque()
+
+        def tasks():
+            for shard in shards:
+                pending.append(shard)
+                yield rules, shard
+
+        for part in progress("inspecting", executor.map_ordered(inspect_shard, tasks())):
+            found.add(pending.popleft(), part)
+        duplicates = found.duplicates(near_dup_threshold)
+    p, tokens = found.total, found.tokens
     report = {
         "files": scan.files,
-        "records": _record_counts(scan),
-        "malformed": {
-            "count": len(scan.malformed),
-            "examples": scan.malformed[:MALFORMED_EXAMPLES],
-        },
+        "records": _record_counts(scan, found.valid),
+        "malformed": {"count": scan.malformed_count, "examples": scan.malformed},
         "fields": _fields(scan),
-        "lengths": _lengths(items, tokens),
+        "lengths": _lengths(p, tokens),
         "truncation": _truncation(tokens, cutoff_len),
-        "duplicates": _duplicates(items, near_dup_threshold),
-        "languages": dict(Counter(detect_language(i.text) for i in items).most_common()),
-        **_text_stats(items, scores, rules),
-        "turns": _turns(items),
-        "labels": _labels(items),
-        "scores": _scores(scores, rules),
-        "preview": [_preview(item, tokenizer) for item in items[:preview]],
+        "duplicates": duplicates,
+        "languages": dict(p.languages.most_common()),
+        **_text_stats(p),
+        "turns": _turns(p),
+        "labels": _labels(p),
+        "scores": _scores(p, found.valid, rules),
+        "preview": [_preview(item, tokenizer) for item in found.preview],
         "tokenizer": _tokenizer_name(tokenizer),
         "rules": rules.model_dump(),
     }
     images = image_report(paths, fmt, columns)  # vision-language data (data/multimodal.py)
     if images is not None:
         report["images"] = images
-    report["histograms"] = _histograms(items, scores, tokens)
+    report["histograms"] = _histograms(p, tokens)
     report["quality"] = _overall(report, rules)
     report["quality_score"] = report["quality"]["overall"]  # the headline number
     report["recommendations"] = recommendations(report, rules)
     return report
+
+
+class _Found:
+    """The merged shards, the duplicate keys on disk, the first records for the preview, and
+    the token counts (the tokenizer stays in this process)."""
+
+    def __init__(self, tmp: Path, tokenizer, preview: int) -> None:
+        self.total = _Partial()
+        self.valid = 0
+        self.tokenizer = tokenizer
+        names = (*_TOKEN_NAMES, "errors")
+        self.tokens = None if tokenizer is None else {name: Counter() for name in names}
+        self.preview: list[_Item] = []
+        self.preview_n = preview
+        self.tmp = tmp
+        self.exact = ExactIndex(tmp / "exact")
+        # signatures only: they are banded once the exact copies are known (see duplicates)
+        self.sig_path = tmp / "signatures.bin"
+        self.signatures = self.sig_path.open("wb")
+        self.examples = (tmp / "examples.jsonl").open("wb")
+        self.offsets = (tmp / "examples.offsets").open("wb")
+        self.position = 0
+
+    def add(self, items: list[_Item], part: _Partial) -> None:
+        self.valid += len(items)
+        if len(self.preview) < self.preview_n:
+            self.preview += items[: self.preview_n - len(self.preview)]
+        if self.tokens is not None:
+            _count_tokens(items, self.tokenizer, self.tokens)
+        self.exact.add(part.digests)
+        self.signatures.write(np.ascontiguousarray(part.signatures, np.uint32).tobytes())
+        lines = [(json.dumps(e, ensure_ascii=False) + "\n").encode("utf-8") for e in part.examples]
+        starts = np.cumsum([0, *map(len, lines)])[:-1] + self.position
+        self.position += sum(map(len, lines))
+        self.examples.write(b"".join(lines))
+        self.offsets.write(starts.astype("<u8").tobytes())
+        part.examples, part.digests, part.signatures = [], [], None
+        self.total.merge(part)
+
+    def duplicates(self, threshold: float) -> dict:
+        """Exact clusters, then near clusters among one representative per exact cluster, so
+        the two never count the same redundant record twice."""
+        self.examples.close()
+        self.offsets.close()
+        copies, firsts = self.exact.duplicates()
+        groups: dict[int, list[int]] = {}
+        for copy, first in zip(copies.tolist(), firsts.tolist(), strict=True):
+            groups.setdefault(first, [first]).append(copy)
+        exact = [groups[first] for first in sorted(groups)]
+        self.signatures.close()
+        index = NearIndex(self.tmp / "near", threshold, signatures=self.sig_path)
+        index.index_file(copies)
+        near = index.groups()
+        section = {"exact": self._clusters(exact), "near": self._clusters(near)}
+        section["near"]["threshold"] = threshold
+        return section
+
+    def _clusters(self, groups: list[list[int]]) -> dict:
+        groups = sorted(groups, key=len, reverse=True)
+        examples = [[self._example(i) for i in group[:3]] for group in groups[:CLUSTER_EXAMPLES]]
+        records = sum(len(g) for g in groups)
+        return {
+            "clusters": len(groups),
+            "records": records,
+            "redundant": records - len(groups),  # what dedup would remove (keeps one per cluster)
+            "examples": examples,
+        }
+
+    def _example(self, i: int) -> dict:
+        offsets = self.tmp / "examples.offsets"
+        (start,) = np.fromfile(offsets, dtype="<u8", count=1, offset=8 * i).tolist()
+        with (self.tmp / "examples.jsonl").open("rb") as f:
+            f.seek(start)
+            where, text = json.loads(f.readline())
+        return {"where": where, "text": text}
 
 
 def _tokenizer_name(tokenizer) -> str | None:
@@ -138,14 +341,12 @@ def _tokenizer_name(tokenizer) -> str | None:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def _scan(paths: list[str | Path], fmt: str, columns: dict[str, str], text: str) -> _Scan:
-    scan = _Scan(text_column=text)
+def _scan(paths: list[str | Path], fmt: str, columns: dict[str, str], scan: _Scan):
     for path in paths:
-        _scan_file(path, fmt, columns, scan)
-    return scan
+        yield from _scan_file(path, fmt, columns, scan)
 
 
-def _scan_file(path: str | Path, fmt: str, columns: dict[str, str], scan: _Scan) -> None:
+def _scan_file(path: str | Path, fmt: str, columns: dict[str, str], scan: _Scan):
     entry = {"path": str(path), "format": None if fmt == "auto" else fmt}
     entry |= {"records": 0, "malformed": 0, "stopped": None}
     scan.files.append(entry)
@@ -154,7 +355,7 @@ def _scan_file(path: str | Path, fmt: str, columns: dict[str, str], scan: _Scan)
         entry["records"] += 1
         if isinstance(record, dict):  # unreadable: already a malformed entry
             entry["malformed"] += 1
-            scan.malformed.append(record)
+            scan.bad(record)
             continue
         scan.parsed[str(path)] += 1
         _count_fields(record.data, fields)
@@ -162,10 +363,12 @@ def _scan_file(path: str | Path, fmt: str, columns: dict[str, str], scan: _Scan)
             # Detected once per file, as training does; records before a detectable one are
             # malformed rather than fatal.
             entry["format"] = entry["format"] or detect_format(record.data, columns, text=True)
-            scan.items.append(_item(record, entry["format"], columns, scan.text_column))
+            item = _item(record, entry["format"], columns, scan.text_column)
         except RecordError as e:
             entry["malformed"] += 1
-            scan.malformed.append({"where": record.where, "reason": str(e)})
+            scan.bad({"where": record.where, "reason": str(e)})
+            continue
+        yield item
 
 
 def _records(path: str | Path, entry: dict) -> Iterator[RawRecord | dict]:
@@ -232,22 +435,20 @@ def _score(item: _Item, rules: QualityRules) -> RecordScore:
     return score_record(item.messages, rules)
 
 
-def _tokens(items: list[_Item], tokenizer, progress: Progress) -> dict:
-    """Per record: prompt, response and total tokens as training will see them.
+def _count_tokens(items: list[_Item], tokenizer, out: dict) -> None:
+    """Per record: prompt, response and total tokens as training will see them, counted.
 
     A record the chat template refuses (e.g. a system turn on a template without one) is left
     out of the token counts and reported under `errors` with how often it happened.
     """
-    out: dict = {"prompt": [], "response": [], "total": [], "errors": Counter()}
-    for item in progress("tokenizing", items):
+    for item in items:
         try:
             counts = _token_counts(item, tokenizer)
         except JinjaError as e:
             out["errors"][f"the chat template failed: {e}"] += 1
             continue
         for name, n in zip(("prompt", "response", "total"), counts, strict=True):
-            out[name].append(n)
-    return out
+            out[name][n] += 1
 
 
 def _token_counts(item: _Item, tokenizer) -> tuple[int, int, int]:
@@ -265,9 +466,9 @@ def _token_counts(item: _Item, tokenizer) -> tuple[int, int, int]:
 # --- report sections -------------------------------------------------------------------------
 
 
-def _record_counts(scan: _Scan) -> dict:
+def _record_counts(scan: _Scan, valid: int) -> dict:
     read = sum(f["records"] for f in scan.files)
-    return {"read": read, "valid": len(scan.items), "malformed": len(scan.malformed)}
+    return {"read": read, "valid": valid, "malformed": scan.malformed_count}
 
 
 def _fields(scan: _Scan) -> dict:
@@ -297,17 +498,52 @@ def distribution(values: list[float]) -> dict | None:
     return {k: round(float(v), 4) for k, v in out.items()}
 
 
+def _sorted_counts(counts: Counter) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(sorted(counts), dtype=float)
+    return values, np.asarray([counts[v] for v in sorted(counts)], dtype=np.int64)
+
+
+def _percentiles(values: np.ndarray, weights: np.ndarray, qs: list[float]) -> list[float]:
+    """np.percentile(..., method="linear") of the multiset `values` x `weights` (values
+    ascending), computed the way numpy does, without expanding it."""
+    ends = np.cumsum(weights)
+    n = int(ends[-1])
+    out = []
+    for q in qs:
+        quantile = np.true_divide(q, 100)
+        virtual = (n - 1) * quantile  # numpy's 'linear' virtual index
+        below = min(max(int(np.floor(virtual)), 0), n - 1)
+        above = min(below + 1, n - 1)
+        gamma = virtual - np.floor(virtual)
+        a = values[np.searchsorted(ends, below, side="right")]
+        b = values[np.searchsorted(ends, above, side="right")]
+        diff = b - a
+        out.append(float(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma))
+    return out
+
+
+def count_distribution(counts: Counter) -> dict | None:
+    """`distribution` of the values counted in `counts` (value -> how many records)."""
+    if not counts:
+        return None
+    values, weights = _sorted_counts(counts)
+    p50, p90, p99 = _percentiles(values, weights, [50, 90, 99])
+    mean = float(np.dot(values, weights) / weights.sum())
+    out = {"min": values[0], "p50": p50, "p90": p90, "p99": p99, "max": values[-1], "mean": mean}
+    return {k: round(float(v), 4) for k, v in out.items()}
+
+
 _TOKEN_NAMES = ("prompt", "response", "total")
 
 
-def _lengths(items: list[_Item], tokens: dict | None) -> dict:
+def _lengths(p: _Partial, tokens: dict | None) -> dict:
     chars = {
-        "prompt": distribution([len(i.prompt) for i in items if i.messages is not None]),
-        "response": distribution([len(i.response) for i in items]),
+        "prompt": count_distribution(p.prompt_chars),
+        "response": count_distribution(p.response_chars),
     }
     if tokens is None:
         return {"chars": chars, "tokens": None, "token_errors": {}}
-    per_record = {n: distribution(tokens[n]) for n in _TOKEN_NAMES}
+    per_record = {n: count_distribution(tokens[n]) for n in _TOKEN_NAMES}
     errors = dict(tokens["errors"].most_common(5))
     return {"chars": chars, "tokens": per_record, "token_errors": errors}
 
@@ -315,77 +551,37 @@ def _lengths(items: list[_Item], tokens: dict | None) -> dict:
 def _truncation(tokens: dict | None, cutoff_len: int | None) -> dict | None:
     if tokens is None or cutoff_len is None:
         return None
-    over = sum(n > cutoff_len for n in tokens["total"])
-    share = over / max(1, len(tokens["total"]))
+    totals = tokens["total"]
+    over = sum(count for n, count in totals.items() if n > cutoff_len)
+    share = over / max(1, sum(totals.values()))
     return {"cutoff_len": cutoff_len, "truncated": over, "share": round(share, 4)}
-
-
-def _duplicates(items: list[_Item], threshold: float) -> dict:
-    """Exact clusters, then near clusters among one representative per exact cluster, so the
-    two never count the same redundant record twice."""
-    texts = [i.text for i in items]
-    exact = exact_duplicate_groups(texts)
-    copies = {i for group in exact for i in group[1:]}
-    keep = [i for i in range(len(texts)) if i not in copies]
-    near = near_duplicate_groups([texts[i] for i in keep], threshold=threshold)
-    near = [[keep[j] for j in group] for group in near]
-    section = {"exact": _clusters(exact, items), "near": _clusters(near, items)}
-    section["near"]["threshold"] = threshold
-    return section
-
-
-def _clusters(groups: list[list[int]], items: list[_Item]) -> dict:
-    groups = sorted(groups, key=len, reverse=True)
-    examples = [
-        [{"where": items[i].where, "text": _clip(items[i].text)} for i in group[:3]]
-        for group in groups[:CLUSTER_EXAMPLES]
-    ]
-    records = sum(len(g) for g in groups)
-    return {
-        "clusters": len(groups),
-        "records": records,
-        "redundant": records - len(groups),  # what dedup would remove (keeps one per cluster)
-        "examples": examples,
-    }
 
 
 def _clip(text: str, limit: int = EXAMPLE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _text_stats(items: list[_Item], scores: list[RecordScore], rules: QualityRules) -> dict:
+def _text_stats(p: _Partial) -> dict:
     """Special characters, repeats, control characters and PII, as measured by the scorer."""
-    stats = [s.stats for s in scores]
-    pii_kinds: Counter = Counter()
-    pii_examples = []
-    for item, st in zip(items, stats, strict=True):
-        if st.pii:
-            kinds = Counter(hit.kind for hit in st.pii)
-            pii_kinds.update(kinds)
-            if len(pii_examples) < PII_EXAMPLES:  # where and kind only: reports get shared
-                pii_examples.append({"where": item.where, "kinds": dict(kinds)})
     return {
         "special_chars": {
-            "ratio": distribution([st.special_ratio for st in stats]),
-            "records_over": sum(st.special_ratio > rules.max_special_ratio for st in stats),
+            "ratio": count_distribution(p.special),
+            "records_over": p.special_over,
         },
         "repeats": {
-            "longest_run": distribution([st.longest_run for st in stats]),
-            "records_over_run": sum(st.longest_run > rules.max_repeat_run for st in stats),
-            "records_over_char_share": sum(st.char_share > rules.max_char_share for st in stats),
+            "longest_run": count_distribution(p.runs),
+            "records_over_run": p.over_run,
+            "records_over_char_share": p.over_share,
         },
-        "control_chars": {
-            "records": sum(st.control_chars > 0 for st in stats),
-            "chars": sum(st.control_chars for st in stats),
-        },
+        "control_chars": {"records": p.control_records, "chars": p.control_chars},
         "nul_bytes": {  # NUL (\x00) usually means a binary or mis-encoded source
-            "records": len(nul := [item.where for item in items if _has_nul(item)]),
-            "examples": nul[:MALFORMED_EXAMPLES],
+            "records": p.nul,
+            "examples": p.nul_examples,
         },
         "pii": {
-            "records": sum(bool(st.pii) for st in stats),
-            "by_kind": dict(pii_kinds.most_common()),
-            "examples": pii_examples,
+            "records": p.pii_records,
+            "by_kind": dict(p.pii_kinds.most_common()),
+            "examples": p.pii_examples,
         },
     }
 
@@ -396,68 +592,72 @@ def _has_nul(item: _Item) -> bool:
     return any("\x00" in m["content"] for m in item.messages)
 
 
-def _turns(items: list[_Item]) -> dict:
+def _turns(p: _Partial) -> dict:
     """A turn is one user message and the assistant reply to it."""
-    chats = [i.messages for i in items if i.messages is not None]
-    histogram = Counter(sum(m["role"] == "assistant" for m in msgs) for msgs in chats)
-    system = sum(msgs[0]["role"] == "system" for msgs in chats)
     return {
-        "conversations": len(chats),
-        "histogram": {str(k): v for k, v in sorted(histogram.items())},
-        "multi_turn": sum(v for k, v in histogram.items() if k > 1),
-        "system_share": round(system / max(1, len(chats)), 4),
+        "conversations": p.chats,
+        "histogram": {str(k): v for k, v in sorted(p.turns.items())},
+        "multi_turn": sum(v for k, v in p.turns.items() if k > 1),
+        "system_share": round(p.system / max(1, p.chats), 4),
     }
 
 
-def _labels(items: list[_Item]) -> dict | None:
-    counts = Counter(i.label for i in items if i.label is not None)
-    if not counts:
+def _labels(p: _Partial) -> dict | None:
+    if not p.labels:
         return None
-    ordered = counts.most_common()
+    ordered = p.labels.most_common()
     return {
         "counts": dict(ordered),
-        "unlabelled": sum(i.label is None for i in items),
+        "unlabelled": p.unlabelled,
         "imbalance_ratio": round(ordered[0][1] / ordered[-1][1], 4),
     }
 
 
-def _scores(scores: list[RecordScore], rules: QualityRules) -> dict:
-    passed = sum(s.passed for s in scores)
-    issues = Counter(code for s in scores for code in s.issues)
+def _scores(p: _Partial, n: int, rules: QualityRules) -> dict:
+    mean = 0.0
+    if n:
+        values, weights = _sorted_counts(p.scores)
+        mean = round(float(np.dot(values, weights) / n), 4)
     return {
-        "distribution": distribution([s.score for s in scores]),
+        "distribution": count_distribution(p.scores),
         "pass_score": rules.pass_score,
-        "passed": passed,
-        "failed": len(scores) - passed,
-        "pass_rate": round(passed / max(1, len(scores)), 4),
+        "passed": p.passed,
+        "failed": n - p.passed,
+        "pass_rate": round(p.passed / max(1, n), 4),
         "issues": {
-            code: {"count": n, "message": issue_message(code)} for code, n in issues.most_common()
+            code: {"count": k, "message": issue_message(code)} for code, k in p.issues.most_common()
         },
-        "mean": round(float(np.mean([s.score for s in scores])), 4) if scores else 0.0,
+        "mean": mean,
     }
 
 
-def _histogram(values: list[float], bins: int = HIST_BINS) -> dict | None:
+def _histogram(counts: Counter, bins: int = HIST_BINS) -> dict | None:
     """Counts up to the 99th percentile; the long tail goes to `overflow` so it stays readable."""
-    if not values:
+    if not counts:
         return None
-    a = np.asarray(values, dtype=float)
-    top = max(float(np.percentile(a, 99)), 1.0)
-    counts, edges = np.histogram(a[a <= top], bins=bins, range=(0.0, top))
+    values, weights = _sorted_counts(counts)
+    top = max(_percentiles(values, weights, [99])[0], 1.0)
+    inside = values <= top
+    hist, edges = np.histogram(values[inside], bins=bins, range=(0.0, top), weights=weights[inside])
     return {
         "edges": edges.round(4).tolist(),
-        "counts": counts.tolist(),
-        "overflow": int((a > top).sum()),
+        "counts": hist.astype(np.int64).tolist(),
+        "overflow": int(weights[~inside].sum()),
     }
 
 
-def _histograms(items: list[_Item], scores: list[RecordScore], tokens: dict | None) -> dict:
-    score_counts, edges = np.histogram([s.score for s in scores], bins=10, range=(0.0, 100.0))
+def _histograms(p: _Partial, tokens: dict | None) -> dict:
+    values, weights = _sorted_counts(p.scores) if p.scores else (np.zeros(0), np.zeros(0, int))
+    score_counts, edges = np.histogram(values, bins=10, range=(0.0, 100.0), weights=weights)
     return {
-        "prompt_chars": _histogram([len(i.prompt) for i in items if i.messages is not None]),
-        "response_chars": _histogram([len(i.response) for i in items]),
+        "prompt_chars": _histogram(p.prompt_chars),
+        "response_chars": _histogram(p.response_chars),
         "total_tokens": _histogram(tokens["total"]) if tokens else None,
-        "scores": {"edges": edges.tolist(), "counts": score_counts.tolist(), "overflow": 0},
+        "scores": {
+            "edges": edges.tolist(),
+            "counts": score_counts.astype(np.int64).tolist(),
+            "overflow": 0,
+        },
     }
 
 

@@ -4,7 +4,9 @@ Records are read into canonical conversations (malformed ones are rejected at st
 then every step in `CleanConfig.steps` runs in the order given. A step keeps, modifies or
 rejects each record; every rejection is kept with its file:line, step and reason, so
 `read == kept + rejected` always holds. The per-record steps are linear; the two dedup steps
-hash (exact) or MinHash-LSH (near) the whole set once, so 100k records stay practical.
+hash (exact) or MinHash-LSH (near) the whole set once. `clean_records` holds the records in
+memory (the library form); `clean_stream.clean_files` runs these same steps in shards with the
+dedup state on disk and writes the same files (what `tunesmith data clean` uses).
 
 Dedup key: the whole conversation, every turn with its role ("system: ...\\nuser: ...\\n
 assistant: ..."), as the steps before left it. Two records asking the same question with
@@ -20,7 +22,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -264,20 +266,37 @@ def clean_records(
 
 def _parse_file(path: str | Path, fmt: str, columns: dict, ctx: _Context) -> tuple:
     """(items, format, records read) of one file; malformed records go to ctx's rejects."""
-    source, file_fmt, items, read = str(path), None if fmt == "auto" else fmt, [], 0
+    info: dict = {}
+    items = list(parse_items(path, fmt, columns, ctx, info))
+    return items, info["format"], info["read"]
+
+
+def parse_items(
+    path: str | Path, fmt: str, columns: dict, ctx: _Context, info: dict
+) -> Iterator[_Item]:
+    """The usable records of one file, one at a time; malformed ones go to ctx's rejects.
+
+    `info` gets "format" (detected or given) and "read" (records read so far), kept current
+    while the file is read, so a streaming caller knows the format as soon as it is found.
+    """
+    source, file_fmt, read = str(path), None if fmt == "auto" else fmt, 0
+    info["format"], info["read"] = file_fmt, 0
     first_keys: list[str] | None = None
     for record in scan_records(path):
         if isinstance(record, BadRecord):
             if record.fatal:  # the rest of the file cannot be read: the file must be fixed
                 raise record.error()
             read += 1
+            info["read"] = read
             ctx.reject(record.source, record.line, "parse", record.reason, record.text)
             continue
         read += 1
+        info["read"] = read
         try:
             # Detected from the first record that has a known shape: one without any is
             # malformed whatever the format, so it is rejected rather than stopping the run.
             file_fmt = file_fmt or detect_format(record.data, columns)
+            info["format"] = file_fmt
             conv = to_conversation(record, file_fmt, columns)
         except RecordError as e:
             first_keys = first_keys if first_keys is not None else sorted(record.data)
@@ -287,14 +306,13 @@ def _parse_file(path: str | Path, fmt: str, columns: dict, ctx: _Context) -> tup
         if isinstance(conv, str):
             ctx.reject(record.source, record.line, "parse", conv, record.data)
             continue
-        items.append(_Item(conv, record.data, record.where))
+        yield _Item(conv, record.data, record.where)
     if read and file_fmt is None and first_keys is not None:
         # Not one record of a known shape: the file, not its records, is wrong.
         raise DataError(
             f"{source}: cannot detect the format of any record (first keys: {first_keys[:10]}); "
             "expected alpaca (instruction/output), sharegpt (conversations) or openai (messages)"
         )
-    return items, file_fmt, read
 
 
 def _without_nul(conv: Conversation, ctx: _Context) -> Conversation | str:

@@ -143,7 +143,7 @@ def _candidate_pairs(signatures: np.ndarray, threshold: float) -> np.ndarray:
     keeps a bucket of near duplicates connected at O(records x bands) cost.
     """
     n, num_perm = signatures.shape
-    bands = _bands(threshold, num_perm)
+    bands = lsh_bands(threshold, num_perm)
     packed = np.unique(np.concatenate([_bucket_pairs(signatures[:, lo:hi]) for lo, hi in bands]))
     first, second = packed // n, packed % n
     need = int(np.ceil(threshold * num_perm - 1e-9))
@@ -155,7 +155,7 @@ def _candidate_pairs(signatures: np.ndarray, threshold: float) -> np.ndarray:
     return np.stack([first[keep], second[keep]], axis=1)
 
 
-def _bands(threshold: float, num_perm: int) -> list[tuple[int, int]]:
+def lsh_bands(threshold: float, num_perm: int) -> list[tuple[int, int]]:
     """Slot ranges of the LSH bands. Every candidate is verified, so a missed pair costs more
     than a spurious one: weighting false negatives 0.9 gives 14 bands of 9 slots at 0.8 (a pair
     at Jaccard 0.83 becomes a candidate 95% of the time, against 57% with equal weights)."""
@@ -166,14 +166,20 @@ def _bands(threshold: float, num_perm: int) -> list[tuple[int, int]]:
         return [(0, half), (half, 2 * half)]
 
 
+def band_keys(band: np.ndarray) -> np.ndarray:
+    """A 64-bit key per row of one band's slots; a collision only costs one failed check."""
+    keys = np.zeros(len(band), dtype=np.uint64)
+    for column in band.T:
+        keys *= _ROLL
+        keys += column
+    return keys
+
+
 def _bucket_pairs(band: np.ndarray) -> np.ndarray:
     """Pairs (packed as i * n + j) of rows with equal band values: each member of a bucket with
     the bucket's first member and with the member before it, in index order."""
     n = len(band)
-    keys = np.zeros(n, dtype=np.uint64)
-    for column in band.T:  # a 64-bit key per row; a collision only costs one failed check
-        keys *= _ROLL
-        keys += column
+    keys = band_keys(band)
     order = np.argsort(keys, kind="stable")  # stable: index order inside a bucket
     ordered = keys[order]
     same = np.zeros(n, dtype=bool)

@@ -74,10 +74,26 @@ def write_version(
     metrics: dict | None = None,
 ) -> Path:
     """Write `<data_path>.meta.json` for `records` (the records just written to data_path)."""
+    return write_version_digest(
+        data_path, dataset_hash(records), len(records), operation, params, parents, metrics
+    )
+
+
+def write_version_digest(
+    data_path: Path,
+    digest: str,
+    size: int,
+    operation: str,
+    params: dict,
+    parents: Sequence[Path] = (),
+    metrics: dict | None = None,
+) -> Path:
+    """`write_version` for records hashed as they were written (`dataset_hash`'s digest and
+    their count), so a streaming writer never holds them."""
     data_path = Path(data_path)
     meta = {
-        "hash": dataset_hash(records),
-        "size": len(records),
+        "hash": digest,
+        "size": size,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "operation": operation,
         "params": params,
