@@ -1,16 +1,20 @@
-"""GGUF export of a merged model (Llama, Mistral, Qwen2, Qwen3) in f32/f16/bf16/q8_0/q4_0/...
-written by the `gguf` package's own quantizers, and k-quants (q4_k_m, ...) made from the f16
-file by llama.cpp's llama-quantize where the user has it. Each file is checked by loading it back.
+"""GGUF export of a merged model (Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text) in
+f32/f16/bf16/q8_0/q4_0/... written by the `gguf` package's own quantizers, and k-quants (q4_k_m,
+...) made from the f16 file by llama.cpp's llama-quantize where the user has it. Each file is
+checked by loading it back.
 
 Weights are renamed with gguf's own tensor map; for Llama-layout models q/k projections are
 permuted into the rotary layout llama.cpp expects (the inverse of what transformers' GGUF loader
-undoes); Qwen models keep theirs (llama.cpp's converter does the same). 1-D tensors (norms,
-biases) stay float32 and a matrix whose rows do not split into the type's blocks falls back to
-f16, as llama.cpp's convert_hf_to_gguf.py does. The tokenizer (BPE tokens, merges, special ids,
-chat template) goes into the metadata. The check: transformers' GGUF loader reads the file; the
-prompt must tokenize alike, and the logits must equal those of the merged model with each
-tensor quantized and dequantized by gguf's own code (so names, layout and permutations are
-exact whatever the type loses); the loss of the type itself is measured and reported.
+undoes); Qwen and Gemma models keep theirs (llama.cpp's converter does the same). Gemma's
+(1 + w) norms are stored as w + 1, and its hyper-parameters and SentencePiece vocabulary are
+written by export/gguf_gemma.py. 1-D tensors (norms, biases) stay float32 and a matrix whose
+rows do not split into the type's blocks falls back to f16, as llama.cpp's convert_hf_to_gguf.py
+does. The tokenizer (byte-level BPE tokens and merges, or a SentencePiece vocabulary with
+scores; special ids, chat template) goes into the metadata. The check: transformers' GGUF loader
+reads the file; the prompt must tokenize alike, and the logits must equal those of the merged
+model with each tensor quantized and dequantized by gguf's own code (so names, layout, norm
+shifts and permutations are exact whatever the type loses); the loss of the type itself is
+measured and reported.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.export import gguf_gemma
 from tunesmith.utils.errors import ConfigError, ModelError
 
 
@@ -32,7 +37,12 @@ from tunesmith.utils.errors import ConfigError, ModelError
 class Arch:
     name: str  # gguf.MODEL_ARCH member
     permute: bool  # q/k rows into llama.cpp's rotary layout
-    pre: str  # llama.cpp's pre-tokenizer name
+    pre: str  # llama.cpp's pre-tokenizer name (byte-level BPE tokenizers)
+    norm_shift: float = 0.0  # added to every *norm.weight (Gemma's (1 + w) norms)
+
+    @property
+    def gemma(self) -> bool:
+        return self.name.startswith("GEMMA")
 
 
 ARCHS = {
@@ -40,6 +50,8 @@ ARCHS = {
     "mistral": Arch("LLAMA", True, "default"),  # llama.cpp converts Mistral as Llama
     "qwen2": Arch("QWEN2", False, "qwen2"),
     "qwen3": Arch("QWEN3", False, "qwen2"),
+    "gemma2": Arch("GEMMA2", False, "default", gguf_gemma.NORM_SHIFT),
+    "gemma3_text": Arch("GEMMA3", False, "default", gguf_gemma.NORM_SHIFT),
 }
 # type -> (GGML tensor type, llama file type), written by the gguf package itself
 WRITTEN = {
@@ -81,7 +93,10 @@ def write_gguf(
         raise ModelError(
             f"GGUF export supports {', '.join(ARCHS)} models; this one is '{config.model_type}'"
         )
-    _check_rope(config)
+    if arch.gemma:
+        gguf_gemma.check_config(config)
+    else:
+        _check_rope(config)
     quantize = _llama_quantize(llama_cpp) if set(types) & set(QUANTIZED) else None
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -123,11 +138,14 @@ def _check_rope(config) -> None:
 def _write(model, config, arch: Arch, model_dir: Path, out: Path, kind: str, gguf) -> None:
     model_arch = gguf.MODEL_ARCH[arch.name]
     writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[model_arch])
-    _hparams(writer, config, gguf)
+    if arch.gemma:
+        gguf_gemma.write_hparams(writer, config, gguf)
+    else:
+        _hparams(writer, config, gguf)
     writer.add_file_type(gguf.LlamaFileType[WRITTEN[kind][1]])
-    _tokenizer(writer, model_dir, arch, gguf)
+    _tokenizer(writer, model_dir, arch, config.vocab_size, gguf)
     for name, tensor, target, qtype in _tensors(model, config, arch, kind, gguf):
-        data = tensor.float()
+        data = tensor.float() + _shift(name, arch)
         if arch.permute and name.endswith("q_proj.weight"):
             data = _permute(data, config.num_attention_heads)
         elif arch.permute and name.endswith("k_proj.weight"):
@@ -171,6 +189,12 @@ def _tensors(model, config, arch: Arch, kind: str, gguf):
         yield name, tensor, target, chosen
 
 
+def _shift(name: str, arch: Arch) -> float:
+    """What the file adds to this tensor: 1 to Gemma's norms (llama.cpp multiplies by w, Gemma
+    by 1 + w), as convert_hf_to_gguf.py does; transformers' GGUF loader subtracts it again."""
+    return arch.norm_shift if name.endswith("norm.weight") else 0.0
+
+
 def _as_written(model, config, arch: Arch, kind: str, gguf):
     """A copy of the model holding the weights the file holds (each tensor quantized and
     dequantized by gguf's own code): what the file must reproduce exactly."""
@@ -180,8 +204,9 @@ def _as_written(model, config, arch: Arch, kind: str, gguf):
     state = written.state_dict()
     with torch.no_grad():
         for name, tensor, _, qtype in _tensors(model, config, arch, kind, gguf):
-            data = tensor.float().numpy()
-            back = gguf.quants.dequantize(gguf.quants.quantize(data, qtype), qtype)
+            shift = _shift(name, arch)
+            data = (tensor.float() + shift).numpy()
+            back = gguf.quants.dequantize(gguf.quants.quantize(data, qtype), qtype) - shift
             state[name].copy_(torch.from_numpy(back.reshape(data.shape).copy()))
     return written
 
@@ -205,10 +230,19 @@ def _hparams(writer, config, gguf) -> None:
     writer.add_vocab_size(config.vocab_size)
 
 
-def _tokenizer(writer, model_dir: Path, arch: Arch, gguf) -> None:
+def _tokenizer(writer, model_dir: Path, arch: Arch, n_vocab: int, gguf) -> None:
+    """Byte-level BPE (gpt2) tokens and merges; for Gemma a SentencePiece-style BPE as an SPM
+    vocabulary with scores. Then special ids, add-BOS flags and the chat template."""
     spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    if arch.gemma and gguf_gemma.is_spm(spec):
+        gguf_gemma.write_spm_vocab(writer, spec, n_vocab, gguf)
+        _special_vocab(writer, model_dir, n_vocab, False, gguf)
+        return
     if spec["model"]["type"] != "BPE" or spec["model"].get("byte_fallback"):
-        raise ModelError("GGUF export supports byte-level BPE tokenizers (gpt2 style) only")
+        raise ModelError(
+            "GGUF export supports byte-level BPE tokenizers (gpt2 style), and SentencePiece BPE "
+            "for Gemma, only"
+        )
     vocab = dict(spec["model"]["vocab"])
     special = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
     vocab.update(special)
@@ -221,12 +255,23 @@ def _tokenizer(writer, model_dir: Path, arch: Arch, gguf) -> None:
     writer.add_tokenizer_pre(arch.pre)
     writer.add_token_list(tokens)
     writer.add_token_types([control if t in special else normal for t in tokens])
-    special_vocab = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens))
-    if special_vocab.chat_template is None:  # transformers 5 keeps it in chat_template.jinja
-        from transformers import AutoTokenizer
+    _special_vocab(writer, model_dir, len(tokens), True, gguf)
 
-        special_vocab.chat_template = AutoTokenizer.from_pretrained(model_dir).chat_template
-    special_vocab.add_to_gguf(writer, quiet=True)  # merges, bos/eos/pad ids, chat template
+
+def _special_vocab(writer, model_dir: Path, n_vocab: int, merges: bool, gguf) -> None:
+    """Merges, bos/eos/pad ids, the chat template, and whether BOS/EOS are added: what the
+    tokenizer does (llama.cpp adds BOS to an SPM vocabulary that does not say otherwise)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    special_vocab = gguf.SpecialVocab(model_dir, load_merges=merges, n_vocab=n_vocab)
+    if special_vocab.chat_template is None:  # transformers 5 keeps it in chat_template.jinja
+        special_vocab.chat_template = tokenizer.chat_template
+    probe = tokenizer("a")["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    special_vocab.add_special_token["bos"] = bos is not None and probe[0] == bos
+    special_vocab.add_special_token["eos"] = eos is not None and probe[-1] == eos
+    special_vocab.add_to_gguf(writer, quiet=True)
 
 
 def _permute(weights: torch.Tensor, heads: int) -> torch.Tensor:
@@ -278,8 +323,10 @@ def _check(model, written, tokenizer, path: Path, kind: str, prompts: list[str],
 
     loaded_tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     # transformers' GGUF loader reads no head_dim for qwen3 (it assumes 128; llama.cpp reads
-    # attention.key_length): there the model's own config; elsewhere the file's hparams
-    own = {"config": model.config} if model.config.model_type == "qwen3" else {}
+    # attention.key_length), nor Gemma's softcapping, query scale, layer types or local rope
+    # base: there the model's own config; elsewhere the file's hparams
+    own_config = model.config.model_type in ("qwen3", "gemma2", "gemma3_text")
+    own = {"config": model.config} if own_config else {}
     loaded = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32, **own
     ).eval()
