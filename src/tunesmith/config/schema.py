@@ -243,7 +243,11 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 on a CUDA GPU that has it; on the CPU bf16 autocast where a "
+        "probe finds it faster and the loss holds (models/precision.py), else fp32.",
+    )
     gradient_checkpointing: bool = False
     optimize: bool = Field(
         True,

@@ -76,10 +76,14 @@ def model_facts(ref: str, classifier: bool = False) -> ModelFacts:
     )
 
 
-def precision_for(config: RunConfig, device: str, method=None) -> Precision:
-    """The bytes tunesmith will use: models/load.pick_dtype and train/sft.precision_flags."""
+def precision_for(config: RunConfig, device: str, method=None, model_config=None) -> Precision:
+    """The bytes tunesmith will use: models/load.pick_dtype and train/arguments.precision_flags;
+    `auto` on the CPU as this host's cached bf16 probe chose it for the model (`model_config`),
+    fp32 where it has not probed (models/precision.py)."""
     method = method or config.method
     dtype, precision = config.model.dtype, config.train.precision
+    if precision == "auto" and device == "cpu" and model_config is not None:
+        precision = cpu_auto_precision(config, model_config)
     if device == "cuda":
         param = 4 if dtype == "float32" else 2
         compute = 4 if precision == "fp32" and param == 4 else 2
@@ -93,7 +97,25 @@ def precision_for(config: RunConfig, device: str, method=None) -> Precision:
     if quantized is not None:
         quant, param = quantized
     deepspeed = config.train.distributed.strategy == "deepspeed" and device == "cuda"
-    return Precision(param, compute, quant, getattr(method, "double_quant", True), deepspeed)
+    # CPU autocast over fp32 weights: each linear's bf16 weight copy is kept for the backward
+    copies = device == "cpu" and param == 4 and compute == 2 and quant is None
+    return Precision(
+        param, compute, quant, getattr(method, "double_quant", True), deepspeed, copies
+    )
+
+
+def cpu_auto_precision(config: RunConfig, model_config) -> str:
+    """What train.precision auto trains in on this CPU: the cached probe's choice, else fp32."""
+    from tunesmith.models.precision import planned
+
+    if config.train.stage == "cls":  # the probe covers causal LMs
+        return "fp32"
+    tokens = config.train.batch_size * config.data.cutoff_len
+    try:
+        choice = planned(model_config, tokens, config.train.optimize)
+    except (AttributeError, TypeError):  # a config without the probe's numbers: no probe
+        return "fp32"
+    return choice.precision if choice else "fp32"
 
 
 def workload_for(
@@ -130,7 +152,7 @@ def estimate(
         method,
         workload_for(config, data, method, facts.shapes.positions),
         device,
-        precision_for(config, device, method),
+        precision_for(config, device, method, facts.meta.config),
         facts.quantizable,
     )
 

@@ -46,6 +46,7 @@ class Precision:
     quant_bits: int | None = None  # qlora: 4 or 8-bit base weights
     double_quant: bool = True
     master_weights: bool = False  # DeepSpeed ZeRO keeps fp32 copies and fp32 Adam states
+    autocast_copies: bool = False  # CPU bf16 autocast: bf16 copies of the linear weights
 
 
 @dataclass
@@ -201,6 +202,11 @@ def estimate_memory(
         master = trainable * 4
         optimizer = 2 * trainable * 4
         notes.append("DeepSpeed keeps fp32 master weights and fp32 Adam states")
+    if precision.autocast_copies:
+        # autocast casts each frozen linear weight (the output layer too) to bf16 on every
+        # forward and autograd keeps the copy for the backward: 2 bytes each for the step
+        weights += 2 * (quantizable + shapes.vocab * shapes.hidden)
+        notes.append("bf16 autocast: bf16 copies of the linear weights, 2 bytes each")
     activations = activation_bytes(shapes, method, work, precision.compute_bytes, device)
     logits = logits_bytes(shapes, work, precision.compute_bytes)
     core = weights + gradients + optimizer + master + activations + logits

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 
-from tunesmith.config.schema import TrainConfig
+from tunesmith.config.schema import RunConfig, TrainConfig
 from tunesmith.runs.folder import RunFolder
 from tunesmith.train.callbacks import schedule_arguments
 from tunesmith.train.distributed import distributed_arguments
@@ -78,8 +81,47 @@ def cpu_autocast(cfg: TrainConfig) -> bool:
     return precision_flags(cfg.precision)[0] and not torch.cuda.is_available()
 
 
+def settle_precision(
+    config: RunConfig,
+    model,
+    tokenizer,
+    run: RunFolder,
+    resume: bool,
+    task: str = "causal_lm",
+    speed: bool = True,
+) -> tuple[RunConfig, dict]:
+    """train.precision as this run trains it (models/precision.py: on the CPU `auto` is bf16
+    autocast where a probe finds it faster and the loss holds, else fp32), printed in one line
+    and kept in RUN/precision.json; a resumed run takes the choice of the run it resumes, so
+    that it computes as the interrupted one did. Returns the config with `auto` replaced by
+    the choice on the CPU (the trainer's own rule decides on CUDA) and the choice's record.
+    `speed`: the stage runs the fp32 kernels of models/speed.py under train.optimize."""
+    from tunesmith.models.precision import Choice, choose
+    from tunesmith.utils.console import console
+
+    cfg = config.train
+    path = run.root / "precision.json"
+    if resume and cfg.precision == "auto" and path.is_file():
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        choice = Choice(**recorded)
+        choice.reason = f"as the interrupted run chose: {recorded['reason']}"
+    else:
+        tokens = cfg.batch_size * config.data.cutoff_len
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
+        choice = choose(
+            model, tokenizer, cfg.precision, tokens, cfg.optimize and speed, task, processes
+        )
+    console.print(choice.line())
+    run.write_json("precision.json", choice.as_dict())
+    if cfg.precision == "auto" and not torch.cuda.is_available():
+        train = cfg.model_copy(update={"precision": choice.precision})
+        config = config.model_copy(update={"train": train})
+    return config, choice.as_dict()
+
+
 def precision_flags(name: str) -> tuple[bool, bool]:
-    """(bf16, fp16) flags for the trainer."""
+    """(bf16, fp16) flags for the trainer; `auto` on the CPU is fp32 here (settle_precision
+    replaces it with the probe's choice before the trainer is built)."""
     cuda = torch.cuda.is_available()
     if name == "auto":
         return cuda and torch.cuda.is_bf16_supported(), False

@@ -40,7 +40,7 @@ from tunesmith.models.methods.base import Task
 from tunesmith.models.speed import matmul_kernel, optimize_for_training
 from tunesmith.plan import plan_summary
 from tunesmith.runs.folder import RunFolder, is_main_process
-from tunesmith.train.arguments import cpu_autocast
+from tunesmith.train.arguments import cpu_autocast, settle_precision
 from tunesmith.train.callbacks import (
     CompactProgressCallback,
     MetricsCallback,
@@ -180,6 +180,11 @@ def train_steps(
 
     quantization = job.method.quantization_config(config.method)  # qlora: a 4/8-bit base
     job.loaded = (recipe.load or load_causal_lm)(job, quantization)
+    # train.precision auto: on the CPU bf16 autocast where a probe finds it faster, else fp32
+    config, precision = settle_precision(
+        config, job.loaded.model, job.loaded.tokenizer, run, resume, recipe.task, recipe.speed
+    )
+    job.config = config
     job.data = recipe.data(job)
     recipe.report(job.data, run)
     require_examples(job.data, run)
@@ -210,6 +215,7 @@ def train_steps(
         **run_summary(config, job.loaded.model_ref, counts, output, checkpoint, totals),
         **job.data.summary,
         "best": best_checkpoint(config.train, trainer.state),
+        "precision": precision,  # what train.precision auto chose, and why
         **extras,
         **monitor.summary(),
     }
