@@ -180,6 +180,24 @@ def test_num_proc_two_equals_one(tmp_path, planted):
     assert serial == parallel
 
 
+def test_cli_clean_num_proc(tmp_path, planted):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli.main import app
+
+    outs = []
+    for flags in ([], ["--num-proc", "2", "--work-dir", str(tmp_path)]):
+        out = tmp_path / f"clean{len(flags)}.jsonl"
+        args = ["data", "clean", str(planted), "--out", str(out), *flags, "languages=[latin,zh]"]
+        done = CliRunner().invoke(app, args)
+        assert done.exit_code == 0, done.output
+        read = json.loads(Path(f"{out}.stats.json").read_text())["read"]
+        assert f"{read} read = " in done.output
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    assert not list(tmp_path.glob("tunesmith-clean-*"))  # the spill files are gone
+
+
 def test_ray_two_workers_equal_one_process(tmp_path, planted):
     ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'tunesmith[ray]'")
     cfg = config()

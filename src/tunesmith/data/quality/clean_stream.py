@@ -5,7 +5,9 @@ decide. Each segment runs its per-record steps shard by shard (`clean_shard`, on
 N processes or Ray: engine.py) and, when a dedup step ends it, writes the surviving records to a
 spill file and their dedup keys to a disk index (spill.py). The index then decides the
 duplicates, and a pass over the spill file rejects them and feeds the next segment. The last
-segment's records go straight into the output file; rejects go to one file per step,
+segment's records go straight into the output file (exact_dedup directly followed by near_dedup,
+the default order, share one spill: near-dedup bands only the rows exact-dedup keeps, which
+gives the groups it would find on those rows alone); rejects go to one file per step,
 concatenated in step order at the end. Output, rejects, counts and metrics equal
 `clean.clean_records` + `write_clean_output` (tests/test_data_scale.py); only step `seconds`
 differ. Memory holds a few shards, one index partition and the duplicate groups found.
@@ -22,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -61,7 +63,9 @@ class ShardJob:
     cfg: CleanConfig
     words: list[str]
     steps: list[str]  # per-record steps of this segment, in order
-    barrier: str | None  # the dedup step that ends the segment; None: the output follows
+    # the dedup step(s) that end the segment (exact_dedup right before near_dedup share one
+    # pass); () : the output follows
+    barrier: tuple[str, ...]
     out_fmt: str = "alpaca"
 
 
@@ -71,7 +75,7 @@ class ShardResult:
     rejects: dict[str, list[dict]]
     stats: dict[str, dict]  # step -> in, kept, rejected, modified, seconds
     counts: dict[str, Counter]
-    keys: object = None  # exact: list of digests; near: signatures (uint32 array)
+    keys: dict = field(default_factory=dict)  # exact_dedup: digests; near_dedup: signatures
     records: list[dict] = field(default_factory=list)  # the output records (last segment)
     hash_lines: bytes = b""  # their canonical JSON lines (version.dataset_hash)
     scores: list[float] = field(default_factory=list)
@@ -106,17 +110,18 @@ def clean_shard(task: tuple[ShardJob, list[_Item]]) -> ShardResult:
         }
         items = kept
     result = ShardResult(items, rejects, stats, ctx.counts)
-    start = time.perf_counter()
-    texts = [dedup_text(item.conv.messages) for item in items]
-    if job.barrier == "exact_dedup":
-        result.keys = [text_digest(t) for t in texts]
-    elif job.barrier == "near_dedup":
-        canonical = [canonical_text(t) for t in texts]
-        result.keys = minhash_signatures(canonical, job.cfg.ngram, NUM_PERM, SEED)
-    else:
+    if not job.barrier:
         _finish(job, items, result)
-    if job.barrier:
-        result.stats[job.barrier] = {"seconds": time.perf_counter() - start}
+        return result
+    texts = [dedup_text(item.conv.messages) for item in items]
+    for step in job.barrier:
+        start = time.perf_counter()
+        if step == "exact_dedup":
+            result.keys[step] = [text_digest(t) for t in texts]
+        else:
+            canonical = [canonical_text(t) for t in texts]
+            result.keys[step] = minhash_signatures(canonical, job.cfg.ngram, NUM_PERM, SEED)
+        result.stats[step] = {"seconds": time.perf_counter() - start}
     return result
 
 
@@ -230,7 +235,7 @@ class _Run:
             job = ShardJob(self.cfg, self.words, steps, barrier)
             tasks = ((replace(job, out_fmt=self.out_fmt()), chunk) for chunk in source)
             results = self.executor.map_ordered(clean_shard, tasks)
-            if barrier is None:
+            if not barrier:
                 for result in results:
                     self._merge(result)
                     self.digest.update(result.hash_lines)
@@ -243,15 +248,26 @@ class _Run:
                 source = self._dedup(number, barrier, results)
         self._check_formats()
 
-    def _segments(self) -> list[tuple[list[str], str | None]]:
-        segments, steps = [], []
+    def _segments(self) -> list[tuple[list[str], tuple[str, ...]]]:
+        """(per-record steps, the dedup steps that end them); exact_dedup directly followed by
+        near_dedup is one barrier: near-dedup then bands only the rows exact_dedup keeps, which
+        gives the groups it would find on those rows alone, and the records spill once."""
+        segments: list = []
+        steps: list[str] = []
         for step in self.active:
-            if step in SET_STEPS:
-                segments.append((steps, step))
-                steps = []
-            else:
+            if step not in SET_STEPS:
                 steps.append(step)
-        segments.append((steps, None))
+            elif (
+                step == "near_dedup"
+                and not steps
+                and segments
+                and segments[-1][1] == ("exact_dedup",)
+            ):
+                segments[-1] = (segments[-1][0], ("exact_dedup", "near_dedup"))
+            else:
+                segments.append((steps, (step,)))
+                steps = []
+        segments.append((steps, ()))
         return segments
 
     def _parsed(self) -> Iterator[list[_Item]]:
@@ -298,71 +314,104 @@ class _Run:
         for step, rejects in result.rejects.items():
             self._write_rejects_of(step, rejects)
 
-    def _dedup(self, number: int, step: str, results: Iterator[ShardResult]):
+    def _dedup(self, number: int, steps: tuple[str, ...], results: Iterator[ShardResult]):
         """Spill a segment's survivors with their keys, decide the duplicates, then stream the
         survivors back with the duplicates rejected."""
-        spill = self.tmp / f"spill{number}.pkl"
-        if step == "exact_dedup":
-            index = ExactIndex(self.tmp / f"index{number}")
-        else:
-            index = NearIndex(self.tmp / f"index{number}", self.cfg.near_dup_threshold, NUM_PERM)
-        with spill.open("wb") as f:
+        folder = self.tmp / f"index{number}"
+        folder.mkdir()
+        spill = folder / "records.pkl"
+        exact = ExactIndex(folder) if "exact_dedup" in steps else None
+        signatures = folder / "signatures.bin"
+        with spill.open("wb") as f, signatures.open("wb") as sigs:
             for result in results:
                 self._merge(result)
                 if result.kept:
                     pickle.dump(result.kept, f, protocol=pickle.HIGHEST_PROTOCOL)
-                    index.add(result.keys)
-        return self._apply(step, spill, index)
+                    if exact is not None:
+                        exact.add(result.keys["exact_dedup"])
+                    if "near_dedup" in steps:
+                        sigs.write(np.ascontiguousarray(result.keys["near_dedup"]).tobytes())
+        return self._apply(steps, folder, exact)
 
-    def _apply(self, step: str, spill: Path, index) -> Iterator[list[_Item]]:
-        start = time.perf_counter()
-        if step == "exact_dedup":
-            dups, firsts = index.duplicates()
-            reason: Callable[[str], str] = lambda where: f"exact duplicate of {where}"  # noqa: E731
-        else:
+    def _apply(self, steps: tuple[str, ...], folder: Path, exact: ExactIndex | None):
+        decisions = []  # (step, dropped indices ascending, the index each one repeats, reason)
+        skip = np.zeros(0, np.int64)
+        if exact is not None:
+            start = time.perf_counter()
+            skip, firsts = exact.duplicates()
+            decisions.append(("exact_dedup", skip, firsts, "exact duplicate of {}"))
+            self._add_seconds("exact_dedup", start)
+        if "near_dedup" in steps:
+            start = time.perf_counter()
+            threshold = self.cfg.near_dup_threshold
+            index = NearIndex(folder / "near", threshold, NUM_PERM, folder / "signatures.bin")
+            index.index_file(skip)  # only the rows exact_dedup keeps
             dups, firsts = _pairs_of(index.groups())
-            threshold = f"{self.cfg.near_dup_threshold:g}"
-            reason = lambda where: f"near-duplicate of {where} (similarity ≥ {threshold})"  # noqa: E731
-        shutil.rmtree(index.parts.folder.parent, ignore_errors=True)
-        needed = set(firsts.tolist())
-        where: dict[int, str] = {}
-        dups_list, firsts_list = dups.tolist(), firsts.tolist()
-        pos, idx, kept, rejected = 0, 0, 0, []
+            reason = f"near-duplicate of {{}} (similarity ≥ {threshold:g})"
+            decisions.append(("near_dedup", dups, firsts, reason))
+            self._add_seconds("near_dedup", start)
+        yield from self._rejecting(folder, decisions)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _add_seconds(self, step: str, start: float) -> None:
         stat = self.stats.setdefault(step, dict.fromkeys(("in", "kept", "rejected"), 0))
-        stat["modified"] = 0
-        with spill.open("rb") as f:
+        stat["seconds"] = stat.get("seconds", 0.0) + time.perf_counter() - start
+
+    def _rejecting(self, folder: Path, decisions: list) -> Iterator[list[_Item]]:
+        """The spilled records in order, each step's duplicates rejected naming the record they
+        repeat (always an earlier one, so its place is known by then)."""
+        start = time.perf_counter()
+        needed = {first for _, _, firsts, _ in decisions for first in firsts.tolist()}
+        where: dict[int, str] = {}
+        plans = [
+            (step, dups.tolist(), firsts.tolist(), why) for step, dups, firsts, why in decisions
+        ]
+        positions = [0] * len(plans)
+        n_in = {step: 0 for step, *_ in plans}
+        idx = 0
+        with (folder / "records.pkl").open("rb") as f:
             while True:
                 try:
                     chunk = pickle.load(f)
                 except EOFError:
                     break
-                survivors = []
+                survivors, rejected = [], {step: [] for step, *_ in plans}
                 for item in chunk:
-                    if pos < len(dups_list) and dups_list[pos] == idx:
-                        rejected.append(
-                            {
-                                "source": item.conv.source,
-                                "line": item.conv.line,
-                                "step": step,
-                                "reason": reason(where[firsts_list[pos]]),
-                                "record": item.raw,
-                            }
-                        )
-                        pos += 1
-                    else:
+                    dropped = False
+                    for k, (step, dups, firsts, why) in enumerate(plans):
+                        n_in[step] += 1
+                        pos = positions[k]
+                        if pos < len(dups) and dups[pos] == idx:
+                            rejected[step].append(
+                                {
+                                    "source": item.conv.source,
+                                    "line": item.conv.line,
+                                    "step": step,
+                                    "reason": why.format(where[firsts[pos]]),
+                                    "record": item.raw,
+                                }
+                            )
+                            positions[k] += 1
+                            dropped = True
+                            break
+                    if not dropped:
                         survivors.append(item)
                     if idx in needed:
                         where[idx] = item.where
                     idx += 1
-                self._write_rejects_of(step, rejected)
-                stat["rejected"] += len(rejected)
-                rejected = []
-                kept += len(survivors)
+                for step, rejects in rejected.items():
+                    self._write_rejects_of(step, rejects)
+                    self.stats[step]["rejected"] += len(rejects)
                 if survivors:
                     yield survivors
-        spill.unlink()
-        stat["in"], stat["kept"] = idx, kept
-        stat["seconds"] = stat.get("seconds", 0.0) + time.perf_counter() - start
+        for step, *_ in plans:
+            stat = self.stats[step]
+            stat["in"], stat["kept"], stat["modified"] = (
+                n_in[step],
+                n_in[step] - stat["rejected"],
+                0,
+            )
+        self._add_seconds(plans[-1][0], start)
 
     # --- outputs --------------------------------------------------------------------------
 
