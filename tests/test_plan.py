@@ -247,6 +247,48 @@ def test_attention_probabilities_kept_with_dropout_on_cpu():
     assert cpu - cuda == 2 * 3 * 4 * 512 * work.tokens * 4  # layers x 3 x heads x keys x tokens
 
 
+def test_grouped_dropout_attention_keeps_only_its_boolean_mask():
+    """train.optimize routes attention dropout on the CPU to models/dropout_attention.py, which
+    keeps one byte per head and key (its mask) where SDPA's math path kept three floats."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tunesmith.models.speed import use_packed_attention
+
+    def saved(layers: int, dropout: float, length: int) -> int:
+        torch.manual_seed(0)
+        config = BertConfig(
+            vocab_size=100,
+            hidden_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=128,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=dropout,
+            num_labels=3,
+        )
+        model = BertForSequenceClassification(config).train()
+        assert use_packed_attention(model)
+        return _saved_bytes(model, input_ids=torch.randint(0, 100, (2, length)))
+
+    length = 128
+    on = saved(2, 0.1, length) - saved(1, 0.1, length)
+    off = saved(2, 0.0, length) - saved(1, 0.0, length)
+    shapes = Shapes(64, 128, 2, 4, 4, 16, 100, False, "bert", 512, True, 0.1, 0.0)
+    grouped = block_activations(shapes, "trained", probs_keys=length, kept_per_key=0.25)
+    extra = grouped - block_activations(shapes, "trained")
+    assert extra == pytest.approx((on - off) / (2 * length) / 4, rel=0.05)
+    lora = _method({"type": "lora"})
+    work = Workload(batch=16, seq=512, packed=False)
+    math_path = activation_bytes(shapes, lora, work, 4, "cpu")
+    optimized = Workload(batch=16, seq=512, packed=False, optimize=True)
+    assert math_path - activation_bytes(shapes, lora, optimized, 4, "cpu") == (
+        2 * (3 - 0.25) * 4 * 512 * work.tokens * 4  # layers x (3 - 1/4) x heads x keys x tokens
+    )
+    # under bf16 autocast the grouped path stands aside: SDPA's math path again
+    autocast = activation_bytes(shapes, lora, optimized, 2, "cpu", autocast=True)
+    assert autocast == activation_bytes(shapes, lora, work, 2, "cpu")
+
+
 def test_memory_directions():
     facts = model_facts("llama-2-7b")
     config = RunConfig.model_validate(

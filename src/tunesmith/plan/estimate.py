@@ -137,6 +137,7 @@ def workload_for(
         gradient_checkpointing=config.train.gradient_checkpointing,
         # a classifier's head has a few outputs, not a vocabulary: no LM logits
         trained_fraction=0.0 if cls else data.trained_fraction,
+        optimize=config.train.optimize,
     )
 
 

@@ -33,6 +33,7 @@ class Workload:
     packed: bool = True  # examples concatenated into one row (tunesmith's default)
     gradient_checkpointing: bool = False
     trained_fraction: float = 1.0  # share of positions whose next token is in the loss
+    optimize: bool = False  # train.optimize: attention dropout on the CPU runs grouped in cache
 
     @property
     def tokens(self) -> int:
@@ -76,7 +77,12 @@ class MemoryEstimate:
 
 
 def block_activations(
-    shapes: Shapes, kind: str, method=None, masked_tokens: int = 0, probs_keys: int = 0
+    shapes: Shapes,
+    kind: str,
+    method=None,
+    masked_tokens: int = 0,
+    probs_keys: int = 0,
+    kept_per_key: float = 3.0,
 ) -> float:
     """Elements autograd keeps per token for one block (a decoder's; an encoder's below).
 
@@ -86,12 +92,14 @@ def block_activations(
     torch then keeps a float mask per layer and transformers expands the grouped keys/values.
     probs_keys: key positions per query where attention runs on the math path and keeps its
     probabilities (dropout on them, on CPU: SDPA's flash kernel has no dropout there).
+    kept_per_key: elements kept per head and key there: 3 on SDPA's math path; the grouped
+    path of models/dropout_attention.py keeps only its boolean mask (1 byte).
     """
     if kind == "none":
         return 0.0
-    # the softmax output, the dropout mask and the dropped probabilities, one float each per
-    # head and key (read off saved_tensors_hooks on BERT: tests/test_plan.py)
-    probs = 3 * shapes.heads * probs_keys
+    # math path: the softmax output, the dropout mask and the dropped probabilities, one float
+    # each per head and key (read off saved_tensors_hooks on BERT: tests/test_plan.py)
+    probs = kept_per_key * shapes.heads * probs_keys
     if shapes.bidirectional:
         return _encoder_block(shapes, kind, method) + probs
     h, i, q, kv = shapes.hidden, shapes.intermediate, shapes.q_dim, shapes.kv_dim
@@ -132,17 +140,24 @@ def _form(method):
 
 
 def activation_bytes(
-    shapes: Shapes, method, work: Workload, compute_bytes: int, device: Device = "cpu"
+    shapes: Shapes,
+    method,
+    work: Workload,
+    compute_bytes: int,
+    device: Device = "cpu",
+    autocast: bool = False,
 ) -> int:
     """Activations of the whole stack for one step, with or without gradient checkpointing."""
     masked = _masked_tokens(work)
     probs = work.seq if shapes.attention_dropout > 0 and device == "cpu" else 0
+    # train.optimize outside autocast: models/speed.py routes it to the grouped path
+    kept = 1 / compute_bytes if work.optimize and not autocast else 3.0
     form = _form(method)
     peft = not form.trains_base_weights
     trained = form.trained_blocks(method, shapes.layers)
     below = "frozen" if peft or form.trains_embeddings(method) else "none"
-    per_block = [block_activations(shapes, "trained", method, masked, probs)] * trained + [
-        block_activations(shapes, below, method, masked, probs)
+    per_block = [block_activations(shapes, "trained", method, masked, probs, kept)] * trained + [
+        block_activations(shapes, below, method, masked, probs, kept)
     ] * (shapes.layers - trained)
     if work.gradient_checkpointing:
         # each block keeps its input (3h in peak RSS: h in saved tensors, plus the gradient
@@ -207,7 +222,9 @@ def estimate_memory(
         # forward and autograd keeps the copy for the backward: 2 bytes each for the step
         weights += 2 * (quantizable + shapes.vocab * shapes.hidden)
         notes.append("bf16 autocast: bf16 copies of the linear weights, 2 bytes each")
-    activations = activation_bytes(shapes, method, work, precision.compute_bytes, device)
+    activations = activation_bytes(
+        shapes, method, work, precision.compute_bytes, device, precision.autocast_copies
+    )
     logits = logits_bytes(shapes, work, precision.compute_bytes)
     core = weights + gradients + optimizer + master + activations + logits
     overhead = CPU_BASELINE if device == "cpu" else CUDA_CONTEXT + int(CUDA_FRAGMENTATION * core)
