@@ -32,7 +32,7 @@ from tunesmith.data.formats import (
     detect_format,
     to_conversation,
 )
-from tunesmith.data.multimodal import image_report
+from tunesmith.data.multimodal import PLACEHOLDER, has_images, image_report
 from tunesmith.data.quality.dedup import canonical_text, minhash_signatures
 from tunesmith.data.quality.engine import DEFAULT_CHUNK, Executor, chunked
 from tunesmith.data.quality.rules import (
@@ -83,6 +83,7 @@ class _Scan:
     fields: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     parsed: Counter = field(default_factory=Counter)
     text_column: str = "text"  # where plain-text (pre-training) records keep their text
+    images: bool = False  # a record may hold images: the images section reads the files again
 
     def bad(self, entry: dict) -> None:
         self.malformed_count += 1
@@ -247,7 +248,9 @@ def inspect_data(
         "tokenizer": _tokenizer_name(tokenizer),
         "rules": rules.model_dump(),
     }
-    images = image_report(paths, fmt, columns)  # vision-language data (data/multimodal.py)
+    # vision-language data (data/multimodal.py); that reader holds the records, so it only runs
+    # when a record looked like one
+    images = image_report(paths, fmt, columns) if scan.images else None
     if images is not None:
         report["images"] = images
     report["histograms"] = _histograms(p, tokens)
@@ -359,6 +362,7 @@ def _scan_file(path: str | Path, fmt: str, columns: dict[str, str], scan: _Scan)
             continue
         scan.parsed[str(path)] += 1
         _count_fields(record.data, fields)
+        scan.images = scan.images or _may_hold_images(record.data)
         try:
             # Detected once per file, as training does; records before a detectable one are
             # malformed rather than fatal.
@@ -410,6 +414,17 @@ def _item(record: RawRecord, fmt: str, columns: dict[str, str], text_column: str
     prompt = "\n".join(m["content"] for m in turns if m["role"] == "user")
     response = "\n".join(m["content"] for m in turns if m["role"] == "assistant")
     return _Item(record.where, messages, text, prompt, response, label)
+
+
+def _may_hold_images(data: dict) -> bool:
+    """An images list, image parts, or the <image> placeholder in a turn or a field."""
+    if has_images(data):
+        return True
+    turns = data.get("messages") or data.get("conversations")
+    values = list(data.values())
+    if isinstance(turns, list):
+        values += [v for t in turns if isinstance(t, dict) for v in t.values()]
+    return any(isinstance(v, str) and PLACEHOLDER in v for v in values)
 
 
 def _count_fields(data: dict, fields: dict[str, list[int]]) -> None:
