@@ -187,7 +187,7 @@ def run_tunesmith_child(
     original_train = Trainer.train
 
     def timed_train(self, *args, **kwargs):
-        timing["counted"] = stage_tokens(stage, self.train_dataset)
+        timing["counted"] = stage_tokens(stage, self.train_dataset, cutoff)
         timing["rows"] = len(self.train_dataset)
         started, cpu_started = time.perf_counter(), time.process_time()
         output = original_train(self, *args, **kwargs)

@@ -66,23 +66,23 @@ def conversational(stage: str, record: dict) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def stage_tokens(stage: str, rows) -> dict:
+def stage_tokens(stage: str, rows, max_length: int | None = None) -> dict:
     """Real and trainable tokens of a prepared dataset (TRL's or tunesmith's: the same
     columns), and a digest of its rows' token ids (in any order): equal digests, equal tokens.
 
     dpo: every prompt + chosen and prompt + rejected sequence (answers trained); kto: prompt +
     completion (the KL sequences TRL adds are the same completions rotated, on both sides);
     orpo: the chosen and rejected input ids (labels trained); rm: the whole chosen and rejected
-    sequences (all read, none a target)."""
+    sequences (all read, none a target). dpo and kto rows are cut to max_length as TRL's
+    collators cut them (the start kept) when the batch is built; tunesmith's come cut."""
     real = trainable = 0
     rows_seen = []
     for row in rows:
-        if stage == "dpo":
-            seqs = [row["prompt_ids"] + row["chosen_ids"], row["prompt_ids"] + row["rejected_ids"]]
-            answer = len(row["chosen_ids"]) + len(row["rejected_ids"])
-        elif stage == "kto":
-            seqs = [row["prompt_ids"] + row["completion_ids"]]
-            answer = len(row["completion_ids"])
+        if stage in ("dpo", "kto"):
+            keys = ("chosen_ids", "rejected_ids") if stage == "dpo" else ("completion_ids",)
+            prompt = list(row["prompt_ids"])
+            seqs = [(prompt + list(row[k]))[:max_length] for k in keys]
+            answer = sum(max(0, len(s) - len(prompt)) for s in seqs)
         elif stage == "orpo":
             seqs = [row["chosen_input_ids"], row["rejected_input_ids"]]
             labels = row["chosen_labels"] + row["rejected_labels"]
@@ -207,7 +207,7 @@ def main() -> None:
         trainer = build_trainer(
             args.stage, args.model, dataset, out, args.cutoff, args.chat_template
         )
-        counted = stage_tokens(args.stage, trainer.train_dataset)
+        counted = stage_tokens(args.stage, trainer.train_dataset, args.cutoff)
         started, cpu_started = time.perf_counter(), time.process_time()
         output = trainer.train()
         seconds = time.perf_counter() - started

@@ -16,6 +16,7 @@ from tunesmith.models.preference_speed import (
     PackedPairs,
     PackedRewardPairs,
     pack_sequences,
+    packed_tokens,
     sequence_log_probs,
     sequence_rewards,
     token_log_probs,
@@ -116,31 +117,61 @@ def test_token_log_probs_equal_log_softmax_and_its_gradient_over_several_chunks(
         torch.testing.assert_close(token_log_probs(hidden, weight, targets), expected, **TOL)
 
 
-def test_packed_pairs_restart_positions_and_score_only_answer_tokens():
+def test_packed_pairs_share_the_prompt_and_score_only_answer_tokens():
     batch = PackedPairs(max_length=6)(
         [
             {"prompt_ids": [10, 11], "chosen_ids": [12, 13], "rejected_ids": [14]},
             {"prompt_ids": [20, 21, 22], "chosen_ids": [23, 24, 25, 26], "rejected_ids": [27]},
         ]
     )
-    # chosen sequences first, then rejected (TRL's order); the second chosen is cut at 6
-    assert batch["input_ids"].tolist() == [
-        [10, 11, 12, 13, 20, 21, 22, 23, 24, 25, 10, 11, 14, 20, 21, 22, 27]
-    ]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 0, 1, 2, 0, 1, 2, 3]]
-    # the position before each answer token predicts it; never across a sequence boundary
-    assert batch["positions"].tolist() == [1, 2, 6, 7, 8, 11, 15]
-    assert batch["targets"].tolist() == [12, 13, 23, 24, 25, 14, 27]
-    assert batch["segments"].tolist() == [0, 0, 1, 1, 1, 2, 3]
-    assert int(batch["num_sequences"]) == 4
+    # per pair: the shared prompt once, the chosen tail, the rejected tail (the second chosen
+    # cut at 6); the tails' positions count on from the prompt
+    assert batch["input_ids"].tolist() == [[10, 11, 12, 13, 14, 20, 21, 22, 23, 24, 25, 27]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 2, 0, 1, 2, 3, 4, 5, 3]]
+    assert batch["pair_layout"].tolist() == [[2, 2, 1], [3, 3, 1]]
+    # the token before each answer token predicts it: the prompt's last for both first tokens
+    assert batch["positions"].tolist() == [1, 2, 1, 7, 8, 9, 7]
+    assert batch["targets"].tolist() == [12, 13, 14, 23, 24, 25, 27]
+    assert batch["segments"].tolist() == [0, 0, 2, 1, 1, 1, 3]  # chosen 0, 1; rejected 2, 3
+    assert int(batch["real_tokens"]) == 4 + 6 + 3 + 4 and int(batch["num_sequences"]) == 4
+
+
+def test_pair_attention_equals_each_sequence_on_its_own(tiny_model_dir):
+    """A pair's tails see the shared prompt and themselves only: the same hidden states as each
+    sequence run alone (the packed row's numbers are TRL's in the tests below too)."""
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.models.preference_speed import pair_layout, use_pair_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    optimize_for_training(model)
+    assert use_pair_attention(model)
+    examples = _examples(60, n=2)
+    batch = PackedPairs()(examples)
+    with torch.no_grad(), pair_layout(batch["pair_layout"]):
+        row = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+    start = 0
+    with torch.no_grad():
+        for e, (shared, c_tail, r_tail) in zip(
+            examples, batch["pair_layout"].tolist(), strict=True
+        ):
+            prefix = row[start : start + shared]
+            chosen = torch.cat([prefix, row[start + shared : start + shared + c_tail]])
+            tail = start + shared + c_tail
+            rejected = torch.cat([prefix, row[tail : tail + r_tail]])
+            for key, ours in (("chosen_ids", chosen), ("rejected_ids", rejected)):
+                alone = model(input_ids=torch.tensor([e["prompt_ids"] + e[key]])).logits[0]
+                torch.testing.assert_close(ours, alone, **TOL)
+            start = tail + r_tail
+    assert start == batch["input_ids"].shape[1]
 
 
 def test_reward_rows_read_the_last_token_that_is_not_padding():
     batch = PackedRewardPairs(pad_token_id=0)(
         [{"chosen_ids": [5, 6, 7], "rejected_ids": [5, 8, 0]}]  # the rejected one ends in pad
     )
-    assert batch["input_ids"].tolist() == [[5, 6, 7, 5, 8, 0]]
-    assert batch["ends"].tolist() == [2, 4]
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 0]]  # 5 shared
+    assert batch["ends"].tolist() == [2, 3]
 
 
 # --- the same numbers as TRL's own trainers -------------------------------------------------
@@ -374,5 +405,5 @@ def test_packed_dpo_counts_the_same_tokens_as_trls_batches():
     real = sum(
         2 * len(e["prompt_ids"]) + len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples
     )
-    assert batch["input_ids"].numel() == real
+    assert packed_tokens(batch) == real > batch["input_ids"].numel()  # the prompts once
     assert pack_sequences([[1, 2], [3]])["ends"].tolist() == [1, 2]

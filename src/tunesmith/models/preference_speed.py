@@ -29,9 +29,18 @@ packed sequences in train/preference.py and train/reward.py.
 
 from __future__ import annotations
 
-import torch
+from contextlib import contextmanager
 
-from tunesmith.models.speed import _times_transposed, _vocab_chunk, head_returns_hidden_states
+import torch
+import torch.nn.functional as F
+
+from tunesmith.models.speed import (
+    PACKED_ATTENTION,
+    _times_transposed,
+    _vocab_chunk,
+    head_returns_hidden_states,
+    packed_sdpa_attention,
+)
 
 IGNORE = -100
 
@@ -82,25 +91,156 @@ def pack_sequences(
     return batch
 
 
+# --- pairs sharing their prompt ----------------------------------------------------------------
+
+PAIR_ATTENTION = "tunesmith_pair_sdpa"
+_pair_layout: list[tuple[int, int, int]] | None = None  # the forward in progress, if any
+
+
+def pack_pairs(pairs: list[tuple], answers: bool = False, reads: list | None = None) -> dict:
+    """One packed row of pairs whose two sequences share a start (the prompt): per pair the
+    shared prefix once, then the chosen tail, then the rejected tail; position ids count on
+    from the prefix in each tail, and `pair_attention` lets each tail see the prefix and itself.
+
+    `pairs`: (chosen ids, chosen scored 0/1, rejected ids, rejected scored 0/1[, chosen answer
+    0/1, rejected answer 0/1]). Returns pack_sequences' keys for the 2 x pairs sequences (every
+    chosen first, then every rejected: sequence k is pair k's chosen, pairs + k its rejected;
+    a scored token of the shared prefix is listed for both), plus `pair_layout` (prefix,
+    chosen tail, rejected tail lengths per pair) and `real_tokens` (every sequence whole).
+    `ends` holds each sequence's last token, or with `reads` ((chosen index, rejected index)
+    per pair) the token read there."""
+    ids, pos, layout = [], [], []
+    scored: list[tuple[int, int, int, bool]] = []  # (row index, target, sequence, answer)
+    ends = [0] * (2 * len(pairs))
+    offset, real, n = 0, 0, len(pairs)
+    for k, pair in enumerate(pairs):
+        chosen, rejected = pair[0], pair[2]
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+            shared += 1
+        c_tail, r_tail = len(chosen) - shared, len(rejected) - shared
+        ids += list(chosen) + list(rejected[shared:])
+        pos += list(range(len(chosen))) + list(range(shared, len(rejected)))
+        layout.append((shared, c_tail, r_tail))
+        real += len(chosen) + len(rejected)
+        sides = (
+            (chosen, pair[1], pair[4] if answers else None, k, offset + shared),
+            (rejected, pair[3], pair[5] if answers else None, n + k, offset + shared + c_tail),
+        )
+        for side, (seq, mask, answer, sequence, tail) in enumerate(sides):
+            index = [offset + j if j < shared else tail + j - shared for j in range(len(seq))]
+            for j in range(1, len(seq)):
+                if mask[j]:
+                    flag = bool(answer[j]) if answer is not None else False
+                    scored.append((index[j - 1], seq[j], sequence, flag))
+            ends[sequence] = index[reads[k][side] if reads is not None else len(seq) - 1]
+        offset += shared + c_tail + r_tail
+    batch = {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "position_ids": torch.tensor([pos], dtype=torch.long),
+        "positions": torch.tensor([s[0] for s in scored], dtype=torch.long),
+        "targets": torch.tensor([s[1] for s in scored], dtype=torch.long),
+        "segments": torch.tensor([s[2] for s in scored], dtype=torch.long),
+        "ends": torch.tensor(ends, dtype=torch.long),
+        "num_sequences": torch.tensor(2 * n),
+        "pair_layout": torch.tensor(layout, dtype=torch.long).reshape(-1, 3),
+        "real_tokens": torch.tensor(real),
+    }
+    if answers:
+        batch["answer"] = torch.tensor([s[3] for s in scored], dtype=torch.bool)
+    return batch
+
+
+@contextmanager
+def pair_layout(layout):
+    """While inside, the pair attention reads the row as `layout` (a pair_layout tensor)."""
+    global _pair_layout
+    _pair_layout = [tuple(x) for x in layout.tolist()]
+    try:
+        yield
+    finally:
+        _pair_layout = None
+
+
+def pair_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers attention function: on a row of pairs (`pair_layout`), each pair's shared
+    prefix and chosen tail as one causal SDPA call, the rejected tail against the prefix's keys
+    and its own (causal); otherwise the per-example packed attention of models/speed.py."""
+    layout = _pair_layout
+    causal = getattr(module, "is_causal", True)
+    if (
+        layout is None
+        or torch.compiler.is_compiling()
+        or not causal
+        or query.shape[0] != 1
+        or query.shape[2] != key.shape[2]
+        or kwargs.get("dropout")
+    ):
+        return packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs)
+    scale, gqa = kwargs.get("scaling"), getattr(module, "num_key_value_groups", 1) > 1
+    outputs, start = [], 0
+    for shared, c_tail, r_tail in layout:
+        first, end = start + shared + c_tail, start + shared + c_tail + r_tail
+        q, k, v = (t[:, :, start:first] for t in (query, key, value))
+        outputs.append(
+            F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+        )
+        keys = torch.cat([key[:, :, start : start + shared], key[:, :, first:end]], dim=2)
+        values = torch.cat([value[:, :, start : start + shared], value[:, :, first:end]], dim=2)
+        mask = torch.ones(r_tail, shared + r_tail, dtype=torch.bool, device=query.device)
+        mask[:, shared:] = torch.ones(r_tail, r_tail, dtype=torch.bool, device=query.device).tril()
+        outputs.append(
+            F.scaled_dot_product_attention(
+                query[:, :, first:end], keys, values, attn_mask=mask, scale=scale, enable_gqa=gqa
+            )
+        )
+        start = end
+    # (batch, heads, seq, dim) -> (batch, seq, heads, dim), as sdpa_attention_forward returns
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def use_pair_attention(model) -> bool:
+    """Route a model that has models/speed.py's packed attention through `pair_attention`
+    (the same as the packed attention outside a pair_layout); False if it has not."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    configs = {
+        id(c): c
+        for m in model.modules()
+        if (c := getattr(m, "config", None)) is not None
+        and getattr(c, "_attn_implementation", None) in (PACKED_ATTENTION, PAIR_ATTENTION)
+    }
+    if not configs:
+        return False
+    AttentionInterface.register(PAIR_ATTENTION, pair_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PAIR_ATTENTION, sdpa_mask)
+    for config in configs.values():
+        config._attn_implementation_internal = PAIR_ATTENTION
+    return True
+
+
 class PackedPairs:
-    """Data collator: a batch of pairs (prompt_ids, chosen_ids, rejected_ids) as one packed row,
-    every prompt + chosen first, then every prompt + rejected (TRL's order); the answer tokens
-    are scored. `max_length` cuts each sequence as TRL's collator does (keep the start)."""
+    """Data collator: a batch of pairs (prompt_ids, chosen_ids, rejected_ids) as one row of
+    pairs sharing their prompt (`pack_pairs`); the answer tokens are scored. `max_length` cuts
+    each sequence as TRL's collator does (keep the start)."""
 
     def __init__(self, max_length: int | None = None):
         self.max_length = max_length
 
     def __call__(self, examples: list[dict]) -> dict:
-        sequences, trained = [], []
-        for key in ("chosen_ids", "rejected_ids"):
-            for e in examples:
-                prompt, answer = list(e["prompt_ids"]), list(e[key])
-                seq, mask = prompt + answer, [0] * len(prompt) + [1] * len(answer)
+        pairs = []
+        for e in examples:
+            prompt = list(e["prompt_ids"])
+            pair = []
+            for key in ("chosen_ids", "rejected_ids"):
+                seq = prompt + list(e[key])
+                mask = [0] * len(prompt) + [1] * len(e[key])
                 if self.max_length is not None:
                     seq, mask = seq[: self.max_length], mask[: self.max_length]
-                sequences.append(seq)
-                trained.append(mask)
-        return pack_sequences(sequences, trained)
+                pair += [seq, mask]
+            pairs.append(tuple(pair))
+        return pack_pairs(pairs)
 
 
 class PackedKTORows:
@@ -144,15 +284,22 @@ class PackedORPOPairs:
     and `answer` flags the answer tokens."""
 
     def __call__(self, examples: list[dict]) -> dict:
-        sequences, trained, answers = [], [], []
-        for key in ("chosen", "rejected"):
-            for e in examples:
-                seq = list(e[f"{key}_input_ids"])
-                answer = [int(t != IGNORE) for t in e[f"{key}_labels"]]
-                sequences.append(seq)
-                answers.append(answer)
-                trained.append([1] * len(seq) if key == "chosen" else answer)
-        return pack_sequences(sequences, trained, answers)
+        pairs = []
+        for e in examples:
+            chosen, rejected = list(e["chosen_input_ids"]), list(e["rejected_input_ids"])
+            chosen_answer = [int(t != IGNORE) for t in e["chosen_labels"]]
+            rejected_answer = [int(t != IGNORE) for t in e["rejected_labels"]]
+            pairs.append(
+                (
+                    chosen,
+                    [1] * len(chosen),
+                    rejected,
+                    rejected_answer,
+                    chosen_answer,
+                    rejected_answer,
+                )
+            )
+        return pack_pairs(pairs, answers=True)
 
 
 class PackedRewardPairs:
@@ -164,26 +311,27 @@ class PackedRewardPairs:
         self.pad_token_id, self.max_length = pad_token_id, max_length
 
     def __call__(self, examples: list[dict]) -> dict:
-        sequences = [
-            list(e[key])[: self.max_length] if self.max_length else list(e[key])
-            for key in ("chosen_ids", "rejected_ids")
-            for e in examples
-        ]
-        batch = pack_sequences(sequences)
-        starts = batch["ends"] - torch.tensor([len(s) for s in sequences]) + 1
-        ends = []
-        for seq, start in zip(sequences, starts.tolist(), strict=True):
-            real = [j for j, t in enumerate(seq) if t != self.pad_token_id]
-            # no real token: transformers reads the last position (argmax of an all-zero mask: 0)
-            ends.append(start + (real[-1] if real else 0))
-        batch["ends"] = torch.tensor(ends, dtype=torch.long)
-        return batch
+        pairs = []
+        for e in examples:
+            chosen, rejected = (
+                list(e[k])[: self.max_length] if self.max_length else list(e[k])
+                for k in ("chosen_ids", "rejected_ids")
+            )
+            pairs.append((chosen, [0] * len(chosen), rejected, [0] * len(rejected)))
+        # the reward sits at the last token that is not the pad token (transformers' rule; no
+        # real token: position 0, where argmax of an all-zero mask points)
+        reads = [tuple(self._last_real(seq) for seq in (pair[0], pair[2])) for pair in pairs]
+        return pack_pairs(pairs, reads=reads)
+
+    def _last_real(self, seq: list[int]) -> int:
+        real = [j for j, t in enumerate(seq) if t != self.pad_token_id]
+        return real[-1] if real else 0
 
 
 def packed_tokens(batch: dict, with_kl: bool = True) -> int:
     """The real tokens a packed batch holds (no padding: every one), KTO's KL row included
     unless with_kl is False."""
-    tokens = int(batch["input_ids"].numel())
+    tokens = int(batch["real_tokens"]) if "real_tokens" in batch else batch["input_ids"].numel()
     if with_kl and "KL_input_ids" in batch:
         tokens += int(batch["KL_input_ids"].numel())
     return tokens
@@ -245,7 +393,8 @@ def sequence_log_probs(model, head: torch.nn.Linear, batch: dict) -> tuple:
     the model reads the packed row, only the scored positions' hidden states reach the output
     layer (fused, `token_log_probs`)."""
     positions = batch["positions"]
-    with head_returns_hidden_states(head):
+    layout = pair_layout(batch["pair_layout"]) if "pair_layout" in batch else _no_layout()
+    with head_returns_hidden_states(head), layout:
         outputs = model(
             input_ids=batch["input_ids"],
             position_ids=batch["position_ids"],
@@ -259,14 +408,21 @@ def sequence_log_probs(model, head: torch.nn.Linear, batch: dict) -> tuple:
     return sums, per_token
 
 
+@contextmanager
+def _no_layout():
+    yield
+
+
 def sequence_rewards(model, batch: dict) -> torch.Tensor:
     """The reward of each packed sequence: a sequence-classification model's backbone reads the
     packed row, its one-output head scores each sequence's `ends` position."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(base, base.base_model_prefix)
-    hidden = backbone(
-        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
-    ).last_hidden_state
+    layout = pair_layout(batch["pair_layout"]) if "pair_layout" in batch else _no_layout()
+    with layout:
+        hidden = backbone(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).last_hidden_state
     picked = hidden[0, batch["ends"]]  # (sequences, hidden size)
     return base.score(picked).squeeze(-1).float()
 

@@ -36,7 +36,7 @@ GPU_TFLOPS = {
 GPU_MFU = 0.35  # eager PyTorch training without fused kernels reaches about a third of peak
 CPU_MFU = 0.5  # share of a large fp32 matmul's rate that training reaches on CPU
 PROBE_STEPS = 3  # the first warms up and is not timed
-SPEED_STAGES = {"sft", "pt", "distill", "cls"}  # recipes with speed=True (models/speed.py)
+SPEED_STAGES = {"sft", "pt", "distill", "cls", "dpo", "kto", "orpo", "simpo", "rm"}  # speed=True
 
 
 @dataclass

@@ -251,3 +251,5 @@ RECIPES = {
     "simpo": _recipe("simpo", _simpo_trainer),
     "kto": _recipe("kto", _kto_trainer, check=_check_kto),
 }
+# module-level names too: the planner's test finds every stage's recipe among module values
+DPO, ORPO, SIMPO, KTO = (RECIPES[stage] for stage in ("dpo", "orpo", "simpo", "kto"))

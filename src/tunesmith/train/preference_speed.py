@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.models.preference_speed import (
+    PAIR_ATTENTION,
     PackedKTORows,
     PackedORPOPairs,
     PackedPairs,
@@ -29,6 +30,7 @@ from tunesmith.models.preference_speed import (
     reward_head_supported,
     sequence_log_probs,
     sequence_rewards,
+    use_pair_attention,
 )
 from tunesmith.models.speed import PACKED_ATTENTION, fused_loss_head, use_packed_attention
 from tunesmith.train.arguments import cpu_autocast
@@ -38,7 +40,7 @@ REFERENCE_ADAPTER = "ref"  # TRL's frozen copy of a PEFT model's adapter
 
 def _packed_attention(model) -> bool:
     config = getattr(model, "config", None)
-    return getattr(config, "_attn_implementation", None) == PACKED_ATTENTION
+    return getattr(config, "_attn_implementation", None) in (PACKED_ATTENTION, PAIR_ATTENTION)
 
 
 def _lora_or_full(model) -> bool:
@@ -162,8 +164,10 @@ class _WithReference(_Packed):
             model, REFERENCE_ADAPTER
         ):
             model.delete_adapter(REFERENCE_ADAPTER)
+        use_pair_attention(model)
         if trainer.ref_model is not None:
             use_packed_attention(trainer.ref_model)
+            use_pair_attention(trainer.ref_model)
         trainer.packed = True
 
     def reference_context(self):
@@ -291,6 +295,7 @@ class PackedORPO(_Packed):
 
     @staticmethod
     def attach(trainer) -> None:
+        use_pair_attention(trainer.model)  # pairs share their prompt in the packed row
         trainer.packed = True
 
     def orpo_log_probs(self, model, batch) -> tuple:
@@ -347,6 +352,7 @@ class PackedReward(_Packed):
 
     @staticmethod
     def attach(trainer) -> None:
+        use_pair_attention(trainer.model)  # pairs share their prompt in the packed row
         trainer.packed = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
