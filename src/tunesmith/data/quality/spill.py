@@ -18,6 +18,7 @@ one partition (records x rows per record / PARTITIONS) plus what the groups them
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from tunesmith.data.quality.dedup import band_keys, lsh_bands
 
 PARTITIONS = 64
 _SHIFT = np.uint64(64 - 6)  # top 6 bits of a key pick one of the 64 partitions
-_VERIFY_ROWS = 8192  # candidate pairs verified at once (reads 2 x 8192 signatures)
+_VERIFY_ROWS = 8192  # candidate pairs verified at once (reads <= 16384 rows: 8 MB)
 
 
 def text_digest(text: str) -> bytes:
@@ -139,7 +140,7 @@ class NearIndex:
         self._band(signatures, np.arange(self.n, self.n + len(signatures), dtype=np.uint64))
         self.n += len(signatures)
 
-    def index_file(self, skip: np.ndarray, block: int = 65536) -> None:
+    def index_file(self, skip: np.ndarray, block: int = 16384) -> None:
         """Band the rows of the `signatures` file in blocks (bounded memory), leaving out the
         rows whose index is in the sorted array `skip` (inspect: exact copies)."""
         skip = np.asarray(skip, dtype=np.uint64)
@@ -152,8 +153,10 @@ class NearIndex:
                 offset=start * 4 * self.num_perm,
             ).reshape(count, self.num_perm)
             idx = np.arange(start, start + count, dtype=np.uint64)
-            keep = ~np.isin(idx, skip)
-            self._band(sigs[keep], idx[keep])
+            if len(skip):
+                keep = ~np.isin(idx, skip)
+                sigs, idx = sigs[keep], idx[keep]
+            self._band(sigs, idx)
 
     def _band(self, signatures: np.ndarray, idx: np.ndarray) -> None:
         for band, (lo, hi) in enumerate(self.bands):
@@ -181,14 +184,25 @@ class NearIndex:
         if not len(first):
             return np.zeros((0, 2), dtype=np.int64)
         pairs = np.unique(np.stack([first, second], axis=1), axis=0)
-        sigs = np.memmap(self.sig_path, dtype=np.uint32, mode="r", shape=(self.n, self.num_perm))
         keep = np.zeros(len(pairs), dtype=bool)
-        for lo in range(0, len(pairs), _VERIFY_ROWS):
-            part = pairs[lo : lo + _VERIFY_ROWS]
-            equal = sigs[part[:, 0]] == sigs[part[:, 1]]
-            keep[lo : lo + _VERIFY_ROWS] = np.count_nonzero(equal, axis=1) >= self.need
-        del sigs  # unmapped: the pages read leave the resident set
+        with self.sig_path.open("rb") as f:
+            for lo in range(0, len(pairs), _VERIFY_ROWS):
+                part = pairs[lo : lo + _VERIFY_ROWS]
+                rows, where = np.unique(part, return_inverse=True)
+                sigs = _read_rows(f.fileno(), rows, self.num_perm)
+                where = where.reshape(-1, 2)
+                equal = sigs[where[:, 0]] == sigs[where[:, 1]]
+                keep[lo : lo + _VERIFY_ROWS] = np.count_nonzero(equal, axis=1) >= self.need
         return pairs[keep]
+
+
+def _read_rows(fd: int, rows: np.ndarray, num_perm: int) -> np.ndarray:
+    """These signature rows (ascending) read with one pread each. Not a memory map: the pages
+    of a mapped file count as resident while mapped, and the kernel maps the pages around each
+    one touched, so a map of scattered rows grows towards the whole file (5 GB at 10M)."""
+    size = 4 * num_perm
+    data = b"".join(os.pread(fd, size, row * size) for row in rows.tolist())
+    return np.frombuffer(data, dtype=np.uint32).reshape(len(rows), num_perm)
 
 
 def _bucket_members(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
