@@ -33,7 +33,12 @@ around the trainer's `train()` call (wrapped on LF's `CustomSeq2SeqTrainer`; mod
 tokenization excluded), peak RSS = this process's ru_maxrss, final loss = `train()`'s
 `training_loss`. LF's own `train_runtime` metric is reported beside it.
 
-    <lf-venv>/bin/python benchmarks/lf_baseline.py --model DIR [--records 200] [--neat]
+`--bf16`: LF's own `bf16: true` (LF loads the weights in the folder's dtype, fp32 here, keeps
+the LoRA parameters in fp32, and the Trainer autocasts to bf16 on the CPU): the `lf-neat-bf16`
+run beside `lf-neat` (issue 20, item 3). `step_losses`: every optimizer step's loss, as
+`training_step` returned it (tensors kept, read after the timed region).
+
+    <lf-venv>/bin/python benchmarks/lf_baseline.py --model DIR [--records 200] [--neat] [--bf16]
         [--data FILE] [--result-file F]
 """
 
@@ -81,7 +86,9 @@ def model_system_prompt(model_dir: Path) -> str:
     return SMOLLM2_SYSTEM
 
 
-def lf_args(model_dir: str, dataset_dir: str, out_dir: str, neat: bool, cutoff: int) -> dict:
+def lf_args(
+    model_dir: str, dataset_dir: str, out_dir: str, neat: bool, cutoff: int, bf16: bool = False
+) -> dict:
     return {
         "stage": "sft",
         "do_train": True,
@@ -113,7 +120,7 @@ def lf_args(model_dir: str, dataset_dir: str, out_dir: str, neat: bool, cutoff: 
         "weight_decay": 0.0,
         "max_grad_norm": 1.0,
         "num_train_epochs": 1.0,
-        "bf16": False,
+        "bf16": bf16,
         "fp16": False,
         "disable_gradient_checkpointing": True,
         "seed": SEED,
@@ -139,6 +146,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="model folder (safetensors + tokenizer)")
     parser.add_argument("--records", type=int, default=200)
     parser.add_argument("--neat", action="store_true", help="neat_packing: true")
+    parser.add_argument("--bf16", action="store_true", help="bf16: true (LF's own flag)")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--cutoff", type=int, default=512)
     parser.add_argument("--result-file", default=None)
@@ -171,6 +179,15 @@ def main() -> None:
         seen["gradient_checkpointing"] = bool(getattr(model, "is_gradient_checkpointing", False))
         seen["attention"] = getattr(model.config, "_attn_implementation", None)
         seen["threads"] = torch.get_num_threads()
+        step, losses = self.training_step, []
+
+        def recorded(*step_args, **step_kwargs):
+            loss = step(*step_args, **step_kwargs)
+            losses.append(loss)
+            return loss
+
+        self.training_step = recorded
+        seen["step_losses"] = losses
         started, cpu_started = time.perf_counter(), time.process_time()
         output = original_train(self, *train_args, **train_kwargs)
         seen["seconds"] = time.perf_counter() - started
@@ -194,7 +211,7 @@ def main() -> None:
         write_dataset(records, dataset_dir)
         os.environ["HF_DATASETS_CACHE"] = str(Path(tmp) / "datasets-cache")
         out_dir = str(Path(tmp) / "out")
-        run_exp(lf_args(args.model, str(dataset_dir), out_dir, args.neat, args.cutoff))
+        run_exp(lf_args(args.model, str(dataset_dir), out_dir, args.neat, args.cutoff, args.bf16))
     CustomSeq2SeqTrainer.train = original_train
     if "seconds" not in seen:
         raise SystemExit("LLaMA-Factory returned without calling its trainer's train()")
@@ -204,7 +221,7 @@ def main() -> None:
     seconds = seen["seconds"]
     result = {
         "tool": "lf",
-        "mode": "neat" if args.neat else "padded",
+        "mode": ("neat" if args.neat else "padded") + ("-bf16" if args.bf16 else ""),
         "records": len(records),
         "rows": seen["rows"],
         "real_tokens": seen["real_tokens"],
@@ -218,6 +235,7 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "train_loss": output.training_loss,
         "last_logged_loss": logged[-1] if logged else None,
+        "step_losses": [round(float(loss), 6) for loss in seen["step_losses"]],
         "threads": seen["threads"],
         "attention": seen["attention"],
         "gradient_checkpointing": seen["gradient_checkpointing"],

@@ -9,8 +9,18 @@ is that run's): tunesmith packed and padded, TRL packed and padded
 models/speed.py: `tunesmith-fast` (per-example attention on packed rows, fused LoRA; same maths)
 and `tunesmith-compiled` (the same plus torch.compile of the decoder layers; compile time counts,
 as it falls inside `train()`); `tunesmith-bf16` is tunesmith-fast with train.precision=bf16 (the
-Trainer's CPU autocast; the fp32 kernels stand aside). `tunesmith-packed` is the path without
-those levers.
+Trainer's CPU autocast; the fp32 kernels stand aside) and `tunesmith-auto` the same with
+train.precision=auto (the run records what models/precision.py chose, and why).
+`tunesmith-packed` is the path without those levers.
+
+bf16 against fp32 (issue 20, item 3), each tool with its own bf16 flag on the same workload:
+`tunesmith-bf16` against `tunesmith-fast`, `trl-bf16` (TRL's `bf16=True`, packed) against
+`trl-packed`, `lf-neat-bf16` (LF's `bf16: true`) against `lf-neat`. Every run records each
+optimizer step's loss; the report compares the two loss curves of each pair step by step (mean
+and largest relative difference, the step of the largest, and the final loss):
+
+    .venv/bin/python benchmarks/train_throughput.py --repeat 2 \\
+        --runs tunesmith-fast,tunesmith-bf16,trl-packed,trl-bf16,lf-neat,lf-neat-bf16
 
 LLaMA-Factory (issue 20, item 1; benchmarks/lf_baseline.py): `lf-neat` (`neat_packing: true`:
 packed rows with a block-diagonal mask and per-example positions, the same maths as the packed
@@ -30,7 +40,7 @@ trainable (response) token counts so one can see that both tools train on the sa
 
     .venv/bin/python benchmarks/train_throughput.py [--records 200]
         [--runs tunesmith-fast,tunesmith-packed,tunesmith-padded,trl-packed,trl-padded,
-                lf-neat,lf-padded]
+                lf-neat,lf-padded,tunesmith-bf16,tunesmith-auto,trl-bf16,lf-neat-bf16]
         [--repeat N] [--json-out FILE] [--lf-venv DIR]
 
 `--repeat N` runs the list N times, alternating its order, and prints each tunesmith run's
@@ -64,6 +74,14 @@ RUNS = (
     "tunesmith-bf16",
     "lf-neat",
     "lf-padded",
+    "tunesmith-auto",
+    "trl-bf16",
+    "lf-neat-bf16",
+)
+BF16_PAIRS = (  # (fp32 run, the same run with the tool's own bf16 flag)
+    ("tunesmith-fast", "tunesmith-bf16"),
+    ("trl-packed", "trl-bf16"),
+    ("lf-neat", "lf-neat-bf16"),
 )
 DEFAULT_RUNS = ("tunesmith-fast", *RUNS[:4])
 TUNESMITH_MODES = {  # mode -> (packing, speed levers, compile)
@@ -72,6 +90,7 @@ TUNESMITH_MODES = {  # mode -> (packing, speed levers, compile)
     "fast": (True, True, False),
     "compiled": (True, True, True),
     "bf16": (True, True, False),  # fast, with train.precision=bf16 (CPU autocast)
+    "auto": (True, True, False),  # fast, with train.precision=auto (the probe decides)
 }
 SEED = 42
 LF_VENV = Path.home() / ".cache/tunesmith/bench/lf-venv"
@@ -162,6 +181,15 @@ def run_tunesmith_child(records: int, mode: str) -> dict:
         started, cpu_started = time.perf_counter(), time.process_time()
         if levers and not wired:  # inside the timed region: compilation happens in train()
             optimize_for_training(self.model, compile=compiled)
+        step, losses = self.training_step, []
+
+        def recorded(*step_args, **step_kwargs):  # every step's loss, a tensor kept as it is
+            loss = step(*step_args, **step_kwargs)
+            losses.append(loss)
+            return loss
+
+        self.training_step = recorded
+        timing["step_losses"] = losses
         output = original_train(self, *args, **kwargs)
         timing["seconds"] = time.perf_counter() - started
         timing["cpu_seconds"] = time.process_time() - cpu_started
@@ -171,7 +199,7 @@ def run_tunesmith_child(records: int, mode: str) -> dict:
 
     trainer_cls.train = timed_train
     with tempfile.TemporaryDirectory() as out:
-        bf16 = ["train.precision=bf16"] if mode == "bf16" else []
+        bf16 = [f"train.precision={mode}"] if mode in ("bf16", "auto") else []
         config = load_config(None, tunesmith_overrides(records, packing, out) + wired + bf16)
         run = RunFolder.create(config.output, "sft-lora")
         summary = sft.run_sft(config, run).summary
@@ -194,6 +222,8 @@ def run_tunesmith_child(records: int, mode: str) -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "train_loss": summary["train_loss"],
         "last_logged_loss": logged[-1] if logged else None,
+        "step_losses": [round(float(loss), 6) for loss in timing["step_losses"]],
+        "precision": summary.get("precision"),  # train.precision as the run settled it
         "threads": torch.get_num_threads(),
         "attention": getattr(timing.get("config"), "_attn_implementation", None),
     }
@@ -237,17 +267,18 @@ def model_folder() -> str:
 
 def launch(name: str, records: int, lf_venv: Path = LF_VENV) -> dict:
     """Run one benchmark in a fresh subprocess and read back its JSON result."""
-    tool, mode = name.split("-")
+    tool, mode = name.split("-", 1)
     with tempfile.TemporaryDirectory() as tmp:
         result_file = Path(tmp) / "result.json"
         if tool == "tunesmith":
             cmd = [sys.executable, __file__, "--child", name]
         elif tool == "lf":
             cmd = [str(lf_python(lf_venv)), str(HERE / "lf_baseline.py"), "--model", model_folder()]
-            cmd += ["--neat"] if mode == "neat" else []
+            cmd += ["--neat"] if mode.startswith("neat") else []
+            cmd += ["--bf16"] if mode.endswith("bf16") else []
         else:
             cmd = [sys.executable, str(HERE / "trl_sft_baseline.py")]
-            cmd += ["--packing"] if mode == "packed" else []
+            cmd += ["--packing"] if mode == "packed" else ["--bf16"] if mode == "bf16" else []
         cmd += ["--records", str(records), "--result-file", str(result_file)]
         print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
         started = time.perf_counter()
@@ -313,6 +344,33 @@ def check_tokens(results: list[dict]) -> None:
             f"{counts[1][1]}; the runs do not train on the same tokens, so their speeds do not "
             "compare"
         )
+
+
+def loss_curves(results: list[dict]) -> str:
+    """Each tool's bf16 run against its fp32 run of the same round, step by step: the loss
+    difference over the whole run, not only at its end."""
+    by_name = {f"{r['tool']}-{r['mode']}": r for r in results}
+    lines = []
+    for fp32_name, bf16_name in BF16_PAIRS:
+        fp32, bf16 = by_name.get(fp32_name), by_name.get(bf16_name)
+        if not (fp32 and bf16 and fp32.get("step_losses") and bf16.get("step_losses")):
+            continue
+        a, b = fp32["step_losses"], bf16["step_losses"]
+        n = min(len(a), len(b))
+        rel = [abs(y / x - 1) for x, y in zip(a[:n], b[:n], strict=True) if x]
+        worst = max(range(len(rel)), key=rel.__getitem__)
+        tail = [100 * (y / x - 1) for x, y in zip(a[:n], b[:n], strict=True) if x][-5:]
+        lines.append(
+            f"{bf16_name} vs {fp32_name}: {n} steps{'' if len(a) == len(b) else ' (COUNTS DIFFER)'}"
+            f", per-step loss |diff| mean {100 * sum(rel) / len(rel):.2f}%, max "
+            f"{100 * rel[worst]:.2f}% (step {worst + 1}: {a[worst]:.4f} -> {b[worst]:.4f}), "
+            f"last 5 steps {', '.join(f'{d:+.2f}%' for d in tail)}; final loss "
+            f"{fp32['train_loss']:.4f} -> {bf16['train_loss']:.4f} "
+            f"({100 * (bf16['train_loss'] / fp32['train_loss'] - 1):+.2f}%), tokens/s "
+            f"{bf16['tokens_per_s'] / fp32['tokens_per_s']:.2f}x, RSS "
+            f"{bf16['peak_rss_mb'] / fp32['peak_rss_mb']:.2f}x"
+        )
+    return "\n".join(lines)
 
 
 def round_ratios(rounds: list[list[dict]]) -> str:
@@ -392,6 +450,13 @@ def main() -> None:
     for i, round_results in enumerate(rounds, 1):
         print(f"\nround {i}:\n" + table(round_results))
     print("\n" + token_check(results))
+    for i, round_results in enumerate(rounds, 1):
+        curves = loss_curves(round_results)
+        if curves:
+            print(f"\nbf16 against fp32, round {i}:\n{curves}")
+    auto = [r["precision"] for r in done if r["mode"] == "auto" and r.get("precision")]
+    for choice in auto:
+        print(f"tunesmith-auto: auto chose {choice['precision']}: {choice['reason']}")
     if args.repeat > 1:
         print("\n" + round_ratios(rounds))
     if args.json_out:

@@ -17,10 +17,16 @@ attention mask). Packed: `packing=True` with TRL's default "bfd" strategy, which
 padding-free batches (position ids, no padding); in TRL a packed row is up to `max_length`
 tokens, so a batch of 4 holds 4 such rows.
 
-    .venv/bin/python benchmarks/trl_sft_baseline.py [--records 200] [--packing] [--result-file F]
+`--bf16`: TRL's own bf16 flag (`bf16=True`; on the CPU the Trainer's bf16 autocast over the fp32
+weights), packed as `--packing` is: the `trl-bf16` run beside `trl-packed` (issue 20, item 3).
+
+    .venv/bin/python benchmarks/trl_sft_baseline.py [--records 200] [--packing] [--bf16]
+        [--result-file F]
 
 Prints one JSON object (also written to --result-file): real (non-pad) tokens, trainable tokens,
-train seconds (wall time around `trainer.train()`), tokens/s, peak RSS of this process, losses.
+train seconds (wall time around `trainer.train()`), tokens/s, peak RSS of this process, losses
+(`step_losses`: every optimizer step's loss, as `training_step` returned it; kept as tensors and
+read after the timed region, so recording them costs no time inside it).
 Normally run by benchmarks/train_throughput.py, one subprocess per run.
 """
 
@@ -58,6 +64,20 @@ def alpaca_to_prompt_completion(record: dict) -> dict:
     return {"prompt": prompt, "completion": [{"role": "assistant", "content": record["output"]}]}
 
 
+def record_step_losses(trainer) -> list:
+    """Every `training_step`'s returned loss (a detached tensor), appended as training runs."""
+    losses: list = []
+    step = trainer.training_step
+
+    def recorded(*args, **kwargs):
+        loss = step(*args, **kwargs)
+        losses.append(loss)
+        return loss
+
+    trainer.training_step = recorded
+    return losses
+
+
 def default_model_path() -> str:
     """The embedded SmolLM2 (a GGUF file), as the safetensors folder tunesmith converts it to."""
     from tunesmith.models.resolve import resolve_model
@@ -69,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=200)
     parser.add_argument("--packing", action="store_true", help="TRL packing (bfd, padding-free)")
+    parser.add_argument("--bf16", action="store_true", help="TRL's bf16=True (packed)")
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--model", default=None, help="model folder (default: embedded SmolLM2)")
     parser.add_argument("--cutoff", type=int, default=512)
@@ -101,7 +122,7 @@ def main() -> None:
         config = SFTConfig(
             output_dir=out,
             max_length=args.cutoff,
-            packing=args.packing,
+            packing=args.packing or args.bf16,
             padding_free=False,  # packing=True with "bfd" turns it on by itself
             completion_only_loss=True,
             per_device_train_batch_size=4,
@@ -112,7 +133,7 @@ def main() -> None:
             weight_decay=0.0,
             max_grad_norm=1.0,
             num_train_epochs=1,
-            bf16=False,  # SFTConfig's default is True
+            bf16=args.bf16,  # SFTConfig's default is True; on the CPU: the Trainer's autocast
             fp16=False,
             gradient_checkpointing=False,  # SFTConfig's default is True
             use_cpu=True,
@@ -133,6 +154,7 @@ def main() -> None:
         prepared = trainer.train_dataset
         lengths = [len(ids) for ids in prepared["input_ids"]]
         trainable = sum(sum(t != -100 for t in labels) for labels in prepared["labels"])
+        steps = record_step_losses(trainer)
         started, cpu_started = time.perf_counter(), time.process_time()
         output = trainer.train()
         seconds = time.perf_counter() - started
@@ -142,7 +164,7 @@ def main() -> None:
     real_tokens = sum(lengths)  # packed rows hold no padding; padded rows are padded in batches
     result = {
         "tool": "trl",
-        "mode": "packed" if args.packing else "padded",
+        "mode": "bf16" if args.bf16 else "packed" if args.packing else "padded",
         "records": len(records),
         "rows": len(lengths),
         "real_tokens": real_tokens,
@@ -155,6 +177,8 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "train_loss": output.training_loss,
         "last_logged_loss": logged[-1] if logged else None,
+        "step_losses": [round(float(loss), 6) for loss in steps],
+        "param_dtypes": sorted({str(p.dtype) for p in trainer.model.parameters()}),
         "threads": torch.get_num_threads(),
     }
     print(json.dumps(result))

@@ -105,13 +105,15 @@ def test_several_processes_take_the_cache_or_fp32(probe_here, tiny):
     assert precision.choose(*tiny, "auto", tokens=64, processes=2).precision == "bf16"
 
 
-def test_the_real_probe_times_the_models_own_layer(tiny, one_thread):
+def test_the_real_probe_times_the_models_own_layer_and_leaves_the_rng(tiny, one_thread):
     model, _ = tiny
     shape = precision.probe_shape(model.config, tokens=4096)
     assert (shape["hidden"], shape["intermediate"], shape["kv_heads"]) == (32, 64, 2)
     assert shape["tokens"] == precision.PROBE_TOKENS  # capped
     shape["tokens"] = 32
+    rng = torch.random.get_rng_state()
     seconds = precision.probe_seconds(model.config, shape, repeats=1)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the run's seeded RNG untouched
     assert set(seconds) == {"fp32", "bf16", "speedup"} and min(seconds.values()) > 0
     assert precision.decide(seconds, False, lambda: {"relative_diff": 0}).speedup == pytest.approx(
         seconds["speedup"], abs=1e-3

@@ -237,8 +237,9 @@ def _one_layer(config):
         config.layer_types = config.layer_types[:1]
     config.vocab_size = 128  # inputs come as embeddings: the table is never read
     config.tie_word_embeddings = False
-    torch.manual_seed(0)
-    model = AutoModel.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    with torch.random.fork_rng(devices=[]):  # the run's seeded RNG (its LoRA init) untouched
+        torch.manual_seed(0)
+        model = AutoModel.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     return model.requires_grad_(False).train()
 
 
