@@ -101,7 +101,8 @@ def block_activations(
     # each per head and key (read off saved_tensors_hooks on BERT: tests/test_plan.py)
     probs = kept_per_key * shapes.heads * probs_keys
     if shapes.bidirectional:
-        return _encoder_block(shapes, kind, method) + probs
+        grouped = probs_keys > 0 and kept_per_key < 3
+        return _encoder_block(shapes, kind, method, grouped) + probs
     h, i, q, kv = shapes.hidden, shapes.intermediate, shapes.q_dim, shapes.kv_dim
     attention = q + 2 * kv + shapes.heads + q  # rotated q, k, v; logsumexp; attention output
     if kind == "trained":  # + inputs of every linear and norm weight
@@ -114,17 +115,19 @@ def block_activations(
     return float(elements + probs)
 
 
-def _encoder_block(shapes: Shapes, kind: str, method) -> float:
+def _encoder_block(shapes: Shapes, kind: str, method, grouped: bool = False) -> float:
     """A BERT-style block (attention, LayerNorm, one GELU MLP), read off saved_tensors_hooks
     (tests/test_plan.py): trained, the inputs of Q/K/V, the attention output, both LayerNorms,
     the FFN's two linears and GELU; frozen, what passes gradients through (attention, the
     LayerNorms, GELU) plus the method's own term. Hidden dropout keeps two masks. A trained
-    block's backward also holds about 2h + 2i of workspace in peak RSS (calibrated on the
-    cls-full-256-b16 row of benchmarks/memory_estimate.py; saved tensors alone are 8h + 2i)."""
+    block's backward also holds workspace in peak RSS (saved tensors alone are 8h + 2i): about
+    2h + 2i with SDPA's math path, h + i with the grouped dropout attention (grouped; each
+    calibrated on the cls-full-256-b16 row of benchmarks/memory_estimate.py)."""
     h, i = shapes.hidden, shapes.intermediate
     masks = 2 * h if shapes.hidden_dropout > 0 else 0
     if kind == "trained":
-        return float(10 * h + 4 * i + shapes.heads + 4 + masks)
+        workspace = h + i if grouped else 2 * h + 2 * i
+        return float(8 * h + 2 * i + workspace + shapes.heads + 4 + masks)
     return float(6 * h + i + shapes.heads + 4 + masks + _method_activations(shapes, method))
 
 
