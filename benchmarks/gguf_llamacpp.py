@@ -166,8 +166,10 @@ def model_folder(arch: str, work: Path) -> Path:
 
 
 def hf_perplexity(model, ids: list[int], ctx: int, chunks: int, bos: int | None = None) -> float:
-    """llama-perplexity's scheme: chunk i is ids[i*ctx:(i+1)*ctx], scored on its second half;
-    for a model that adds BOS, the text starts with it and each chunk's first token is BOS."""
+    """llama-perplexity's scheme: chunk i is ids[i*ctx:(i+1)*ctx]; the logits at positions
+    ctx/2 .. ctx-2 score the tokens after them (ctx/2 - 1 tokens a chunk, perplexity.cpp's
+    process_logits); for a model that adds BOS, the text starts with it and each chunk's first
+    token is BOS."""
     nll, count = 0.0, 0
     if bos is not None:
         ids = [bos, *ids]
@@ -178,15 +180,15 @@ def hf_perplexity(model, ids: list[int], ctx: int, chunks: int, bos: int | None 
         with torch.inference_mode():
             logprobs = model(input_ids=chunk).logits[0].float().log_softmax(-1)
         first = ctx // 2
-        targets = chunk[0, first:]
-        nll -= float(logprobs[first - 1 : ctx - 1].gather(1, targets[:, None]).sum())
+        targets = chunk[0, first + 1 :]
+        nll -= float(logprobs[first : ctx - 1].gather(1, targets[:, None]).sum())
         count += len(targets)
     return math.exp(nll / count)
 
 
 def llama_perplexity(tool: Path, gguf: Path, text: Path, ctx: int, chunks: int) -> float:
     args = ["-f", str(text), "-c", str(ctx), "-b", str(ctx), "--chunks", str(chunks), "-t", "2"]
-    for _ in range(5):  # llama.cpp's logger may lose its last lines at exit (#22142): again
+    for _ in range(8):  # llama.cpp's logger may lose its last lines at exit (#22142): again
         done = subprocess.run(
             [str(tool), "-m", str(gguf), *args],
             capture_output=True,
@@ -203,7 +205,7 @@ def llama_perplexity(tool: Path, gguf: Path, text: Path, ctx: int, chunks: int) 
 def llama_greedy(tool: Path, gguf: Path, prompt: str, n: int) -> tuple[str, float]:
     greedy = ["-n", str(n), "--temp", "0", "--top-k", "1", "-s", "0", "-t", "2"]
     quiet = ["-no-cnv", "--no-display-prompt", "--no-warmup"]
-    for _ in range(5):  # the text and the timings come last, and can be lost at exit: again
+    for _ in range(8):  # the text and the timings come last, and can be lost at exit: again
         done = subprocess.run(
             [str(tool), "-m", str(gguf), "-p", prompt, *greedy, *quiet],
             capture_output=True,
