@@ -141,15 +141,15 @@ def test_pair_attention_equals_each_sequence_on_its_own(tiny_model_dir):
     sequence run alone (the packed row's numbers are TRL's in the tests below too)."""
     from transformers import AutoModelForCausalLM
 
-    from tunesmith.models.preference_speed import pair_layout, use_pair_attention
+    from tunesmith.models.preference_speed import pair_positions, use_pair_attention
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     optimize_for_training(model)
     assert use_pair_attention(model)
     examples = _examples(60, n=2)
     batch = PackedPairs()(examples)
-    with torch.no_grad(), pair_layout(batch["pair_layout"]):
-        row = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+    with torch.no_grad():
+        row = model(input_ids=batch["input_ids"], position_ids=pair_positions(batch)).logits[0]
     start = 0
     with torch.no_grad():
         for e, (shared, c_tail, r_tail) in zip(
@@ -164,6 +164,26 @@ def test_pair_attention_equals_each_sequence_on_its_own(tiny_model_dir):
                 torch.testing.assert_close(ours, alone, **TOL)
             start = tail + r_tail
     assert start == batch["input_ids"].shape[1]
+
+
+def test_pair_attention_survives_gradient_checkpointing(tiny_model_dir):
+    """The recomputed layers see the pair layout too: the same gradients with checkpointing."""
+    from tunesmith.models.preference_speed import use_pair_attention
+
+    batch = PackedPairs()(_examples(60, n=2))
+    grads = []
+    for checkpointing in (False, True):
+        model = _lora_model(tiny_model_dir)
+        optimize_for_training(model)
+        use_pair_attention(model)
+        _perturb_adapter(model)
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        model.train()
+        sums, _ = sequence_log_probs(model, fused_loss_head(model), batch)
+        (sums * torch.arange(1.0, 5.0)).sum().backward()
+        grads.append(_grads(model))
+    _assert_same_grads(*grads)
 
 
 def test_reward_rows_read_the_last_token_that_is_not_padding():

@@ -29,8 +29,6 @@ packed sequences in train/preference.py and train/reward.py.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 
@@ -94,7 +92,7 @@ def pack_sequences(
 # --- pairs sharing their prompt ----------------------------------------------------------------
 
 PAIR_ATTENTION = "tunesmith_pair_sdpa"
-_pair_layout: list[tuple[int, int, int]] | None = None  # the forward in progress, if any
+LAYOUT_ATTRIBUTE = "tunesmith_pair_layout"  # set on the position ids of a row of pairs
 
 
 def pack_pairs(pairs: list[tuple], answers: bool = False, reads: list | None = None) -> dict:
@@ -151,22 +149,21 @@ def pack_pairs(pairs: list[tuple], answers: bool = False, reads: list | None = N
     return batch
 
 
-@contextmanager
-def pair_layout(layout):
-    """While inside, the pair attention reads the row as `layout` (a pair_layout tensor)."""
-    global _pair_layout
-    _pair_layout = [tuple(x) for x in layout.tolist()]
-    try:
-        yield
-    finally:
-        _pair_layout = None
+def pair_positions(batch: dict) -> torch.Tensor:
+    """The batch's position ids, carrying its pair layout (if any) for `pair_attention`: every
+    attention layer gets this tensor, in the forward and when gradient checkpointing recomputes
+    a layer in the backward, so the layout travels with it rather than in a global."""
+    positions = batch["position_ids"]
+    if "pair_layout" in batch:
+        setattr(positions, LAYOUT_ATTRIBUTE, [tuple(x) for x in batch["pair_layout"].tolist()])
+    return positions
 
 
 def pair_attention(module, query, key, value, attention_mask, **kwargs):
     """transformers attention function: on a row of pairs (`pair_layout`), each pair's shared
     prefix and chosen tail as one causal SDPA call, the rejected tail against the prefix's keys
     and its own (causal); otherwise the per-example packed attention of models/speed.py."""
-    layout = _pair_layout
+    layout = getattr(kwargs.get("position_ids"), LAYOUT_ATTRIBUTE, None)
     causal = getattr(module, "is_causal", True)
     if (
         layout is None
@@ -393,11 +390,10 @@ def sequence_log_probs(model, head: torch.nn.Linear, batch: dict) -> tuple:
     the model reads the packed row, only the scored positions' hidden states reach the output
     layer (fused, `token_log_probs`)."""
     positions = batch["positions"]
-    layout = pair_layout(batch["pair_layout"]) if "pair_layout" in batch else _no_layout()
-    with head_returns_hidden_states(head), layout:
+    with head_returns_hidden_states(head):
         outputs = model(
             input_ids=batch["input_ids"],
-            position_ids=batch["position_ids"],
+            position_ids=pair_positions(batch),
             logits_to_keep=positions,
             use_cache=False,
         )
@@ -408,21 +404,14 @@ def sequence_log_probs(model, head: torch.nn.Linear, batch: dict) -> tuple:
     return sums, per_token
 
 
-@contextmanager
-def _no_layout():
-    yield
-
-
 def sequence_rewards(model, batch: dict) -> torch.Tensor:
     """The reward of each packed sequence: a sequence-classification model's backbone reads the
     packed row, its one-output head scores each sequence's `ends` position."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(base, base.base_model_prefix)
-    layout = pair_layout(batch["pair_layout"]) if "pair_layout" in batch else _no_layout()
-    with layout:
-        hidden = backbone(
-            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
-        ).last_hidden_state
+    hidden = backbone(
+        input_ids=batch["input_ids"], position_ids=pair_positions(batch), use_cache=False
+    ).last_hidden_state
     picked = hidden[0, batch["ends"]]  # (sequences, hidden size)
     return base.score(picked).squeeze(-1).float()
 

@@ -182,10 +182,20 @@ class _WithReference(_Packed):
             return use_adapter(model, adapter_name=REFERENCE_ADAPTER)
         return model.disable_adapter()
 
+    def no_grad(self):
+        """no_grad, with gradient checkpointing off meanwhile (as TRL's reference passes)."""
+        from trl.models.utils import disable_gradient_checkpointing
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        kwargs = self.args.gradient_checkpointing_kwargs
+        stack.enter_context(disable_gradient_checkpointing(self.model, kwargs))
+        return stack
+
     def reference_log_probs(self, inputs) -> torch.Tensor:
         model = self.ref_model if self.ref_model is not None else self.model
         head = fused_loss_head(model)
-        with torch.no_grad(), self.reference_context():
+        with self.no_grad(), self.reference_context():
             return sequence_log_probs(model, head, inputs)[0]
 
 
@@ -244,7 +254,7 @@ class PackedKTO(_WithReference):
         kl_batch = kl_row(inputs) if self.calculate_KL else None
         kl = torch.zeros(1, device=self.accelerator.device)
         if kl_batch is not None:
-            with torch.no_grad():
+            with self.no_grad():
                 kl_logps = sequence_log_probs(model, head, kl_batch)[0]
             ref_kl_logps = self.reference_log_probs(kl_batch)
             kl = (kl_logps - ref_kl_logps).mean().detach()
