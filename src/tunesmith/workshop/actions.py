@@ -167,18 +167,19 @@ def clean(
     ws: Workspace, files: Sequence[str], out: str, settings: dict | None = None, fmt: str = "auto"
 ) -> dict[str, Any]:
     """The cleaning pipeline: cleaned file, rejects.jsonl with each reason, stats and version."""
-    from tunesmith.data.quality.clean import CleanConfig, clean_records, write_clean_output
+    from tunesmith.data.quality.clean import CleanConfig
+    from tunesmith.data.quality.clean_stream import clean_files
 
     paths, fmt, columns = data_source(ws, files, fmt)
     target = ws.resolve(out, "out")
     cfg = _validated(CleanConfig, settings or {}, "clean")
-    result = clean_records(paths, cfg, fmt, columns)
-    summary = write_clean_output(result, target, cfg)
+    # streamed, as the CLI cleans: the records are never all in memory
+    summary = clean_files(paths, cfg, target, fmt=fmt, columns=columns)
     return {
-        "read": result.read,
-        "kept": len(result.kept),
-        "rejected": len(result.rejects),
-        "steps": result.step_stats,
+        "read": summary["read"],
+        "kept": summary["kept"],
+        "rejected": summary["rejected"],
+        "steps": summary["steps"],
         **{
             k: ws.relative(Path(summary[k]))
             for k in ("output", "rejects_path", "stats_path", "version_path")
