@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE))
 
 import cls_data  # noqa: E402
 
-RUNS = ("tunesmith", "tunesmith-plain", "trainer-peft")
+RUNS = ("tunesmith", "tunesmith-random", "tunesmith-plain", "trainer-peft")
 THREADS = 2
 SEED = 42
 BATCH, LR, MAX_LENGTH, RANK, ALPHA = 8, 1e-3, 512, 8, 16
@@ -55,7 +55,7 @@ CHILD_ENV = {
 }
 
 
-def tunesmith_overrides(train: str, out_dir: str, plain: bool) -> list[str]:
+def tunesmith_overrides(train: str, out_dir: str, name: str) -> list[str]:
     overrides = [
         "train.stage=cls",
         "model.name_or_path=minilm-l6",
@@ -81,8 +81,10 @@ def tunesmith_overrides(train: str, out_dir: str, plain: bool) -> list[str]:
         f"output.dir={out_dir}",
         "output.name=bench",
     ]
-    if plain:
+    if name == "tunesmith-plain":
         overrides += ["train.sampling=random", "train.cls.long_text=head", "train.optimize=false"]
+    if name == "tunesmith-random":  # the defaults with random batches (no length grouping)
+        overrides += ["train.sampling=random"]
     return overrides
 
 
@@ -126,7 +128,7 @@ def tunesmith_child(name: str, data: dict) -> dict:
     from tunesmith.train.cls import ClsTrainer, predict_labels, run_cls
 
     with tempfile.TemporaryDirectory() as out, Timed(ClsTrainer) as timed:
-        config = load_config(None, tunesmith_overrides(data["train"], out, name.endswith("plain")))
+        config = load_config(None, tunesmith_overrides(data["train"], out, name))
         result = run_cls(config, RunFolder.create(config.output, "cls"))
         test = _read(data["test"])
         predicted = predict_labels(result.run.root, [r["text"] for r in test])

@@ -869,3 +869,49 @@ def test_a_tokenizer_without_a_limit_is_cut_to_the_encoders_position_table(tmp_p
     overrides = {"data.cutoff_len": 4096, "train.max_steps": 1, "train.cls.long_text": "head"}
     result = train_run(_config(tmp_path, bert_dir, train, "long", **overrides))
     assert result.summary["data"]["long_text"]["truncated"] == 8
+
+
+# train.sampling auto ------------------------------------------------------------------------
+
+
+def test_batch_sampling_groups_lengths_only_where_the_label_does_not_set_them():
+    from tunesmith.data.classification import batch_sampling, label_length_share
+
+    rng = random.Random(0)
+    # lengths drawn alike for both labels: grouping by length mixes labels in every batch
+    mixed = [{"input_ids": [0] * rng.randint(5, 60), "labels": i % 2} for i in range(200)]
+    assert (
+        label_length_share([len(e["input_ids"]) for e in mixed], [str(i % 2) for i in range(200)])
+        < 0.05
+    )
+    assert batch_sampling(mixed)[0] == "group_by_length"
+    # one label short, the other long (as news vs encyclopedia texts): random batches
+    split = [
+        {"input_ids": [0] * (rng.randint(5, 20) + 40 * (i % 2)), "labels": i % 2}
+        for i in range(200)
+    ]
+    sampler, why = batch_sampling(split)
+    assert sampler == "random" and "one label each" in why
+    assert label_length_share([10, 10, 50, 50], ["a", "a", "b", "b"]) == 1.0
+    assert label_length_share([7, 7, 7], ["a", "b", "c"]) == 0.0
+
+
+def test_auto_sampling_is_settled_on_the_data_and_kept_in_the_run(tmp_path, bert_dir):
+    rng = random.Random(3)
+    records = [{"text": _sentence(rng, "pos"), "label": "pos"} for _ in range(12)]
+    # the negative texts run three times as long: the label sets the length
+    records += [
+        {"text": " ".join(_sentence(rng, "neg") for _ in range(3)), "label": "neg"}
+        for _ in range(12)
+    ]
+    train = _write_jsonl(tmp_path / "train.jsonl", records)
+    config = _config(
+        tmp_path, bert_dir, train, "auto", **{"train.sampling": "auto", "train.epochs": 1}
+    )
+    result = train_run(config)
+    sampling = result.summary["data"]["sampling"]
+    assert sampling["sampler"] == "random" and "length variance" in sampling["why"]
+    saved = RunConfig.model_validate(
+        __import__("yaml").safe_load((result.run.root / "config.yaml").read_text())
+    )
+    assert saved.train.sampling == "random"  # a resumed run and `plan` read the settled value

@@ -209,13 +209,15 @@ def test_activation_formula_matches_saved_tensors():
     assert block_activations(shapes, "trained") == pytest.approx(per_layer_token, rel=0.05)
 
 
-def test_attention_probabilities_kept_with_dropout_on_cpu():
-    """An encoder with attention dropout runs attention on the math path on CPU and keeps its
-    probabilities: the formula's terms against what autograd keeps (dropout on minus off, and
-    the block without dropout)."""
+def _bert_layer_saved(dropout: float, length: int, grouped: bool = False) -> int:
+    """Bytes one BERT layer (hidden 64, 4 heads, FFN 128) keeps for the backward in training,
+    on 2 rows of `length` tokens: a 2-layer model's saved tensors less a 1-layer one's.
+    grouped: with models/speed.py's attention (attention dropout on the grouped path)."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    def saved(layers: int, dropout: float, length: int) -> int:
+    from tunesmith.models.speed import use_packed_attention
+
+    def saved(layers: int) -> int:
         torch.manual_seed(0)
         config = BertConfig(
             vocab_size=100,
@@ -228,11 +230,19 @@ def test_attention_probabilities_kept_with_dropout_on_cpu():
             num_labels=3,
         )
         model = BertForSequenceClassification(config).train()
+        if grouped:
+            assert use_packed_attention(model)
         return _saved_bytes(model, input_ids=torch.randint(0, 100, (2, length)))
 
+    return saved(2) - saved(1)
+
+
+def test_attention_probabilities_kept_with_dropout_on_cpu():
+    """An encoder with attention dropout runs attention on the math path on CPU and keeps its
+    probabilities: the formula's terms against what autograd keeps (dropout on minus off, and
+    the block without dropout)."""
     length = 128
-    on = saved(2, 0.1, length) - saved(1, 0.1, length)
-    off = saved(2, 0.0, length) - saved(1, 0.0, length)
+    on, off = (_bert_layer_saved(dropout, length) for dropout in (0.1, 0.0))
     shapes = Shapes(64, 128, 2, 4, 4, 16, 100, False, "bert", 512, True, 0.1, 0.0)
     extra = block_activations(shapes, "trained", probs_keys=length) - block_activations(
         shapes, "trained"
@@ -250,29 +260,8 @@ def test_attention_probabilities_kept_with_dropout_on_cpu():
 def test_grouped_dropout_attention_keeps_only_its_boolean_mask():
     """train.optimize routes attention dropout on the CPU to models/dropout_attention.py, which
     keeps one byte per head and key (its mask) where SDPA's math path kept three floats."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from tunesmith.models.speed import use_packed_attention
-
-    def saved(layers: int, dropout: float, length: int) -> int:
-        torch.manual_seed(0)
-        config = BertConfig(
-            vocab_size=100,
-            hidden_size=64,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            intermediate_size=128,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=dropout,
-            num_labels=3,
-        )
-        model = BertForSequenceClassification(config).train()
-        assert use_packed_attention(model)
-        return _saved_bytes(model, input_ids=torch.randint(0, 100, (2, length)))
-
     length = 128
-    on = saved(2, 0.1, length) - saved(1, 0.1, length)
-    off = saved(2, 0.0, length) - saved(1, 0.0, length)
+    on, off = (_bert_layer_saved(dropout, length, grouped=True) for dropout in (0.1, 0.0))
     shapes = Shapes(64, 128, 2, 4, 4, 16, 100, False, "bert", 512, True, 0.1, 0.0)
     grouped = block_activations(shapes, "trained", probs_keys=length, kept_per_key=0.25)
     # saved tensors: the mask; the backward's workspace (not a saved tensor) is h + i smaller

@@ -59,7 +59,7 @@ def _estimate(plan, method, row, forward, loaded, train, evals, passes, steps, n
     else:
         how = f"{flops_per_row(plan, 1) / 1e9:.2f} GFLOPs per token"
     note = (
-        f"{how}; {100 * share:.0f}% padding ({cfg.sampler}); train {parts['train']:.0f} s, "
+        f"{how}; {100 * share:.0f}% padding ({_sampler(plan)}); train {parts['train']:.0f} s, "
         f"eval {parts['eval']:.0f} s ({passes} passes), setup {parts['setup']:.0f} s" + note
     )
     return TimeEstimate(
@@ -73,14 +73,20 @@ def _limit(plan) -> int:
     return min(cutoff, plan.facts.shapes.positions or cutoff)
 
 
+def _sampler(plan) -> str:
+    """The run's sampler: train.sampling auto is settled on the data (batch_sampling)."""
+    return plan.data.sampler or plan.config.train.sampler
+
+
 def _workload(plan) -> tuple[Counter, Counter, int, int]:
     """(one epoch's training batches, one evaluation's batches, evaluations, optimizer steps)."""
     cfg, data = plan.config.train, plan.data
+    sampler = _sampler(plan)
     sample = data.lengths or (_limit(plan),)
     count = data.count if data.count is not None else 1000
     group = cfg.batch_size * cfg.gradient_accumulation_steps
     train = epoch_batches(
-        epoch_lengths(sample, count, cfg.seed), cfg.batch_size, cfg.sampler, cfg.seed, group
+        epoch_lengths(sample, count, cfg.seed), cfg.batch_size, sampler, cfg.seed, group
     )
     batches = sum(train.values())
     per_epoch = max(1, batches // cfg.gradient_accumulation_steps)
@@ -89,7 +95,7 @@ def _workload(plan) -> tuple[Counter, Counter, int, int]:
     passes = 0
     if data.eval_examples:
         # the evaluation sampler groups lengths too when training does (transformers)
-        sampler = "group_by_length" if cfg.sampler == "group_by_length" else "sequential"
+        sampler = "group_by_length" if sampler == "group_by_length" else "sequential"
         lengths = epoch_lengths(data.eval_lengths, data.eval_examples, cfg.seed)
         evals = epoch_batches(lengths, cfg.batch_size, sampler, cfg.seed)
         passes = steps // cfg.save_steps + 1  # every save step, and the final report

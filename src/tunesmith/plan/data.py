@@ -27,6 +27,7 @@ class DataStats:
     eval_lengths: tuple[int, ...] = ()
     prepare_seconds: float = 0.0  # cls: reading and tokenizing every record (from the sample)
     labels: int = 0  # cls: the label set's size (the classifier head's outputs)
+    sampler: str | None = None  # cls: what train.sampling auto picks for this data
     image_share: float = 0.0  # a vision-language model's: share of positions that are image tokens
 
     @property
@@ -132,10 +133,10 @@ def _cls_stats(config: RunConfig, tokenizer, max_positions: int | None) -> DataS
         return replace(UNKNOWN, note=f"data not read ({exc}): worst case, every example cutoff_len")
     read = time.perf_counter() - start
     cutoff = min(config.data.cutoff_len, max_positions or config.data.cutoff_len)
-    train, lengths, train_seconds, strategy = _cls_lengths(
+    train, lengths, train_seconds, strategy, sampler = _cls_lengths(
         data.train, data.labels, tokenizer, config, cutoff
     )
-    evals, eval_lengths, eval_seconds, _ = _cls_lengths(
+    evals, eval_lengths, eval_seconds, _, _ = _cls_lengths(
         data.eval, data.labels, tokenizer, config, cutoff, strategy
     )
     limit = cls_max_length(tokenizer, cutoff)
@@ -153,17 +154,19 @@ def _cls_stats(config: RunConfig, tokenizer, max_positions: int | None) -> DataS
         eval_lengths=tuple(eval_lengths),
         prepare_seconds=read + train_seconds + eval_seconds,
         labels=len(data.labels),
+        sampler=sampler if config.train.sampling == "auto" else None,
     )
 
 
 def _cls_lengths(records, labels, tokenizer, config: RunConfig, cutoff: int, strategy=None):
     """(examples of all records, the sample's example lengths, seconds to tokenize all records,
-    the long-text strategy), the first and third estimated from a sample. strategy: the
-    training data's, for held-out records (None: chosen from these, as training does)."""
-    from tunesmith.data.classification import tokenize_cls
+    the long-text strategy, the sampler train.sampling auto picks), the first and third
+    estimated from a sample. strategy: the training data's, for held-out records (None: chosen
+    from these, as training does)."""
+    from tunesmith.data.classification import batch_sampling, tokenize_cls
 
     if not records:
-        return 0, [], 0.0, strategy
+        return 0, [], 0.0, strategy, None
     sample = random.Random(config.train.seed).sample(records, min(len(records), SAMPLE))
     start = time.perf_counter()
     # the long-text strategy (train.cls.long_text) may give a record several examples
@@ -171,7 +174,8 @@ def _cls_lengths(records, labels, tokenizer, config: RunConfig, cutoff: int, str
     scale = len(records) / len(sample)
     lengths = [len(e["input_ids"]) for e in encoding.examples]
     seconds = (time.perf_counter() - start) * scale
-    return round(len(lengths) * scale), lengths, seconds, encoding.strategy
+    sampler = batch_sampling(encoding.examples)[0] if encoding.examples else None
+    return round(len(lengths) * scale), lengths, seconds, encoding.strategy, sampler
 
 
 def _cut_share(lengths: list[int], cutoff: int) -> int:

@@ -23,6 +23,7 @@ from tunesmith.data.classification import (
     ClsData,
     ClsEncoding,
     ClsRecord,
+    batch_sampling,
     label_counts,
     load_cls_data,
     tokenize_cls,
@@ -93,15 +94,21 @@ def _data(job: Job) -> Data:
     train = tokenize_cls(data.train, data.labels, tokenizer, cfg, cutoff)
     held_out = tokenize_cls(data.eval, data.labels, tokenizer, cfg, cutoff, train.strategy)
     sources.held_out = held_out.by_length()  # evaluated in this order (ClsTrainer)
-    if train.strategy != cfg.long_text:
-        job.config = _with_long_text(job.config, train.strategy)
+    settled = _with_long_text(job.config, train.strategy)
+    sampling = None
+    if job.config.train.sampling == "auto":  # length-grouped unless the label sets the length
+        sampler, why = batch_sampling(train.examples)
+        sampling = {"sampler": sampler, "why": why}
+        settled = _with_sampling(settled, sampler)
+    if settled != job.config:
+        job.config = settled
         job.run.save_config(job.config)
     long_text = {"strategy": train.strategy, "why": train.why, "truncated": train.truncated}
     stats = data.stats | {"truncated": train.truncated, "examples": len(train.examples)}
     summary = {
         "labels": data.labels,
         "class_weights": sources.weights.tolist() if sources.weights is not None else None,
-        "data": stats | {"long_text": long_text},
+        "data": stats | {"long_text": long_text, "sampling": sampling},
     }
     return Data(train.examples, sources.held_out.examples or None, stats, summary)
 
@@ -109,6 +116,12 @@ def _data(job: Job) -> Data:
 def _with_long_text(config: RunConfig, strategy: str) -> RunConfig:
     cls = config.train.cls.model_copy(update={"long_text": strategy})
     return config.model_copy(update={"train": config.train.model_copy(update={"cls": cls})})
+
+
+def _with_sampling(config: RunConfig, sampler: str) -> RunConfig:
+    return config.model_copy(
+        update={"train": config.train.model_copy(update={"sampling": sampler})}
+    )
 
 
 def _trainer(job: Job) -> ClsTrainer:
@@ -170,6 +183,9 @@ def report_data(data: Data, run: RunFolder) -> None:
     if stats["truncated"]:
         windows = f", {stats['examples']} windows" if long_text["strategy"] == "chunk" else ""
         console.print(f"long texts: {long_text['strategy']}{windows} ({long_text['why']})")
+    sampling = data.summary["data"]["sampling"]
+    if sampling:
+        console.print(f"train.sampling auto: {sampling['sampler']} ({sampling['why']})")
 
 
 # loss and trainer -----------------------------------------------------------------------------
