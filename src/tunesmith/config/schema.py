@@ -263,8 +263,9 @@ class TrainConfig(Section):
     sampling: Literal["auto", "random", "group_by_length", "sequential"] = Field(
         "auto",
         description="group_by_length: batches of similar lengths (less padding); "
-        "sequential: file order, no shuffling; auto: group_by_length for stage cls (padded "
-        "batches), random for the others.",
+        "sequential: file order, no shuffling; auto: for stage cls (padded batches) "
+        "group_by_length unless the label sets the length (then random: grouped batches would "
+        "hold one label each; settled on the data at train start), random for the others.",
     )
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
@@ -322,7 +323,8 @@ class TrainConfig(Section):
 
     @property
     def sampler(self) -> str:
-        """train.sampling resolved: `auto` groups lengths where batches are padded (cls)."""
+        """train.sampling resolved: `auto` groups lengths where batches are padded (cls); the
+        cls recipe settles it on the data first (data/classification.batch_sampling)."""
         if self.sampling != "auto":
             return self.sampling
         return "group_by_length" if self.stage == "cls" else "random"
