@@ -180,14 +180,15 @@ def train_steps(
 
     quantization = job.method.quantization_config(config.method)  # qlora: a 4/8-bit base
     job.loaded = (recipe.load or load_causal_lm)(job, quantization)
-    # train.precision auto: on the CPU bf16 autocast where a probe finds it faster, else fp32
-    config, precision = settle_precision(
-        config, job.loaded.model, job.loaded.tokenizer, run, resume, recipe.task, recipe.speed
-    )
-    job.config = config
     job.data = recipe.data(job)
     recipe.report(job.data, run)
     require_examples(job.data, run)
+    # train.precision auto: on the CPU bf16 autocast where a probe finds it faster, else fp32
+    # (after the data: a data error is reported before a probe of some seconds)
+    config, precision = settle_precision(
+        job.config, job.loaded.model, job.loaded.tokenizer, run, resume, recipe.task, recipe.speed
+    )
+    job.config = config
     probes += recipe.probes(job)
     for probe in probes:
         probe.on_base(job)
