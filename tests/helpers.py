@@ -90,6 +90,23 @@ def train_tiny(tmp_path: Path, model_dir, data, name: str, *overrides: str):
     return train_run(run_config(tmp_path, model_dir, data, name, *overrides))
 
 
+def train_tiny_recording_dtypes(tmp_path: Path, model_dir, data, name: str, *overrides: str):
+    """train_tiny, and the dtypes every Linear output while training: (result, {dtype})."""
+    import torch
+
+    dtypes = set()
+
+    def record(module, args, output):
+        if isinstance(module, torch.nn.Linear) and module.training:
+            dtypes.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        return train_tiny(tmp_path, model_dir, data, name, *overrides), dtypes
+    finally:
+        handle.remove()
+
+
 class LiveServer:
     """uvicorn in a thread on a free loopback port, answering with the official openai client."""
 

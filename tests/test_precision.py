@@ -126,22 +126,12 @@ def test_the_run_folder_records_the_choice_and_trains_in_it(
 ):
     """auto chose bf16 (the probe, faked: 2x): the run trains under bf16 autocast (every linear
     outputs bf16), precision.json and summary.json say so; fp32 set in the config is kept."""
-    from helpers import train_tiny
+    from helpers import train_tiny_recording_dtypes
 
-    dtypes = set()
-
-    def record(module, args, output):
-        if isinstance(module, torch.nn.Linear) and module.training:
-            dtypes.add(output.dtype)
-
-    handle = torch.nn.modules.module.register_module_forward_hook(record)
-    try:
-        result = train_tiny(
-            tmp_path, tiny_model_dir, alpaca_file, requested,
-            "train.max_steps=1", f"train.precision={requested}", "train.optimize=true",
-        )  # fmt: skip
-    finally:
-        handle.remove()
+    result, dtypes = train_tiny_recording_dtypes(
+        tmp_path, tiny_model_dir, alpaca_file, requested,
+        "train.max_steps=1", f"train.precision={requested}", "train.optimize=true",
+    )  # fmt: skip
     want = "bf16" if requested == "auto" else "fp32"
     recorded = json.loads((result.run.root / "precision.json").read_text())
     assert recorded["precision"] == want and recorded["requested"] == requested

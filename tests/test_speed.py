@@ -385,23 +385,13 @@ def test_bf16_on_the_cpu_multiplies_in_bf16_with_the_levers_on(
 ):
     """train.precision=bf16 on the CPU is the Trainer's autocast: the float32 speed kernels
     (fused LoRA, frozen linears, fused loss) stand aside, else they multiply past it in fp32."""
-    from helpers import step_losses, train_tiny
+    from helpers import step_losses, train_tiny_recording_dtypes
 
     monkeypatch.setattr(speed, "_ONEDNN", [True] if speed._onednn_works() else [])
-    dtypes = set()
-
-    def record(module, args, output):
-        if isinstance(module, torch.nn.Linear) and module.training:
-            dtypes.add(output.dtype)
-
-    handle = torch.nn.modules.module.register_module_forward_hook(record)
-    try:
-        result = train_tiny(
-            tmp_path, tiny_model_dir, alpaca_file, precision,
-            "train.max_steps=2", f"train.precision={precision}", "train.optimize=true",
-        )  # fmt: skip
-    finally:
-        handle.remove()
+    result, dtypes = train_tiny_recording_dtypes(
+        tmp_path, tiny_model_dir, alpaca_file, precision,
+        "train.max_steps=2", f"train.precision={precision}", "train.optimize=true",
+    )  # fmt: skip
     want = torch.bfloat16 if precision == "bf16" else torch.float32
     assert dtypes == {want}
     assert len(step_losses(result.run.root)) == 2

@@ -34,9 +34,8 @@ import torch.nn.functional as F
 
 from tunesmith.models.speed import (
     PACKED_ATTENTION,
-    _times_transposed,
-    _vocab_chunk,
     head_returns_hidden_states,
+    online_softmax,
     packed_sdpa_attention,
 )
 
@@ -359,30 +358,12 @@ class _TokenLogProbs(torch.autograd.Function):
 
 
 def _online_log_probs(hidden, weight, targets, with_grad: bool):
-    """(log p of each row's target, d log p / d hidden or None): for each vocabulary chunk the
-    logits, their running max M and sum S of exp(logits - M) (and D = sum exp(logits - M) @ W,
-    rescaled when M grows); log p = logit[target] - M - log S, its gradient W[target] - D / S."""
-    rows = hidden.shape[0]
-    chunk = _vocab_chunk(rows)
-    running_max = hidden.new_full((rows, 1), float("-inf"))
-    sum_exp = hidden.new_zeros((rows, 1))
-    grad = hidden.new_zeros(hidden.shape) if with_grad else None
-    for start in range(0, weight.shape[0], chunk):
-        w = weight[start : start + chunk]
-        logits = _times_transposed(hidden, w)
-        new_max = torch.maximum(running_max, logits.amax(dim=1, keepdim=True))
-        rescale = (running_max - new_max).exp_()
-        probs = logits.sub_(new_max).exp_()  # in place: the chunk stays in cache
-        sum_exp.mul_(rescale).add_(probs.sum(dim=1, keepdim=True))
-        if with_grad:
-            grad.mul_(rescale).add_(_times_transposed(probs, w.t()))
-        running_max = new_max
+    """(log p of each row's target, d log p / d hidden or None), through speed.online_softmax:
+    log p = logit[target] - lse, its gradient W[target] - E[W]."""
+    lse, expected = online_softmax(hidden, weight, with_grad)
     target_rows = weight[targets]
-    target_logits = torch.linalg.vecdot(hidden, target_rows)
-    log_probs = target_logits - (running_max + sum_exp.log()).squeeze(-1)
-    if with_grad:
-        grad = target_rows - grad.div_(sum_exp)
-    return log_probs, grad
+    log_probs = torch.linalg.vecdot(hidden, target_rows) - lse.squeeze(-1)
+    return log_probs, (target_rows - expected) if with_grad else None
 
 
 def sequence_log_probs(model, head: torch.nn.Linear, batch: dict) -> tuple:

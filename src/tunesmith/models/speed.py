@@ -506,18 +506,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def _online_cross_entropy(hidden, weight, targets) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy and its gradient for `hidden`, the vocabulary in chunks.
+    """Summed cross-entropy and its gradient for `hidden`, the vocabulary in chunks
+    (`online_softmax`): loss = sum(lse - logit[target]), d loss / d hidden = E[W] - W[target]."""
+    lse, expected = online_softmax(hidden, weight)
+    target_rows = weight[targets]
+    loss = lse.sum() - torch.linalg.vecdot(hidden, target_rows).sum()
+    return loss, expected.sub_(target_rows)
+
+
+def online_softmax(hidden, weight, with_grad: bool = True):
+    """(log-sum-exp of each row's logits hidden @ W^T, (rows, 1); and the softmax-weighted mean
+    of W's rows, sum_v p_v W_v, which is what the logits' gradient reduces to, or None), without
+    the (rows x vocabulary) logits in memory.
 
     For each chunk j of the vocabulary: logits_j, their row max m_j, p_j = exp(logits_j - M)
     against the running max M, and p_j @ W_j; what was summed before is rescaled by
     exp(M_old - M_new) when the max grows. At the end S = sum exp(logits - M) and
-    D = sum exp(logits - M) @ W, so lse = M + log S and d loss / d hidden = D / S - W[target].
+    D = sum exp(logits - M) @ W, so lse = M + log S and the weighted mean is D / S.
     """
     rows = hidden.shape[0]
     chunk = _vocab_chunk(rows)
     running_max = hidden.new_full((rows, 1), float("-inf"))
     sum_exp = hidden.new_zeros((rows, 1))
-    grad = hidden.new_zeros(hidden.shape)
+    grad = hidden.new_zeros(hidden.shape) if with_grad else None
     for start in range(0, weight.shape[0], chunk):
         w = weight[start : start + chunk]
         logits = _times_transposed(hidden, w)
@@ -525,11 +536,10 @@ def _online_cross_entropy(hidden, weight, targets) -> tuple[torch.Tensor, torch.
         rescale = (running_max - new_max).exp_()
         probs = logits.sub_(new_max).exp_()  # in place: the chunk stays in cache
         sum_exp.mul_(rescale).add_(probs.sum(dim=1, keepdim=True))
-        grad.mul_(rescale).add_(_times_transposed(probs, w.t()))
+        if with_grad:
+            grad.mul_(rescale).add_(_times_transposed(probs, w.t()))
         running_max = new_max
-    target_rows = weight[targets]
-    loss = (running_max + sum_exp.log()).sum() - torch.linalg.vecdot(hidden, target_rows).sum()
-    return loss, grad.div_(sum_exp).sub_(target_rows)
+    return running_max + sum_exp.log(), grad.div_(sum_exp) if with_grad else None
 
 
 def _vocab_chunk(rows: int) -> int:

@@ -109,12 +109,8 @@ def _dpo_trainer(job: Job):
         **args, beta=pref.beta, loss_type=[pref.loss_type], label_smoothing=pref.label_smoothing
     )
     packed = packed_dpo_applies(job.config, job.model, dpo)
-    if packed:
-        common["data_collator"] = PackedDPO.collator(job.config.data.cutoff_len)
-    trainer = _dpo_class()(model=job.model, ref_model=job.loaded.reference, args=dpo, **common)
-    if packed:
-        PackedDPO.attach(trainer)
-    return trainer
+    common |= {"model": job.model, "ref_model": job.loaded.reference, "args": dpo}
+    return _packed(_dpo_class(), PackedDPO, packed, common, job.config.data.cutoff_len)
 
 
 def _kto_trainer(job: Job):
@@ -128,11 +124,17 @@ def _kto_trainer(job: Job):
         undesirable_weight=pref.undesirable_weight,
     )
     packed = packed_kto_applies(job.config, job.model, kto)
-    if packed:
-        common["data_collator"] = PackedKTO.collator(job.config.data.cutoff_len)
-    trainer = _kto_class()(model=job.model, ref_model=job.loaded.reference, args=kto, **common)
-    if packed:
-        PackedKTO.attach(trainer)
+    common |= {"model": job.model, "ref_model": job.loaded.reference, "args": kto}
+    return _packed(_kto_class(), PackedKTO, packed, common, job.config.data.cutoff_len)
+
+
+def _packed(trainer_class, packing, applies: bool, kwargs: dict, *collator_args):
+    """The trainer, on packed rows (`packing`'s collator and loss) where `applies`."""
+    if applies:
+        kwargs["data_collator"] = packing.collator(*collator_args)
+    trainer = trainer_class(**kwargs)
+    if applies:
+        packing.attach(trainer)
     return trainer
 
 
@@ -147,12 +149,8 @@ def _orpo_trainer(job: Job):
     (args, common), pref = _trl(job), job.config.train.preference
     orpo = ORPOConfig(**args, beta=pref.beta, remove_unused_columns=False)
     packed = packed_orpo_applies(job.config, job.model, orpo)
-    if packed:
-        common["data_collator"] = PackedORPO.collator()
-    trainer = _pairwise_class("orpo")(model=job.model, args=orpo, **common)
-    if packed:
-        PackedORPO.attach(trainer)
-    return trainer
+    common |= {"model": job.model, "args": orpo}
+    return _packed(_pairwise_class("orpo"), PackedORPO, packed, common)
 
 
 def _simpo_trainer(job: Job):

@@ -18,11 +18,10 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
-from typing import Any, Literal
+from typing import Any
 
 from tunesmith.utils.errors import ConfigError
 
-Engine = Literal["serial", "processes", "ray"]
 ENGINES = ("serial", "processes", "ray")
 DEFAULT_CHUNK = 2048  # records per shard
 
