@@ -508,7 +508,9 @@ def test_seed_head_with_lora_and_class_weights_trains_and_predicts(tmp_path, ber
     assert result.artifact.name == "adapter" and result.summary["labels"] == ["neg", "pos"]
     assert result.summary["class_weights"] == [36 / (2 * 12), 36 / (2 * 24)]
     assert result.summary["data"]["eval_source"] == "split" and result.summary["data"]["eval"] == 12
-    assert result.summary["eval"]["accuracy"] >= 0.85
+    # 10 of 12 or better (the majority class alone gets 8): 12 texts move in steps of 0.083,
+    # and the dropout draws' order moves a run by one text (seeds 0-5 average 0.89 either way)
+    assert result.summary["eval"]["accuracy"] >= 0.8
     texts = ["good love the", "ugly poor so", "nice happy a", "hate bad it"]
     capfd.readouterr()
     assert predict_labels(result.run.root, texts) == ["pos", "neg", "pos", "neg"]
@@ -580,6 +582,29 @@ def test_resume_equals_uninterrupted(tmp_path, bert_dir):
         assert torch.allclose(a[key], b[key], atol=1e-6), key
     losses = lambda r: [m["loss"] for m in read_jsonl(r.run.metrics_path) if "loss" in m]  # noqa: E731
     assert losses(straight) == pytest.approx(losses(resumed), abs=1e-6)
+
+
+def test_training_runs_padding_free_batches_under_train_optimize(
+    tmp_path, bert_dir, monkeypatch, capfd
+):
+    import tunesmith.train.cls as stage
+
+    texts_per_call = []
+    original = stage.packed_forward
+
+    def spy(model, inputs, inner=None):
+        texts_per_call.append(len(inputs["input_ids"]))
+        return original(model, inputs, inner)
+
+    monkeypatch.setattr(stage, "packed_forward", spy)
+    train = _separable(tmp_path / "train.jsonl", 8, seed=4)
+    common = {"train.batch_size": 4, "train.max_steps": 2}
+    train_run(_config(tmp_path, bert_dir, train, "packed", **common))
+    assert "batches: padding-free" in capfd.readouterr().out
+    assert texts_per_call[:2] == [4, 4]  # the two training steps, then the held-out report
+    texts_per_call.clear()
+    train_run(_config(tmp_path, bert_dir, train, "padded", **common, **{"train.optimize": False}))
+    assert texts_per_call == [] and "padding-free" not in capfd.readouterr().out
 
 
 def test_decoder_classifier_on_tiny_llama(tmp_path, tiny_model_dir, matrix_cell):

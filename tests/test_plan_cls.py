@@ -110,13 +110,23 @@ def test_estimate_follows_the_padded_lengths(encoder_dir, tmp_path, fixed_rate):
     assert long.time.method == "flops"
 
 
-def test_length_grouping_prices_less_padding_than_random(encoder_dir, tmp_path, fixed_rate):
+def test_padding_is_priced_by_the_sampler_and_dropped_by_packing(encoder_dir, tmp_path, fixed_rate):
     mixed = _data(tmp_path / "mixed.jsonl", lambda i: 4 if i % 4 else 200, n=80)
-    head = {"long_text": "head"}
-    grouped = make_plan(_config(encoder_dir, mixed, cls=head), probe=False)
-    shuffled = make_plan(_config(encoder_dir, mixed, sampling="random", cls=head), probe=False)
+
+    def plan(**train):
+        config = _config(encoder_dir, mixed, cls={"long_text": "head"}, **train)
+        return make_plan(config, probe=False)
+
+    grouped = plan(optimize=False)  # padded batches (no padding-free encoder path)
+    shuffled = plan(sampling="random", optimize=False)
     assert grouped.config.train.sampler == "group_by_length"
     assert grouped.time.parts["train"] < 0.6 * shuffled.time.parts["train"]
+    assert "% padding" in shuffled.time.note
+    # padding-free: each text at its own length, whatever the sampler (not even rounded to 8)
+    packed = plan(sampling="random")
+    assert "padding-free" in packed.time.note
+    assert packed.time.parts["train"] < grouped.time.parts["train"]
+    assert packed.time.tokens == shuffled.time.tokens
 
 
 def test_flops_of_an_encoder(encoder_dir, tmp_path, fixed_rate):
@@ -206,4 +216,4 @@ def test_row_cost_fit_recovers_a_quadratic_and_stays_non_negative():
     assert min(bent.a, bent.b, bent.c) >= 0 and 0.25 < bent(256) / 0.35 < 1.5
     batches = Counter({(16, 64): 2, (3, 512): 1})
     cost = RowCost(0.0, 1.0, 0.0, step=5.0)
-    assert cost.seconds(batches) == 2 * 16 * 64 + 3 * 512 + 3 * 5.0
+    assert cost.seconds(batches, optimizer_steps=3) == 2 * 16 * 64 + 3 * 512 + 3 * 5.0

@@ -3,9 +3,11 @@ what they cost.
 
 train/cls.py pads each batch to its longest example, rounded up to a multiple of 8
 (DataCollatorWithPadding), so a step's time follows its padded length L: the linear layers
-cost about L per row, attention about L^2. The trainer's sampler decides which examples share
-a batch: `group_by_length` (transformers' LengthGroupedSampler: shuffled megabatches of up to
-50 batches, each sorted by length) pads little, `random` pads every batch to its longest.
+cost about L per row, attention about L^2. A first-token encoder under train.optimize drops
+the padding again (models/packed_encoder.py): each text then costs what its own length does.
+The trainer's sampler decides which examples share a batch: `group_by_length` (transformers'
+LengthGroupedSampler: shuffled megabatches of up to 50 batches, each sorted by length) pads
+little, `random` pads every batch to its longest.
 """
 
 from __future__ import annotations
@@ -34,11 +36,18 @@ def epoch_lengths(sample: Sequence[int], count: int, seed: int) -> list[int]:
 
 
 def epoch_batches(
-    lengths: Sequence[int], batch: int, sampler: str, seed: int, group: int | None = None
+    lengths: Sequence[int],
+    batch: int,
+    sampler: str,
+    seed: int,
+    group: int | None = None,
+    packed: bool = False,
 ) -> Counter:
-    """{(rows, padded length): batches} of one epoch over examples of `lengths`, ordered as
-    `sampler` orders them. group_by_length sorts within megabatches of up to 50 groups of
-    `group` examples (the sampler's batch: batch x gradient accumulation)."""
+    """{(rows, padded length): count} the layers compute in one epoch over examples of
+    `lengths`, ordered as `sampler` orders them. group_by_length sorts within megabatches of up
+    to 50 groups of `group` examples (the sampler's batch: batch x gradient accumulation).
+    packed (a padding-free encoder batch, models/packed_encoder.py): each text is computed at
+    its own length, {(1, length): texts}."""
     order = list(lengths)
     if sampler != "sequential":
         random.Random(seed).shuffle(order)
@@ -48,10 +57,10 @@ def epoch_batches(
         order = [
             n for i in range(0, len(order), size) for n in sorted(order[i : i + size], reverse=True)
         ]
-    return Counter(
-        (len(chunk), padded(max(chunk)))
-        for chunk in (order[i : i + batch] for i in range(0, len(order), batch))
-    )
+    chunks = [order[i : i + batch] for i in range(0, len(order), batch)]
+    if packed:
+        return Counter((1, n) for chunk in chunks for n in chunk)
+    return Counter((len(chunk), padded(max(chunk))) for chunk in chunks)
 
 
 def padded_tokens(batches: Counter) -> int:
@@ -71,11 +80,11 @@ class RowCost:
     def __call__(self, length: float) -> float:
         return self.a + self.b * length + self.c * length**2
 
-    def seconds(self, batches: Counter, steps_per_batch: float = 1.0) -> float:
-        """Time of `batches`, each row at its batch's padded length; `steps_per_batch`:
-        optimizer steps per batch (1 / gradient accumulation)."""
+    def seconds(self, batches: Counter, optimizer_steps: float = 0.0) -> float:
+        """Time of `batches` ({(rows, length): count}, each row at its length) and of
+        `optimizer_steps` optimizer steps."""
         rows = sum(r * self(length) * n for (r, length), n in batches.items())
-        return rows + self.step * steps_per_batch * sum(batches.values())
+        return rows + self.step * optimizer_steps
 
     @classmethod
     def fit(cls, points: Sequence[tuple[int, float]], step: float = 0.0) -> RowCost:

@@ -2,10 +2,12 @@
 it: the training steps, every evaluation (each save step and the final report) and the setup
 (data read and tokenized, model loaded, trainer built, artifact and report written).
 
-Batches are padded (plan/batches.py), so the run is priced batch by batch from the sampled
-length distribution: a short probe measures a training row and an evaluation row at two or
-three padded lengths and fits a + b L + c L^2 to each; without local weights the FLOPs of an
-encoder (bidirectional attention, no LM head, embeddings looked up) or decoder set b and c.
+Batches are padded (plan/batches.py), or padding-free for a first-token encoder under
+train.optimize (models/packed_encoder.py), so the run is priced batch by batch, or text by
+text, from the sampled length distribution: a short probe measures a training row and an
+evaluation row at two or three padded lengths and fits a + b L + c L^2 to each; without
+local weights the FLOPs of an encoder (bidirectional attention, no LM head, embeddings looked
+up) or decoder set b and c.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections import Counter
 
 import torch
 
+from tunesmith.models.packed_encoder import packed_forward, packs, packs_run
 from tunesmith.plan.batches import RowCost, epoch_batches, epoch_lengths, padded, padded_tokens
 from tunesmith.plan.time import TimeEstimate, device_flops, flops_per_token
 from tunesmith.utils.errors import TunesmithError
@@ -28,38 +31,41 @@ SETUP_SECONDS = 3.0
 
 
 def estimate_cls_time(plan, probe: bool = True) -> TimeEstimate:
-    train, evals, passes, steps = _workload(plan)
+    train, evals, passes, steps, batches = _workload(plan)
     note = ""
     if plan.data.count is None:
         note = " (data not read: 1000 records of cutoff_len tokens assumed)"
     if probe and plan.hardware.here:
         try:
             row, forward, loaded = probe_costs(plan, train + evals)
-            return _estimate(plan, "probe", row, forward, loaded, train, evals, passes, steps, note)
+            return _estimate(
+                plan, "probe", row, forward, loaded, train, evals, passes, steps, batches, note
+            )
         except (TunesmithError, OSError, RuntimeError, TypeError, ValueError) as exc:
             note += f" (probe impossible: {str(exc).splitlines()[0][:120]})"
     row, forward = flops_costs(plan)
-    return _estimate(plan, "flops", row, forward, 0.0, train, evals, passes, steps, note)
+    return _estimate(plan, "flops", row, forward, 0.0, train, evals, passes, steps, batches, note)
 
 
-def _estimate(plan, method, row, forward, loaded, train, evals, passes, steps, note):
+def _estimate(plan, method, row, forward, loaded, train, evals, passes, steps, batches, note):
     cfg = plan.config.train
-    per_batch = 1 / cfg.gradient_accumulation_steps
+    epochs = _epochs(plan, batches)
     parts = {
-        "train": row.seconds(train, per_batch) * _epochs(plan, train),
+        "train": row.seconds(train, batches / cfg.gradient_accumulation_steps) * epochs,
         "eval": forward.seconds(evals) * passes,
         "setup": loaded + plan.data.prepare_seconds + SETUP_SECONDS,
     }
     seconds = sum(parts.values())
     real = (plan.data.mean_tokens or _limit(plan)) * sum(r * n for (r, _), n in train.items())
-    tokens = int(real * _epochs(plan, train))
+    tokens = int(real * epochs)
     share = 1 - real / max(1, padded_tokens(train))
+    layout = "padding-free" if _packed(plan) else f"{100 * share:.0f}% padding"
     if method == "probe":
         how = f"measured at {len(_probe_lengths(train + evals))} padded lengths"
     else:
         how = f"{flops_per_row(plan, 1) / 1e9:.2f} GFLOPs per token"
     note = (
-        f"{how}; {100 * share:.0f}% padding ({_sampler(plan)}); train {parts['train']:.0f} s, "
+        f"{how}; {layout} ({_sampler(plan)}); train {parts['train']:.0f} s, "
         f"eval {parts['eval']:.0f} s ({passes} passes), setup {parts['setup']:.0f} s" + note
     )
     return TimeEstimate(
@@ -78,17 +84,24 @@ def _sampler(plan) -> str:
     return plan.data.sampler or plan.config.train.sampler
 
 
-def _workload(plan) -> tuple[Counter, Counter, int, int]:
-    """(one epoch's training batches, one evaluation's batches, evaluations, optimizer steps)."""
+def _packed(plan) -> bool:
+    """Whether the run's batches are padding-free (models/packed_encoder.py)."""
+    model_type = plan.facts.shapes.model_type
+    return packs_run(model_type, plan.config.train.optimize, plan.config.method.type)
+
+
+def _workload(plan) -> tuple[Counter, Counter, int, int, int]:
+    """(rows one epoch of training computes, rows one evaluation computes, evaluations,
+    optimizer steps, training batches per epoch)."""
     cfg, data = plan.config.train, plan.data
-    sampler = _sampler(plan)
+    sampler, packed = _sampler(plan), _packed(plan)
     sample = data.lengths or (_limit(plan),)
     count = data.count if data.count is not None else 1000
     group = cfg.batch_size * cfg.gradient_accumulation_steps
     train = epoch_batches(
-        epoch_lengths(sample, count, cfg.seed), cfg.batch_size, sampler, cfg.seed, group
+        epoch_lengths(sample, count, cfg.seed), cfg.batch_size, sampler, cfg.seed, group, packed
     )
-    batches = sum(train.values())
+    batches = math.ceil(count / cfg.batch_size)
     per_epoch = max(1, batches // cfg.gradient_accumulation_steps)
     steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(per_epoch * cfg.epochs)
     evals: Counter = Counter()
@@ -97,17 +110,17 @@ def _workload(plan) -> tuple[Counter, Counter, int, int]:
         # the evaluation sampler groups lengths too when training does (transformers)
         sampler = "group_by_length" if sampler == "group_by_length" else "sequential"
         lengths = epoch_lengths(data.eval_lengths, data.eval_examples, cfg.seed)
-        evals = epoch_batches(lengths, cfg.batch_size, sampler, cfg.seed)
+        evals = epoch_batches(lengths, cfg.batch_size, sampler, cfg.seed, packed=packed)
         passes = steps // cfg.save_steps + 1  # every save step, and the final report
-    return train, evals, passes, steps
+    return train, evals, passes, steps, batches
 
 
-def _epochs(plan, train: Counter) -> float:
-    """Epochs of `train` batches the run takes (max_steps: the steps' share of one epoch)."""
+def _epochs(plan, batches: int) -> float:
+    """Epochs of `batches` batches the run takes (max_steps: the steps' share of one epoch)."""
     cfg = plan.config.train
     if cfg.max_steps <= 0:
         return cfg.epochs
-    return cfg.max_steps * cfg.gradient_accumulation_steps / sum(train.values())
+    return cfg.max_steps * cfg.gradient_accumulation_steps / batches
 
 
 # probe ----------------------------------------------------------------------------------------
@@ -123,7 +136,7 @@ def _probe_lengths(batches: Counter) -> list[int]:
 def probe_costs(plan, batches: Counter) -> tuple[RowCost, RowCost, float]:
     """(training row cost, evaluation row cost, seconds to load the model) from a few real
     steps of the classifier with its method, attention masks and loss at the run's padded
-    lengths."""
+    lengths (padding-free rows where the run's are)."""
     from tunesmith.models.classifier import load_classifier
     from tunesmith.models.load import enable_checkpointing, no_load_report
     from tunesmith.models.methods import get_method
@@ -173,6 +186,10 @@ class _Stepper:
         self.optimizer = torch.optim.AdamW(trained, lr=1e-5)
         self.vocab = model.config.vocab_size
         self.optimizer_seconds = 0.0
+        self.packed = packs(model)
+
+    def _logits(self, batch: dict) -> torch.Tensor:
+        return (packed_forward(self.model, batch) if self.packed else self.model(**batch)).logits
 
     def _batch(self, rows: int, length: int) -> dict:
         ids = torch.randint(0, self.vocab, (rows, length), device=self.device)
@@ -191,7 +208,7 @@ class _Stepper:
         self.model.train()
         batch = self._batch(rows, length)
         start = time.perf_counter()
-        self._loss(self.model(**batch).logits).backward()
+        self._loss(self._logits(batch)).backward()
         self._sync()
         middle = time.perf_counter()
         self.optimizer.step()
@@ -205,7 +222,7 @@ class _Stepper:
         self.model.eval()
         batch = self._batch(rows, length)
         start = time.perf_counter()
-        self.model(**batch)
+        self._logits(batch)
         self._sync()
         return time.perf_counter() - start
 

@@ -30,6 +30,7 @@ from tunesmith.data.classification import (
 )
 from tunesmith.evaluation.classification import classification_metrics, plot_confusion
 from tunesmith.models.classifier import load_classifier
+from tunesmith.models.packed_encoder import packed_forward, packs
 from tunesmith.runs.folder import LABELS, RunFolder, is_main_process
 from tunesmith.runs.trained import open_run
 from tunesmith.train.arguments import training_arguments
@@ -129,7 +130,7 @@ def _trainer(job: Job) -> ClsTrainer:
 
     sources, cfg = job.sources, job.config.train.cls
     held_out = sources.held_out
-    return ClsTrainer(
+    trainer = ClsTrainer(
         model=job.model,
         args=_arguments(job.config, job.run, has_eval=job.data.eval is not None),
         train_dataset=job.data.train,
@@ -144,6 +145,9 @@ def _trainer(job: Job) -> ClsTrainer:
         layerwise_lr_decay=job.config.train.layerwise_lr_decay,
         loraplus_lr_ratio=getattr(job.config.method, "loraplus_lr_ratio", None),
     )
+    if trainer.packed:
+        console.print("batches: padding-free (each batch's texts end to end, per-text attention)")
+    return trainer
 
 
 def _arguments(config: RunConfig, run: RunFolder, has_eval: bool):
@@ -228,7 +232,8 @@ def classification_loss(
 
 
 class ClsTrainer(CausalLMTrainer):
-    """The shared trainer (L2 to pretrained, layer-wise lr) with the classification loss."""
+    """The shared trainer (L2 to pretrained, layer-wise lr) with the classification loss; a
+    first-token encoder under train.optimize runs its batches padding-free."""
 
     loss_is_scaled_for_ga = False  # a mean over the micro-batch: the trainer divides by GA
 
@@ -237,6 +242,7 @@ class ClsTrainer(CausalLMTrainer):
     ):
         super().__init__(*args, **kw)
         self.class_weights, self.multi_label = class_weights, multi_label
+        self.packed = packs(self.model)  # padding-free batches (models/packed_encoder.py)
 
     def _get_eval_sampler(self, eval_dataset):
         # in order: predictions are matched to records by position (the held-out examples
@@ -249,7 +255,10 @@ class ClsTrainer(CausalLMTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)  # the labels stay in the caller's batch for evaluation
         labels = inputs.pop("labels")
-        outputs = model(**inputs)
+        if self.packed and "attention_mask" in inputs:
+            outputs = packed_forward(model, inputs, self.model)
+        else:
+            outputs = model(**inputs)
         loss = classification_loss(outputs.logits, labels, self.class_weights, self.multi_label)
         if self.l2 is not None and model.training:
             loss = loss + self.l2()
