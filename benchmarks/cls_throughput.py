@@ -8,8 +8,14 @@ training and 20% held out), at most 512 tokens per text, batch 8, lr 1e-3 linear
 1 epoch, fp32 on the CPU with 2 threads, no validation during training.
 
 Runs, each in its own subprocess:
-- `tunesmith`: `tunesmith train` with the stage's defaults (length-grouped batches, the long-text
-  strategy its data calls for, the speed levers of models/speed.py);
+- `tunesmith`: `tunesmith train` with the stage's defaults (train.sampling auto, which picks
+  random batches on this set because the label sets the length; the long-text strategy its
+  data calls for; train.optimize: padding-free batches (models/packed_encoder.py) and the
+  speed levers of models/speed.py);
+- `tunesmith-random`: the defaults with train.sampling=random named (the same run where auto
+  picks random; on a set whose lengths do not follow the label auto would group them);
+- `tunesmith-grouped`: the defaults with length-grouped batches forced (fast where it is safe;
+  on this set the batches hold one label each and the model learns less);
 - `tunesmith-plain`: the same stage with those defaults switched off (random batches, texts cut
   at the end, train.optimize=false): where the gain comes from;
 - `trainer-peft`: the script most users write: AutoModelForSequenceClassification, PEFT
@@ -42,7 +48,7 @@ sys.path.insert(0, str(HERE))
 
 import cls_data  # noqa: E402
 
-RUNS = ("tunesmith", "tunesmith-random", "tunesmith-plain", "trainer-peft")
+RUNS = ("tunesmith", "tunesmith-random", "tunesmith-grouped", "tunesmith-plain", "trainer-peft")
 THREADS = 2
 SEED = 42
 BATCH, LR, MAX_LENGTH, RANK, ALPHA = 8, 1e-3, 512, 8, 16
@@ -85,6 +91,8 @@ def tunesmith_overrides(train: str, out_dir: str, name: str) -> list[str]:
         overrides += ["train.sampling=random", "train.cls.long_text=head", "train.optimize=false"]
     if name == "tunesmith-random":  # the defaults with random batches (no length grouping)
         overrides += ["train.sampling=random"]
+    if name == "tunesmith-grouped":
+        overrides += ["train.sampling=group_by_length"]
     return overrides
 
 

@@ -445,3 +445,27 @@ def test_encoder_classifier_counts_include_the_head():
     meta = meta_model(cfg, classifier=True)
     facts = ModelFacts("tiny-bert", shapes_of(cfg), total_parameters(meta), 0, meta, "seq_cls")
     assert facts.trainable(lora) == count_parameters(real)[0]
+
+
+@pytest.mark.parametrize("target_modules", ["all-linear", ["query", "value"], ["dense"]])
+def test_lora_targets_of_an_encoder_are_the_linears_peft_adapts(target_modules):
+    """The planner's LoRA terms for a BERT block name the linears PEFT adapts there (an
+    ungated MLP: a Llama block's gate would be counted on top)."""
+    from conftest import tiny_bert_config
+    from peft import get_peft_model
+    from peft.tuners.lora import LoraLayer
+    from transformers import BertForSequenceClassification
+
+    from tunesmith.config.methods import LoraMethod
+    from tunesmith.models.methods.lora import lora_config, targets
+
+    model = BertForSequenceClassification(tiny_bert_config(intermediate_size=96))
+    method = LoraMethod(target_modules=target_modules)
+    adapted = get_peft_model(model, lora_config(method, task="seq_cls"))
+    first_layer = sorted(
+        (module.in_features, module.out_features)
+        for name, module in adapted.named_modules()
+        if isinstance(module, LoraLayer) and ".layer.0." in name
+    )
+    planned = targets(shapes_of(model.config), target_modules)
+    assert sorted((n_in, n_out) for n_in, n_out, _ in planned) == first_layer

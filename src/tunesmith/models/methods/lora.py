@@ -122,17 +122,28 @@ def lora_config(cfg: LoraMethod, task: Task = "causal_lm"):
 
 
 def targets(shapes, target_modules: str | list[str]) -> list[tuple[int, int, str]]:
-    """(in, out, short name) of the Llama block's linears LoRA adapts (planner)."""
+    """(in, out, short name) of the block's linears LoRA adapts (planner): a Llama block's, or
+    a BERT-style encoder's (one ungated MLP: no gate)."""
     h, i, q, kv = shapes.hidden, shapes.intermediate, shapes.q_dim, shapes.kv_dim
-    block = {
-        "q_proj": (h, q, "q"),
-        "k_proj": (h, kv, "k"),
-        "v_proj": (h, kv, "v"),
-        "o_proj": (q, h, "o"),
-        "gate_proj": (h, i, "gate"),
-        "up_proj": (h, i, "up"),
-        "down_proj": (i, h, "down"),
-    }
+    if shapes.bidirectional:
+        block = {
+            "query": (h, q, "q"),
+            "key": (h, kv, "k"),
+            "value": (h, kv, "v"),
+            "attention.output.dense": (q, h, "o"),
+            "intermediate.dense": (h, i, "up"),
+            "output.dense": (i, h, "down"),
+        }
+    else:
+        block = {
+            "q_proj": (h, q, "q"),
+            "k_proj": (h, kv, "k"),
+            "v_proj": (h, kv, "v"),
+            "o_proj": (q, h, "o"),
+            "gate_proj": (h, i, "gate"),
+            "up_proj": (h, i, "up"),
+            "down_proj": (i, h, "down"),
+        }
     if target_modules == "all-linear":
         return list(block.values())
     names = [target_modules] if isinstance(target_modules, str) else target_modules
