@@ -71,10 +71,17 @@ def _pad_id(model) -> int:
     return config.pad_token_id or 0
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_packed_batch_gives_the_padded_logits_and_gradients(family, method):
+@pytest.mark.parametrize(
+    "family, method, checkpointing",
+    [(family, method, False) for family in sorted(FAMILIES) for method in ("lora", "full")]
+    + [("bert", "lora", True)],
+)
+def test_packed_batch_gives_the_padded_logits_and_gradients(family, method, checkpointing):
+    from tunesmith.models.load import enable_checkpointing
+
     model = classifier(family, method, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if checkpointing:
+        enable_checkpointing(model)
     assert packs(model)
     batch = padded_batch(_pad_id(model))
     model.train()
