@@ -347,8 +347,11 @@ def test_kept_freed_memory_is_reused_without_page_faults():
     # glibc's default gives the 240 MB back and faults it in again at least on the next step
     # (its dynamic mmap threshold may adapt later, to blocks of one size only)
     assert sum(plain[1:]) > plain[0] / 2
-    # tuned: from the next step the same sizes reuse pages already mapped
-    assert sum(kept[1:]) < kept[0] / 3
+    # tuned: the same sizes reuse pages already mapped. Under load a step now and then still
+    # faults some in (a fresh heap region when the first is busy), so: far fewer than the
+    # default's, and none once the heap has grown to the step's size
+    assert sum(kept[1:]) < sum(plain[1:]) / 3
+    assert sum(kept[2:]) < kept[0] / 10
 
 
 def test_keep_freed_memory_changes_nothing_outside_glibc(monkeypatch):
