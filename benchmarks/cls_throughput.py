@@ -117,7 +117,7 @@ class Timed:
             return output
 
         def training_step(trainer, model, inputs, *args, **kwargs):
-            timed.result["computed"] += inputs["input_ids"].numel()
+            timed.result["computed"] += computed_tokens(trainer, inputs)
             return timed.original_step(trainer, model, inputs, *args, **kwargs)
 
         self.cls.train, self.cls.training_step = train, training_step
@@ -125,6 +125,17 @@ class Timed:
 
     def __exit__(self, *exc):
         self.cls.train, self.cls.training_step = self.original, self.original_step
+
+
+def computed_tokens(trainer, inputs) -> int:
+    """Positions the layers compute for a batch: padded, or for tunesmith's padding-free
+    batches (models/packed_encoder.py) the real tokens rounded up to its row multiple."""
+    if getattr(trainer, "packed", False):
+        from tunesmith.models.packed_encoder import ROW_MULTIPLE
+
+        real = int(inputs["attention_mask"].sum())
+        return real + -real % ROW_MULTIPLE
+    return inputs["input_ids"].numel()
 
 
 def tunesmith_child(name: str, data: dict) -> dict:
