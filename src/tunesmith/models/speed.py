@@ -7,6 +7,9 @@
   row, so each example also computes scores against every other example (then masks them). Here
   each example gets its own causal SDPA call: the masked blocks are never computed, and SDPA
   takes its `is_causal` fast path, which skips the upper triangle.
+- padding-free encoder rows (classification, models/packed_encoder.py): the boundaries of
+  the texts in one row come as `cu_seq_lens_q`, and each text attends to itself in both
+  directions (SDPA, or the grouped dropout attention below, per text).
 - fused LoRA: PEFT computes `base(x) + B(A(dropout(x))) * scaling`, with extra passes over the
   layer's whole output (scale, add, and their backward). Here one autograd node adds the update
   in the matmul itself (`addmm_` with alpha=scaling into the base output) and its backward lays
@@ -124,8 +127,10 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     lengths = None if compiling else _cached_lengths(kwargs.get("position_ids"))
     # an encoder's attention (is_causal False) looks both ways: never the causal split
     causal = getattr(module, "is_causal", True)
-    texts = None if compiling or causal else _text_lengths(kwargs.pop("cu_seq_lens_q", None))
-    if texts is not None:  # a padding-free encoder row (models/packed_encoder.py)
+    # a padding-free encoder row (models/packed_encoder.py) has no mask to fall back on: split
+    # it per text even while compiling (a graph break, not texts attending to each other)
+    texts = None if causal else _text_lengths(kwargs.pop("cu_seq_lens_q", None))
+    if texts is not None:
         return _bidirectional_per_text(query, key, value, texts, **kwargs)
     if (
         not compiling
