@@ -141,10 +141,22 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     if lengths is None or not causal or query.shape[2] != key.shape[2] or kwargs.get("dropout"):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
-    outputs = [
-        F.scaled_dot_product_attention(
+    return _per_example(
+        lambda q, k, v: F.scaled_dot_product_attention(
             q, k, v, is_causal=True, scale=kwargs.get("scaling"), enable_gqa=groups > 1
-        )
+        ),
+        query,
+        key,
+        value,
+        lengths,
+    )
+
+
+def _per_example(attend, query, key, value, lengths: list[int]):
+    """`attend(q, k, v)` on each example's slice of a packed row, joined again and laid out
+    (batch, seq, heads, dim), as sdpa_attention_forward returns it."""
+    outputs = [
+        attend(q, k, v)
         for q, k, v in zip(
             query.split(lengths, dim=2),
             key.split(lengths, dim=2),
@@ -152,7 +164,6 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
             strict=True,
         )
     ]
-    # (batch, heads, seq, dim) -> (batch, seq, heads, dim), as sdpa_attention_forward returns
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -180,45 +191,32 @@ def _bidirectional_per_text(query, key, value, lengths, dropout=0.0, scaling=Non
     from tunesmith.models.dropout_attention import dropout_attention
 
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    grouped = _cpu_dropout(query, kwargs | {"dropout": dropout})
-    outputs = [
-        dropout_attention(q, k, v, None, dropout, scale)
-        if grouped
-        else F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scale)
-        for q, k, v in zip(
-            query.split(lengths, dim=2),
-            key.split(lengths, dim=2),
-            value.split(lengths, dim=2),
-            strict=True,
+    if _cpu_dropout(query, kwargs | {"dropout": dropout}):
+        attend = lambda q, k, v: dropout_attention(q, k, v, None, dropout, scale)  # noqa: E731
+    else:
+        attend = lambda q, k, v: F.scaled_dot_product_attention(  # noqa: E731
+            q, k, v, dropout_p=dropout, scale=scale
         )
-    ]
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+    return _per_example(attend, query, key, value, lengths)
 
 
-_last_texts: tuple[torch.Tensor | None, list[int] | None] = (None, None)
+class _OncePerForward:
+    """Example lengths read off a tensor that every layer of one forward receives (position
+    ids, cu_seq_lens_q): computed for the first layer, reused by the others."""
+
+    def __init__(self, read):
+        self.read, self.tensor, self.lengths = read, None, None
+
+    def __call__(self, tensor: torch.Tensor | None) -> list[int] | None:
+        if tensor is None:
+            return None
+        if self.tensor is not tensor:
+            self.tensor, self.lengths = tensor, self.read(tensor)
+        return self.lengths
 
 
-def _text_lengths(bounds: torch.Tensor | None) -> list[int] | None:
-    # every layer of one forward gets the same boundaries: read them once
-    global _last_texts
-    if bounds is None:
-        return None
-    if _last_texts[0] is not bounds:
-        _last_texts = (bounds, bounds.diff().tolist())
-    return _last_texts[1]
-
-
-_last_lengths: tuple[torch.Tensor | None, list[int] | None] = (None, None)
-
-
-def _cached_lengths(position_ids: torch.Tensor | None) -> list[int] | None:
-    # every layer of one forward gets the same position ids: find the boundaries once
-    global _last_lengths
-    if position_ids is None:
-        return None
-    if _last_lengths[0] is not position_ids:
-        _last_lengths = (position_ids, sequence_lengths(position_ids))
-    return _last_lengths[1]
+_cached_lengths = _OncePerForward(sequence_lengths)
+_text_lengths = _OncePerForward(lambda bounds: bounds.diff().tolist())
 
 
 def use_packed_attention(model) -> bool:

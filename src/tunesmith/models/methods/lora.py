@@ -121,33 +121,38 @@ def lora_config(cfg: LoraMethod, task: Task = "causal_lm"):
     )
 
 
+# module name -> short name of the linears LoRA adapts in a block: a Llama block's, and a
+# BERT-style encoder's (one ungated MLP: no gate)
+_DECODER_LINEARS = {
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "o",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+}
+_ENCODER_LINEARS = {
+    "query": "q",
+    "key": "k",
+    "value": "v",
+    "attention.output.dense": "o",
+    "intermediate.dense": "up",
+    "output.dense": "down",
+}
+
+
 def targets(shapes, target_modules: str | list[str]) -> list[tuple[int, int, str]]:
-    """(in, out, short name) of the block's linears LoRA adapts (planner): a Llama block's, or
-    a BERT-style encoder's (one ungated MLP: no gate)."""
+    """(in, out, short name) of the block's linears LoRA adapts (planner)."""
     h, i, q, kv = shapes.hidden, shapes.intermediate, shapes.q_dim, shapes.kv_dim
-    if shapes.bidirectional:
-        block = {
-            "query": (h, q, "q"),
-            "key": (h, kv, "k"),
-            "value": (h, kv, "v"),
-            "attention.output.dense": (q, h, "o"),
-            "intermediate.dense": (h, i, "up"),
-            "output.dense": (i, h, "down"),
-        }
-    else:
-        block = {
-            "q_proj": (h, q, "q"),
-            "k_proj": (h, kv, "k"),
-            "v_proj": (h, kv, "v"),
-            "o_proj": (q, h, "o"),
-            "gate_proj": (h, i, "gate"),
-            "up_proj": (h, i, "up"),
-            "down_proj": (i, h, "down"),
-        }
+    sizes = {"q": (h, q), "k": (h, kv), "v": (h, kv), "o": (q, h)}
+    sizes |= {"gate": (h, i), "up": (h, i), "down": (i, h)}
+    names = _ENCODER_LINEARS if shapes.bidirectional else _DECODER_LINEARS
+    block = {name: (*sizes[short], short) for name, short in names.items()}
     if target_modules == "all-linear":
         return list(block.values())
-    names = [target_modules] if isinstance(target_modules, str) else target_modules
-    return [shape for name, shape in block.items() if any(name.endswith(t) for t in names)]
+    wanted = [target_modules] if isinstance(target_modules, str) else target_modules
+    return [shape for name, shape in block.items() if any(name.endswith(t) for t in wanted)]
 
 
 def lora_activations(shapes, cfg, adapted: list[tuple[int, int, str]]) -> float:
