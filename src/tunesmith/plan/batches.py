@@ -47,7 +47,9 @@ def epoch_batches(
     `lengths`, ordered as `sampler` orders them. group_by_length sorts within megabatches of up
     to 50 groups of `group` examples (the sampler's batch: batch x gradient accumulation).
     packed (a padding-free encoder batch, models/packed_encoder.py): each text is computed at
-    its own length, {(1, length): texts}."""
+    its own length, {(1, length): texts}, whichever batches they share."""
+    if packed:
+        return Counter((1, n) for n in lengths)
     order = list(lengths)
     if sampler != "sequential":
         random.Random(seed).shuffle(order)
@@ -57,10 +59,10 @@ def epoch_batches(
         order = [
             n for i in range(0, len(order), size) for n in sorted(order[i : i + size], reverse=True)
         ]
-    chunks = [order[i : i + batch] for i in range(0, len(order), batch)]
-    if packed:
-        return Counter((1, n) for chunk in chunks for n in chunk)
-    return Counter((len(chunk), padded(max(chunk))) for chunk in chunks)
+    return Counter(
+        (len(chunk), padded(max(chunk)))
+        for chunk in (order[i : i + batch] for i in range(0, len(order), batch))
+    )
 
 
 def padded_tokens(batches: Counter) -> int:
