@@ -303,10 +303,10 @@ def test_stop_string_cache_is_bounded_in_bytes(tiny_tokenizer):
 
 def test_sigterm_finishes_in_flight_work_and_exits_0(tiny_model_dir):
     server = Proc(tiny_model_dir, batch_wait_ms=0, shutdown_timeout_s=20)
-    body = completion_body(prompt=["hello"] * 16, max_tokens=64)
+    body = completion_body(prompt=["hello"] * 16, max_tokens=64, temperature=0)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(server.post, COMPLETIONS, body)
-        _wait_for_in_flight(server)
+        _wait_for_in_flight(server, lambda: not pending.done())
         server.proc.send_signal(signal.SIGTERM)
         reply = pending.result()
     assert reply.status_code == 200, reply.text
@@ -318,7 +318,8 @@ def test_sigterm_finishes_in_flight_work_and_exits_0(tiny_model_dir):
 
 def test_sigterm_cancels_what_outlives_the_grace_and_exits_0(tiny_model_dir):
     server = Proc(tiny_model_dir, batch_wait_ms=0, shutdown_timeout_s=0.5, max_tokens_limit=200)
-    body = {**chat_body(max_tokens=200, stream=True), "stop": ["\x00never"]}
+    # greedy: a sampled early end-of-sequence could finish it before it is seen in flight
+    body = {**chat_body(max_tokens=200, stream=True, temperature=0), "stop": ["\x00never"]}
     chunks: list[str] = []
 
     def stream() -> None:
@@ -332,7 +333,7 @@ def test_sigterm_cancels_what_outlives_the_grace_and_exits_0(tiny_model_dir):
 
     reader = threading.Thread(target=stream)
     reader.start()
-    _wait_for_in_flight(server)
+    _wait_for_in_flight(server, reader.is_alive)
     started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(30) == 0, "".join(server.output)
@@ -341,8 +342,9 @@ def test_sigterm_cancels_what_outlives_the_grace_and_exits_0(tiny_model_dir):
     assert chunks  # it was streaming when the signal came
 
 
-def _wait_for_in_flight(server: Proc) -> None:
+def _wait_for_in_flight(server: Proc, pending) -> None:
     deadline = time.monotonic() + 30
     while httpx.get(f"{server.url}/health", timeout=5).json()["in_flight"] < 1:
+        assert pending(), "the request ended before it was seen in flight"
         assert time.monotonic() < deadline, "the request never started"
         time.sleep(0.01)
