@@ -7,15 +7,15 @@ llama.cpp is built once from the llama-cpp-python source package (PyPI) into the
 
     .venv/bin/python benchmarks/gguf_llamacpp.py --build
     .venv/bin/python benchmarks/gguf_llamacpp.py --types f16,q8_0,q4_0,q4_k_m --arch qwen2
-    .venv/bin/python benchmarks/gguf_llamacpp.py --arch gemma3
+    .venv/bin/python benchmarks/gguf_llamacpp.py --arch gemma3   # or gemma, gemma2
 
 The model is the embedded SmolLM2-135M-Instruct (Llama layout), or with `--arch qwen2|qwen3` a
 small random model of that architecture with SmolLM2's tokenizer (no Qwen weights load
 offline): random weights still show whether llama.cpp computes what transformers computes.
-`--arch gemma2|gemma3`: a small random Gemma (random (1 + w) norms, a 64-token sliding window
-on some layers, so the 256-token perplexity chunks cross it) with a SentencePiece-style BPE
-tokenizer trained here on the same text (Gemma's own is not offline); llama.cpp adds the BOS
-Gemma wants, and the transformers replica of its perplexity does the same.
+`--arch gemma|gemma2|gemma3`: a small random Gemma (random (1 + w) norms; Gemma 2/3 with a
+64-token sliding window on some layers, so the 256-token perplexity chunks cross it) with a
+SentencePiece-style BPE tokenizer trained here on the same text (Gemma's own is not offline);
+llama.cpp adds the BOS Gemma wants, and the transformers replica of its perplexity does too.
 Perplexity: llama-perplexity's own scheme (chunks of --ctx tokens, the second half of each
 scored) on wiki_demo.txt from ../shared (LLaMA-Factory's demo text), replicated in
 transformers for the merged model.
@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT.parent / "shared" / "data" / "llamafactory" / "wiki_demo.txt"
 PROMPTS = ["Who are you?", "What is the capital of France?", "Write one sentence about the sea."]
 SOURCE = "llama-cpp-python==0.3.36"  # its sdist vendors llama.cpp
-TOOLS = ("llama-quantize", "llama-perplexity", "llama-completion")
+# llama-tokenize: tests/test_export_gguf.py's llama.cpp checks use it
+TOOLS = ("llama-quantize", "llama-perplexity", "llama-completion", "llama-tokenize")
 
 
 def build_llama_cpp(cache: Path) -> Path:
@@ -96,8 +97,14 @@ def gemma_folder(arch: str, work: Path, text: Path) -> Path:
 
     tokenizer = spm_tokenizer(text.read_text(encoding="utf-8").splitlines(), 2000)
     layers = ["sliding_attention"] * 3 + ["full_attention"]
+    window = dict(
+        query_pre_attn_scalar=64,
+        sliding_window=64,
+        layer_types=layers if arch == "gemma3" else layers[2:] * 2,
+    )
     config = AutoConfig.for_model(
-        arch if arch == "gemma2" else "gemma3_text",
+        "gemma3_text" if arch == "gemma3" else arch,
+        **({} if arch == "gemma" else window),  # Gemma 1: global attention only
         vocab_size=len(tokenizer),
         hidden_size=256,
         intermediate_size=512,
@@ -105,10 +112,7 @@ def gemma_folder(arch: str, work: Path, text: Path) -> Path:
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=64,
-        query_pre_attn_scalar=64,
         max_position_embeddings=2048,
-        sliding_window=64,
-        layer_types=layers if arch == "gemma3" else layers[2:] * 2,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -225,7 +229,9 @@ def main() -> None:
     parser.add_argument("--llama-cpp", type=Path, help="folder with llama.cpp's tools")
     parser.add_argument("--build", action="store_true", help="build llama.cpp into the cache")
     parser.add_argument(
-        "--arch", default="llama", choices=["llama", "qwen2", "qwen3", "gemma2", "gemma3"]
+        "--arch",
+        default="llama",
+        choices=["llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"],
     )
     parser.add_argument("--types", default="f32,f16,bf16,q8_0,q5_0,q4_0,q6_k,q4_k_m")
     parser.add_argument("--ctx", type=int, default=256)

@@ -104,12 +104,12 @@ def test_other_architectures_are_one_sentence(tmp_path, tiny_tokenizer):
         GPT2Config(vocab_size=len(tiny_tokenizer), n_embd=32, n_layer=1, n_head=2)
     )
     folder = _save(model, tiny_tokenizer, tmp_path / "gpt2")
-    expected = "supports llama, mistral, qwen2, qwen3, gemma2, gemma3_text models; this one"
+    expected = "supports llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text models; this one"
     with pytest.raises(ModelError, match=expected):
         write_gguf(folder, ["f16"], PROMPTS)
 
 
-# --- Gemma 2 / Gemma 3: (1 + w) norms, SentencePiece vocabulary, softcapping, sliding window ---
+# --- Gemma 1 / 2 / 3: (1 + w) norms, SentencePiece vocabulary, softcapping, sliding window ---
 
 GEMMA_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + ('model' if "
@@ -149,9 +149,9 @@ def _gemma_tokenizer():
 
 
 def _tiny_gemma(kind: str, tokenizer, **overrides):
-    """A 2-layer Gemma 2 or Gemma 3 (one sliding layer, one global) with random norms, so a
-    missing or doubled (1 + w) shift shows in the logits; tied embeddings."""
-    from transformers import AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig
+    """A 2-layer Gemma, Gemma 2 or Gemma 3 (2 and 3: one sliding layer, one global) with random
+    norms, so a missing or doubled (1 + w) shift shows in the logits; tied embeddings."""
+    from transformers import AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GemmaConfig
 
     torch.manual_seed(0)
     shape = dict(
@@ -174,7 +174,12 @@ def _tiny_gemma(kind: str, tokenizer, **overrides):
         local = {"rope_type": "default", "rope_theta": 10000.0}
         full = {"rope_type": "default", "rope_theta": 1000000.0}
         shape["rope_parameters"] = {"sliding_attention": local, "full_attention": full}
-    config = (Gemma2Config if kind == "gemma2" else Gemma3TextConfig)(**(shape | overrides))
+    if kind == "gemma":  # no sliding window, query scalar or layer types; its own rope base
+        for key in ("query_pre_attn_scalar", "sliding_window", "layer_types"):
+            del shape[key]
+        shape["rope_parameters"] = {"rope_type": "default", "rope_theta": 5000.0}
+    configs = {"gemma": GemmaConfig, "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig}
+    config = configs[kind](**(shape | overrides))
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for p in model.parameters():  # norms too: (1 + w) with w != 0
@@ -257,6 +262,48 @@ def test_gemma2_exports_exactly_with_its_softcapping(tmp_path, one_thread):
     assert {"blk.0.post_attention_norm.weight", "blk.0.post_ffw_norm.weight"} <= names
 
 
+def test_gemma1_every_type_holds_its_quantized_weights_read_by_gguf(tmp_path, one_thread):
+    """Gemma 1: transformers' GGUF loader does not know it, so the check reads the file with
+    gguf's own reader; the file is Llama's layout with (1 + w) norms stored as w + 1."""
+    from gguf import GGUFReader
+    from safetensors.torch import load_file
+
+    folder = _gemma_folder("gemma", tmp_path)
+    facts = {f["type"]: f for f in write_gguf(folder, ["f32", "f16", "q8_0", "q4_0"], PROMPTS)}
+    assert all(f["max_abs_diff"] <= 1e-4 for f in facts.values()), facts
+    assert facts["f32"]["top1"] == 1.0 and facts["f32"]["relative_rms"] < 1e-5
+    assert facts["q4_0"]["relative_rms"] > facts["q8_0"]["relative_rms"] > 0  # what types lose
+    reader = GGUFReader(folder / gguf_name("f32"))
+    fields = {name: field.contents() for name, field in reader.fields.items()}
+    assert fields["general.architecture"] == "gemma"
+    assert fields["gemma.attention.key_length"] == 32  # head_dim, not hidden / heads (16)
+    assert fields["gemma.rope.freq_base"] == 5000.0
+    assert not [key for key in fields if "softcapping" in key or "sliding" in key]
+    hf = load_file(folder / "model.safetensors")
+    stored = {t.name: torch.from_numpy(t.data.copy()) for t in reader.tensors}
+    assert torch.equal(
+        stored["blk.1.ffn_norm.weight"], hf["model.layers.1.post_attention_layernorm.weight"] + 1
+    )
+    assert "output.weight" not in stored and len(stored) == 2 * 9 + 2
+
+
+def test_gemma1_file_with_a_wrong_weight_fails_its_check(tmp_path, monkeypatch):
+    """The gguf-reader check is a check: a norm written without its + 1 is caught."""
+    from tunesmith.export import gguf as gguf_export
+
+    folder = _gemma_folder("gemma", tmp_path)
+    real_write, real_shift = gguf_export._write, gguf_export._shift
+
+    def write_unshifted(*args):  # the read-back still subtracts the 1
+        monkeypatch.setattr(gguf_export, "_shift", lambda name, arch: 0.0)
+        real_write(*args)
+        monkeypatch.setattr(gguf_export, "_shift", real_shift)
+
+    monkeypatch.setattr(gguf_export, "_write", write_unshifted)
+    with pytest.raises(ModelError, match=r"logits differ from the f32 weights'"):
+        write_gguf(folder, ["f32"], PROMPTS)
+
+
 def test_gemma_configs_llama_cpp_computes_otherwise_are_one_sentence(tmp_path):
     folder = _gemma_folder("gemma3", tmp_path, query_pre_attn_scalar=256)
     with pytest.raises(ModelError, match=r"scales queries by 1/sqrt\(32\); this model's query"):
@@ -292,7 +339,7 @@ def _piece_bytes(tokenizer, ids: list[int]) -> bytes:
     return out
 
 
-@pytest.mark.parametrize("kind", ["gemma2", "gemma3"])
+@pytest.mark.parametrize("kind", ["gemma", "gemma2", "gemma3"])
 def test_llama_cpp_reads_gemma_alike(kind, tmp_path, one_thread):
     """llama.cpp itself (where its tools are built) tokenizes the chat prompt as transformers
     does and its greedy continuation of a random Gemma is transformers' (f32 file)."""

@@ -1,4 +1,4 @@
-"""GGUF export of a merged model (Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text) in
+"""GGUF export of a merged model (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3 text) in
 f32/f16/bf16/q8_0/q4_0/... written by the `gguf` package's own quantizers, and k-quants (q4_k_m,
 ...) made from the f16 file by llama.cpp's llama-quantize where the user has it. Each file is
 checked by loading it back.
@@ -11,10 +11,10 @@ written by export/gguf_gemma.py. 1-D tensors (norms, biases) stay float32 and a 
 rows do not split into the type's blocks falls back to f16, as llama.cpp's convert_hf_to_gguf.py
 does. The tokenizer (byte-level BPE tokens and merges, or a SentencePiece vocabulary with
 scores; special ids, chat template) goes into the metadata. The check: transformers' GGUF loader
-reads the file; the prompt must tokenize alike, and the logits must equal those of the merged
-model with each tensor quantized and dequantized by gguf's own code (so names, layout, norm
-shifts and permutations are exact whatever the type loses); the loss of the type itself is
-measured and reported.
+reads the file (gguf's own reader for Gemma 1, which transformers' loader does not know); the
+prompt must tokenize alike, and the logits must equal those of the merged model with each tensor
+quantized and dequantized by gguf's own code (so names, layout, norm shifts and permutations are
+exact whatever the type loses); the loss of the type itself is measured and reported.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Arch:
     permute: bool  # q/k rows into llama.cpp's rotary layout
     pre: str  # llama.cpp's pre-tokenizer name (byte-level BPE tokenizers)
     norm_shift: float = 0.0  # added to every *norm.weight (Gemma's (1 + w) norms)
+    hf_reads: bool = True  # transformers' GGUF loader knows the architecture
 
     @property
     def gemma(self) -> bool:
@@ -50,6 +51,7 @@ ARCHS = {
     "mistral": Arch("LLAMA", True, "default"),  # llama.cpp converts Mistral as Llama
     "qwen2": Arch("QWEN2", False, "qwen2"),
     "qwen3": Arch("QWEN3", False, "qwen2"),
+    "gemma": Arch("GEMMA", False, "default", gguf_gemma.NORM_SHIFT, hf_reads=False),
     "gemma2": Arch("GEMMA2", False, "default", gguf_gemma.NORM_SHIFT),
     "gemma3_text": Arch("GEMMA3", False, "default", gguf_gemma.NORM_SHIFT),
 }
@@ -113,7 +115,10 @@ def write_gguf(
                     _write(model, config, arch, model_dir, f16, "f16", gguf)
                 _run_quantize(quantize, f16, path, QUANTIZED[kind])
             written[kind] = path
-            results.append(_check(model, exact, tokenizer, path, kind, prompts, tolerance))
+            loaded, tokenize = _read_back(model, tokenizer, arch, path, gguf)
+            results.append(
+                _check(model, exact, tokenizer, loaded, tokenize, path, kind, prompts, tolerance)
+            )
     return results
 
 
@@ -311,29 +316,74 @@ def _run_quantize(tool: str, source: Path, out: Path, kind: str) -> None:
         raise ModelError(f"llama-quantize {kind} failed ({done.returncode}): {tail[0]}")
 
 
-@torch.inference_mode()
-def _check(model, written, tokenizer, path: Path, kind: str, prompts: list[str], tol: float):
-    """The file read back by transformers' GGUF loader: the prompt tokenizes alike; its logits
-    equal those of the weights it should hold (`written`; k-quants: not known here) within
-    `tol`; the quantization loss against the merged model is reported (RMS logit error over
-    the logits' spread, and how often the top token stays the same)."""
+def _read_back(model, tokenizer, arch: Arch, path: Path, gguf):
+    """The file as a model and a tokenize function (text -> ids): transformers' GGUF loader where
+    it knows the architecture, else gguf's own reader (`_read_tensors`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.data.render import prompt_ids
-
+    config = model.config
+    if not arch.hf_reads:
+        return _read_tensors(model, tokenizer, arch, path, gguf)
     loaded_tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     # transformers' GGUF loader reads no head_dim for qwen3 (it assumes 128; llama.cpp reads
     # attention.key_length), nor Gemma's softcapping, query scale, layer types or local rope
     # base: there the model's own config; elsewhere the file's hparams
-    own_config = model.config.model_type in ("qwen3", "gemma2", "gemma3_text")
-    own = {"config": model.config} if own_config else {}
+    own_config = config.model_type in ("qwen3", "gemma2", "gemma3_text")
+    own = {"config": config} if own_config else {}
     loaded = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32, **own
     ).eval()
+    return loaded, lambda text: loaded_tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _read_tensors(model, tokenizer, arch: Arch, path: Path, gguf):
+    """The file read by gguf's own reader (llama.cpp's Python package): every tensor
+    dequantized by gguf's code, renamed back to the model's names and unshifted, into a copy
+    of the model; every file tensor must be used and every model tensor found. Tokenizing is
+    the model's tokenizer mapped through the file's token list (so a shifted or renamed id
+    fails the prompt check)."""
+    import copy
+
+    config, reader = model.config, gguf.GGUFReader(str(path))
+    stored = {t.name: t for t in reader.tensors}
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.name], config.num_hidden_layers)
+    loaded = copy.deepcopy(model).eval()
+    state = loaded.state_dict()
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if name == "lm_head.weight" and config.tie_word_embeddings:
+                continue
+            target = names.get_name(name, try_suffixes=(".weight", ".bias"))
+            if target not in stored:
+                raise ModelError(f"GGUF export ({path.name}): no tensor '{target}' for '{name}'")
+            found = stored.pop(target)
+            data = gguf.quants.dequantize(found.data, found.tensor_type)
+            back = torch.from_numpy(data.reshape(tensor.shape).copy()) - _shift(name, arch)
+            tensor.copy_(back)
+    if stored:
+        raise ModelError(f"GGUF export ({path.name}): tensors no weight maps to: {sorted(stored)}")
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    kinds = reader.fields["tokenizer.ggml.token_type"].contents()
+    user = gguf.TokenType.USER_DEFINED  # written with spaces where the tokenizer has '▁'
+    file_ids = {
+        (text.replace(" ", "\u2581") if kind == user else text): index
+        for index, (text, kind) in enumerate(zip(tokens, kinds, strict=True))
+    }
+    return loaded, lambda text: [file_ids.get(t, -1) for t in tokenizer.tokenize(text)]
+
+
+@torch.inference_mode()
+def _check(model, written, tokenizer, loaded, tokenize, path: Path, kind: str, prompts, tol):
+    """The file read back (`_read_back`): the prompt tokenizes alike; its logits equal those
+    of the weights it should hold (`written`; k-quants: not known here) within `tol`; the
+    quantization loss against the merged model is reported (RMS logit error over the logits'
+    spread, and how often the top token stays the same)."""
+    from tunesmith.data.render import prompt_ids
+
     worst, squared, spread, agree, positions = 0.0, 0.0, 0.0, 0, 0
     for prompt in prompts:
         ids = prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
-        if loaded_tok(tokenizer.decode(ids), add_special_tokens=False)["input_ids"] != ids:
+        if tokenize(tokenizer.decode(ids)) != ids:
             raise ModelError(
                 f"GGUF export ({path.name}): the GGUF tokenizer tokenizes the prompt differently"
             )

@@ -1,11 +1,13 @@
-"""GGUF for Gemma 2 and Gemma 3 (text), following llama.cpp's convert_hf_to_gguf.py (its
-Gemma2Model / Gemma3Model): what differs from the Llama path in export/gguf.py.
+"""GGUF for Gemma, Gemma 2 and Gemma 3 (text), following llama.cpp's convert_hf_to_gguf.py (its
+GemmaModel / Gemma2Model / Gemma3Model): what differs from the Llama path in export/gguf.py.
 
 - Norms: Gemma's RMSNorm scales by (1 + w); llama.cpp multiplies by the stored weight, so every
   `*norm.weight` (q/k norms too) is stored as w + 1 (`NORM_SHIFT`).
 - The embedding is scaled by sqrt(hidden) at run time by llama.cpp itself: no weight changes.
 - Hyper-parameters: head_dim as attention.key_length/value_length, the softcapping values, the
   sliding window and which layers use it (one flag per layer), the local rope base (Gemma 3).
+  Gemma 1 has none of these: llama.cpp's graph for it is Llama's with the scaled embedding,
+  tanh GELU and the (1 + w) norms, and output = token_embd (tied only).
   llama.cpp scales queries by 1/sqrt(head_dim) (by 1/sqrt(hidden/heads) for the 27B shapes), so
   a `query_pre_attn_scalar` it cannot express is one sentence, not a silently different model.
 - The tokenizer: Gemma's is SentencePiece BPE (byte fallback, no prefix space), written as
@@ -21,8 +23,9 @@ import re
 from tunesmith.utils.errors import ModelError
 
 NORM_SHIFT = 1.0  # stored norm weight = HF weight + 1
-# llama.cpp's Gemma 27B shapes scale queries by 1/sqrt(hidden/heads) (gemma2.cpp, gemma3.cpp)
-_WIDE_SCALE_LAYERS = {"gemma2": 46, "gemma3_text": 62}
+# llama.cpp's Gemma 27B shapes scale queries by 1/sqrt(hidden/heads) (gemma2.cpp, gemma3.cpp);
+# Gemma 1 always by 1/sqrt(head_dim), as transformers does (gemma.cpp)
+_WIDE_SCALE_LAYERS = {"gemma": None, "gemma2": 46, "gemma3_text": 62}
 _BYTE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
@@ -32,6 +35,13 @@ def check_config(config) -> None:
     act = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", None)
     if act != "gelu_pytorch_tanh":
         raise ModelError(f"GGUF export ({kind}): llama.cpp uses tanh GELU; this model uses '{act}'")
+    if getattr(config, "use_bidirectional_attention", False):
+        raise ModelError(f"GGUF export ({kind}): bidirectional attention is not a GGUF LLM")
+    if kind == "gemma":
+        if not config.tie_word_embeddings:
+            raise ModelError("GGUF export (gemma): llama.cpp reads tied embeddings only")
+        _default_rope(config.rope_parameters, kind)
+        return
     heads, layers = config.num_attention_heads, config.num_hidden_layers
     scale_dim = (
         config.hidden_size // heads if layers == _WIDE_SCALE_LAYERS[kind] else config.head_dim
@@ -53,8 +63,6 @@ def check_config(config) -> None:
     else:
         if config.attn_logit_softcapping is not None:
             raise ModelError("GGUF export (gemma3): llama.cpp has no attention softcapping")
-        if getattr(config, "use_bidirectional_attention", False):
-            raise ModelError("GGUF export (gemma3): bidirectional attention is not a GGUF LLM")
         _default_rope(config.rope_parameters["sliding_attention"], kind)
         full = config.rope_parameters["full_attention"]
         if full.get("rope_type", "default") not in ("default", "linear"):
@@ -71,7 +79,7 @@ def _default_rope(params: dict, kind: str) -> None:
 
 
 def write_hparams(writer, config, gguf) -> None:
-    """llama.cpp's Gemma2/Gemma3 keys, from the HF config."""
+    """llama.cpp's Gemma/Gemma2/Gemma3 keys, from the HF config."""
     head_dim = config.head_dim
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -84,6 +92,8 @@ def write_hparams(writer, config, gguf) -> None:
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     _write_rope(writer, config, gguf)
+    if config.model_type == "gemma":
+        return
     if config.attn_logit_softcapping is not None:
         writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
     if config.final_logit_softcapping is not None:
@@ -96,7 +106,7 @@ def write_hparams(writer, config, gguf) -> None:
 
 def _write_rope(writer, config, gguf) -> None:
     params = config.rope_parameters
-    if config.model_type == "gemma2":
+    if config.model_type in ("gemma", "gemma2"):
         writer.add_rope_freq_base(float(params["rope_theta"]))
         return
     full, local = params["full_attention"], params["sliding_attention"]
