@@ -311,6 +311,12 @@ def test_gemma_configs_llama_cpp_computes_otherwise_are_one_sentence(tmp_path):
     folder = _gemma_folder("gemma2", tmp_path / "untied", tie_word_embeddings=False)
     with pytest.raises(ModelError, match=r"\(gemma2\): llama.cpp reads tied embeddings only"):
         write_gguf(folder, ["f16"], PROMPTS)
+    folder = _gemma_folder("gemma", tmp_path / "untied1", tie_word_embeddings=False)
+    with pytest.raises(ModelError, match=r"\(gemma\): llama.cpp reads tied embeddings only"):
+        write_gguf(folder, ["f16"], PROMPTS)
+    folder = _gemma_folder("gemma", tmp_path / "silu", hidden_act="silu")
+    with pytest.raises(ModelError, match=r"\(gemma\): llama.cpp uses tanh GELU"):
+        write_gguf(folder, ["f16"], PROMPTS)
 
 
 def _llama_cpp_tools() -> Path:
