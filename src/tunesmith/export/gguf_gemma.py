@@ -24,8 +24,8 @@ from tunesmith.utils.errors import ModelError
 
 NORM_SHIFT = 1.0  # stored norm weight = HF weight + 1
 # llama.cpp's Gemma 27B shapes scale queries by 1/sqrt(hidden/heads) (gemma2.cpp, gemma3.cpp);
-# Gemma 1 always by 1/sqrt(head_dim), as transformers does (gemma.cpp)
-_WIDE_SCALE_LAYERS = {"gemma": None, "gemma2": 46, "gemma3_text": 62}
+# Gemma 1 has no query_pre_attn_scalar: both scale by 1/sqrt(head_dim) (gemma.cpp)
+_WIDE_SCALE_LAYERS = {"gemma2": 46, "gemma3_text": 62}
 _BYTE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
