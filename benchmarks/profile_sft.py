@@ -35,8 +35,9 @@ def main() -> None:
     import tunesmith.train.sft as sft
     from tunesmith.config.load import load_config
     from tunesmith.runs.folder import RunFolder
+    from tunesmith.train.trainer import CausalLMTrainer
 
-    trainer_cls, profile = sft.CausalLMTrainer, cProfile.Profile()
+    trainer_cls, profile = CausalLMTrainer, cProfile.Profile()
     original = trainer_cls.train
 
     def profiled(self, *a, **k):
