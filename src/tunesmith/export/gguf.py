@@ -176,13 +176,7 @@ def _tensors(model, config, arch: Arch, kind: str, gguf):
     float32, a matrix whose rows do not split into the type's blocks f16 (as
     convert_hf_to_gguf.py)."""
     qtype = gguf.GGMLQuantizationType[WRITTEN[kind][0]]
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.name], config.num_hidden_layers)
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight" and config.tie_word_embeddings:
-            continue  # llama.cpp reuses token_embd
-        target = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        if target is None:
-            raise ModelError(f"GGUF export: no GGUF name for tensor '{name}'")
+    for name, tensor, target in _named(model, config, arch, gguf):
         chosen = qtype
         if tensor.ndim <= 1:
             chosen = gguf.GGMLQuantizationType.F32
@@ -192,6 +186,18 @@ def _tensors(model, config, arch: Arch, kind: str, gguf):
         if tensor.shape[-1] % block:
             chosen = gguf.GGMLQuantizationType.F16
         yield name, tensor, target, chosen
+
+
+def _named(model, config, arch: Arch, gguf):
+    """(HF name, tensor, GGUF name) of every tensor a file of this architecture holds."""
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.name], config.num_hidden_layers)
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # llama.cpp reuses token_embd
+        target = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if target is None:
+            raise ModelError(f"GGUF export: no GGUF name for tensor '{name}'")
+        yield name, tensor, target
 
 
 def _shift(name: str, arch: Arch) -> float:
@@ -321,9 +327,9 @@ def _read_back(model, tokenizer, arch: Arch, path: Path, gguf):
     it knows the architecture, else gguf's own reader (`_read_tensors`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = model.config
     if not arch.hf_reads:
         return _read_tensors(model, tokenizer, arch, path, gguf)
+    config = model.config
     loaded_tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     # transformers' GGUF loader reads no head_dim for qwen3 (it assumes 128; llama.cpp reads
     # attention.key_length), nor Gemma's softcapping, query scale, layer types or local rope
@@ -344,16 +350,11 @@ def _read_tensors(model, tokenizer, arch: Arch, path: Path, gguf):
     fails the prompt check)."""
     import copy
 
-    config, reader = model.config, gguf.GGUFReader(str(path))
+    reader = gguf.GGUFReader(str(path))
     stored = {t.name: t for t in reader.tensors}
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.name], config.num_hidden_layers)
     loaded = copy.deepcopy(model).eval()
-    state = loaded.state_dict()
     with torch.no_grad():
-        for name, tensor in state.items():
-            if name == "lm_head.weight" and config.tie_word_embeddings:
-                continue
-            target = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        for name, tensor, target in _named(loaded, loaded.config, arch, gguf):
             if target not in stored:
                 raise ModelError(f"GGUF export ({path.name}): no tensor '{target}' for '{name}'")
             found = stored.pop(target)
