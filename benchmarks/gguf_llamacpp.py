@@ -3,7 +3,7 @@ greedy output against the merged model in transformers, and llama.cpp's generati
 
 llama.cpp is built once from the llama-cpp-python source package (PyPI) into the cache
 (`--build`; ~10-20 min on 2 cores, so this stays out of the test suite), or given with
-`--llama-cpp DIR` (a folder holding llama-quantize, llama-perplexity, llama-completion).
+`--llama-cpp DIR` (a folder holding the tools in TOOLS below).
 
     .venv/bin/python benchmarks/gguf_llamacpp.py --build
     .venv/bin/python benchmarks/gguf_llamacpp.py --types f16,q8_0,q4_0,q4_k_m --arch qwen2
@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT.parent / "shared" / "data" / "llamafactory" / "wiki_demo.txt"
 PROMPTS = ["Who are you?", "What is the capital of France?", "Write one sentence about the sea."]
 SOURCE = "llama-cpp-python==0.3.36"  # its sdist vendors llama.cpp
-# llama-tokenize: tests/test_export_gguf.py's llama.cpp checks use it
-TOOLS = ("llama-quantize", "llama-perplexity", "llama-completion", "llama-tokenize")
+# llama-tokenize and llama-simple: tests/test_export_gguf.py's llama.cpp checks use them
+TOOLS = ("llama-quantize", "llama-perplexity", "llama-completion", "llama-tokenize", "llama-simple")
 
 
 def build_llama_cpp(cache: Path) -> Path:
@@ -56,7 +56,7 @@ def build_llama_cpp(cache: Path) -> Path:
     shutil.unpack_archive(archive, cache)
     source = next(cache.glob("llama_cpp_python-*/vendor/llama.cpp"))
     flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF"]
-    flags += ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF"]
+    flags += ["-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=ON", "-DBUILD_SHARED_LIBS=OFF"]
     subprocess.run(["cmake", "-S", str(source), "-B", str(cache / "build"), *flags], check=True)
     jobs = str(os.cpu_count() or 2)
     build = ["cmake", "--build", str(cache / "build"), "-j", jobs, "--target", *TOOLS]
