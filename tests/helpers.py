@@ -91,13 +91,17 @@ def train_tiny(tmp_path: Path, model_dir, data, name: str, *overrides: str):
 
 
 def train_tiny_recording_dtypes(tmp_path: Path, model_dir, data, name: str, *overrides: str):
-    """train_tiny, and the dtypes every Linear output while training: (result, {dtype})."""
+    """train_tiny, and the dtypes of what every linear layer (PEFT's LoRA layers included)
+    output while training: (result, {dtype}). An output layer that hands on its input for the
+    fused loss multiplies nothing and is not recorded."""
     import torch
+    from peft.tuners.lora.layer import Linear as LoraLinear
 
     dtypes = set()
 
     def record(module, args, output):
-        if isinstance(module, torch.nn.Linear) and module.training:
+        multiplies = isinstance(module, (torch.nn.Linear, LoraLinear)) and output is not args[0]
+        if multiplies and module.training:
             dtypes.add(output.dtype)
 
     handle = torch.nn.modules.module.register_module_forward_hook(record)

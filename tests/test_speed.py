@@ -113,6 +113,47 @@ def test_fused_lora_gives_the_same_loss_and_gradients(tiny_model_dir, tiny_token
         LoraLinear.forward = original
 
 
+def _off_by(grad: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((grad - reference).norm() / reference.norm()).item()
+
+
+def test_fused_lora_under_bf16_autocast_is_autocasts_linear(tiny_model_dir, tiny_tokenizer):
+    """Under CPU bf16 autocast the fused LoRA multiplies bf16 operands as autocast's linear does:
+    bf16 outputs, and a loss and gradients as near the fp32 ones as PEFT's under autocast."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    plain = _lora_model(tiny_model_dir, alpha=12)
+    fast = copy.deepcopy(plain)
+    assert speed.fuse_lora_forward(fast) == 14
+    batch = PackedCollator()(_examples(len(tiny_tokenizer), [10, 6]))
+    loss_fp32, grads_fp32 = _loss_and_grads(plain, batch)
+    with torch.autocast("cpu", torch.bfloat16):
+        loss_peft, grads_peft = _loss_and_grads(plain, batch)
+    dtypes = []
+    hooks = [
+        m.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+        for m in fast.modules()
+        if isinstance(m, LoraLinear)
+    ]
+    calls = []
+    original = LoraLinear.forward
+    LoraLinear.forward = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    try:
+        with torch.autocast("cpu", torch.bfloat16):
+            loss_fast, grads_fast = _loss_and_grads(fast, batch)
+    finally:
+        LoraLinear.forward = original
+        for hook in hooks:
+            hook.remove()
+    assert calls == [] and dtypes == [torch.bfloat16] * 14  # fused, and in bf16
+    assert loss_peft != loss_fp32  # autocast changes the arithmetic: the comparison is bf16's
+    assert abs(loss_fast - loss_fp32) <= 2 * abs(loss_peft - loss_fp32) + 1e-3 * abs(loss_fp32)
+    for name, grad in grads_fp32.items():
+        assert grads_fast[name].dtype == torch.float32, name
+        peft_off, fast_off = _off_by(grads_peft[name], grad), _off_by(grads_fast[name], grad)
+        assert fast_off <= 2 * peft_off + 2e-3, (name, fast_off, peft_off)
+
+
 def test_fused_lora_applies_the_same_dropout(tiny_model_dir, tiny_tokenizer):
     plain = _lora_model(tiny_model_dir, dropout=0.3)
     fast = copy.deepcopy(plain)
@@ -188,6 +229,29 @@ def test_linear_cross_entropy_equals_logits_then_cross_entropy(rows, vocab):
     assert fused.item() == pytest.approx(plain.item(), rel=1e-5)
     torch.testing.assert_close(grad_fused, grad_plain * 0.5, rtol=1e-4, atol=1e-6)
     assert (grad_fused[::3] == 0).all()  # ignored rows get no gradient
+
+
+def test_linear_cross_entropy_under_bf16_autocast_is_autocasts_loss():
+    """Under CPU bf16 autocast the fused loss takes the logits of bf16 operands, as autocast's
+    linear gives them to transformers' fp32 cross-entropy: the same loss and gradient."""
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(3001, 64, generator=g) * 0.2
+    hidden = (torch.randn(50, 64, generator=g) * 2).requires_grad_()
+    targets = torch.randint(0, 3001, (50,), generator=g)
+    targets[::4] = IGNORE_INDEX
+    exact = F.cross_entropy(hidden @ weight.t(), targets, reduction="sum")
+    with torch.autocast("cpu", torch.bfloat16):
+        logits = F.linear(hidden, weight)
+        plain = F.cross_entropy(logits.float(), targets, reduction="sum")
+        fused = speed.linear_cross_entropy(hidden, weight, targets, IGNORE_INDEX)
+    assert logits.dtype == torch.bfloat16 and fused.dtype == torch.float32
+    (grad_plain,) = torch.autograd.grad(plain, hidden)
+    (grad_fused,) = torch.autograd.grad(fused, hidden)
+    bf16_rounding = abs(plain.item() - exact.item())
+    assert bf16_rounding > 0  # autocast's logits are not the fp32 ones...
+    assert abs(fused.item() - plain.item()) < bf16_rounding / 10  # ...and the fused loss is theirs
+    assert _off_by(grad_fused, grad_plain) < 1e-2
+    assert (grad_fused[::4] == 0).all()
 
 
 def test_linear_cross_entropy_of_no_trained_rows_is_zero():
@@ -385,13 +449,28 @@ def test_a_resumed_run_multiplies_with_the_kernel_the_interrupted_one_chose(tmp_
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_bf16_on_the_cpu_multiplies_in_bf16_with_the_levers_on(
+def test_the_levers_run_in_the_trainings_precision_on_the_cpu(
     precision, tmp_path, tiny_model_dir, alpaca_file, monkeypatch
 ):
-    """train.precision=bf16 on the CPU is the Trainer's autocast: the float32 speed kernels
-    (fused LoRA, frozen linears, fused loss) stand aside, else they multiply past it in fp32."""
+    """train.precision=bf16 on the CPU is the Trainer's autocast: the fused LoRA and the fused
+    loss run inside it and multiply in bf16 (as every linear layer then does), in fp32 under
+    fp32; neither stands aside."""
     from helpers import step_losses, train_tiny_recording_dtypes
 
+    import tunesmith.train.trainer as trainer_module
+
+    calls = {"lora": 0, "loss": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(speed._LoRALinear, "apply", counted("lora", speed._LoRALinear.apply))
+    fused_loss = counted("loss", trainer_module.linear_cross_entropy)
+    monkeypatch.setattr(trainer_module, "linear_cross_entropy", fused_loss)
     monkeypatch.setattr(speed, "_ONEDNN", [True] if speed._onednn_works() else [])
     result, dtypes = train_tiny_recording_dtypes(
         tmp_path, tiny_model_dir, alpaca_file, precision,
@@ -399,6 +478,7 @@ def test_bf16_on_the_cpu_multiplies_in_bf16_with_the_levers_on(
     )  # fmt: skip
     want = torch.bfloat16 if precision == "bf16" else torch.float32
     assert dtypes == {want}
+    assert calls == {"lora": 2 * 14, "loss": 2}  # 2 steps x 14 LoRA layers; 2 fused losses
     assert len(step_losses(result.run.root)) == 2
 
 

@@ -3,16 +3,16 @@
 CPUs with bf16 units (AMX on Intel Sapphire Rapids and later, AVX-512 BF16 on AMD Zen 4 and
 later) multiply bf16 matrices 2-4x faster than fp32 ones, but a training step is more than its
 matmuls: autocast casts every frozen weight to bf16 on every forward (autograd keeps the copy for
-the backward), norms, softmax and the loss stay in fp32, and tunesmith's fp32 kernels
-(models/speed.py: fused LoRA, oneDNN frozen linears, the fused loss) stand aside under autocast.
-So the CPU name decides nothing: a probe times it.
+the backward), norms, softmax and the loss stay in fp32, and of tunesmith's kernels
+(models/speed.py) the fused LoRA and the fused loss run in bf16 under autocast while the frozen
+linears become autocast's own bf16 linear. So the CPU name decides nothing: a probe times it.
 
 The probe (`probe_seconds`) times the model's own shapes, forward and backward as LoRA trains
 them (frozen weights, a gradient for the inputs): one decoder layer built from the model's config
 (random weights, sdpa attention, `tokens` positions) and the output layer with its loss (a slice
 of the vocabulary, scaled to the whole). A training step is predicted as layers x layer + head, in
-fp32 (with the fp32 kernels where train.optimize is on, as training runs them) and in bf16
-autocast, REPEATS rounds of the two back to back; the speedup is the median of the rounds'
+fp32 and in bf16 autocast (with tunesmith's kernels where train.optimize is on, as training runs
+them), REPEATS rounds of the two back to back; the speedup is the median of the rounds'
 ratios (a burst of load elsewhere hits both timings of a round). bf16 is chosen when it is at
 least MARGIN faster and a loss check holds: the real model's loss on a fixed text in bf16
 autocast within LOSS_TOLERANCE (relative) of its fp32 loss. 1% is the tolerance the project
@@ -207,14 +207,13 @@ def probe_seconds(config, shape: dict, repeats: int = REPEATS) -> dict:
         x.grad = None
 
     def head_step(name: str) -> None:
-        if name == "fp32" and shape["optimize"]:
-            from tunesmith.models.speed import linear_cross_entropy
+        with torch.autocast("cpu", torch.bfloat16, enabled=name == "bf16"):
+            if shape["optimize"]:  # the fused loss, as training runs it
+                from tunesmith.models.speed import linear_cross_entropy
 
-            loss = linear_cross_entropy(h, w, targets) / tokens  # the fused loss of fp32 runs
-        else:
-            with torch.autocast("cpu", torch.bfloat16, enabled=name == "bf16"):
-                logits = F.linear(h, w)
-            loss = F.cross_entropy(logits.float(), targets)
+                loss = linear_cross_entropy(h, w, targets) / tokens
+            else:
+                loss = F.cross_entropy(F.linear(h, w).float(), targets)
         loss.backward()
         h.grad = None
 

@@ -38,6 +38,11 @@
   dynamic row lengths). Measured on 2 CPU cores it gave no steady-state gain over the levers
   above and cost about a minute of compilation, so it is there for GPUs and long runs.
 
+Under bf16 autocast on the CPU (train.precision bf16, or auto where the probe picks it) the
+fused LoRA and the fused loss multiply bf16 operands as autocast's linear would (bf16 products
+accumulated in fp32, bf16 outputs; the softmax in fp32), so they keep their saving there; the
+frozen linears outside LoRA are left to autocast's own bf16 linear, which is the same kernel.
+
 Every lever falls back to the library's own code where its conditions do not hold (padding
 masks, KV caches, DoRA, dropout, merged or disabled adapters), so results stay the same.
 """
@@ -59,18 +64,14 @@ from tunesmith.utils.errors import ConfigError
 PACKED_ATTENTION = "tunesmith_packed_sdpa"
 
 
-def optimize_for_training(
-    model, optimize: bool = True, compile: bool = False, fp32_kernels: bool = True
-):
+def optimize_for_training(model, optimize: bool = True, compile: bool = False):
     """Switch on the levers the model supports (train.optimize, train.compile); returns the model
-    (changed in place). fp32_kernels=False (bf16 autocast on the CPU) leaves out the fused LoRA
-    and frozen-linear kernels: they multiply in float32 past autocast."""
+    (changed in place)."""
     if optimize:
         keep_freed_memory()
         use_packed_attention(model)
-        if fp32_kernels:
-            fuse_lora_forward(model)
-            fuse_frozen_linear(model)
+        fuse_lora_forward(model)
+        fuse_frozen_linear(model)
     if compile:
         compile_decoder_layers(model)
     return model
@@ -316,16 +317,25 @@ def _trains(param) -> bool:
     return param is not None and param.requires_grad
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """bfloat16 while CPU autocast to bf16 is on for this CPU tensor (what autocast's linear
+    would multiply in), else None."""
+    on = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    return torch.bfloat16 if on and torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
+
+
 def _fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     name = next(iter(self.lora_A))
     base = self.base_layer
+    compute = autocast_dtype(x)  # bf16 under CPU autocast (x may be either dtype then)
     plain = (
         not args
         and not kwargs
         and not self.disable_adapters
         and not self.merged
         and list(self.active_adapters) == [name]
-        and x.dtype == self.lora_A[name].weight.dtype == base.weight.dtype
+        and self.lora_A[name].weight.dtype == base.weight.dtype
+        and (x.dtype == base.weight.dtype or compute is not None)
         and not base.weight.requires_grad
         and not _trains(base.bias)
     )
@@ -334,12 +344,15 @@ def _fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     # the same dropout call on the same elements as PEFT's: the same mask for the same RNG state
     x_lora = self.lora_dropout[name](x)
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
-    return _LoRALinear.apply(x, x_lora, base.weight, base.bias, a, b, self.scaling[name])
+    return _LoRALinear.apply(x, x_lora, base.weight, base.bias, a, b, self.scaling[name], compute)
 
 
 def _frozen_linear_forward(self, x: torch.Tensor) -> torch.Tensor:
-    # checked at every call: progressive unfreezing makes frozen layers trainable mid-run
+    # checked at every call: progressive unfreezing makes frozen layers trainable mid-run;
+    # under CPU autocast its own bf16 linear is this kernel's bf16 counterpart
     if x.dtype != self.weight.dtype or _trains(self.weight) or _trains(self.bias):
+        return F.linear(x, self.weight, self.bias)
+    if autocast_dtype(x) is not None:
         return F.linear(x, self.weight, self.bias)
     return _FrozenLinear.apply(x, self.weight, self.bias)
 
@@ -365,23 +378,32 @@ class _FrozenLinear(torch.autograd.Function):
 
 class _LoRALinear(torch.autograd.Function):
     """x W^T + b + scaling * (x_lora A^T) B^T with W and b frozen; x_lora is x after dropout
-    (x itself without dropout)."""
+    (x itself without dropout). With `compute` (bf16 under CPU autocast) every operand is cast
+    to it first, as autocast's linear casts them; the backward then runs in it as well, and
+    autograd casts each gradient to its input's dtype."""
 
     @staticmethod
-    def forward(ctx, x, x_lora, weight, bias, lora_a, lora_b, scaling):
+    def forward(ctx, x, x_lora, weight, bias, lora_a, lora_b, scaling, compute=None):
+        shared = x_lora is x
+        if compute is not None:
+            x, weight, lora_a, lora_b = (t.to(compute) for t in (x, weight, lora_a, lora_b))
+            x_lora = x if shared else x_lora.to(compute)
+            bias = None if bias is None else bias.to(compute)
         rows = x.reshape(-1, x.shape[-1])
-        rows_lora = rows if x_lora is x else x_lora.reshape(-1, x_lora.shape[-1])
-        low = _times_transposed(rows_lora, lora_a)
-        out = _times_transposed(rows, weight)
+        rows_lora = rows if shared else x_lora.reshape(-1, x_lora.shape[-1])
+        with torch.autocast("cpu", enabled=False):  # the dtypes are settled above
+            low = _times_transposed(rows_lora, lora_a)
+            out = _times_transposed(rows, weight)
         if bias is not None:
             out.add_(bias)
         # In place is safe: no backward reads this output.
         out.addmm_(low, lora_b.t(), alpha=scaling)
         ctx.save_for_backward(rows_lora, weight, lora_a, lora_b, low)
-        ctx.scaling, ctx.shared, ctx.shapes = scaling, x_lora is x, (x.shape, x_lora.shape)
+        ctx.scaling, ctx.shared, ctx.shapes = scaling, shared, (x.shape, x_lora.shape)
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
+    @torch.autocast("cpu", enabled=False)  # in the forward's dtypes, whoever calls it
     def backward(ctx, grad):
         rows_lora, weight, lora_a, lora_b, low = ctx.saved_tensors
         rows = grad.reshape(-1, grad.shape[-1])
@@ -397,7 +419,7 @@ class _LoRALinear(torch.autograd.Function):
             grad_x = grad_x.view(x_shape)
         if ctx.needs_input_grad[1] and not ctx.shared:
             grad_x_lora = torch.mm(grad_low, lora_a).view(lora_shape)
-        return grad_x, grad_x_lora, None, None, grad_a, grad_b, None
+        return grad_x, grad_x_lora, None, None, grad_a, grad_b, None, None
 
 
 def _times_transposed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -548,15 +570,20 @@ def linear_cross_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
 ) -> torch.Tensor:
     """sum over rows of cross_entropy(hidden @ weight^T, targets), rows whose target is
-    ignore_index left out; differentiable in `hidden` (the weight is frozen)."""
-    return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index)
+    ignore_index left out; differentiable in `hidden` (the weight is frozen). Under CPU bf16
+    autocast the logits are those of bf16 operands, as autocast's linear gives them (the
+    softmax and the loss stay fp32, as transformers' loss takes them)."""
+    return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, autocast_dtype(hidden))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index):
+    @torch.autocast("cpu", enabled=False)  # the dtypes are settled by `compute`
+    def forward(ctx, hidden, weight, targets, ignore_index, compute):
         kept = targets != ignore_index
-        loss, grad = _online_cross_entropy(hidden[kept], weight, targets[kept])
+        rows = hidden[kept] if compute is None else hidden[kept].to(compute)
+        weight = weight if compute is None else weight.to(compute)
+        loss, grad = _online_cross_entropy(rows, weight, targets[kept])
         grad_hidden = hidden.new_zeros(hidden.shape)
         grad_hidden[kept] = grad
         ctx.save_for_backward(grad_hidden)
@@ -565,16 +592,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad_loss, None, None, None
+        return grad_hidden * grad_loss, None, None, None, None
 
 
 def _online_cross_entropy(hidden, weight, targets) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy and its gradient for `hidden`, the vocabulary in chunks
-    (`online_softmax`): loss = sum(lse - logit[target]), d loss / d hidden = E[W] - W[target]."""
+    (`online_softmax`): loss = sum(lse - logit[target]), d loss / d hidden = E[W] - W[target];
+    both fp32 (a bf16 target logit is rounded as the chunk's logits are)."""
     lse, expected = online_softmax(hidden, weight)
     target_rows = weight[targets]
-    loss = lse.sum() - torch.linalg.vecdot(hidden, target_rows).sum()
-    return loss, expected.sub_(target_rows)
+    # as the matmul gives the chunk's logits: products summed in fp32, rounded to hidden's dtype
+    target_logits = torch.linalg.vecdot(hidden.float(), target_rows.float()).to(hidden.dtype)
+    target_logits = target_logits.float()
+    return lse.sum() - target_logits.sum(), expected.sub_(target_rows.float())
 
 
 def online_softmax(hidden, weight, with_grad: bool = True):
@@ -587,20 +617,20 @@ def online_softmax(hidden, weight, with_grad: bool = True):
     exp(M_old - M_new) when the max grows. At the end S = sum exp(logits - M) and
     D = sum exp(logits - M) @ W, so lse = M + log S and the weighted mean is D / S.
     """
-    rows = hidden.shape[0]
+    rows, fp32 = hidden.shape[0], torch.float32
     chunk = _vocab_chunk(rows)
-    running_max = hidden.new_full((rows, 1), float("-inf"))
-    sum_exp = hidden.new_zeros((rows, 1))
-    grad = hidden.new_zeros(hidden.shape) if with_grad else None
+    running_max = hidden.new_full((rows, 1), float("-inf"), dtype=fp32)
+    sum_exp = hidden.new_zeros((rows, 1), dtype=fp32)
+    grad = hidden.new_zeros(hidden.shape, dtype=fp32) if with_grad else None
     for start in range(0, weight.shape[0], chunk):
         w = weight[start : start + chunk]
-        logits = _times_transposed(hidden, w)
+        logits = _times_transposed(hidden, w).float()  # bf16 operands: bf16 logits, then fp32
         new_max = torch.maximum(running_max, logits.amax(dim=1, keepdim=True))
         rescale = (running_max - new_max).exp_()
         probs = logits.sub_(new_max).exp_()  # in place: the chunk stays in cache
         sum_exp.mul_(rescale).add_(probs.sum(dim=1, keepdim=True))
         if with_grad:
-            grad.mul_(rescale).add_(_times_transposed(probs, w.t()))
+            grad.mul_(rescale).add_(_times_transposed(probs.to(w.dtype), w.t()))
         running_max = new_max
     return running_max + sum_exp.log(), grad.div_(sum_exp) if with_grad else None
 

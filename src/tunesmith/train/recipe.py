@@ -40,7 +40,7 @@ from tunesmith.models.methods.base import Task
 from tunesmith.models.speed import matmul_kernel, optimize_for_training
 from tunesmith.plan import plan_summary
 from tunesmith.runs.folder import RunFolder, is_main_process
-from tunesmith.train.arguments import cpu_autocast, settle_precision
+from tunesmith.train.arguments import settle_precision
 from tunesmith.train.callbacks import (
     CompactProgressCallback,
     MetricsCallback,
@@ -308,7 +308,7 @@ def prepare(recipe: Recipe, job: Job):
         return model
     if cfg.optimize:
         pin_matmul_kernel(job.run, job.resume)
-    return optimize_for_training(model, cfg.optimize, cfg.compile, not cpu_autocast(cfg))
+    return optimize_for_training(model, cfg.optimize, cfg.compile)
 
 
 def pin_matmul_kernel(run: RunFolder, resume: bool) -> str:

@@ -21,7 +21,7 @@ from tunesmith.data.dataset import PackedCollator, SFTCollator, build_sft_data
 from tunesmith.data.render import IGNORE_INDEX
 from tunesmith.models.methods import lora, virtual_tokens
 from tunesmith.models.speed import fused_loss_head, head_returns_hidden_states, linear_cross_entropy
-from tunesmith.train.arguments import cpu_autocast, training_arguments
+from tunesmith.train.arguments import training_arguments
 from tunesmith.train.checkpoints import AtomicCheckpoints
 from tunesmith.train.forgetting import L2ToPretrained, add_replay, layerwise_param_groups
 from tunesmith.train.recipe import Data, Recipe
@@ -173,7 +173,7 @@ def causal_lm_trainer(job) -> CausalLMTrainer:
         l2_to_pretrained=cfg.l2_to_pretrained,
         layerwise_lr_decay=cfg.layerwise_lr_decay,
         loraplus_lr_ratio=getattr(job.config.method, "loraplus_lr_ratio", None),
-        fused_loss=cfg.optimize and not cpu_autocast(cfg),
+        fused_loss=cfg.optimize,
     )
 
 

@@ -16,7 +16,7 @@ from tunesmith.data.multimodal import VlmCollator, build_vlm_data, vlm_sources
 from tunesmith.models.methods import get_method
 from tunesmith.models.vlm import load_vlm_and_processor
 from tunesmith.runs.folder import RunFolder
-from tunesmith.train.arguments import cpu_autocast, training_arguments
+from tunesmith.train.arguments import training_arguments
 from tunesmith.train.recipe import Data, Job, Loaded, Recipe
 from tunesmith.train.trainer import CausalLMTrainer
 from tunesmith.utils.console import console
@@ -93,7 +93,7 @@ def _trainer(job: Job) -> CausalLMTrainer:
         l2_to_pretrained=cfg.l2_to_pretrained,
         layerwise_lr_decay=cfg.layerwise_lr_decay,
         loraplus_lr_ratio=getattr(job.config.method, "loraplus_lr_ratio", None),
-        fused_loss=cfg.optimize and not cpu_autocast(cfg),
+        fused_loss=cfg.optimize,
     )
 
 
