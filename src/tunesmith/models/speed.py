@@ -170,7 +170,7 @@ def _per_example(attend, query, key, value, lengths: list[int]):
 
 def _cpu_dropout(query, kwargs) -> bool:
     # the CPU's flash kernel has no dropout: SDPA would take its memory-bound math path
-    # (and under bf16 autocast the fp32 kernel would stand outside it, as the fused LoRA does)
+    # (under bf16 autocast SDPA keeps it: this kernel multiplies in fp32, outside autocast)
     plain = not any(kwargs.get(k) is not None for k in ("position_bias", "softcap"))
     cpu = query.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
     return cpu and bool(kwargs.get("dropout")) and plain
