@@ -148,10 +148,18 @@ def test_fused_lora_under_bf16_autocast_is_autocasts_linear(tiny_model_dir, tiny
     assert calls == [] and dtypes == [torch.bfloat16] * 14  # fused, and in bf16
     assert loss_peft != loss_fp32  # autocast changes the arithmetic: the comparison is bf16's
     assert abs(loss_fast - loss_fp32) <= 2 * abs(loss_peft - loss_fp32) + 1e-3 * abs(loss_fp32)
+
+    def joined(grads):
+        return torch.cat([grads[name].flatten() for name in sorted(grads_fp32)])
+
+    # all gradients together: as near fp32's as PEFT's (bf16 rounding of a tiny random model
+    # moves single small gradients by 10-20% either way); each one: no layer far off
+    peft_off = _off_by(joined(grads_peft), joined(grads_fp32))
+    assert 0 < _off_by(joined(grads_fast), joined(grads_fp32)) <= 1.5 * peft_off + 2e-3
     for name, grad in grads_fp32.items():
         assert grads_fast[name].dtype == torch.float32, name
         peft_off, fast_off = _off_by(grads_peft[name], grad), _off_by(grads_fast[name], grad)
-        assert fast_off <= 2 * peft_off + 2e-3, (name, fast_off, peft_off)
+        assert fast_off <= 4 * peft_off + 2e-3, (name, fast_off, peft_off)
 
 
 def test_fused_lora_applies_the_same_dropout(tiny_model_dir, tiny_tokenizer):
