@@ -9,8 +9,9 @@ is that run's): tunesmith packed and padded, TRL packed and padded
 models/speed.py: `tunesmith-fast` (per-example attention on packed rows, fused LoRA; same maths)
 and `tunesmith-compiled` (the same plus torch.compile of the decoder layers; compile time counts,
 as it falls inside `train()`); `tunesmith-bf16` is tunesmith-fast with train.precision=bf16 (the
-Trainer's CPU autocast, the fused LoRA and loss multiplying in bf16 inside it) and `tunesmith-auto` the same with
-train.precision=auto (the run records what models/precision.py chose, and why).
+Trainer's CPU autocast, the fused LoRA and loss multiplying in bf16 inside it) and
+`tunesmith-auto` the same with train.precision=auto (the run records what models/precision.py
+chose, and why).
 `tunesmith-packed` is the path without those levers.
 
 bf16 against fp32 (issue 20, item 3), each tool with its own bf16 flag on the same workload:
