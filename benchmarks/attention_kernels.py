@@ -23,7 +23,7 @@ def flash(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
 
-def math(q, k, v):
+def math_sdpa(q, k, v):
     with sdpa_kernel(SDPBackend.MATH):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="64,128,200,300,512")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    kernels = {"flash": flash, "math": math, "matmul-softmax": matmul_softmax}
+    kernels = {"flash": flash, "math": math_sdpa, "matmul-softmax": matmul_softmax}
     print("| tokens | " + " | ".join(f"{name} fwd / bwd ms" for name in kernels) + " |")
     print("|---:|" + "---:|" * len(kernels))
     for length in map(int, args.lengths.split(",")):

@@ -349,10 +349,9 @@ def _fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 
 def _frozen_linear_forward(self, x: torch.Tensor) -> torch.Tensor:
     # checked at every call: progressive unfreezing makes frozen layers trainable mid-run;
-    # under CPU autocast its own bf16 linear is this kernel's bf16 counterpart
-    if x.dtype != self.weight.dtype or _trains(self.weight) or _trains(self.bias):
-        return F.linear(x, self.weight, self.bias)
-    if autocast_dtype(x) is not None:
+    # under CPU autocast, autocast's own bf16 linear is this kernel's bf16 counterpart
+    frozen = not (_trains(self.weight) or _trains(self.bias))
+    if x.dtype != self.weight.dtype or not frozen or autocast_dtype(x) is not None:
         return F.linear(x, self.weight, self.bias)
     return _FrozenLinear.apply(x, self.weight, self.bias)
 
@@ -603,8 +602,7 @@ def _online_cross_entropy(hidden, weight, targets) -> tuple[torch.Tensor, torch.
     target_rows = weight[targets]
     # as the matmul gives the chunk's logits: products summed in fp32, rounded to hidden's dtype
     target_logits = torch.linalg.vecdot(hidden.float(), target_rows.float()).to(hidden.dtype)
-    target_logits = target_logits.float()
-    return lse.sum() - target_logits.sum(), expected.sub_(target_rows.float())
+    return lse.sum() - target_logits.float().sum(), expected.sub_(target_rows.float())
 
 
 def online_softmax(hidden, weight, with_grad: bool = True):
